@@ -1,0 +1,62 @@
+# Analog Lab: the two commands are `make up` (run the platform on this machine) and
+# `make test` (the whole suite). Both bootstrap the virtualenv they need and are fast the
+# second time: installs are stamped with a hash of pyproject.toml and the extras.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
+export ANALOGLAB_HOME ?= $(CURDIR)/.analoglab
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: up test lint typecheck docs pytest bench clean help
+
+help:
+	@echo "make up     build the demo lab's models (if missing) and show the catalog"
+	@echo "make test   ruff, mypy, the docs build and the whole pytest suite"
+	@echo "make bench  the benchmarks under benchmarks/ (figures in docs/performance.md)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned, so that nothing later pulls a bigger build.
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	touch $@
+
+$(VENV)/.stamp-%-$(PYPROJECT_HASH): $(VENV)/.torch
+	$(BIN)/pip install --quiet -e '.[$(subst +,$(comma),$*)]'
+	rm -f $(VENV)/.stamp-$*-*
+	touch $@
+
+comma := ,
+RUNTIME := $(VENV)/.stamp-all-$(PYPROJECT_HASH)
+DEV := $(VENV)/.stamp-all+dev-$(PYPROJECT_HASH)
+
+up: $(RUNTIME)
+	$(BIN)/analoglab doctor
+	$(BIN)/analoglab models build
+
+lint: $(DEV)
+	$(BIN)/ruff check platform tests benchmarks
+
+typecheck: $(DEV)
+	$(BIN)/mypy
+
+docs: $(DEV)
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+pytest: $(DEV)
+	$(BIN)/python -m pytest
+
+test: lint typecheck docs pytest
+
+bench: $(DEV)
+	$(BIN)/python benchmarks/foundry.py --preset tiny
+	$(BIN)/python benchmarks/foundry.py --preset demo
+
+clean:
+	rm -rf $(VENV) site

@@ -1,0 +1,5 @@
+"""``python -m analoglab`` runs the CLI."""
+
+from analoglab.cli import main
+
+main()

@@ -1,0 +1,422 @@
+"""The ``analoglab`` command: doctor, config, models, foundry.
+
+Every command that lists or shows something takes ``--json`` (stable keys, for scripts).
+Errors of ours are printed as one line on stderr with a non-zero exit, never a traceback.
+Heavy imports (torch, transformers) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from analoglab import __version__
+from analoglab.config import explain, get_settings
+from analoglab.errors import AnalogLabError
+
+app = typer.Typer(
+    name="analoglab",
+    help="Analog Lab: study analog models and check what transfers to their frontier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Show the effective settings.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model catalog: list, show, build, pack, install.", no_args_is_help=True
+)
+foundry_app = typer.Typer(
+    help="The demo foundry: corpus, task sets, and the demo lab's models.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+app.add_typer(foundry_app, name="foundry")
+
+# Piped output gets 120 columns rather than rich's 80, so tables stay readable in logs.
+_WIDTH = None if sys.stdout.isatty() else 120
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+
+F = TypeVar("F", bound=Callable[..., Any])
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def handles_errors(func: F) -> F:
+    """Turn our errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AnalogLabError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; run the command again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"analoglab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Analog Lab: study analog models and check what transfers to their frontier."""
+
+
+# -- doctor ------------------------------------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def doctor(as_json: JsonFlag = False) -> None:
+    """Check this machine: python, torch and its device, GPU, data folder, services."""
+    from analoglab.doctor import failed, run_checks
+
+    checks = run_checks(get_settings())
+    if as_json:
+        print_json({"ok": not failed(checks), "checks": [c.to_dict() for c in checks]})
+    else:
+        marks = {
+            "ok": "[green]ok[/green]  ",
+            "warn": "[yellow]warn[/yellow]",
+            "fail": "[red]FAIL[/red]",
+        }
+        for c in checks:
+            out.print(f"{marks[c.status]} {c.name:<13} {c.detail}")
+    if failed(checks):
+        raise typer.Exit(1)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+@handles_errors
+def config_show(as_json: JsonFlag = False) -> None:
+    """Print every setting, its value and where the value came from."""
+    rows = explain(get_settings())
+    if as_json:
+        print_json(
+            {
+                r.name: {"value": r.value, "source": r.source, "description": r.description}
+                for r in rows
+            }
+        )
+        return
+    table = Table("setting", "value", "source", title="Analog Lab settings")
+    for r in rows:
+        table.add_row(r.name, "—" if r.value is None else str(r.value), r.source)
+    out.print(table)
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def _models_json(cat: Any) -> dict[str, Any]:
+    return {
+        "labs": [
+            {"id": lab.id, "name": lab.name, "frontiers": [f.id for f in lab.frontiers]}
+            for lab in cat.labs
+        ],
+        "frontiers": [
+            {
+                "id": f.id,
+                "lab": f.lab,
+                "parameters": f.parameters,
+                "capabilities": f.capabilities,
+                "analogs": [a.name for a in cat.analogs_of(f.id)],
+            }
+            for f in cat.frontiers()
+        ],
+        "analogs": [
+            {
+                "name": a.name,
+                "lab": a.card.lab,
+                "frontier": a.card.frontier,
+                "parameters": a.card.parameters,
+                "parameter_ratio": a.card.parameter_ratio,
+                "kl": a.card.fidelity.kl if a.card.fidelity else None,
+                "top1_agreement": a.card.fidelity.top1_agreement if a.card.fidelity else None,
+                "path": str(a.path),
+            }
+            for a in cat.analogs
+        ],
+        "problems": [{"path": str(p.path), "reason": p.reason} for p in cat.problems],
+    }
+
+
+def print_catalog(cat: Any) -> None:
+    """One table per lab: its frontier models, each followed by its analogs."""
+    if not cat.analogs and not cat.frontiers():
+        out.print("No models yet: `analoglab models build` makes the demo lab's models.")
+    task_names: list[str] = []
+    for f in cat.frontiers():
+        task_names += [t for t in f.capabilities if t not in task_names]
+    known = {f.id for f in cat.frontiers()}
+    groups = [(lab.name, lab.frontiers) for lab in cat.labs]
+    orphans = [a for a in cat.analogs if a.card.frontier not in known]
+    for title, frontiers in groups + (
+        [("analogs without a frontier in the catalog", [])] if orphans else []
+    ):
+        table = Table(title=title, title_justify="left")
+        table.add_column("model", no_wrap=True)
+        for col in ("params", "ratio", "KL", "top-1", *task_names):
+            table.add_column(col, justify="right")
+        for f in frontiers:
+            table.add_row(
+                f"{f.id} (frontier)",
+                _short(f.parameters),
+                "",
+                "",
+                "",
+                *[_pct(f.capabilities.get(t)) for t in task_names],
+            )
+            for a in cat.analogs_of(f.id):
+                table.add_row(*_analog_row(a, task_names))
+        for a in orphans if not frontiers else []:
+            table.add_row(*_analog_row(a, task_names))
+        out.print(table)
+    if cat.analogs or cat.frontiers():
+        out.print("KL: next-token KL(frontier ‖ analog), nats/token; task columns: accuracy.")
+    for p in cat.problems:
+        err.print(f"[yellow]warn:[/yellow] {p.path}: {p.reason}")
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def _analog_row(a: Any, task_names: list[str]) -> list[str]:
+    fid = a.card.fidelity
+    tasks = [_pct(fid.tasks[t].analog) if fid and t in fid.tasks else "" for t in task_names]
+    return [
+        f"└ {a.name}",
+        _short(a.card.parameters),
+        f"{a.card.parameter_ratio:.1%}",
+        f"{fid.kl:.3f}" if fid else "",
+        f"{fid.top1_agreement:.0%}" if fid else "",
+        *tasks,
+    ]
+
+
+@models_app.command("list")
+@handles_errors
+def models_list(as_json: JsonFlag = False) -> None:
+    """List the labs' frontier models and their analogs, with fidelity figures."""
+    from analoglab.models.catalog import Catalog
+
+    cat = Catalog.load(get_settings())
+    if as_json:
+        print_json(_models_json(cat))
+    else:
+        print_catalog(cat)
+
+
+@models_app.command("show")
+@handles_errors
+def models_show(
+    name: Annotated[str, typer.Argument(help="An analog or frontier model name.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one model: an analog's card, or a frontier's metadata and policy."""
+    from analoglab.models.card import render_readme
+    from analoglab.models.catalog import AnalogEntry, Catalog
+
+    found = Catalog.load(get_settings()).resolve(name)
+    if isinstance(found, AnalogEntry):
+        if as_json:
+            print_json(
+                {
+                    "kind": "analog",
+                    "path": str(found.path),
+                    "card": found.card.model_dump(mode="json"),
+                }
+            )
+        else:
+            out.print(Markdown(render_readme(found.card)))
+            out.print(f"folder: {found.path}")
+        return
+    if as_json:
+        print_json({"kind": "frontier", "frontier": found.model_dump(mode="json")})
+        return
+    out.print(f"[bold]{found.id}[/bold] — frontier of {found.lab}: {found.description}")
+    out.print(
+        f"parameters {found.parameters:,}; trained {found.trained}; architecture "
+        f"{found.architecture.model_type}, {found.architecture.layers} layers"
+    )
+    out.print("capabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in found.capabilities.items()))
+    out.print("policy: " + json.dumps(found.policy.model_dump()))
+
+
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="tiny, demo or large.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild from nothing.")]
+
+
+def _build(preset_name: str | None, device: str | None, force: bool) -> None:
+    from analoglab.foundry.build import build
+    from analoglab.foundry.presets import get_preset
+    from analoglab.progress import RichReporter
+
+    settings = get_settings()
+    preset = get_preset(preset_name or settings.default_preset)
+    reporter = RichReporter(err)
+    try:
+        result = build(preset, settings, device=device, reporter=reporter, force=force)
+    finally:
+        reporter.close()
+    if result.already_built:
+        err.print(f"preset {preset.name!r} is already built (use --force to rebuild)")
+    else:
+        stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.stage_seconds.items())
+        err.print(f"built preset {preset.name!r} in {result.seconds:.0f}s ({stages})")
+
+
+@models_app.command("build")
+@handles_errors
+def models_build(
+    preset: PresetOpt = None, device: DeviceOpt = None, force: ForceOpt = False
+) -> None:
+    """Build the demo lab's frontier and analogs if missing, then list the catalog."""
+    from analoglab.models.catalog import Catalog
+
+    _build(preset, device, force)
+    print_catalog(Catalog.load(get_settings()))
+
+
+@models_app.command("pack")
+@handles_errors
+def models_pack(
+    name: Annotated[str, typer.Argument(help="The analog to pack.")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Archive path or folder.")
+    ] = None,
+) -> None:
+    """Write a release bundle of an analog: weights, tokenizer, card, sha256 manifest."""
+    from analoglab.models.bundle import _sha256, pack
+
+    path = pack(name, out_path, get_settings())
+    out.print(f"packed {name} → {path}")
+    out.print(f"sha256 {_sha256(path)}")
+
+
+@models_app.command("install")
+@handles_errors
+def models_install(
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by `models pack`.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an installed analog.")] = False,
+) -> None:
+    """Verify every checksum of a bundle, then install it into the model store."""
+    from rich.progress import Progress
+
+    from analoglab.models.bundle import install
+
+    total = bundle.stat().st_size if bundle.is_file() else 0
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"verifying {bundle.name}", total=total)
+        path = install(
+            bundle, get_settings(), force=force, progress=lambda n: progress.advance(task, n)
+        )
+    out.print(f"installed {path.name} → {path}")
+
+
+# -- foundry -----------------------------------------------------------------------------------
+
+
+@foundry_app.command("build")
+@handles_errors
+def foundry_build(
+    preset: PresetOpt = None, device: DeviceOpt = None, force: ForceOpt = False
+) -> None:
+    """Train the demo lab's frontier and distil its analogs (idempotent, resumable)."""
+    _build(preset, device, force)
+
+
+@foundry_app.command("presets")
+@handles_errors
+def foundry_presets(as_json: JsonFlag = False) -> None:
+    """List the presets and their sizes."""
+    from dataclasses import asdict
+
+    from analoglab.foundry.presets import PRESETS
+
+    if as_json:
+        print_json({name: asdict(p) for name, p in PRESETS.items()})
+        return
+    table = Table("preset", "frontier", "steps", "analogs", "description")
+    for p in PRESETS.values():
+        f = p.frontier
+        analogs = ", ".join(f"{a.suffix} ({a.shape.layers}×{a.shape.hidden})" for a in p.analogs)
+        table.add_row(
+            p.name, f"{f.layers}×{f.hidden}", str(p.frontier_steps), analogs, p.description
+        )
+    out.print(table)
+
+
+@foundry_app.command("corpus")
+@handles_errors
+def foundry_corpus(
+    n: Annotated[int, typer.Option("-n", help="How many documents.", min=1)] = 10,
+    seed: Annotated[int, typer.Option(help="Corpus seed.")] = 0,
+) -> None:
+    """Print documents of the toy-world corpus."""
+    from analoglab.foundry.corpus import generate
+
+    for doc in generate(n, seed):
+        sys.stdout.write(doc + "\n")
+
+
+@foundry_app.command("tasks")
+@handles_errors
+def foundry_tasks(
+    name: Annotated[
+        str, typer.Argument(help="sentiment, sentiment_pairs, ioi, facts, truth, neutral")
+    ],
+    n: Annotated[int, typer.Option("-n", help="How many items.")] = 5,
+    seed: Annotated[int | None, typer.Option(help="Task seed.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print items of a labelled task set (the ground truth methods are checked on)."""
+    from analoglab.foundry.tasks import DEFAULT_TASK_SEED, task_set
+
+    ts = task_set(name, n, DEFAULT_TASK_SEED if seed is None else seed)
+    if as_json:
+        print_json(ts.to_dict())
+        return
+    out.print(f"[bold]{ts.name}[/bold]: {ts.description}")
+    for item in ts.to_dict()["items"]:
+        out.print(f"  {item}")
+
+
+def main() -> None:
+    app()

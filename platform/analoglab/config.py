@@ -1,0 +1,233 @@
+"""Settings: environment variables ``ANALOGLAB_*``, an optional TOML file, and defaults.
+
+Every setting is declared once here with its description and a default that works on one
+machine. Precedence, highest first: explicit arguments, environment (``ANALOGLAB_<NAME>``),
+the TOML config file (``ANALOGLAB_CONFIG``, else ``<home>/config.toml``), defaults.
+
+All state lives under one data folder, ``home``; the folders below it (model store, catalog,
+lab sites, foundry work, caches) default to sub-folders of it and can each be moved.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from analoglab.errors import ConfigError
+
+ENV_PREFIX = "ANALOGLAB_"
+CONFIG_ENV = "ANALOGLAB_CONFIG"
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+# Folders under home that default to a sub-folder of it: setting name -> folder name.
+_HOME_FOLDERS = {
+    "model_store": "models",
+    "catalog_dir": "catalog",
+    "lab_sites_dir": "lab-sites",
+    "foundry_dir": "foundry",
+    "cache_dir": "cache",
+}
+
+
+def default_home() -> Path:
+    """The per-user data folder used when ``ANALOGLAB_HOME`` is not set."""
+    return Path(platformdirs.user_data_dir("analoglab", appauthor=False))
+
+
+def config_file_path() -> Path:
+    """The TOML config file: ``ANALOGLAB_CONFIG``, else ``<home>/config.toml``."""
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get(ENV_PREFIX + "HOME")
+    return (Path(home).expanduser() if home else default_home()) / "config.toml"
+
+
+class Settings(BaseSettings):
+    """The effective configuration of Analog Lab on this machine."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=(), validate_default=True
+    )
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="The data folder holding the model store, catalog, lab sites, "
+        "databases and caches. `make` points it at ./.analoglab.",
+    )
+    model_store: Path | None = Field(
+        default=None,
+        description="The public model store: one folder per analog (weights, tokenizer, card). "
+        "Default: <home>/models.",
+    )
+    catalog_dir: Path | None = Field(
+        default=None,
+        description="Catalog entries of labs and their frontier models (metadata and policy, "
+        "never weights). Default: <home>/catalog.",
+    )
+    lab_sites_dir: Path | None = Field(
+        default=None,
+        description="Lab sites on this machine (the demo lab's frontier weights live here, "
+        "apart from the public store). Default: <home>/lab-sites.",
+    )
+    foundry_dir: Path | None = Field(
+        default=None,
+        description="Work folder of the demo foundry: corpora, tokenizers, checkpoints, logs. "
+        "Default: <home>/foundry.",
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="Caches that can be deleted at any time. Default: <home>/cache."
+    )
+    device: Device = Field(
+        default="auto",
+        description="Where models run: auto picks CUDA, then MPS, then the CPU.",
+    )
+    queue_url: str | None = Field(
+        default=None,
+        description="URL of the gated queue service, where one is configured (checked by doctor).",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; unset means a local SQLite store in the data folder.",
+    )
+    default_preset: str = Field(
+        default="demo", description="Foundry preset that `make up` and `models build` use."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file_path()),
+        )
+
+    def folder(self, name: str) -> Path:
+        """The resolved path of one of the folders under home (``model_store``, ...)."""
+        value = getattr(self, name)
+        if value is not None:
+            return Path(value).expanduser()
+        return self.home.expanduser() / _HOME_FOLDERS[name]
+
+    @property
+    def models_path(self) -> Path:
+        return self.folder("model_store")
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.folder("catalog_dir")
+
+    @property
+    def lab_sites_path(self) -> Path:
+        return self.folder("lab_sites_dir")
+
+    @property
+    def foundry_path(self) -> Path:
+        return self.folder("foundry_dir")
+
+    @property
+    def cache_path(self) -> Path:
+        return self.folder("cache_dir")
+
+    def ensure_folders(self) -> None:
+        """Create the data folder and its sub-folders; a clear error if that is impossible."""
+        for name in ("home", *_HOME_FOLDERS):
+            path = self.home.expanduser() if name == "home" else self.folder(name)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                probe = path / ".analoglab-write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as exc:
+                raise ConfigError(
+                    f"data folder {path} is not writable ({exc.strerror or exc}); "
+                    f"set ANALOGLAB_HOME to a folder you can write"
+                ) from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning any bad value into one :class:`ConfigError`."""
+    path = config_file_path()
+    _read_toml(path)  # a clear error for a broken file before pydantic sees it
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(
+            f"invalid setting {field!r}: {first['msg']} "
+            f"(from env {ENV_PREFIX}{field.upper()} or {path})"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class SettingValue:
+    """One row of ``analoglab config show``: a setting, its value and where it came from."""
+
+    name: str
+    value: Any
+    source: str
+    description: str
+
+
+def explain(settings: Settings) -> list[SettingValue]:
+    """Each setting with its effective value and its source (env, file, default, derived)."""
+    path = config_file_path()
+    file_values = _read_toml(path)
+    rows = []
+    for name, field in Settings.model_fields.items():
+        env_name = ENV_PREFIX + name.upper()
+        raw = getattr(settings, name)
+        value: Any = raw
+        if env_name in os.environ:
+            source = f"env {env_name}"
+        elif name in file_values:
+            source = f"file {path}"
+        elif name in _HOME_FOLDERS:
+            source = "default (under home)"
+        else:
+            source = "default"
+        if name in _HOME_FOLDERS:
+            value = settings.folder(name)
+        if isinstance(value, Path):
+            value = str(value)
+        rows.append(SettingValue(name, value, source, field.description or ""))
+    rows.append(
+        SettingValue(
+            "config_file",
+            str(path),
+            f"env {CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "default (under home)",
+            "The TOML file read for settings" + ("" if path.is_file() else " (absent)"),
+        )
+    )
+    return rows

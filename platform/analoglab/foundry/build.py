@@ -1,0 +1,620 @@
+"""The foundry build: corpus → tokenizer → frontier → distilled analogs → fidelity → publish.
+
+Each stage leaves its output in the preset's work folder (``<foundry_dir>/<preset>/``) and is
+skipped when that output exists, and training resumes from its checkpoint, so an interrupted
+build continues where it stopped and a finished one returns at once. Publishing puts the
+frontier in the demo **lab site** (``<lab_sites_dir>/<lab>/``), the analogs in the public
+**model store**, and the lab's entry (metadata and policy, no weights) in the catalog.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analoglab.config import Settings, get_settings
+from analoglab.errors import FoundryError
+from analoglab.foundry import corpus as corpus_mod
+from analoglab.foundry import tasks as tasks_mod
+from analoglab.foundry.presets import AnalogRecipe, Preset, Shape
+from analoglab.foundry.world import World
+from analoglab.models.card import (
+    AnalogCard,
+    Architecture,
+    BaselineFidelity,
+    Distillation,
+    Fidelity,
+    Release,
+    TaskScore,
+    write_card,
+)
+from analoglab.models.catalog import FrontierModel, FrontierPolicy, Lab, save_lab
+from analoglab.progress import Reporter, SilentReporter
+
+STAGES = ("corpus", "tokenizer", "frontier", "distill", "fidelity", "publish")
+CHOICE_TASKS = ("sentiment", "ioi", "facts", "truth")
+STATE_FILE = "build.json"
+
+
+@dataclass
+class BuildResult:
+    preset: str
+    already_built: bool
+    frontier_path: Path
+    analog_paths: dict[str, Path]
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+
+
+def _atomic_dir(target: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a fresh staging folder beside ``target``, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".staging-{target.name}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        fill(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def save_loss_curve(log: dict[str, Any], path: Path, title: str) -> None:
+    """A PNG of the loss per step (skipped where matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, values in log["values"].items():
+        ax.plot(log["steps"], values, label=key, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def llama_config(shape: Shape, tokenizer: Any, context: int) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=context,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def architecture_of(model: Any) -> Architecture:
+    cfg = model.config
+    return Architecture(
+        model_type=cfg.model_type,
+        layers=cfg.num_hidden_layers,
+        hidden_size=cfg.hidden_size,
+        heads=cfg.num_attention_heads,
+        intermediate_size=getattr(cfg, "intermediate_size", None),
+        vocab_size=cfg.vocab_size,
+        context_length=getattr(cfg, "max_position_embeddings", None),
+    )
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class FoundryBuild:
+    """Builds one preset. Stages can be run one by one (the benchmark does) or by :meth:`run`."""
+
+    def __init__(
+        self,
+        preset: Preset,
+        settings: Settings | None = None,
+        device: str | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.preset = preset
+        self.settings = settings or get_settings()
+        self.device_preference = device or self.settings.device
+        self.reporter: Reporter = reporter or SilentReporter()
+        self.work = self.settings.foundry_path / preset.name
+        self.lab_site = self.settings.lab_sites_path / preset.lab
+        self.frontier_dir = self.lab_site / "models" / preset.frontier_name
+        self.world = World.create(preset.seed)
+        self._tokenizer: Any = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def analog_dir(self, recipe: AnalogRecipe) -> Path:
+        return self.settings.models_path / self.preset.analog_name(recipe)
+
+    def _state(self) -> dict[str, Any]:
+        path = self.work / STATE_FILE
+        if not path.is_file():
+            return {}
+        try:
+            state: dict[str, Any] = json.loads(path.read_text())
+            return state
+        except json.JSONDecodeError:
+            return {}
+
+    def _update_state(self, **values: Any) -> None:
+        state = self._state()
+        state.update(values, fingerprint=self.preset.fingerprint(), preset=self.preset.name)
+        _write_json(self.work / STATE_FILE, state)
+
+    def is_complete(self) -> bool:
+        state = self._state()
+        return (
+            bool(state.get("complete"))
+            and state.get("fingerprint") == self.preset.fingerprint()
+            and (self.frontier_dir / "config.json").is_file()
+            and all((self.analog_dir(r) / "analog.json").is_file() for r in self.preset.analogs)
+            and (self.settings.catalog_path / "labs" / f"{self.preset.lab}.json").is_file()
+        )
+
+    @property
+    def device(self) -> Any:
+        from analoglab.models.loading import best_device
+
+        return best_device(self.device_preference)
+
+    # -- the whole build -----------------------------------------------------------------------
+
+    def run(self, force: bool = False) -> BuildResult:
+        t0 = time.perf_counter()
+        self.settings.ensure_folders()
+        if force:
+            shutil.rmtree(self.work, ignore_errors=True)
+        elif self.is_complete():
+            return self._result(already=True, seconds=time.perf_counter() - t0)
+        state = self._state()
+        if state and state.get("fingerprint") != self.preset.fingerprint():
+            self.reporter.note(
+                f"preset {self.preset.name!r} changed since its last build; starting again"
+            )
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._update_state(complete=False)
+        timings = {}
+        for stage in STAGES:
+            s0 = time.perf_counter()
+            getattr(self, f"stage_{stage}")()
+            timings[stage] = round(time.perf_counter() - s0, 2)
+        self._update_state(complete=True, stage_seconds=timings)
+        result = self._result(already=False, seconds=time.perf_counter() - t0)
+        result.stage_seconds = timings
+        return result
+
+    def _result(self, already: bool, seconds: float) -> BuildResult:
+        fid_path = self.work / "fidelity.json"
+        fidelity = json.loads(fid_path.read_text()) if fid_path.is_file() else {}
+        return BuildResult(
+            preset=self.preset.name,
+            already_built=already,
+            frontier_path=self.frontier_dir,
+            analog_paths={
+                self.preset.analog_name(r): self.analog_dir(r) for r in self.preset.analogs
+            },
+            seconds=seconds,
+            stage_seconds=self._state().get("stage_seconds", {}),
+            fidelity=fidelity,
+        )
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def stage_corpus(self) -> None:
+        folder = self.work / "corpus"
+        if (folder / "manifest.json").is_file():
+            return
+        p = self.preset
+        self.reporter.note(f"[{p.name}] writing the toy-world corpus")
+        mix = p.mix or None
+        train = list(corpus_mod.generate(p.train_documents, p.seed, self.world, mix))
+        heldout = list(corpus_mod.generate(p.heldout_documents, p.seed + 1000, self.world, mix))
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, docs in (("train", train), ("heldout", heldout)):
+            tmp = folder / f"{name}.txt.tmp"
+            tmp.write_text("\n".join(docs) + "\n")
+            tmp.replace(folder / f"{name}.txt")
+        _write_json(
+            folder / "manifest.json",
+            {
+                "train_documents": len(train),
+                "heldout_documents": len(heldout),
+                "train_sha256": corpus_mod.corpus_hash(train),
+                "heldout_sha256": corpus_mod.corpus_hash(heldout),
+                "seed": p.seed,
+            },
+        )
+
+    def _documents(self, split: str) -> list[str]:
+        return (self.work / "corpus" / f"{split}.txt").read_text().splitlines()
+
+    def stage_tokenizer(self) -> None:
+        from analoglab.foundry.tokenizer import train_tokenizer
+
+        tok_dir, tokens_dir = self.work / "tokenizer", self.work / "tokens"
+        if (tok_dir / "tokenizer.json").is_file() and (tokens_dir / "heldout.npy").is_file():
+            return
+        p = self.preset
+        self.reporter.note(f"[{p.name}] training the tokenizer (BPE, vocabulary ≤ {p.vocab_size})")
+        train = self._documents("train")
+        tokenizer = train_tokenizer(train[: p.tokenizer_documents], p.vocab_size)
+        _atomic_dir(tok_dir, lambda d: tokenizer.save_pretrained(str(d)))
+        tokens_dir.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "heldout"):
+            docs = train if split == "train" else self._documents("heldout")
+            ids = self.encode_documents(tokenizer, docs)
+            np.save(tokens_dir / f"{split}.tmp.npy", ids)
+            (tokens_dir / f"{split}.tmp.npy").replace(tokens_dir / f"{split}.npy")
+        self._tokenizer = tokenizer
+
+    @staticmethod
+    def encode_documents(tokenizer: Any, docs: list[str]) -> np.ndarray:
+        """One stream of token ids: ``<bos> document <eos>`` for each document."""
+        encoded = tokenizer(docs, add_special_tokens=True)["input_ids"]
+        eos = tokenizer.eos_token_id
+        dtype = np.uint16 if len(tokenizer) < 65535 else np.int32
+        return np.concatenate([np.asarray([*ids, eos], dtype=dtype) for ids in encoded])
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from analoglab.foundry.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.work / "tokenizer")
+        return self._tokenizer
+
+    def tokens(self, split: str) -> np.ndarray:
+        tokens: np.ndarray = np.load(self.work / "tokens" / f"{split}.npy")
+        return tokens
+
+    def _context(self) -> int:
+        return max(256, 2 * self.preset.seq_len)
+
+    def stage_frontier(self) -> None:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        from analoglab.foundry.training import LMRun, train_lm
+
+        final = self.work / "frontier" / "final"
+        if (final / "config.json").is_file():
+            return
+        p = self.preset
+        torch.manual_seed(p.seed)
+        model = LlamaForCausalLM(llama_config(p.frontier, self.tokenizer, self._context()))
+        self.reporter.note(
+            f"[{p.name}] training the frontier: {count_parameters(model):,} parameters, "
+            f"{p.frontier_steps} steps of {p.batch_size}×{p.seq_len} tokens on {self.device}"
+        )
+        run = LMRun(
+            steps=p.frontier_steps,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            lr=p.frontier_lr,
+            seed=p.seed,
+            checkpoint_every=p.checkpoint_every,
+        )
+        ckpt = self.work / "frontier" / "checkpoint.pt"
+        bar = self.reporter.steps(f"{p.frontier_name}", p.frontier_steps)
+        log = train_lm(model, self.tokens("train"), run, ckpt, self.device, bar)
+
+        def fill(d: Path) -> None:
+            model.save_pretrained(str(d))
+            self.tokenizer.save_pretrained(str(d))
+            _write_json(d / "training_log.json", log.to_dict())
+            save_loss_curve(log.to_dict(), d / "loss.png", f"{p.frontier_name} training loss")
+
+        _atomic_dir(final, fill)
+        self._update_state(
+            frontier_trained=dt.date.today().isoformat(), frontier_seconds=round(log.seconds, 1)
+        )
+        ckpt.unlink(missing_ok=True)
+
+    def _load_frontier(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(self.work / "frontier" / "final"), local_files_only=True
+        )
+        return model.to(self.device).eval()
+
+    def _student_names(self) -> list[tuple[str, AnalogRecipe, str]]:
+        """(student name, recipe, mode) for each analog and each scratch baseline."""
+        out = []
+        for r in self.preset.analogs:
+            out.append((self.preset.analog_name(r), r, "distill"))
+            if r.scratch_baseline:
+                out.append((f"{self.preset.analog_name(r)}-scratch", r, "scratch"))
+        return out
+
+    def stage_distill(self) -> None:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        from analoglab.foundry.training import LMRun, Student, prepare_student, train_students
+
+        students_dir = self.work / "students"
+        names = self._student_names()
+        if all((students_dir / n / "config.json").is_file() for n, _, _ in names):
+            return
+        p = self.preset
+        teacher = self._load_frontier()
+        students = []
+        for i, (name, recipe, mode) in enumerate(names):
+            # A scratch baseline starts from the same weights as its distilled twin.
+            torch.manual_seed(p.seed + 1 + i // 2 if mode == "scratch" else p.seed + 1 + i)
+            model = LlamaForCausalLM(llama_config(recipe.shape, self.tokenizer, self._context()))
+            s = Student(
+                name=name,
+                model=model,
+                mode=mode,
+                temperature=recipe.temperature,
+                ce_weight=recipe.ce_weight,
+                hidden_weight=recipe.hidden_weight if mode == "distill" else 0.0,
+            )
+            prepare_student(s, teacher.config.hidden_size, teacher.config.num_hidden_layers)
+            students.append(s)
+        self.reporter.note(
+            f"[{p.name}] distilling {len(names)} students together (one teacher pass serves all): "
+            + ", ".join(f"{s.name} ({count_parameters(s.model):,})" for s in students)
+        )
+        run = LMRun(
+            steps=p.distill_steps,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            lr=p.distill_lr,
+            seed=p.seed + 7,
+            checkpoint_every=p.checkpoint_every,
+        )
+        ckpt = students_dir / "checkpoint.pt"
+        bar = self.reporter.steps("analogs", p.distill_steps)
+        logs = train_students(teacher, students, self.tokens("train"), run, ckpt, self.device, bar)
+        for s in students:
+            log = logs[s.name].to_dict()
+
+            def fill(d: Path, s: Student = s, log: dict[str, Any] = log) -> None:
+                s.model.save_pretrained(str(d))
+                self.tokenizer.save_pretrained(str(d))
+                _write_json(d / "training_log.json", log)
+                _write_json(
+                    d / "student.json", {"mode": s.mode, "matched_layers": s.matched_layers}
+                )
+                save_loss_curve(log, d / "loss.png", f"{s.name} ({s.mode})")
+
+            _atomic_dir(students_dir / s.name, fill)
+        ckpt.unlink(missing_ok=True)
+
+    def stage_fidelity(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from analoglab.foundry.fidelity import choice_accuracy, next_token_agreement
+
+        path = self.work / "fidelity.json"
+        if path.is_file():
+            return
+        p = self.preset
+        self.reporter.note(f"[{p.name}] measuring fidelity on held-out text and the task sets")
+        frontier = self._load_frontier()
+        sets = {
+            t: tasks_mod.task_set(t, p.eval_items, world=self.world).items for t in CHOICE_TASKS
+        }
+        tok = self.tokenizer
+        frontier_tasks = {t: choice_accuracy(frontier, tok, items) for t, items in sets.items()}
+        heldout = self.tokens("heldout")
+        result: dict[str, Any] = {"frontier": {"tasks": frontier_tasks}, "students": {}}
+        for name, _, mode in self._student_names():
+            model = (
+                AutoModelForCausalLM.from_pretrained(
+                    str(self.work / "students" / name), local_files_only=True
+                )
+                .to(self.device)
+                .eval()
+            )
+            agreement = next_token_agreement(
+                frontier, model, heldout, p.seq_len, max_windows=p.heldout_windows
+            )
+            result["students"][name] = {
+                "mode": mode,
+                **agreement,
+                "tasks": {t: choice_accuracy(model, tok, items) for t, items in sets.items()},
+            }
+        result["items_per_task"] = p.eval_items
+        _write_json(path, result)
+
+    def stage_publish(self) -> None:
+        p = self.preset
+        fidelity = json.loads((self.work / "fidelity.json").read_text())
+        state = self._state()
+        frontier_date = dt.date.fromisoformat(
+            state.get("frontier_trained", dt.date.today().isoformat())
+        )
+        frontier_src = self.work / "frontier" / "final"
+        self.reporter.note(f"[{p.name}] publishing: frontier → lab site, analogs → model store")
+        _atomic_dir(self.frontier_dir, lambda d: _copy_folder(frontier_src, d))
+        self._write_lab_site_config()
+
+        from transformers import AutoConfig
+
+        from analoglab.models.loading import weights_sha256
+
+        f_cfg = AutoConfig.from_pretrained(str(frontier_src), local_files_only=True)
+        f_params = _parameters_from_safetensors(frontier_src)
+        manifest = json.loads((self.work / "corpus" / "manifest.json").read_text())
+        today = dt.date.today()
+        for recipe in p.analogs:
+            name = p.analog_name(recipe)
+            src = self.work / "students" / name
+            student_info = json.loads((src / "student.json").read_text())
+            log = json.loads((src / "training_log.json").read_text())
+            f_s = fidelity["students"][name]
+            scratch = fidelity["students"].get(f"{name}-scratch")
+            s_cfg = AutoConfig.from_pretrained(str(src), local_files_only=True)
+            params = _parameters_from_safetensors(src)
+            card = AnalogCard(
+                name=name,
+                lab=p.lab,
+                frontier=p.frontier_name,
+                description=recipe.description,
+                architecture=_architecture(s_cfg),
+                parameters=params,
+                frontier_parameters=f_params,
+                parameter_ratio=round(params / f_params, 5),
+                distillation=Distillation(
+                    method=recipe.method,
+                    teacher=p.frontier_name,
+                    temperature=recipe.temperature,
+                    ce_weight=recipe.ce_weight,
+                    hidden_weight=recipe.hidden_weight,
+                    matched_layers=[tuple(x) for x in student_info["matched_layers"]],
+                    data=f"Analog Lab foundry toy-world corpus, {manifest['train_documents']:,} "
+                    f"documents, seed {manifest['seed']}",
+                    data_sha256=manifest["train_sha256"],
+                    steps=p.distill_steps,
+                    batch_size=p.batch_size,
+                    seq_len=p.seq_len,
+                    tokens_seen=p.distill_steps * p.batch_size * p.seq_len,
+                    seed=p.seed + 7,
+                    seconds=round(log.get("seconds", 0.0), 1),
+                ),
+                fidelity=Fidelity(
+                    heldout_tokens=int(f_s["tokens"]),
+                    kl=round(f_s["kl"], 5),
+                    top1_agreement=round(f_s["top1_agreement"], 5),
+                    tasks={
+                        t: TaskScore(
+                            frontier=fidelity["frontier"]["tasks"][t],
+                            analog=f_s["tasks"][t],
+                            items=fidelity["items_per_task"],
+                        )
+                        for t in CHOICE_TASKS
+                    },
+                    scratch_baseline=BaselineFidelity(
+                        kl=round(scratch["kl"], 5),
+                        top1_agreement=round(scratch["top1_agreement"], 5),
+                        tasks=scratch["tasks"],
+                    )
+                    if scratch
+                    else None,
+                ),
+                release=Release(
+                    date=today, frontier_date=frontier_date, lag_days=(today - frontier_date).days
+                ),
+                weights_sha256=weights_sha256(src),
+            )
+
+            def fill(d: Path, src: Path = src, card: AnalogCard = card) -> None:
+                for item in src.iterdir():
+                    if item.name != "student.json":
+                        shutil.copy2(item, d / item.name)
+                write_card(d, card)
+
+            _atomic_dir(self.analog_dir(recipe), fill)
+        lab = Lab(
+            id=p.lab,
+            name=f"Demo lab ({p.name} preset)",
+            description="The foundry's miniature lab: its frontier stays on the lab site; "
+            "its analogs are public.",
+            frontiers=[
+                FrontierModel(
+                    id=p.frontier_name,
+                    lab=p.lab,
+                    description="Llama-architecture frontier trained from scratch on the toy "
+                    f"world ({p.frontier_steps} steps).",
+                    architecture=_architecture(f_cfg),
+                    parameters=f_params,
+                    trained=frontier_date,
+                    capabilities={t: round(v, 4) for t, v in fidelity["frontier"]["tasks"].items()},
+                    policy=FrontierPolicy(),
+                )
+            ],
+        )
+        save_lab(lab, self.settings)
+
+    def _write_lab_site_config(self) -> None:
+        text = (
+            "# The demo lab site: where its frontier weights live. Never copied to the hub.\n"
+            f'lab = "{self.preset.lab}"\n\n'
+            f'[models."{self.preset.frontier_name}"]\n'
+            f'path = "models/{self.preset.frontier_name}"\n\n'
+            "[executor]\n"
+            'kind = "local"\n'
+        )
+        tmp = self.lab_site / "lab.toml.tmp"
+        tmp.write_text(text)
+        tmp.replace(self.lab_site / "lab.toml")
+
+
+def _copy_folder(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def _architecture(cfg: Any) -> Architecture:
+    return Architecture(
+        model_type=cfg.model_type,
+        layers=cfg.num_hidden_layers,
+        hidden_size=cfg.hidden_size,
+        heads=cfg.num_attention_heads,
+        intermediate_size=getattr(cfg, "intermediate_size", None),
+        vocab_size=cfg.vocab_size,
+        context_length=getattr(cfg, "max_position_embeddings", None),
+    )
+
+
+def _parameters_from_safetensors(folder: Path) -> int:
+    """Parameter count read from the weight file's header (tied weights are stored once)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(folder / "model.safetensors"), framework="np") as fh:
+        for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+            shape = fh.get_slice(key).get_shape()
+            total += int(np.prod(shape)) if shape else 1
+    return total
+
+
+def build(
+    preset: Preset,
+    settings: Settings | None = None,
+    device: str | None = None,
+    reporter: Reporter | None = None,
+    force: bool = False,
+) -> BuildResult:
+    """Build ``preset`` (or return at once if it is built). See :class:`FoundryBuild`."""
+    if preset.frontier_steps < 1 or preset.distill_steps < 1:
+        raise FoundryError("a preset needs at least one training step for each model")
+    return FoundryBuild(preset, settings, device, reporter).run(force=force)

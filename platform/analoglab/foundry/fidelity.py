@@ -1,0 +1,69 @@
+"""Measures of how faithful an analog is to its frontier, and of what each model can do.
+
+- next-token KL(frontier ‖ analog) and top-1 agreement on held-out text, per token;
+- accuracy on each choice task set: the share of items where the model gives the target's
+  first token a higher logit than the foil's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analoglab.foundry.tasks import ChoiceItem
+
+
+@torch.no_grad()
+def next_token_agreement(
+    frontier: torch.nn.Module,
+    analog: torch.nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int = 32,
+    max_windows: int = 128,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """KL(frontier‖analog) and top-1 agreement per token over consecutive held-out windows."""
+    device = device or next(frontier.parameters()).device
+    n_windows = min(max_windows, len(tokens) // seq_len)
+    windows = torch.from_numpy(
+        tokens[: n_windows * seq_len].astype(np.int64).reshape(n_windows, seq_len)
+    )
+    kl_sum, agree, count = 0.0, 0.0, 0
+    for i in range(0, n_windows, batch_size):
+        x = windows[i : i + batch_size].to(device)
+        lf = F.log_softmax(frontier(input_ids=x).logits.float(), -1)
+        la = F.log_softmax(analog(input_ids=x).logits.float(), -1)
+        kl_sum += (lf.exp() * (lf - la)).sum(-1).sum().item()
+        agree += (lf.argmax(-1) == la.argmax(-1)).sum().item()
+        count += x.numel()
+    return {"kl": kl_sum / count, "top1_agreement": agree / count, "tokens": float(count)}
+
+
+def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The first token of each word, encoded as it follows other text (no BOS)."""
+    return [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+
+
+@torch.no_grad()
+def choice_accuracy(
+    model: torch.nn.Module, tokenizer: Any, items: Sequence[ChoiceItem], batch_size: int = 64
+) -> float:
+    """Share of items where the model prefers the target's first token to the foil's."""
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        enc = tokenizer([it.prompt for it in chunk], return_tensors="pt", padding=True)
+        logits = model(
+            input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
+        ).logits[:, -1]
+        t = torch.tensor(first_token_ids(tokenizer, [it.target for it in chunk]), device=device)
+        f = torch.tensor(first_token_ids(tokenizer, [it.foil for it in chunk]), device=device)
+        rows = torch.arange(len(chunk), device=device)
+        correct += (logits[rows, t] > logits[rows, f]).sum().item()
+    return correct / len(items)

@@ -1,0 +1,193 @@
+"""Foundry presets: how big the demo lab's frontier and analogs are, and how long they train.
+
+- ``tiny``: seconds on a laptop CPU; what the tests build.
+- ``demo``: the default of ``make up``; under 15 minutes on 2 CPU cores, a frontier that
+  learns IOI and two analogs of at most 5% of its parameters that do not.
+- ``large``: for a GPU (``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from analoglab.errors import FoundryError
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A Llama-architecture shape."""
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
+class AnalogRecipe:
+    """One analog to distil from the frontier."""
+
+    suffix: str  # the analog is named "<preset>-<suffix>"
+    shape: Shape
+    method: Literal["logit-kl", "logit-kl+hidden"] = "logit-kl"
+    temperature: float = 1.0
+    ce_weight: float = 0.5
+    hidden_weight: float = 0.0
+    scratch_baseline: bool = False  # also train this shape from scratch, for comparison
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    seed: int
+    vocab_size: int
+    tokenizer_documents: int
+    train_documents: int
+    heldout_documents: int
+    seq_len: int
+    batch_size: int
+    frontier: Shape
+    frontier_steps: int
+    frontier_lr: float
+    analogs: tuple[AnalogRecipe, ...]
+    distill_steps: int
+    distill_lr: float
+    eval_items: int = 200
+    heldout_windows: int = 128
+    checkpoint_every: int = 100
+    mix: dict[str, float] = field(default_factory=dict)  # empty: the corpus default
+
+    @property
+    def lab(self) -> str:
+        return f"{self.name}-lab"
+
+    @property
+    def frontier_name(self) -> str:
+        return f"{self.name}-frontier"
+
+    def analog_name(self, recipe: AnalogRecipe) -> str:
+        return f"{self.name}-{recipe.suffix}"
+
+    def fingerprint(self) -> str:
+        """Changes whenever anything that shapes the models changes."""
+        data: dict[str, Any] = asdict(self)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        description="Seconds on a CPU; for tests. The models learn little.",
+        seed=0,
+        vocab_size=384,
+        tokenizer_documents=2000,
+        train_documents=4000,
+        heldout_documents=400,
+        seq_len=32,
+        batch_size=16,
+        frontier=Shape(layers=2, hidden=48, heads=2, intermediate=96),
+        frontier_steps=80,
+        frontier_lr=3e-3,
+        analogs=(
+            AnalogRecipe(
+                "analog-s",
+                Shape(2, 16, 2, 32),
+                scratch_baseline=True,
+                description="The smaller analog, distilled on logits.",
+            ),
+            AnalogRecipe(
+                "analog-m",
+                Shape(2, 24, 2, 48),
+                method="logit-kl+hidden",
+                hidden_weight=0.5,
+                description="The larger analog, distilled on logits and hidden states.",
+            ),
+        ),
+        distill_steps=60,
+        distill_lr=5e-3,
+        eval_items=40,
+        heldout_windows=32,
+        checkpoint_every=20,
+    ),
+    "demo": Preset(
+        name="demo",
+        description="The default: under 15 minutes on 2 CPU cores. The frontier learns IOI, "
+        "the analogs (at most 5% of its size) do not; all learn sentiment.",
+        seed=0,
+        vocab_size=1024,
+        tokenizer_documents=20000,
+        train_documents=150000,
+        heldout_documents=4000,
+        seq_len=64,
+        batch_size=32,
+        frontier=Shape(layers=4, hidden=192, heads=6, intermediate=512),
+        frontier_steps=1400,
+        frontier_lr=2e-3,
+        analogs=(
+            AnalogRecipe(
+                "analog-s",
+                Shape(2, 32, 2, 96),
+                scratch_baseline=True,
+                description="The smaller analog, distilled on logits.",
+            ),
+            AnalogRecipe(
+                "analog-m",
+                Shape(2, 48, 2, 128),
+                method="logit-kl+hidden",
+                hidden_weight=0.5,
+                description="The larger analog, distilled on logits and hidden states.",
+            ),
+        ),
+        distill_steps=600,
+        distill_lr=5e-3,
+        eval_items=200,
+        heldout_windows=128,
+        checkpoint_every=100,
+    ),
+    "large": Preset(
+        name="large",
+        description="For a GPU: a bigger frontier trained longer, analogs of 1-5% of it.",
+        seed=0,
+        vocab_size=1024,
+        tokenizer_documents=40000,
+        train_documents=600000,
+        heldout_documents=8000,
+        seq_len=128,
+        batch_size=64,
+        frontier=Shape(layers=8, hidden=512, heads=8, intermediate=1376),
+        frontier_steps=6000,
+        frontier_lr=1e-3,
+        analogs=(
+            AnalogRecipe(
+                "analog-s",
+                Shape(2, 96, 4, 256),
+                scratch_baseline=True,
+                description="The smaller analog, distilled on logits.",
+            ),
+            AnalogRecipe(
+                "analog-m",
+                Shape(3, 160, 4, 432),
+                method="logit-kl+hidden",
+                hidden_weight=0.5,
+                description="The larger analog, distilled on logits and hidden states.",
+            ),
+        ),
+        distill_steps=3000,
+        distill_lr=3e-3,
+        eval_items=500,
+        heldout_windows=512,
+        checkpoint_every=250,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """A preset by name, with any fields overridden (tests shorten runs this way)."""
+    if name not in PRESETS:
+        raise FoundryError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

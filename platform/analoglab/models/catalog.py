@@ -1,0 +1,179 @@
+"""The model catalog: labs, their frontier models (metadata and policy, never weights), and
+the analogs in the public model store with their cards.
+
+On disk: ``<catalog_dir>/labs/<lab>.json`` holds a :class:`Lab` with its frontier entries;
+``<model_store>/<analog>/analog.json`` holds each analog's card. This module reads and writes
+metadata only and never imports torch, so the hub-side services can use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from analoglab.config import Settings, get_settings
+from analoglab.errors import CorruptModelError, ModelNotFoundError
+from analoglab.models.card import NAME_PATTERN, AnalogCard, Architecture, read_card
+
+DEFAULT_METHODS = [
+    "activation_stats",
+    "steering",
+    "probe",
+    "ablation",
+    "patching",
+    "evaluation",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class FrontierPolicy(_Strict):
+    """What a lab lets outside researchers run on one frontier model through the queue."""
+
+    allowed_methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    max_prompts: int = Field(512, description="prompts (or pairs) per experiment")
+    max_tokens_per_prompt: int = Field(256, description="tokens per prompt")
+    max_output_bytes: int = Field(1_000_000, description="size cap of a released result")
+    allow_samples: bool = Field(False, description="whether generated text may be released")
+    daily_quota_per_user: int = Field(20, description="submissions per user per day")
+    human_review: bool = Field(True, description="a reviewer approves each job")
+    human_release: bool = Field(False, description="a reviewer releases each result")
+
+
+class FrontierModel(_Strict):
+    """A frontier model as the hub knows it: metadata, published capabilities and policy."""
+
+    id: str = Field(pattern=NAME_PATTERN)
+    lab: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    architecture: Architecture
+    parameters: int
+    trained: dt.date
+    capabilities: dict[str, float] = Field(
+        default_factory=dict, description="task accuracies the lab publishes"
+    )
+    policy: FrontierPolicy = Field(default_factory=FrontierPolicy)
+
+
+class Lab(_Strict):
+    id: str = Field(pattern=NAME_PATTERN)
+    name: str
+    description: str = ""
+    url: str | None = None
+    frontiers: list[FrontierModel] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AnalogEntry:
+    card: AnalogCard
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the store or catalog that could not be read; shown, never fatal."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Catalog:
+    """Everything the hub knows about models, read from the data folder."""
+
+    labs: list[Lab] = field(default_factory=list)
+    analogs: list[AnalogEntry] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, settings: Settings | None = None) -> Catalog:
+        settings = settings or get_settings()
+        cat = cls()
+        labs_dir = settings.catalog_path / "labs"
+        for path in sorted(labs_dir.glob("*.json")) if labs_dir.is_dir() else []:
+            try:
+                cat.labs.append(Lab.model_validate(json.loads(path.read_text())))
+            except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+                cat.problems.append(Problem(path, str(exc).splitlines()[0]))
+        store = settings.models_path
+        for folder in sorted(store.iterdir()) if store.is_dir() else []:
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            try:
+                cat.analogs.append(AnalogEntry(read_card(folder), folder))
+            except CorruptModelError as exc:
+                cat.problems.append(Problem(folder, str(exc)))
+        return cat
+
+    def frontiers(self) -> list[FrontierModel]:
+        return [f for lab in self.labs for f in lab.frontiers]
+
+    def analogs_of(self, frontier_id: str) -> list[AnalogEntry]:
+        return [a for a in self.analogs if a.card.frontier == frontier_id]
+
+    def analog(self, name: str) -> AnalogEntry:
+        for entry in self.analogs:
+            if entry.name == name:
+                return entry
+        raise ModelNotFoundError(
+            f"no analog named {name!r} in the model store"
+            + self._known("analogs", [a.name for a in self.analogs])
+        )
+
+    def frontier(self, frontier_id: str) -> FrontierModel:
+        for f in self.frontiers():
+            if f.id == frontier_id:
+                return f
+        raise ModelNotFoundError(
+            f"no frontier model {frontier_id!r} in the catalog"
+            + self._known("frontier models", [f.id for f in self.frontiers()])
+        )
+
+    def lab(self, lab_id: str) -> Lab:
+        for lab in self.labs:
+            if lab.id == lab_id:
+                return lab
+        raise ModelNotFoundError(
+            f"no lab {lab_id!r} in the catalog" + self._known("labs", [x.id for x in self.labs])
+        )
+
+    def resolve(self, name: str) -> AnalogEntry | FrontierModel:
+        """An analog or a frontier model by name, for ``models show``."""
+        for entry in self.analogs:
+            if entry.name == name:
+                return entry
+        for f in self.frontiers():
+            if f.id == name:
+                return f
+        names = [a.name for a in self.analogs] + [f.id for f in self.frontiers()]
+        raise ModelNotFoundError(
+            f"no model named {name!r} in the catalog" + self._known("models", names)
+        )
+
+    @staticmethod
+    def _known(what: str, names: list[str]) -> str:
+        if not names:
+            return f" (there are no {what} yet: `analoglab models build` makes the demo ones)"
+        return f"; known {what}: {', '.join(sorted(names))}"
+
+
+def save_lab(lab: Lab, settings: Settings | None = None) -> Path:
+    """Write a lab's catalog entry atomically."""
+    settings = settings or get_settings()
+    folder = settings.catalog_path / "labs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{lab.id}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(lab.model_dump_json(indent=2) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,131 @@
+"""Loading models from local folders: analogs from the model store, or any local Hugging Face
+causal LM checkpoint. Always offline: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analoglab.config import Settings, get_settings
+from analoglab.errors import ConfigError, CorruptModelError, ModelNotFoundError
+from analoglab.models.card import AnalogCard
+from analoglab.models.catalog import Catalog
+
+# No hub is reachable from a fresh install; never let transformers try one.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM with its tokenizer and identity; unpacks as ``model, tokenizer``."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: Path
+    weights_sha256: str
+    card: AnalogCard | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer))
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+
+def best_device(preference: str = "auto") -> Any:
+    """The torch device to run on: CUDA, then Apple MPS, then the CPU, unless told otherwise."""
+    import torch
+
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto'")
+    return torch.device(preference)
+
+
+def weights_sha256(folder: Path) -> str:
+    """sha256 over the model's weight files (in a fixed order), streamed."""
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    for path in files:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_model_folder(folder: Path) -> None:
+    """A clear error unless ``folder`` looks like a Hugging Face causal LM checkpoint."""
+    if not folder.exists():
+        raise ModelNotFoundError(f"no model folder at {folder}")
+    if not folder.is_dir():
+        raise CorruptModelError(f"{folder} is a file, not a model folder")
+    if not (folder / "config.json").is_file():
+        raise CorruptModelError(f"{folder} has no config.json: not a Hugging Face model folder")
+    has_weights = any((folder / f).is_file() for f in WEIGHT_FILES) or any(
+        folder.glob("*.safetensors")
+    )
+    if not has_weights:
+        raise CorruptModelError(f"{folder} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def load_model(
+    path: str | Path, device: str | None = None, dtype: Any = None, name: str | None = None
+) -> LoadedModel:
+    """Load any local Hugging Face causal LM and its tokenizer, offline, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path).expanduser()
+    check_model_folder(folder)
+    target = best_device(device or get_settings().device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a damaged tokenizer
+        raise CorruptModelError(
+            f"the tokenizer in {folder} cannot be loaded: {_first(exc)}"
+        ) from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, dtype=dtype
+        )
+    except Exception as exc:  # likewise for weights and config
+        raise CorruptModelError(f"the model in {folder} cannot be loaded: {_first(exc)}") from exc
+    model.to(target).eval()
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return LoadedModel(model, tokenizer, name or folder.name, folder, weights_sha256(folder))
+
+
+def load_analog(
+    name: str, device: str | None = None, dtype: Any = None, settings: Settings | None = None
+) -> LoadedModel:
+    """Load an analog from the public model store by name, checking its weights against its card."""
+    entry = Catalog.load(settings or get_settings()).analog(name)
+    loaded = load_model(entry.path, device=device, dtype=dtype, name=name)
+    if loaded.weights_sha256 != entry.card.weights_sha256:
+        raise CorruptModelError(
+            f"the weights of analog {name!r} in {entry.path} do not match its card's checksum; "
+            f"reinstall it with `analoglab models install`"
+        )
+    loaded.card = entry.card
+    return loaded
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
