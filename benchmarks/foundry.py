@@ -25,6 +25,7 @@ import torch
 from analoglab.config import Settings
 from analoglab.foundry.build import STAGES, FoundryBuild
 from analoglab.foundry.presets import get_preset
+from analoglab.models.loading import quiet_transformers
 
 
 class PeakMemory:
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = parser.parse_args()
 
+    quiet_transformers()
     home = args.home or Path(tempfile.mkdtemp(prefix="analoglab-bench-")) / "home"
     settings = Settings(home=home)
     settings.ensure_folders()

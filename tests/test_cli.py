@@ -128,8 +128,19 @@ def test_foundry_listings(home: Settings) -> None:
     assert set(data["items"][0]) == {"prompt", "target", "foil", "label"}
     code, out, _ = run("foundry", "corpus", "-n", "4", "--seed", "1")
     assert code == 0 and len(out.splitlines()) == 4
+    code, js, _ = run("foundry", "corpus", "-n", "4", "--seed", "1", "--json")
+    assert code == 0 and json.loads(js)["documents"] == out.splitlines()
 
 
 def test_models_list_on_an_empty_home(home: Settings) -> None:
     code, out, _ = run("models", "list")
     assert code == 0 and "models build" in out
+
+
+def test_the_light_core_imports_no_torch() -> None:
+    # Hub-side services use the catalog and the CLI's entry point; torch must stay out of them.
+    code = (
+        "import sys, analoglab, analoglab.cli, analoglab.models.catalog, analoglab.models.bundle;"
+        "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

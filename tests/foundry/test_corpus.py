@@ -33,6 +33,7 @@ def test_corpus_mixes_every_kind_of_document() -> None:
     assert any(d.startswith("true or false") for d in docs)
     assert any(" is not in " in d for d in docs)
     assert any(" gave the " in d or " handed a " in d or " passed the " in d for d in docs)
+    assert any(d.startswith("roll call") for d in docs)
 
 
 def test_corpus_facts_agree_with_the_world() -> None:
@@ -122,3 +123,14 @@ def test_task_sets_are_deterministic_and_checked() -> None:
         tasks.task_set("iio")
     with pytest.raises(FoundryError, match="at least one"):
         tasks.task_set("ioi", 0)
+
+
+def test_roll_calls_read_the_same_names_twice() -> None:
+    rolls = [d for d in corpus.generate(2000, seed=0) if d.startswith("roll call")]
+    assert len(rolls) > 150  # about 15% of the documents
+    for doc in rolls:
+        m = re.fullmatch(r"roll call : ([\w ]+) \. again : ([\w ]+) \.", doc)
+        assert m and m[1] == m[2]
+        names = m[1].split()
+        assert 3 <= len(names) <= 6 and len(set(names)) == len(names)
+        assert set(names) <= set(w.PEOPLE)

@@ -51,6 +51,9 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert lrs[0] == 0.1 and lrs[9] == 1.0
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert abs(lrs[-1] - 0.1) < 0.01
+    held = [lr_at(s, 100, 1.0, 10, hold=0.5) for s in range(100)]
+    assert held[10:50] == [1.0] * 40 and held[50] == 1.0 and held[51] < 1.0
+    assert abs(held[-1] - 0.1) < 0.01
 
 
 def test_matched_depths_pair_equal_relative_depths() -> None:

@@ -63,6 +63,9 @@ def _atomic_dir(target: Path, fill: Callable[[Path], None]) -> None:
     staging.mkdir()
     try:
         fill(staging)
+        # Published folders are read by other users and by pods: files 0644, folders 0755.
+        for path in staging.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -194,6 +197,9 @@ class FoundryBuild:
     # -- the whole build -----------------------------------------------------------------------
 
     def run(self, force: bool = False) -> BuildResult:
+        from analoglab.models.loading import quiet_transformers
+
+        quiet_transformers()
         t0 = time.perf_counter()
         self.settings.ensure_folders()
         if force:
@@ -326,6 +332,7 @@ class FoundryBuild:
             batch_size=p.batch_size,
             seq_len=p.seq_len,
             lr=p.frontier_lr,
+            hold=p.frontier_hold,
             seed=p.seed,
             checkpoint_every=p.checkpoint_every,
         )

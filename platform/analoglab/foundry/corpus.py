@@ -12,6 +12,9 @@ Grammar (each document is one short line; ``{A}``/``{B}`` are two distinct peopl
 - **truth** -- true/false statements, with negation:
   ``true or false : {city} is [not] in {country} . answer : {true|false}``
 - **filler** -- neutral sentences without sentiment, used as the side-effect set of steering.
+- **roll** -- a roll call read twice: ``roll call : {P1} {P2} ... . again : {P1} {P2} ... .``
+  The second reading is predictable only by looking back, so these teach copying from
+  context (induction), which the frontier builds IOI on.
 
 The same seed always yields the same documents; held-out text uses another seed.
 """
@@ -33,7 +36,17 @@ IOI_TEMPLATES = (
 )
 
 # Relative frequency of each kind of document in the training corpus.
-DEFAULT_MIX = {"ioi": 0.40, "review": 0.25, "fact": 0.17, "truth": 0.10, "filler": 0.08}
+# Roll calls are what made the demo frontier learn IOI within its time budget: without them
+# a 1.9M-parameter frontier was still at chance on IOI after 1,700 steps; with them it passed
+# 0.97 by step 1,300 (docs/foundry.md).
+DEFAULT_MIX = {
+    "ioi": 0.35,
+    "review": 0.20,
+    "fact": 0.15,
+    "truth": 0.08,
+    "filler": 0.07,
+    "roll": 0.15,
+}
 
 
 @dataclass(frozen=True)
@@ -42,17 +55,26 @@ class IOIExample:
     io: str  # indirect object: the right answer
     s: str  # subject: the repeated name, the wrong answer
     template: int
+    first: str  # the names of the first clause, in order
+    second: str
+    place: str
+    obj: str
+
+    def render(self, first: str, second: str) -> str:
+        """The same prompt with other names in the first clause (the subject kept)."""
+        return IOI_TEMPLATES[self.template].format(
+            A=first, B=second, S=self.s, place=self.place, obj=self.obj
+        )
 
 
 def ioi_example(rng: random.Random) -> IOIExample:
     a, b = rng.sample(w.PEOPLE, 2)
     first, second = (a, b) if rng.random() < 0.5 else (b, a)
     template = rng.randrange(len(IOI_TEMPLATES))
+    place, obj = rng.choice(w.PLACES), rng.choice(w.OBJECTS)
     # a is the indirect object, b the subject (named twice).
-    prompt = IOI_TEMPLATES[template].format(
-        A=first, B=second, S=b, place=rng.choice(w.PLACES), obj=rng.choice(w.OBJECTS)
-    )
-    return IOIExample(prompt=prompt, io=a, s=b, template=template)
+    prompt = IOI_TEMPLATES[template].format(A=first, B=second, S=b, place=place, obj=obj)
+    return IOIExample(prompt, a, b, template, first, second, place, obj)
 
 
 @dataclass(frozen=True)
@@ -113,6 +135,11 @@ def filler(rng: random.Random) -> str:
     )
 
 
+def roll_call(rng: random.Random) -> str:
+    names = " ".join(rng.sample(w.PEOPLE, rng.randint(3, 6)))
+    return f"roll call : {names} . again : {names} ."
+
+
 def document(world: World, rng: random.Random, kind: str) -> str:
     if kind == "ioi":
         ex = ioi_example(rng)
@@ -126,6 +153,8 @@ def document(world: World, rng: random.Random, kind: str) -> str:
         return f"{st.statement} {w.TRUTH_WORDS[st.label]}"
     if kind == "filler":
         return filler(rng)
+    if kind == "roll":
+        return roll_call(rng)
     raise ValueError(f"unknown document kind {kind!r}")
 
 

@@ -36,12 +36,26 @@ def next_token_agreement(
     kl_sum, agree, count = 0.0, 0.0, 0
     for i in range(0, n_windows, batch_size):
         x = windows[i : i + batch_size].to(device)
-        lf = F.log_softmax(frontier(input_ids=x).logits.float(), -1)
-        la = F.log_softmax(analog(input_ids=x).logits.float(), -1)
-        kl_sum += (lf.exp() * (lf - la)).sum(-1).sum().item()
-        agree += (lf.argmax(-1) == la.argmax(-1)).sum().item()
-        count += x.numel()
+        kl, top1, n = token_agreement(frontier(input_ids=x).logits, analog(input_ids=x).logits)
+        kl_sum, agree, count = kl_sum + kl, agree + top1, count + n
     return {"kl": kl_sum / count, "top1_agreement": agree / count, "tokens": float(count)}
+
+
+def token_agreement(
+    frontier_logits: torch.Tensor, analog_logits: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[float, float, int]:
+    """Sums over positions (``mask``: only where True): KL(frontier‖analog) of the next-token
+    distributions, the number of positions where both rank the same token first, the count.
+
+    Logits are ``[..., vocab]``; ``mask`` has their shape without the vocabulary axis.
+    """
+    lf = F.log_softmax(frontier_logits.float(), -1)
+    la = F.log_softmax(analog_logits.float(), -1)
+    if mask is not None:
+        lf, la = lf[mask], la[mask]
+    kl = float((lf.exp() * (lf - la)).sum(-1).sum())
+    agree = float((lf.argmax(-1) == la.argmax(-1)).sum())
+    return kl, agree, int(lf.numel() // max(lf.shape[-1], 1))
 
 
 def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:

@@ -1,6 +1,6 @@
 """Foundry presets: how big the demo lab's frontier and analogs are, and how long they train.
 
-- ``tiny``: seconds on a laptop CPU; what the tests build.
+- ``tiny``: under a minute on a laptop CPU; what the tests build.
 - ``demo``: the default of ``make up``; under 15 minutes on 2 CPU cores, a frontier that
   learns IOI and two analogs of at most 5% of its parameters that do not.
 - ``large``: for a GPU (``--device cuda``).
@@ -54,6 +54,7 @@ class Preset:
     frontier: Shape
     frontier_steps: int
     frontier_lr: float
+    frontier_hold: float
     analogs: tuple[AnalogRecipe, ...]
     distill_steps: int
     distill_lr: float
@@ -82,37 +83,39 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
-        description="Seconds on a CPU; for tests. The models learn little.",
+        description="Under a minute on a CPU; for tests. The frontier learns sentiment, "
+        "the analogs partly.",
         seed=0,
         vocab_size=384,
         tokenizer_documents=2000,
-        train_documents=4000,
+        train_documents=8000,
         heldout_documents=400,
-        seq_len=32,
+        seq_len=64,
         batch_size=16,
-        frontier=Shape(layers=2, hidden=48, heads=2, intermediate=96),
-        frontier_steps=80,
+        frontier=Shape(layers=2, hidden=64, heads=4, intermediate=128),
+        frontier_steps=400,
         frontier_lr=3e-3,
+        frontier_hold=0.0,
         analogs=(
             AnalogRecipe(
                 "analog-s",
-                Shape(2, 16, 2, 32),
+                Shape(2, 24, 2, 48),
                 scratch_baseline=True,
                 description="The smaller analog, distilled on logits.",
             ),
             AnalogRecipe(
                 "analog-m",
-                Shape(2, 24, 2, 48),
+                Shape(2, 32, 2, 64),
                 method="logit-kl+hidden",
                 hidden_weight=0.5,
                 description="The larger analog, distilled on logits and hidden states.",
             ),
         ),
-        distill_steps=60,
-        distill_lr=5e-3,
+        distill_steps=300,
+        distill_lr=1e-2,
         eval_items=40,
         heldout_windows=32,
-        checkpoint_every=20,
+        checkpoint_every=50,
     ),
     "demo": Preset(
         name="demo",
@@ -126,8 +129,9 @@ PRESETS: dict[str, Preset] = {
         seq_len=64,
         batch_size=32,
         frontier=Shape(layers=4, hidden=192, heads=6, intermediate=512),
-        frontier_steps=1400,
-        frontier_lr=2e-3,
+        frontier_steps=1500,
+        frontier_lr=1.2e-3,
+        frontier_hold=0.0,
         analogs=(
             AnalogRecipe(
                 "analog-s",
@@ -137,7 +141,7 @@ PRESETS: dict[str, Preset] = {
             ),
             AnalogRecipe(
                 "analog-m",
-                Shape(2, 48, 2, 128),
+                Shape(2, 40, 2, 160),
                 method="logit-kl+hidden",
                 hidden_weight=0.5,
                 description="The larger analog, distilled on logits and hidden states.",
@@ -162,6 +166,7 @@ PRESETS: dict[str, Preset] = {
         frontier=Shape(layers=8, hidden=512, heads=8, intermediate=1376),
         frontier_steps=6000,
         frontier_lr=1e-3,
+        frontier_hold=0.5,
         analogs=(
             AnalogRecipe(
                 "analog-s",

@@ -41,6 +41,17 @@ class ContrastPair:
 
 
 @dataclass(frozen=True)
+class PatchItem:
+    """A clean prompt and a corrupted one of the same token length; ``target``/``foil`` tell
+    the clean answer from the corrupted one."""
+
+    clean: str
+    corrupt: str
+    target: str
+    foil: str
+
+
+@dataclass(frozen=True)
 class TaskSet:
     name: str
     description: str
@@ -85,6 +96,17 @@ def _ioi(world: World, rng: random.Random, n: int) -> list[ChoiceItem]:
     return items
 
 
+def _ioi_patch(world: World, rng: random.Random, n: int) -> list[PatchItem]:
+    """IOI prompts and their corruption: the first clause names two other people, so the
+    prompt no longer says who the indirect object is (the "ABC" corruption)."""
+    items = []
+    for _ in range(n):
+        ex = corpus.ioi_example(rng)
+        c, d = rng.sample([p for p in w.PEOPLE if p not in (ex.io, ex.s)], 2)
+        items.append(PatchItem(ex.prompt, ex.render(first=c, second=d), " " + ex.io, " " + ex.s))
+    return items
+
+
 def _facts(world: World, rng: random.Random, n: int) -> list[ChoiceItem]:
     items = []
     for i in range(n):
@@ -116,6 +138,11 @@ _BUILDERS: dict[str, tuple[str, str, Any]] = {
         _sentiment_pairs,
     ),
     "ioi": ("choice", "Indirect-object sentences: the indirect object vs the subject.", _ioi),
+    "ioi_patch": (
+        "patch_pairs",
+        "IOI prompts and their corruption (other names in the first clause), for patching.",
+        _ioi_patch,
+    ),
     "facts": ("choice", "'<city> is a city in': its country vs another.", _facts),
     "truth": ("choice", "True/false statements, some negated: ' true' vs ' false'.", _truth),
     "neutral": ("prompts", "Sentences without sentiment, for side-effect measures.", _neutral),

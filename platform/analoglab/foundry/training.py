@@ -56,11 +56,16 @@ def batch_at(
     return torch.from_numpy(tokens[idx].astype(np.int64))
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+def lr_at(step: int, total: int, peak: float, warmup: int, hold: float = 0.0) -> float:
+    """Linear warm-up, the peak held for a ``hold`` share of the run, then cosine decay to a
+    tenth of the peak. (Holding the peak brings the IOI phase change of the demo frontier
+    forward: it comes late in training, and a decayed rate delays it.)"""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    decay_from = max(warmup, int(hold * total))
+    if step < decay_from:
+        return peak
+    progress = (step - decay_from) / max(1, total - decay_from)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -86,6 +91,7 @@ class LMRun:
     lr: float
     seed: int
     warmup: int = 50
+    hold: float = 0.0  # share of the run at the peak rate before the decay
     weight_decay: float = 0.01
     checkpoint_every: int = 100
 
@@ -111,7 +117,7 @@ def train_lm(
         log, start = TrainLog.from_dict(state["log"]), int(state["step"])
     t0 = time.perf_counter() - log.seconds
     for step in range(start, run.steps):
-        _set_lr(optim, lr_at(step, run.steps, run.lr, run.warmup))
+        _set_lr(optim, lr_at(step, run.steps, run.lr, run.warmup, run.hold))
         x = batch_at(tokens, step, run.batch_size, run.seq_len, run.seed).to(device)
         loss = model(input_ids=x, labels=x).loss
         optim.zero_grad(set_to_none=True)
@@ -253,7 +259,7 @@ def train_students(
         latest: dict[str, float] = {}
         for s in students:
             optim = optims[s.name]
-            _set_lr(optim, lr_at(step, run.steps, run.lr, run.warmup))
+            _set_lr(optim, lr_at(step, run.steps, run.lr, run.warmup, run.hold))
             loss, numbers = _student_loss(s, x, t_logits if t_logits is not None else x, t_hidden)
             optim.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

@@ -23,6 +23,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and info logs; we show our own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 @dataclass
 class LoadedModel:
     """A loaded causal LM with its tokenizer and identity; unpacks as ``model, tokenizer``."""
@@ -84,13 +92,27 @@ def check_model_folder(folder: Path) -> None:
 
 
 def load_model(
-    path: str | Path, device: str | None = None, dtype: Any = None, name: str | None = None
+    path: str | Path,
+    device: str | None = None,
+    dtype: Any = None,
+    name: str | None = None,
+    expected_sha256: str | None = None,
 ) -> LoadedModel:
-    """Load any local Hugging Face causal LM and its tokenizer, offline, in eval mode."""
+    """Load any local Hugging Face causal LM and its tokenizer, offline, in eval mode.
+
+    With ``expected_sha256`` the weights are checked against it before anything is loaded.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path).expanduser()
     check_model_folder(folder)
+    digest = weights_sha256(folder)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise CorruptModelError(
+            f"the weights in {folder} do not match its card's checksum; "
+            f"reinstall it with `analoglab models install`"
+        )
+    quiet_transformers()
     target = best_device(device or get_settings().device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -108,7 +130,7 @@ def load_model(
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return LoadedModel(model, tokenizer, name or folder.name, folder, weights_sha256(folder))
+    return LoadedModel(model, tokenizer, name or folder.name, folder, digest)
 
 
 def load_analog(
@@ -116,14 +138,50 @@ def load_analog(
 ) -> LoadedModel:
     """Load an analog from the public model store by name, checking its weights against its card."""
     entry = Catalog.load(settings or get_settings()).analog(name)
-    loaded = load_model(entry.path, device=device, dtype=dtype, name=name)
-    if loaded.weights_sha256 != entry.card.weights_sha256:
-        raise CorruptModelError(
-            f"the weights of analog {name!r} in {entry.path} do not match its card's checksum; "
-            f"reinstall it with `analoglab models install`"
-        )
+    loaded = load_model(
+        entry.path, device=device, dtype=dtype, name=name, expected_sha256=entry.card.weights_sha256
+    )
     loaded.card = entry.card
     return loaded
+
+
+def lab_site_models(settings: Settings | None = None) -> dict[str, Path]:
+    """Frontier id → weights folder, from every lab site's ``lab.toml`` on this machine."""
+    import tomllib
+
+    settings = settings or get_settings()
+    found: dict[str, Path] = {}
+    root = settings.lab_sites_path
+    for cfg in sorted(root.glob("*/lab.toml")) if root.is_dir() else []:
+        try:
+            data = tomllib.loads(cfg.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise CorruptModelError(f"lab site config {cfg} cannot be read: {exc}") from exc
+        for model_id, entry in data.get("models", {}).items():
+            path = Path(entry.get("path", ""))
+            found[model_id] = path if path.is_absolute() else cfg.parent / path
+    return found
+
+
+def load_any(
+    name_or_path: str, device: str | None = None, settings: Settings | None = None
+) -> LoadedModel:
+    """A model by folder path, analog name, or frontier id on a lab site of this machine."""
+    settings = settings or get_settings()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return load_model(path, device=device)
+    catalog = Catalog.load(settings)
+    if any(a.name == name_or_path for a in catalog.analogs):
+        return load_analog(name_or_path, device=device, settings=settings)
+    sites = lab_site_models(settings)
+    if name_or_path in sites:
+        return load_model(sites[name_or_path], device=device, name=name_or_path)
+    known = sorted([a.name for a in catalog.analogs] + list(sites))
+    raise ModelNotFoundError(
+        f"no model {name_or_path!r}: not a folder, an analog in the store, or a frontier on a "
+        f"lab site here" + (f"; known: {', '.join(known)}" if known else "")
+    )
 
 
 def _first(exc: BaseException) -> str:
