@@ -339,9 +339,12 @@ def models_install(
     """Verify every checksum of a bundle, then install it into the model store."""
     from rich.progress import Progress
 
+    from analoglab.errors import BundleError
     from analoglab.models.bundle import install
 
-    total = bundle.stat().st_size if bundle.is_file() else 0
+    if not bundle.is_file():
+        raise BundleError(f"no bundle file at {bundle}")
+    total = bundle.stat().st_size
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(f"verifying {bundle.name}", total=total)
         path = install(
@@ -388,11 +391,16 @@ def foundry_presets(as_json: JsonFlag = False) -> None:
 def foundry_corpus(
     n: Annotated[int, typer.Option("-n", help="How many documents.", min=1)] = 10,
     seed: Annotated[int, typer.Option(help="Corpus seed.")] = 0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Print documents of the toy-world corpus."""
     from analoglab.foundry.corpus import generate
 
-    for doc in generate(n, seed):
+    docs = list(generate(n, seed))
+    if as_json:
+        print_json({"seed": seed, "documents": docs})
+        return
+    for doc in docs:
         sys.stdout.write(doc + "\n")
 
 
@@ -416,6 +424,182 @@ def foundry_tasks(
     out.print(f"[bold]{ts.name}[/bold]: {ts.description}")
     for item in ts.to_dict()["items"]:
         out.print(f"  {item}")
+
+
+# -- experiments -------------------------------------------------------------------------------
+
+spec_app = typer.Typer(help="Experiment specs: the JSON Schema, validation.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+
+@spec_app.command("schema")
+@handles_errors
+def spec_schema(
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Write it here.")] = None,
+) -> None:
+    """Print the JSON Schema of experiment specs."""
+    from analoglab.experiments.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out_path:
+        out_path.write_text(text)
+        err.print(f"wrote {out_path}")
+    else:
+        sys.stdout.write(text)
+
+
+@spec_app.command("validate")
+@handles_errors
+def spec_validate(
+    spec_file: Annotated[Path, typer.Argument(help="A YAML or JSON spec.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a spec file; print its method, hash and whether it is self-contained."""
+    from analoglab.experiments.spec import is_self_contained, load_spec, spec_hash, spec_to_dict
+
+    spec = load_spec(spec_file)
+    info = {
+        "method": spec.method,
+        "spec_hash": spec_hash(spec),
+        "self_contained": is_self_contained(spec),
+        "spec": spec_to_dict(spec),
+    }
+    if as_json:
+        print_json(info)
+    else:
+        out.print(
+            f"valid {spec.method} spec, hash {info['spec_hash'][:16]}"
+            + ("" if info["self_contained"] else " (uses task sets: not self-contained)")
+        )
+
+
+def _progress_bar(description: str) -> tuple[Any, Callable[[int, int], None]]:
+    from rich.progress import Progress
+
+    progress = Progress(console=err, transient=True)
+    task = progress.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
+@app.command("run")
+@handles_errors
+def run_command(
+    spec_file: Annotated[Path, typer.Argument(help="A YAML or JSON experiment spec.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Analog name, frontier id on a lab site here, or a model folder."
+        ),
+    ],
+    reference: Annotated[
+        str | None, typer.Option(help="The frontier, for the fidelity method.")
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the result JSON.")
+    ] = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run an experiment spec on one model and print (or save) its result."""
+    from analoglab.experiments.runner import run
+    from analoglab.experiments.spec import load_spec
+    from analoglab.models.loading import load_any
+
+    spec = load_spec(spec_file)
+    settings = get_settings()
+    loaded = load_any(model, device=device, settings=settings)
+    ref = load_any(reference, device=device, settings=settings) if reference else None
+    progress, update = _progress_bar(f"{spec.method} on {loaded.name}")
+    with progress:
+        result = run(spec, loaded, reference=ref, progress=update)
+    if out_path:
+        result.save(out_path)
+        err.print(f"wrote {out_path} ({result.size_bytes:,} bytes)")
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    elif not out_path:
+        _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    out.print(
+        f"[bold]{result.method}[/bold] on {result.model.name} "
+        f"({result.timings.get('total_seconds', 0):.1f}s, {result.size_bytes:,} bytes)"
+    )
+    for key, value in result.metrics.items():
+        out.print(f"  {key:<24} {value:.4f}")
+    for name, prof in result.profiles.items():
+        values = " ".join(
+            f"{d:.2f}:{v:+.3f}" for d, v in zip(prof.depths, prof.values, strict=True)
+        )
+        out.print(f"  profile {name:<16} {values}")
+    for sample in result.samples:
+        out.print(f"  sample: {sample!r}")
+
+
+@app.command("transfer")
+@handles_errors
+def transfer_command(
+    spec_file: Annotated[Path, typer.Option("--spec", "-s", help="A YAML or JSON spec.")],
+    analog: Annotated[str, typer.Option("--analog", "-a", help="The analog (name or folder).")],
+    frontier: Annotated[
+        str,
+        typer.Option(
+            "--frontier",
+            "-f",
+            help="The frontier: its id on a lab site of this machine, or a folder.",
+        ),
+    ],
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a spec on an analog and on its frontier, here, and report how well it transfers."""
+    from analoglab.experiments.runner import run
+    from analoglab.experiments.spec import load_spec
+    from analoglab.experiments.transfer import compare
+    from analoglab.models.loading import load_any
+
+    spec = load_spec(spec_file)
+    settings = get_settings()
+    results = []
+    for name in (analog, frontier):
+        loaded = load_any(name, device=device, settings=settings)
+        progress, update = _progress_bar(f"{spec.method} on {loaded.name}")
+        with progress:
+            results.append(run(spec, loaded, progress=update))
+        del loaded
+    report = compare(results[0], results[1])
+    if as_json:
+        print_json(
+            {
+                "report": report.model_dump(mode="json"),
+                "analog_result": results[0].model_dump(mode="json"),
+                "frontier_result": results[1].model_dump(mode="json"),
+            }
+        )
+        return
+    colour = {"transfers": "green", "partial": "yellow"}.get(report.verdict, "red")
+    out.print(
+        f"[bold]{report.method}[/bold]: {report.analog.name} → {report.frontier.name}: "
+        f"transfer score [bold]{report.score:.3f}[/bold] "
+        f"([{colour}]{report.verdict.replace('_', ' ')}[/{colour}])"
+    )
+    table = Table("part", "value", "analog", "frontier", "detail")
+    for part in report.parts:
+        table.add_row(
+            part.name,
+            f"{part.value:.3f}",
+            "" if part.analog is None else f"{part.analog:.3f}",
+            "" if part.frontier is None else f"{part.frontier:.3f}",
+            part.detail,
+        )
+    out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}")
 
 
 def main() -> None:
