@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from analoglab import __version__
@@ -58,7 +59,7 @@ def handles_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except AnalogLabError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted; run the command again to resume")
@@ -468,7 +469,7 @@ def spec_validate(
         print_json(info)
     else:
         out.print(
-            f"valid {spec.method} spec, hash {info['spec_hash'][:16]}"
+            f"valid {spec.method} spec, hash {spec_hash(spec)[:16]}"
             + ("" if info["self_contained"] else " (uses task sets: not self-contained)")
         )
 
@@ -600,6 +601,45 @@ def transfer_command(
     out.print(table)
     for note in report.notes:
         out.print(f"note: {note}")
+
+
+# -- queue -------------------------------------------------------------------------------------
+
+queue_app = typer.Typer(help="The gated queue service.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+
+
+@queue_app.command("serve")
+@handles_errors
+def queue_serve(
+    tokens: Annotated[
+        Path, typer.Option("--tokens", help="Tokens TOML (hashed tokens and roles).")
+    ],
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="SQLAlchemy URL; default sqlite:///<home>/queue.db."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+) -> None:
+    """Run the queue service (migrates its database first)."""
+    import uvicorn
+
+    from analoglab.queue.service import create_app
+
+    if not tokens.is_file():
+        raise typer.BadParameter(f"no tokens file at {tokens}", param_hint="--tokens")
+    application = create_app(database_url, get_settings(), tokens)
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@queue_app.command("hash-token")
+@handles_errors
+def queue_hash_token(token: Annotated[str, typer.Argument(help="A token to hash.")]) -> None:
+    """Print the sha256 of a token, as the tokens file stores it."""
+    from analoglab.queue.auth import hash_token
+
+    out.print(hash_token(token))
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -59,7 +60,7 @@ class RichReporter:
         self._started = False
 
     def note(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(escape(message))  # notes are text, not markup: "[demo]" stays
 
     def steps(self, description: str, total: int, done: int = 0) -> StepCallback:
         if not self._started:

@@ -111,6 +111,9 @@ def test_methods_without_an_effect_compare_profiles() -> None:
 def test_grid_interpolation_and_flat_profiles() -> None:
     assert list(on_grid(profile([0.0, 1.0]))) == pytest.approx([i / 10 for i in range(11)])
     assert profile_correlation(profile([1.0, 1.0]), profile([0.0, 1.0])) == 0.0
+    # Two flat profiles: agreement when at the same level (a probe at 100% everywhere).
+    assert profile_correlation(profile([1.0, 1.0]), profile([1.0, 1.0, 1.0])) == 1.0
+    assert profile_correlation(profile([1.0, 1.0]), profile([0.6, 0.6, 0.6])) == 0.0
     assert effect_agreement(0.05, 0.05, floor=0.1) == 0.0
     assert effect_agreement(-1.0, -0.5, floor=0.1) == 0.5
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RESULT_VERSION = 1
+RESULT_VERSION: Literal[1] = 1
 
 
 class ModelIdentity(BaseModel):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from analoglab.errors import AnalogLabError
 
-SPEC_VERSION = 1
+SPEC_VERSION: Literal[1] = 1
 MAX_ITEMS = 4096
 MAX_TEXT = 2000
 

@@ -9,8 +9,9 @@ transfer score in [0, 1] combining them. The formulas (see ``docs/transfer.md``)
   shows an effect of at least ``floor``, there is nothing to transfer and the score is 0.
   Otherwise ``s_e = [same sign] · min(|a|, |f|) / max(|a|, |f|)``.
 - **profile correlation** ``s_r = max(0, r)``: Pearson's r of the method's layer profiles,
-  both interpolated onto a common grid of relative depths.
-- **peak agreement** ``s_p = 1 − |peak depth(a) − peak depth(f)|``.
+  both interpolated onto a common grid of relative depths (two flat profiles at the same
+  level count as r = 1; a flat one against a shaped one as r = 0).
+- **peak agreement** ``s_p = 1 − |peak depth(a) − peak depth(f)|`` (1 for two flat profiles).
 - **score** ``= s_e · (1 + s_r + s_p) / 3`` where the method has a profile, else ``s_e``;
   methods without a headline effect (activation statistics) score ``(s_r + s_p) / 2``.
 
@@ -75,19 +76,34 @@ def on_grid(profile: LayerProfile) -> np.ndarray:
     """The profile linearly interpolated onto :data:`GRID` (a single layer gives a constant)."""
     depths, values = np.asarray(profile.depths, float), np.asarray(profile.values, float)
     order = np.argsort(depths)
-    return np.interp(GRID, depths[order], values[order])
+    grid: np.ndarray = np.interp(GRID, depths[order], values[order])
+    return grid
+
+
+def is_flat(values: np.ndarray) -> bool:
+    """No shape to compare: the spread is within 0.1% of the largest magnitude."""
+    return float(np.ptp(values)) <= 1e-9 + 1e-3 * float(np.max(np.abs(values)))
 
 
 def profile_correlation(a: LayerProfile, f: LayerProfile) -> float:
-    """Pearson's r on the common grid; 0 when either profile is flat."""
+    """Pearson's r on the common grid. Two flat profiles agree (1) when their levels are
+    within 5% of each other and not otherwise (0); one flat profile against a shaped one: 0."""
     x, y = on_grid(a), on_grid(f)
-    if np.std(x) < 1e-12 or np.std(y) < 1e-12:
+    if is_flat(x) and is_flat(y):
+        level_x, level_y = float(np.mean(x)), float(np.mean(y))
+        return (
+            1.0 if abs(level_x - level_y) <= 0.05 * max(abs(level_x), abs(level_y), 1e-9) else 0.0
+        )
+    if is_flat(x) or is_flat(y):
         return 0.0
     r = float(np.corrcoef(x, y)[0, 1])
     return 0.0 if math.isnan(r) else r
 
 
 def peak_distance(a: LayerProfile, f: LayerProfile) -> float:
+    """Distance between the peak depths; 0 for two flat profiles (no peak to disagree on)."""
+    if is_flat(on_grid(a)) and is_flat(on_grid(f)):
+        return 0.0
     return abs(a.peak_depth() - f.peak_depth())
 
 

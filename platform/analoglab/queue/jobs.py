@@ -1,0 +1,580 @@
+"""The queue's operations on jobs, each one database transaction: what the REST service calls.
+
+:class:`JobQueue` holds no HTTP and no authorisation (the service decides who may call what);
+it vets, applies state transitions by compare-and-set (:mod:`.states`), audits them
+(:mod:`.audit`) and keeps leases. Time comes from an injectable clock so tests can expire
+leases without sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from sqlalchemy import CursorResult, Engine, select, update
+from sqlalchemy.exc import IntegrityError
+
+from analoglab.config import Settings
+from analoglab.errors import AnalogLabError, ModelNotFoundError
+from analoglab.experiments.result import ExperimentResult
+from analoglab.experiments.spec import (
+    AnySpec,
+    SpecError,
+    parse_spec,
+    resolve_task_sets,
+    spec_hash,
+    spec_to_dict,
+)
+from analoglab.models.catalog import Catalog, FrontierModel, FrontierPolicy
+from analoglab.queue import audit, policy
+from analoglab.queue.db import make_sessionmaker
+from analoglab.queue.errors import Conflict, Invalid, LeaseLost, NotFound, TransitionRefused
+from analoglab.queue.models import Job, Review, utcnow
+from analoglab.queue.states import FINAL, State, check, transition
+from analoglab.queue.vetting import Finding, VettingLimits, usage, vet
+
+ReviewDecision = Literal["approve", "reject", "request_changes"]
+ReleaseDecision = Literal["release", "withhold"]
+_REVIEW_TARGET = {
+    "approve": State.APPROVED,
+    "reject": State.REJECTED,
+    "request_changes": State.CHANGES_REQUESTED,
+}
+_RELEASE_TARGET = {"release": State.RELEASED, "withhold": State.WITHHELD}
+RELEASE_CHECK = "release-check"
+SWEEPER = "lease-sweeper"
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """How the queue runs: vetting limits, leases, retries."""
+
+    limits: VettingLimits = field(default_factory=VettingLimits)
+    lease_seconds: int = 300
+    max_lease_seconds: int = 3600
+    max_attempts: int = 3
+    sweep_seconds: float = 30.0
+
+
+class CatalogFrontiers:
+    """Frontier models by id from the catalog on disk, read again when an id is not known."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._catalog = Catalog.load(settings)
+
+    def __call__(self, frontier_id: str) -> FrontierModel:
+        try:
+            return self._catalog.frontier(frontier_id)
+        except ModelNotFoundError:
+            self._catalog = Catalog.load(self._settings)
+        try:
+            return self._catalog.frontier(frontier_id)
+        except ModelNotFoundError as exc:
+            raise NotFound(str(exc)) from exc
+
+
+def canonical_hash(data: dict[str, Any]) -> tuple[str, int]:
+    """sha256 and byte size of ``data``'s canonical JSON."""
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def _vetting_failed(findings: list[Finding]) -> Invalid:
+    reasons = "; ".join(f.message for f in findings)
+    return Invalid(
+        f"the submission failed vetting: {reasons}",
+        detail={"findings": [f.to_dict() for f in findings]},
+    )
+
+
+def prepare_spec(spec: dict[str, Any]) -> AnySpec:
+    """Validate a submitted spec and inline its task sets (a frontier spec is self-contained)."""
+    try:
+        parsed = parse_spec(spec)
+    except SpecError as exc:
+        raise _vetting_failed([Finding("invalid_spec", str(exc))]) from exc
+    try:
+        return resolve_task_sets(parsed)
+    except AnalogLabError:
+        return parsed  # vetting reports it as not self-contained
+
+
+class JobQueue:
+    """Every operation of the gated queue over one database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        frontiers: Callable[[str], FrontierModel],
+        settings: QueueSettings | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.sessions = make_sessionmaker(engine)
+        self.frontier = frontiers
+        self.settings = settings or QueueSettings()
+        self.clock = clock
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            return job
+
+    def reviews(self, job_id: int) -> list[Review]:
+        with self.sessions() as session:
+            stmt = select(Review).where(Review.job_id == job_id).order_by(Review.id)
+            return list(session.execute(stmt).scalars())
+
+    def list_jobs(
+        self,
+        *,
+        submitter: str | None = None,
+        lab: str | None = None,
+        state: State | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> tuple[list[Job], int | None]:
+        """Newest first; ``cursor`` is the last id of the previous page, and is returned."""
+        stmt = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+        if submitter is not None:
+            stmt = stmt.where(Job.submitter == submitter)
+        if lab is not None:
+            stmt = stmt.where(Job.lab == lab)
+        if state is not None:
+            stmt = stmt.where(Job.state == state.value)
+        if cursor is not None:
+            stmt = stmt.where(Job.id < cursor)
+        with self.sessions() as session:
+            jobs = list(session.execute(stmt).scalars())
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return jobs, (jobs[-1].id if more and jobs else None)
+
+    def policy(self, frontier_id: str) -> FrontierPolicy:
+        frontier = self.frontier(frontier_id)
+        with self.sessions() as session:
+            return policy.effective_policy(session, frontier)
+
+    def verify_audit(self) -> int | None:
+        with self.sessions() as session:
+            return audit.verify(session)
+
+    # -- researcher ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        submitter: str,
+        frontier_id: str,
+        spec: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        analog_result_ref: str | None = None,
+    ) -> Job:
+        """Vet and store a new job; a retried ``idempotency_key`` returns the first job."""
+        frontier = self.frontier(frontier_id)
+        try:
+            return self._submit(submitter, frontier, spec, idempotency_key, analog_result_ref)
+        except IntegrityError:
+            # Two submits with one key raced past the check: the other one's job is ours.
+            existing = self._by_key(submitter, idempotency_key)
+            if existing is None:
+                raise
+            return existing
+
+    def _by_key(self, submitter: str, key: str | None) -> Job | None:
+        if key is None:
+            return None
+        with self.sessions() as session:
+            stmt = select(Job).where(Job.submitter == submitter, Job.idempotency_key == key)
+            return session.execute(stmt).scalar_one_or_none()
+
+    def _submit(
+        self,
+        submitter: str,
+        frontier: FrontierModel,
+        spec: dict[str, Any],
+        key: str | None,
+        ref: str | None,
+    ) -> Job:
+        now = self.clock()
+        parsed = prepare_spec(spec)
+        digest = spec_hash(parsed)
+        with self.sessions.begin() as session:
+            audit.lock(session)
+            if key is not None:
+                stmt = select(Job).where(Job.submitter == submitter, Job.idempotency_key == key)
+                existing = session.execute(stmt).scalar_one_or_none()
+                if existing is not None:
+                    if existing.spec_hash != digest or existing.frontier != frontier.id:
+                        raise Conflict(
+                            f"Idempotency-Key {key!r} was used for job {existing.id} with "
+                            "another spec or frontier: use a new key for a new job"
+                        )
+                    return existing
+            pol = policy.effective_policy(session, frontier)
+            findings = vet(
+                parsed,
+                frontier,
+                pol,
+                self.settings.limits,
+                usage(session, submitter, frontier.id, now),
+            )
+            if findings:
+                raise _vetting_failed(findings)
+            state = State.AWAITING_REVIEW if pol.human_review else State.APPROVED
+            job = Job(
+                spec=spec_to_dict(parsed),
+                spec_hash=digest,
+                frontier=frontier.id,
+                lab=frontier.lab,
+                submitter=submitter,
+                analog_result_ref=ref,
+                state=state.value,
+                version=0,
+                created_at=now,
+                updated_at=now,
+                attempts=0,
+                idempotency_key=key,
+            )
+            session.add(job)
+            session.flush()
+            audit.append(
+                session,
+                actor=submitter,
+                action="submit",
+                job_id=job.id,
+                to_state=state.value,
+                detail={
+                    "frontier": frontier.id,
+                    "spec_hash": digest,
+                    "auto_approved": not pol.human_review,
+                },
+                at=now,
+            )
+            return job
+
+    def resubmit(self, job_id: int, submitter: str, spec: dict[str, Any]) -> Job:
+        """A new spec for a job whose reviewers asked for changes; it goes back to review."""
+        parsed = prepare_spec(spec)
+        job = self.get(job_id)
+        frontier = self.frontier(job.frontier)
+        with self.sessions.begin() as session:
+            pol = policy.effective_policy(session, frontier)
+            # Quota and rate were counted when the job was first sent.
+            findings = vet(parsed, frontier, pol, self.settings.limits)
+            if findings:
+                raise _vetting_failed(findings)
+            digest = spec_hash(parsed)
+            transition(
+                session,
+                job_id,
+                State.CHANGES_REQUESTED,
+                State.AWAITING_REVIEW,
+                actor=submitter,
+                action="resubmit",
+                detail={"spec_hash": digest, "previous_spec_hash": job.spec_hash},
+                values={"spec": spec_to_dict(parsed), "spec_hash": digest},
+                now=self.clock(),
+            )
+        return self.get(job_id)
+
+    def cancel(self, job_id: int, actor: str) -> Job:
+        with self.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            source = State(job.state)
+            if source in FINAL:
+                raise TransitionRefused(
+                    f"job {job_id} is {source}, a final state: nothing to cancel"
+                )
+            transition(
+                session,
+                job_id,
+                source,
+                State.CANCELLED,
+                actor=actor,
+                action="cancel",
+                values={"lease_holder": None, "lease_id": None, "lease_expires_at": None},
+                now=self.clock(),
+            )
+        return self.get(job_id)
+
+    # -- reviewer -----------------------------------------------------------------------------
+
+    def review(self, job_id: int, reviewer: str, decision: str, comment: str = "") -> Job:
+        target = _REVIEW_TARGET.get(decision)
+        if target is None:
+            raise Invalid(f"decision must be one of {', '.join(_REVIEW_TARGET)}, not {decision!r}")
+        now = self.clock()
+        with self.sessions.begin() as session:
+            transition(
+                session,
+                job_id,
+                State.AWAITING_REVIEW,
+                target,
+                actor=reviewer,
+                action="review",
+                detail={"decision": decision, "comment": comment},
+                now=now,
+            )
+            session.add(
+                Review(
+                    job_id=job_id,
+                    reviewer=reviewer,
+                    decision=decision,
+                    comment=comment,
+                    created_at=now,
+                )
+            )
+        return self.get(job_id)
+
+    def release(self, job_id: int, reviewer: str, decision: str, reason: str = "") -> Job:
+        target = _RELEASE_TARGET.get(decision)
+        if target is None:
+            raise Invalid(f"decision must be release or withhold, not {decision!r}")
+        with self.sessions.begin() as session:
+            transition(
+                session,
+                job_id,
+                State.AWAITING_RELEASE,
+                target,
+                actor=reviewer,
+                action="release",
+                detail={"decision": decision, "reason": reason},
+                values={"release_decision": decision, "release_reason": reason},
+                now=self.clock(),
+            )
+        return self.get(job_id)
+
+    def set_policy(self, frontier_id: str, new: FrontierPolicy, actor: str) -> FrontierPolicy:
+        frontier = self.frontier(frontier_id)
+        with self.sessions.begin() as session:
+            return policy.set_policy(session, frontier, new, actor, now=self.clock())
+
+    # -- agent --------------------------------------------------------------------------------
+
+    def _lease_seconds(self, asked: int | None) -> int:
+        seconds = asked if asked is not None else self.settings.lease_seconds
+        if not 1 <= seconds <= self.settings.max_lease_seconds:
+            raise Invalid(f"lease_seconds must be 1..{self.settings.max_lease_seconds}")
+        return seconds
+
+    def claim(self, lab: str, agent: str, lease_seconds: int | None = None) -> Job | None:
+        """The oldest approved job of ``lab``, now running under a new lease; None if none."""
+        seconds = self._lease_seconds(lease_seconds)
+        self.sweep()
+        with self.sessions() as session:
+            stmt = (
+                select(Job.id)
+                .where(Job.lab == lab, Job.state == State.APPROVED.value)
+                .order_by(Job.id)
+                .limit(20)
+            )
+            candidates = list(session.execute(stmt).scalars())
+        for job_id in candidates:
+            now = self.clock()
+            lease_id = secrets.token_hex(16)
+            try:
+                with self.sessions.begin() as session:
+                    transition(
+                        session,
+                        job_id,
+                        State.APPROVED,
+                        State.RUNNING,
+                        actor=agent,
+                        action="claim",
+                        detail={"lease_seconds": seconds},
+                        values={
+                            "lease_holder": agent,
+                            "lease_id": lease_id,
+                            "lease_expires_at": now + dt.timedelta(seconds=seconds),
+                        },
+                        now=now,
+                    )
+            except TransitionRefused:
+                continue  # another agent won this one
+            return self.get(job_id)
+        return None
+
+    def heartbeat(self, job_id: int, lease_id: str, lease_seconds: int | None = None) -> Job:
+        """Extend a live lease; :class:`LeaseLost` when it expired or is not the caller's."""
+        seconds = self._lease_seconds(lease_seconds)
+        now = self.clock()
+        with self.sessions.begin() as session:
+            stmt = (
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.state == State.RUNNING.value,
+                    Job.lease_id == lease_id,
+                    Job.lease_expires_at > now,
+                )
+                .values(lease_expires_at=now + dt.timedelta(seconds=seconds), updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            result = session.execute(stmt)
+            assert isinstance(result, CursorResult)
+            if result.rowcount != 1:
+                if session.get(Job, job_id) is None:
+                    raise NotFound(f"no job {job_id}")
+                raise LeaseLost(
+                    f"the lease on job {job_id} was lost (expired, given back or not yours): "
+                    "stop working on it"
+                )
+        return self.get(job_id)
+
+    def post_result(
+        self, job_id: int, lease_id: str | None, agent: str, data: dict[str, Any]
+    ) -> Job:
+        """Store a job's checked result and move the job on; the same result again is a no-op."""
+        job = self.get(job_id)
+        try:
+            result = ExperimentResult.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "result"
+            raise Invalid(f"not an ExperimentResult: {where}: {first['msg']}") from exc
+        stored = result.model_dump(mode="json")
+        digest, size = canonical_hash(stored)
+        if job.result_hash is not None:
+            if job.result_hash == digest:
+                return job
+            raise Conflict(f"job {job_id} already has a different result")
+        problems = []
+        if result.method != job.spec.get("method"):
+            problems.append(
+                f"result method {result.method!r} is not the job's {job.spec.get('method')!r}"
+            )
+        if result.spec_hash != job.spec_hash:
+            problems.append("result spec_hash does not match the job's spec")
+        frontier = self.frontier(job.frontier)
+        with self.sessions() as session:
+            pol = policy.effective_policy(session, frontier)
+        if size > pol.max_output_bytes:
+            problems.append(
+                f"result is {size} bytes; {job.frontier} releases at most {pol.max_output_bytes}"
+            )
+        if result.samples and not pol.allow_samples:
+            problems.append(f"result holds generated samples; {job.frontier} releases none")
+        if problems:
+            raise Invalid("result refused: " + "; ".join(problems))
+        now = self.clock()
+        with self.sessions.begin() as session:
+            try:
+                transition(
+                    session,
+                    job_id,
+                    State.RUNNING,
+                    State.AWAITING_RELEASE,
+                    actor=agent,
+                    action="result",
+                    detail={"result_hash": digest, "size": size},
+                    values={
+                        "result": stored,
+                        "result_hash": digest,
+                        "result_size": size,
+                        "lease_holder": None,
+                        "lease_id": None,
+                        "lease_expires_at": None,
+                    },
+                    where=[Job.lease_id == lease_id] if lease_id is not None else [],
+                    where_reason="the lease is not the caller's (it expired and was reclaimed?)",
+                    now=now,
+                )
+            except TransitionRefused as exc:
+                again = session.get(Job, job_id, populate_existing=True)
+                if again is not None and again.result_hash == digest:
+                    return again  # the same result, posted twice at once
+                raise LeaseLost(str(exc)) from exc
+            if not pol.human_release:
+                transition(
+                    session,
+                    job_id,
+                    State.AWAITING_RELEASE,
+                    State.RELEASED,
+                    actor=RELEASE_CHECK,
+                    action="release",
+                    detail={"decision": "release", "reason": "passed the automatic release check"},
+                    values={"release_decision": "release", "release_reason": "automatic"},
+                    now=now,
+                )
+        return self.get(job_id)
+
+    def give_back(
+        self, job_id: int, lease_id: str | None, agent: str, reason: str = "", error: bool = False
+    ) -> Job:
+        """Return a running job to ``approved``; ``error`` counts an attempt (→ failed at max)."""
+        job = self.get(job_id)
+        attempts = job.attempts + (1 if error else 0)
+        target = State.FAILED if attempts >= self.settings.max_attempts else State.APPROVED
+        with self.sessions.begin() as session:
+            try:
+                transition(
+                    session,
+                    job_id,
+                    State.RUNNING,
+                    target,
+                    actor=agent,
+                    action="give_back",
+                    detail={"reason": reason, "error": error, "attempts": attempts},
+                    values={
+                        "attempts": attempts,
+                        "lease_holder": None,
+                        "lease_id": None,
+                        "lease_expires_at": None,
+                    },
+                    where=[Job.lease_id == lease_id] if lease_id is not None else [],
+                    where_reason="the lease is not the caller's",
+                    now=self.clock(),
+                )
+            except TransitionRefused as exc:
+                raise LeaseLost(str(exc)) from exc
+        return self.get(job_id)
+
+    def sweep(self) -> int:
+        """Return every job whose lease expired to ``approved`` (→ ``failed`` at max attempts)."""
+        now = self.clock()
+        with self.sessions() as session:
+            stmt = select(Job).where(Job.state == State.RUNNING.value, Job.lease_expires_at < now)
+            expired = list(session.execute(stmt).scalars())
+        moved = 0
+        for job in expired:
+            attempts = job.attempts + 1
+            target = State.FAILED if attempts >= self.settings.max_attempts else State.APPROVED
+            check(State.RUNNING, target)
+            try:
+                with self.sessions.begin() as session:
+                    transition(
+                        session,
+                        job.id,
+                        State.RUNNING,
+                        target,
+                        actor=SWEEPER,
+                        action="lease_expired",
+                        detail={"lease_holder": job.lease_holder, "attempts": attempts},
+                        values={
+                            "attempts": attempts,
+                            "lease_holder": None,
+                            "lease_id": None,
+                            "lease_expires_at": None,
+                        },
+                        where=[Job.lease_id == job.lease_id, Job.lease_expires_at < now],
+                        where_reason="the lease was renewed",
+                        now=now,
+                    )
+                moved += 1
+            except TransitionRefused:
+                continue
+        return moved

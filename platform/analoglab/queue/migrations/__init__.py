@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the queue's database (run through :mod:`..migrate`)."""

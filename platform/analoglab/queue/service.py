@@ -1,0 +1,477 @@
+"""The gated queue's REST service: a FastAPI app over :class:`~.jobs.JobQueue`.
+
+This module owns HTTP: routes, request and response shapes, authorisation (who may call
+what, from :class:`~.auth.Identity` roles) and turning errors into ``{"detail": reason}``
+with a 4xx status. The queue's logic lives in :mod:`.jobs`. ``create_app`` migrates the
+database to the newest schema, then serves; an expired-lease sweep runs on every claim and
+every ``sweep_seconds``. OpenAPI is at ``/openapi.json`` and ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from analoglab import __version__
+from analoglab.config import Settings, get_settings
+from analoglab.models.catalog import FrontierModel, FrontierPolicy
+from analoglab.queue.auth import Authenticator, Identity, StaticTokens, load_tokens
+from analoglab.queue.db import default_url, make_engine
+from analoglab.queue.errors import Forbidden, NotAuthenticated, NotFound, QueueError
+from analoglab.queue.jobs import CatalogFrontiers, JobQueue, QueueSettings
+from analoglab.queue.migrate import upgrade
+from analoglab.queue.models import Job, Review, utcnow
+from analoglab.queue.states import State
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60.0
+CLAIM_POLL_SECONDS = 0.25
+
+# -- shapes -----------------------------------------------------------------------------------
+
+
+class ReviewOut(BaseModel):
+    reviewer: str
+    decision: str
+    comment: str
+    created_at: dt.datetime
+
+
+class JobOut(BaseModel):
+    id: int
+    state: State
+    frontier: str
+    lab: str
+    submitter: str
+    spec_hash: str
+    spec: dict[str, Any]
+    analog_result_ref: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    version: int
+    attempts: int
+    lease_holder: str | None
+    lease_expires_at: dt.datetime | None
+    result_size: int | None
+    release_decision: str | None
+    release_reason: str | None
+    reviews: list[ReviewOut] = Field(default_factory=list)
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: int | None = Field(None, description="pass as ?cursor= for the next page")
+
+
+class SubmitIn(BaseModel):
+    frontier: str = Field(description="id of the target frontier model")
+    spec: dict[str, Any] = Field(description="an ExperimentSpec")
+    analog_result_ref: str | None = Field(
+        None, max_length=500, description="link to the analog run this checks (MLflow run)"
+    )
+
+
+class ResubmitIn(BaseModel):
+    spec: dict[str, Any]
+
+
+class ReviewIn(BaseModel):
+    decision: Literal["approve", "reject", "request_changes"]
+    comment: str = Field("", max_length=10_000)
+
+
+class ReleaseIn(BaseModel):
+    decision: Literal["release", "withhold"]
+    reason: str = Field("", max_length=10_000)
+
+
+class ClaimOut(BaseModel):
+    job: JobOut
+    lease_id: str
+    lease_expires_at: dt.datetime
+
+
+class HeartbeatIn(BaseModel):
+    lease_id: str
+    lease_seconds: int | None = None
+
+
+class ResultIn(BaseModel):
+    lease_id: str | None = None
+    result: dict[str, Any] = Field(description="an ExperimentResult")
+
+
+class GiveBackIn(BaseModel):
+    lease_id: str | None = None
+    reason: str = Field("", max_length=10_000)
+    error: bool = Field(False, description="the run failed: count an attempt")
+
+
+class ResultOut(BaseModel):
+    job_id: int
+    state: State
+    result: dict[str, Any]
+    size: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class AuditCheck(BaseModel):
+    ok: bool
+    first_broken_seq: int | None
+
+
+def job_out(job: Job, reviews: list[Review] | None = None) -> JobOut:
+    return JobOut(
+        id=job.id,
+        state=State(job.state),
+        frontier=job.frontier,
+        lab=job.lab,
+        submitter=job.submitter,
+        spec_hash=job.spec_hash,
+        spec=job.spec,
+        analog_result_ref=job.analog_result_ref,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        version=job.version,
+        attempts=job.attempts,
+        lease_holder=job.lease_holder,
+        lease_expires_at=job.lease_expires_at,
+        result_size=job.result_size,
+        release_decision=job.release_decision,
+        release_reason=job.release_reason,
+        reviews=[
+            ReviewOut(
+                reviewer=r.reviewer, decision=r.decision, comment=r.comment, created_at=r.created_at
+            )
+            for r in reviews or []
+        ],
+    )
+
+
+# -- authorisation ----------------------------------------------------------------------------
+
+
+def can_see(ident: Identity, job: Job) -> bool:
+    return (
+        ident.is_admin
+        or job.submitter == ident.name
+        or ident.reviews(job.lab)
+        or ident.is_agent_of(job.lab)
+    )
+
+
+def current_identity(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Identity:
+    """The caller, from ``Authorization: Bearer <token>``; 401 without a known token."""
+    if not authorization:
+        raise NotAuthenticated("no token: send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("send the token as 'Authorization: Bearer <token>'")
+    authenticator: Authenticator = request.app.state.authenticator
+    ident = authenticator.authenticate(token.strip())
+    if ident is None:
+        raise NotAuthenticated("unknown token")
+    return ident
+
+
+Caller = Annotated[Identity, Depends(current_identity)]
+
+
+def _tokens(tokens: Authenticator | Mapping[str, Any] | str | Path | None) -> Authenticator:
+    if tokens is None:
+        return StaticTokens({})
+    if isinstance(tokens, str | Path):
+        return load_tokens(tokens)
+    if isinstance(tokens, Mapping):
+        return StaticTokens.from_mapping(tokens)
+    return tokens
+
+
+def create_app(
+    database_url: str | None = None,
+    settings: Settings | None = None,
+    tokens: Authenticator | Mapping[str, Any] | str | Path | None = None,
+    *,
+    queue_settings: QueueSettings | None = None,
+    frontiers: Callable[[str], FrontierModel] | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+    migrate: bool = True,
+) -> FastAPI:
+    """The queue service. ``tokens``: an authenticator, a ``{sha256: {name, roles}}`` mapping
+    or a tokens TOML path; ``database_url`` defaults to ``sqlite:///<home>/queue.db``."""
+    settings = settings or get_settings()
+    url = database_url or default_url(settings)
+    if migrate:
+        upgrade(url)
+    engine = make_engine(url)
+    queue = JobQueue(engine, frontiers or CatalogFrontiers(settings), queue_settings, clock)
+    authenticator = _tokens(tokens)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def sweeper() -> None:
+            while True:
+                await asyncio.sleep(queue.settings.sweep_seconds)
+                try:
+                    await run_in_threadpool(queue.sweep)
+                except Exception:  # keep sweeping; the next claim sweeps too
+                    log.exception("lease sweep failed")
+
+        task = asyncio.create_task(sweeper())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            engine.dispose()
+
+    app = FastAPI(
+        title="Analog Lab gated queue",
+        version=__version__,
+        description="Experiments on private frontier models, from submission to released result.",
+        lifespan=lifespan,
+    )
+    app.state.queue = queue
+    app.state.authenticator = authenticator
+
+    # -- errors: always {"detail": reason}, bad input is never a 500 ---------------------------
+
+    @app.exception_handler(QueueError)
+    async def _queue_error(_request: Request, exc: QueueError) -> JSONResponse:
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc.detail, dict):
+            body.update({k: v for k, v in exc.detail.items() if k != "detail"})
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(jsonable_encoder(body), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        reasons = "; ".join(
+            ".".join(str(p) for p in e["loc"]) + ": " + str(e["msg"]) for e in errors[:8]
+        )
+        return JSONResponse(
+            {"detail": f"invalid request: {reasons}", "errors": errors}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(OperationalError)
+    async def _db_error(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return JSONResponse(
+            {"detail": "the queue's database is unavailable or busy; retry shortly"},
+            status_code=503,
+        )
+
+    # -- who is calling ------------------------------------------------------------------------
+
+    def visible_job(job_id: int, ident: Identity) -> Job:
+        job = queue.get(job_id)
+        if not can_see(ident, job):
+            raise NotFound(f"no job {job_id}")  # others' jobs do not exist for you
+        return job
+
+    def full(job: Job) -> JobOut:
+        return job_out(job, queue.reviews(job.id))
+
+    def need_reviewer(ident: Identity, lab: str) -> None:
+        if not ident.reviews(lab):
+            raise Forbidden(f"only reviewers of lab {lab!r} may do this")
+
+    def need_agent(ident: Identity, lab: str) -> None:
+        if not ident.is_agent_of(lab):
+            raise Forbidden(f"only agents of lab {lab!r} may do this")
+
+    # -- routes --------------------------------------------------------------------------------
+
+    @app.get("/health", tags=["service"])
+    def health() -> Health:
+        return Health(status="ok", version=__version__)
+
+    @app.post("/api/jobs", status_code=201, tags=["researcher"])
+    def submit(
+        body: SubmitIn,
+        ident: Caller,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> JobOut:
+        """Submit a spec to a frontier; it is vetted now (422 lists every reason it fails)."""
+        if not ident.is_researcher:
+            raise Forbidden("only researchers submit jobs")
+        job = queue.submit(
+            ident.name,
+            body.frontier,
+            body.spec,
+            idempotency_key=idempotency_key,
+            analog_result_ref=body.analog_result_ref,
+        )
+        return full(job)
+
+    @app.get("/api/jobs", tags=["researcher"])
+    def list_jobs(
+        ident: Caller,
+        state: State | None = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: int | None = None,
+    ) -> JobPage:
+        """The caller's own jobs, newest first."""
+        jobs, nxt = queue.list_jobs(submitter=ident.name, state=state, limit=limit, cursor=cursor)
+        return JobPage(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
+
+    @app.get("/api/jobs/{job_id}", tags=["researcher"])
+    def get_job(job_id: int, ident: Caller) -> JobOut:
+        return full(visible_job(job_id, ident))
+
+    @app.post("/api/jobs/{job_id}/cancel", tags=["researcher"])
+    def cancel(job_id: int, ident: Caller) -> JobOut:
+        job = visible_job(job_id, ident)
+        if job.submitter != ident.name:
+            raise Forbidden("only the job's submitter may cancel it")
+        return full(queue.cancel(job_id, ident.name))
+
+    @app.post("/api/jobs/{job_id}/resubmit", tags=["researcher"])
+    def resubmit(job_id: int, body: ResubmitIn, ident: Caller) -> JobOut:
+        """A new spec after the reviewers requested changes; back to review."""
+        job = visible_job(job_id, ident)
+        if job.submitter != ident.name:
+            raise Forbidden("only the job's submitter may resubmit it")
+        return full(queue.resubmit(job_id, ident.name, body.spec))
+
+    @app.get("/api/jobs/{job_id}/result", tags=["researcher"])
+    def get_result(job_id: int, ident: Caller) -> ResultOut:
+        """The result: for the submitter once released; for the lab's reviewers once posted."""
+        job = visible_job(job_id, ident)
+        lab_side = ident.reviews(job.lab) or ident.is_admin
+        if not lab_side and job.submitter != ident.name:
+            raise Forbidden("only the submitter and the lab's reviewers read results")
+        readable = {State.RELEASED} | (
+            {State.AWAITING_RELEASE, State.WITHHELD} if lab_side else set()
+        )
+        if State(job.state) not in readable or job.result is None:
+            raise QueueError(f"job {job_id} is {job.state}: no released result", status=409)
+        return ResultOut(
+            job_id=job.id, state=State(job.state), result=job.result, size=job.result_size or 0
+        )
+
+    @app.get("/api/labs/{lab}/queue", tags=["reviewer"])
+    def lab_queue(
+        lab: str,
+        ident: Caller,
+        state: State | None = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: int | None = None,
+    ) -> JobPage:
+        """The lab's jobs, newest first (filter with ?state=awaiting_review)."""
+        if not (ident.reviews(lab) or ident.is_admin):
+            raise Forbidden(f"only reviewers of lab {lab!r} see its queue")
+        jobs, nxt = queue.list_jobs(lab=lab, state=state, limit=limit, cursor=cursor)
+        return JobPage(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
+
+    @app.post("/api/jobs/{job_id}/review", tags=["reviewer"])
+    def review(job_id: int, body: ReviewIn, ident: Caller) -> JobOut:
+        job = visible_job(job_id, ident)
+        need_reviewer(ident, job.lab)
+        return full(queue.review(job_id, ident.name, body.decision, body.comment))
+
+    @app.post("/api/jobs/{job_id}/release", tags=["reviewer"])
+    def release(job_id: int, body: ReleaseIn, ident: Caller) -> JobOut:
+        job = visible_job(job_id, ident)
+        need_reviewer(ident, job.lab)
+        return full(queue.release(job_id, ident.name, body.decision, body.reason))
+
+    @app.get("/api/frontiers/{frontier_id}/policy", tags=["reviewer"])
+    def get_policy(frontier_id: str, ident: Caller) -> FrontierPolicy:
+        """The effective policy (any signed-in user may read what a frontier allows)."""
+        return queue.policy(frontier_id)
+
+    @app.put("/api/frontiers/{frontier_id}/policy", tags=["reviewer"])
+    def put_policy(frontier_id: str, body: FrontierPolicy, ident: Caller) -> FrontierPolicy:
+        frontier = queue.frontier(frontier_id)
+        if not (ident.reviews(frontier.lab) or ident.is_admin):
+            raise Forbidden(f"only admins of lab {frontier.lab!r} may change its policies")
+        return queue.set_policy(frontier_id, body, ident.name)
+
+    @app.post(
+        "/api/labs/{lab}/claim",
+        tags=["agent"],
+        responses={204: {"description": "no approved job within `wait` seconds"}},
+        response_model=ClaimOut,
+    )
+    async def claim(
+        lab: str,
+        ident: Caller,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0.0,
+        lease_seconds: Annotated[int | None, Query(ge=1)] = None,
+    ) -> ClaimOut | Response:
+        """The next approved job of the lab under a lease; waits up to ``wait`` seconds."""
+        need_agent(ident, lab)
+        deadline = time.monotonic() + wait
+        while True:
+            job = await run_in_threadpool(queue.claim, lab, ident.name, lease_seconds)
+            if job is not None:
+                assert job.lease_id is not None and job.lease_expires_at is not None
+                out = await run_in_threadpool(full, job)
+                return ClaimOut(
+                    job=out, lease_id=job.lease_id, lease_expires_at=job.lease_expires_at
+                )
+            if time.monotonic() >= deadline:
+                return Response(status_code=204)
+            await asyncio.sleep(min(CLAIM_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    @app.post("/api/jobs/{job_id}/heartbeat", tags=["agent"])
+    def heartbeat(job_id: int, body: HeartbeatIn, ident: Caller) -> JobOut:
+        """Extend the lease; 409 when it was lost (stop working on the job)."""
+        job = visible_job(job_id, ident)
+        need_agent(ident, job.lab)
+        return job_out(queue.heartbeat(job_id, body.lease_id, body.lease_seconds))
+
+    @app.post("/api/jobs/{job_id}/result", tags=["agent"])
+    def post_result(job_id: int, body: ResultIn, ident: Caller) -> JobOut:
+        """Post the ExperimentResult; the same result twice is stored once."""
+        job = visible_job(job_id, ident)
+        need_agent(ident, job.lab)
+        return full(queue.post_result(job_id, body.lease_id, ident.name, body.result))
+
+    @app.post("/api/jobs/{job_id}/give-back", tags=["agent"])
+    def give_back(job_id: int, body: GiveBackIn, ident: Caller) -> JobOut:
+        job = visible_job(job_id, ident)
+        need_agent(ident, job.lab)
+        return full(queue.give_back(job_id, body.lease_id, ident.name, body.reason, body.error))
+
+    @app.get("/api/audit/verify", tags=["admin"])
+    def verify_audit(ident: Caller) -> AuditCheck:
+        """Walk the hash chain of the audit log; the first broken entry, if any."""
+        if not ident.is_admin:
+            raise Forbidden("only admins verify the audit log")
+        broken = queue.verify_audit()
+        return AuditCheck(ok=broken is None, first_broken_seq=broken)
+
+    return app

@@ -1,0 +1,246 @@
+"""Automatic vetting of a submission against the target frontier's policy.
+
+:func:`vet` is pure: a spec, the frontier, its effective policy, the queue's limits and the
+submitter's recent usage in, a list of :class:`Finding` out: every reason the submission
+fails, never just the first. :func:`usage` is the one query it needs. The rules:
+
+========================  ==================================================================
+code                      fails when
+========================  ==================================================================
+``method_not_allowed``    the method is not in the policy's ``allowed_methods``
+``too_many_prompts``      prompts + pairs + items over all the spec's data > ``max_prompts``
+``prompt_too_long``       a prompt's estimated tokens > ``max_tokens_per_prompt``; the
+                          estimate is ``ceil(characters / 3)`` (a BPE token is ~3-4 characters
+                          of English, so this errs on the long side), plus generated tokens
+``token_budget``          the spec's own ``max_tokens_per_prompt`` > the policy's
+``scale_out_of_bounds``   a steering scale with ``|scale|`` > the queue's ``max_abs_scale``
+``samples_not_allowed``   samples asked for where the policy's ``allow_samples`` is false
+``too_many_samples``      more samples than the queue's ``max_samples``
+``cost_over_cap``         estimated cost > the queue's ``max_cost``; cost = prompts × layers ×
+                          scales (layers: those the spec names, else every block of the
+                          frontier; scales: the steering sweep's length, else 1)
+``not_self_contained``    the spec still refers to a task set (the service inlines task sets
+                          at submission; this catches one it could not)
+``daily_quota``           the submitter already sent ``daily_quota_per_user`` jobs to this
+                          frontier in the last 24 hours
+``rate_limited``          the submitter already sent ``rate_per_minute`` jobs in the last minute
+========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from analoglab.experiments.spec import (
+    AnySpec,
+    Choices,
+    EvaluationSpec,
+    Labelled,
+    Pairs,
+    PatchPairs,
+    Prompts,
+    SteeringSpec,
+    TaskSetRef,
+    is_self_contained,
+)
+from analoglab.models.catalog import FrontierModel, FrontierPolicy
+from analoglab.queue.models import Job
+
+CHARS_PER_TOKEN = 3
+_DATA_FIELDS = ("data", "contrast", "evaluate", "neutral", "behaviour")
+
+
+@dataclass(frozen=True)
+class VettingLimits:
+    """Limits the queue applies on top of every frontier's policy (set by the operator)."""
+
+    max_abs_scale: float = 16.0
+    max_samples: int = 8
+    max_cost: int = 250_000
+    rate_per_minute: int = 10
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the submitter has recently sent: within 24 hours to this frontier, and in a minute."""
+
+    today_on_frontier: int = 0
+    last_minute: int = 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in ``text``, estimated as ``ceil(characters / 3)`` (no tokenizer on the hub)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def _texts(data: Any) -> tuple[int, list[str]]:
+    """How many prompts a data value counts for, and the texts a model will read."""
+    if isinstance(data, Prompts):
+        return len(data.prompts), list(data.prompts)
+    if isinstance(data, Choices):
+        return len(data.items), [i.prompt + max(i.target, i.foil, key=len) for i in data.items]
+    if isinstance(data, Pairs):
+        return len(data.pairs), [t for p in data.pairs for t in (p.positive, p.negative)]
+    if isinstance(data, Labelled):
+        return len(data.items), [i.text for i in data.items]
+    if isinstance(data, PatchPairs):
+        texts = [
+            t + max(i.target, i.foil, key=len) for i in data.items for t in (i.clean, i.corrupt)
+        ]
+        return len(data.items), texts
+    if isinstance(data, TaskSetRef):
+        return data.n, []
+    return 0, []
+
+
+def prompt_count(spec: AnySpec) -> int:
+    return sum(_texts(getattr(spec, f, None))[0] for f in _DATA_FIELDS)
+
+
+def layer_count(spec: AnySpec, frontier: FrontierModel) -> int:
+    layers = getattr(spec, "layers", None)
+    if layers is None:
+        return 1
+    chosen = layers.depths if layers.depths is not None else layers.indices
+    return len(chosen) if chosen is not None else frontier.architecture.layers
+
+
+def estimated_cost(spec: AnySpec, frontier: FrontierModel) -> int:
+    """prompts × layers × scales: a unit of work is one prompt through one setting."""
+    scales = len(spec.scales) if isinstance(spec, SteeringSpec) else 1
+    return prompt_count(spec) * layer_count(spec, frontier) * scales
+
+
+def vet(
+    spec: AnySpec,
+    frontier: FrontierModel,
+    policy: FrontierPolicy,
+    limits: VettingLimits,
+    usage: Usage = Usage(),
+) -> list[Finding]:
+    """Every reason ``spec`` may not run on ``frontier``; empty when it passes."""
+    out: list[Finding] = []
+    if spec.method not in policy.allowed_methods:
+        out.append(
+            Finding(
+                "method_not_allowed",
+                f"method {spec.method!r} is not allowed on {frontier.id}; allowed: "
+                + (", ".join(policy.allowed_methods) or "none"),
+            )
+        )
+    prompts = prompt_count(spec)
+    if prompts > policy.max_prompts:
+        out.append(
+            Finding(
+                "too_many_prompts",
+                f"{prompts} prompts/pairs/items in all; {frontier.id} allows {policy.max_prompts}",
+            )
+        )
+    generated = 0
+    if isinstance(spec, EvaluationSpec) and spec.samples is not None:
+        generated = spec.samples.max_new_tokens
+    longest = max(
+        (estimate_tokens(t) for f in _DATA_FIELDS for t in _texts(getattr(spec, f, None))[1]),
+        default=0,
+    )
+    if longest + generated > policy.max_tokens_per_prompt:
+        out.append(
+            Finding(
+                "prompt_too_long",
+                f"the longest prompt is about {longest} tokens (characters / {CHARS_PER_TOKEN})"
+                + (f" plus {generated} generated" if generated else "")
+                + f"; {frontier.id} allows {policy.max_tokens_per_prompt} per prompt",
+            )
+        )
+    if spec.max_tokens_per_prompt > policy.max_tokens_per_prompt:
+        out.append(
+            Finding(
+                "token_budget",
+                f"max_tokens_per_prompt is {spec.max_tokens_per_prompt}; "
+                f"{frontier.id} allows {policy.max_tokens_per_prompt}",
+            )
+        )
+    if isinstance(spec, SteeringSpec):
+        bad = [s for s in spec.scales if abs(s) > limits.max_abs_scale]
+        if bad:
+            out.append(
+                Finding(
+                    "scale_out_of_bounds",
+                    f"steering scales {bad} are outside ±{limits.max_abs_scale:g}",
+                )
+            )
+    if isinstance(spec, EvaluationSpec) and spec.samples is not None:
+        if not policy.allow_samples:
+            out.append(
+                Finding(
+                    "samples_not_allowed",
+                    f"{frontier.id} releases no generated text: drop 'samples'",
+                )
+            )
+        if spec.samples.n > limits.max_samples:
+            out.append(
+                Finding(
+                    "too_many_samples",
+                    f"{spec.samples.n} samples asked; at most {limits.max_samples}",
+                )
+            )
+    cost = estimated_cost(spec, frontier)
+    if cost > limits.max_cost:
+        out.append(
+            Finding(
+                "cost_over_cap",
+                f"estimated cost {cost} (prompts × layers × scales) is over the cap "
+                f"{limits.max_cost}: use fewer prompts, layers or scales",
+            )
+        )
+    if not is_self_contained(spec):
+        out.append(
+            Finding(
+                "not_self_contained",
+                "the spec refers to task sets the queue could not inline; give the data inline",
+            )
+        )
+    if usage.today_on_frontier >= policy.daily_quota_per_user:
+        out.append(
+            Finding(
+                "daily_quota",
+                f"{usage.today_on_frontier} jobs sent to {frontier.id} in the last 24 hours; "
+                f"the quota is {policy.daily_quota_per_user}",
+            )
+        )
+    if usage.last_minute >= limits.rate_per_minute:
+        out.append(
+            Finding(
+                "rate_limited",
+                f"{usage.last_minute} jobs sent in the last minute; the limit is "
+                f"{limits.rate_per_minute} a minute: wait and retry",
+            )
+        )
+    return out
+
+
+def usage(session: Session, submitter: str, frontier_id: str, now: dt.datetime) -> Usage:
+    """The submitter's jobs in the last 24 hours on this frontier, and in the last minute."""
+    base = select(func.count()).select_from(Job).where(Job.submitter == submitter)
+    day = session.execute(
+        base.where(Job.frontier == frontier_id, Job.created_at >= now - dt.timedelta(days=1))
+    ).scalar_one()
+    minute = session.execute(
+        base.where(Job.created_at >= now - dt.timedelta(minutes=1))
+    ).scalar_one()
+    return Usage(today_on_frontier=int(day), last_minute=int(minute))

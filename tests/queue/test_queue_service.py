@@ -1,0 +1,334 @@
+"""The REST service: the authorisation matrix (every endpoint × role) and the API end to end
+through a real uvicorn server with QueueClient."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from analoglab.config import Settings
+from analoglab.queue.auth import hash_token
+from analoglab.queue.client import QueueClient
+from analoglab.queue.errors import QueueError
+from analoglab.queue.service import create_app
+
+from .conftest import probe_spec, result_for
+
+ROLES = {
+    "researcher": ["researcher"],
+    "reviewer_a": ["reviewer:lab-a"],
+    "reviewer_b": ["reviewer:lab-b"],
+    "agent_a": ["agent:lab-a"],
+    "agent_b": ["agent:lab-b"],
+    "admin": ["admin"],
+}
+TOKENS = {hash_token(f"tok-{n}"): {"name": n, "roles": r} for n, r in ROLES.items()}
+
+
+def auth(who: str) -> dict[str, str]:
+    return {} if who == "anonymous" else {"Authorization": f"Bearer tok-{who}"}
+
+
+@pytest.fixture
+def client(sqlite_url: str, catalog_home: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(sqlite_url, catalog_home, TOKENS)) as c:
+        yield c
+
+
+WHO = ["researcher", "reviewer_a", "reviewer_b", "agent_a", "agent_b", "admin", "anonymous"]
+
+
+def _job(c: TestClient, state: str) -> dict[str, Any]:
+    """A job on frontier-a (lab-a) brought to ``state``; with ``lease_id`` when running."""
+    job = c.post(
+        "/api/jobs",
+        json={"frontier": "frontier-a", "spec": probe_spec()},
+        headers=auth("researcher"),
+    ).json()
+    if state == "awaiting_review":
+        return job
+    if state == "changes_requested":
+        c.post(
+            f"/api/jobs/{job['id']}/review",
+            json={"decision": "request_changes"},
+            headers=auth("reviewer_a"),
+        )
+        return job
+    c.post(
+        f"/api/jobs/{job['id']}/review", json={"decision": "approve"}, headers=auth("reviewer_a")
+    )
+    claim = c.post("/api/labs/lab-a/claim", headers=auth("agent_a")).json()
+    job["lease_id"] = claim["lease_id"]
+    if state == "awaiting_release":
+        c.post(
+            f"/api/jobs/{job['id']}/result",
+            json={"lease_id": claim["lease_id"], "result": result_for(claim["job"])},
+            headers=auth("agent_a"),
+        )
+    return job
+
+
+# endpoint -> (method, path, state needed, body, expected status per caller)
+MATRIX: list[tuple[str, str, str | None, Any, dict[str, int]]] = [
+    ("GET", "/health", None, None, dict.fromkeys(WHO, 200)),
+    (
+        "POST",
+        "/api/jobs",
+        None,
+        {"frontier": "frontier-a", "spec": probe_spec()},
+        {**dict.fromkeys(WHO, 403), "researcher": 201, "anonymous": 401},
+    ),
+    ("GET", "/api/jobs", None, None, {**dict.fromkeys(WHO, 200), "anonymous": 401}),
+    (
+        "GET",
+        "/api/jobs/{id}",
+        "awaiting_review",
+        None,
+        {**dict.fromkeys(WHO, 200), "reviewer_b": 404, "agent_b": 404, "anonymous": 401},
+    ),
+    (
+        "POST",
+        "/api/jobs/{id}/cancel",
+        "awaiting_review",
+        None,
+        {
+            "researcher": 200,
+            "reviewer_a": 403,
+            "reviewer_b": 404,
+            "agent_a": 403,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "POST",
+        "/api/jobs/{id}/resubmit",
+        "changes_requested",
+        {"spec": probe_spec(n=5)},
+        {
+            "researcher": 200,
+            "reviewer_a": 403,
+            "reviewer_b": 404,
+            "agent_a": 403,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "GET",
+        "/api/jobs/{id}/result",
+        "awaiting_release",
+        None,
+        {
+            "researcher": 409,
+            "reviewer_a": 200,
+            "reviewer_b": 404,
+            "agent_a": 403,
+            "agent_b": 404,
+            "admin": 200,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "GET",
+        "/api/labs/lab-a/queue",
+        None,
+        None,
+        {**dict.fromkeys(WHO, 403), "reviewer_a": 200, "admin": 200, "anonymous": 401},
+    ),
+    (
+        "POST",
+        "/api/jobs/{id}/review",
+        "awaiting_review",
+        {"decision": "approve"},
+        {
+            "researcher": 403,
+            "reviewer_a": 200,
+            "reviewer_b": 404,
+            "agent_a": 403,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "POST",
+        "/api/jobs/{id}/release",
+        "awaiting_release",
+        {"decision": "release"},
+        {
+            "researcher": 403,
+            "reviewer_a": 200,
+            "reviewer_b": 404,
+            "agent_a": 403,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "GET",
+        "/api/frontiers/frontier-a/policy",
+        None,
+        None,
+        {**dict.fromkeys(WHO, 200), "anonymous": 401},
+    ),
+    (
+        "PUT",
+        "/api/frontiers/frontier-a/policy",
+        None,
+        {"max_prompts": 100},
+        {**dict.fromkeys(WHO, 403), "reviewer_a": 200, "admin": 200, "anonymous": 401},
+    ),
+    (
+        "POST",
+        "/api/labs/lab-a/claim",
+        None,
+        None,
+        {**dict.fromkeys(WHO, 403), "agent_a": 204, "anonymous": 401},
+    ),
+    (
+        "POST",
+        "/api/jobs/{id}/heartbeat",
+        "running",
+        {"lease_id": "{lease}"},
+        {
+            "researcher": 403,
+            "reviewer_a": 403,
+            "reviewer_b": 404,
+            "agent_a": 200,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "POST",
+        "/api/jobs/{id}/give-back",
+        "running",
+        {"lease_id": "{lease}"},
+        {
+            "researcher": 403,
+            "reviewer_a": 403,
+            "reviewer_b": 404,
+            "agent_a": 200,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "GET",
+        "/api/audit/verify",
+        None,
+        None,
+        {**dict.fromkeys(WHO, 403), "admin": 200, "anonymous": 401},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "state", "body", "expected"), MATRIX, ids=[f"{m} {p}" for m, p, *_ in MATRIX]
+)
+def test_authorisation_matrix(
+    client: TestClient,
+    method: str,
+    path: str,
+    state: str | None,
+    body: Any,
+    expected: dict[str, int],
+) -> None:
+    got = {}
+    for who in WHO:
+        url, data = path, body
+        if state is not None:
+            job = _job(client, state)
+            url = path.replace("{id}", str(job["id"]))
+            if isinstance(body, dict) and body.get("lease_id") == "{lease}":
+                data = {"lease_id": job["lease_id"]}
+        resp = client.request(method, url, json=data, headers=auth(who))
+        got[who] = resp.status_code
+        if resp.status_code != 204:
+            assert "detail" in resp.json() or resp.status_code < 300
+    assert got == expected
+
+
+def test_bad_input_is_a_4xx_with_a_reason(client: TestClient) -> None:
+    r = auth("researcher")
+    bad = client.post(
+        "/api/jobs", json={"frontier": "frontier-a", "spec": {"method": "x"}}, headers=r
+    )
+    assert bad.status_code == 422 and bad.json()["findings"][0]["code"] == "invalid_spec"
+    assert client.post("/api/jobs", content=b"{not json", headers=r).status_code == 422
+    nf = client.post("/api/jobs", json={"frontier": "nope", "spec": probe_spec()}, headers=r)
+    assert nf.status_code == 404 and "nope" in nf.json()["detail"]
+    assert client.get("/api/jobs/abc", headers=r).status_code == 422
+    assert client.get("/api/jobs/999", headers=r).status_code == 404
+    assert client.get("/api/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert "paths" in client.get("/openapi.json").json()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(sqlite_url: str, catalog_home: Settings) -> Iterator[str]:
+    port = _free_port()
+    app = create_app(sqlite_url, catalog_home, TOKENS)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_end_to_end_through_uvicorn(server: str) -> None:
+    alice = QueueClient(server, "tok-researcher")
+    rita = QueueClient(server, "tok-reviewer_a")
+    agent = QueueClient(server, "tok-agent_a")
+    assert alice.health()["status"] == "ok"
+    job = alice.submit(probe_spec(), "frontier-a", idempotency_key="e2e-1")
+    assert alice.submit(probe_spec(), "frontier-a", idempotency_key="e2e-1")["id"] == job["id"]
+    with pytest.raises(QueueError) as err:
+        alice.submit(probe_spec(n=100), "frontier-a")
+    assert err.value.status == 422 and "too_many_prompts" in str(err.value.detail)
+    assert agent.claim("lab-a") is None
+    rita.review(job["id"], "request_changes", "use 6 items")
+    alice.resubmit(job["id"], probe_spec(n=6))
+    assert [j["id"] for j in rita.lab_queue("lab-a", state="awaiting_review")["jobs"]] == [
+        job["id"]
+    ]
+    rita.review(job["id"], "approve", "ok")
+    claim = agent.claim("lab-a", wait=1)
+    assert claim is not None and claim["job"]["id"] == job["id"]
+    agent.heartbeat(job["id"], claim["lease_id"])
+    result = result_for(claim["job"])
+    agent.post_result(job["id"], result, claim["lease_id"])
+    agent.post_result(job["id"], result, claim["lease_id"])
+    with pytest.raises(QueueError) as err:
+        alice.result(job["id"])
+    assert err.value.status == 409
+    rita.release(job["id"], "release", "aggregates only")
+    seen: list[str] = []
+    final = alice.wait(job["id"], poll=0.1, timeout=10, on_change=lambda j: seen.append(j["state"]))
+    assert final["state"] == "released" and seen == ["released"]
+    assert alice.result(job["id"])["metrics"] == {"accuracy": 0.9}
+    assert [j["id"] for j in alice.list()["jobs"]] == [job["id"]]
+    assert QueueClient(server, "tok-admin").verify_audit() == {"ok": True, "first_broken_seq": None}
