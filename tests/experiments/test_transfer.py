@@ -115,6 +115,7 @@ def test_grid_interpolation_and_flat_profiles() -> None:
     assert profile_correlation(profile([1.0, 1.0]), profile([1.0, 1.0, 1.0])) == 1.0
     assert profile_correlation(profile([1.0, 1.0]), profile([0.6, 0.6, 0.6])) == 0.0
     assert effect_agreement(0.05, 0.05, floor=0.1) == 0.0
+    assert effect_agreement(0.05, 1.0, floor=0.1) == 0.0  # only one model shows it
     assert effect_agreement(-1.0, -0.5, floor=0.1) == 0.5
 
 

@@ -5,9 +5,9 @@
 transfer score in [0, 1] combining them. The formulas (see ``docs/transfer.md``):
 
 - **effect agreement** ``s_e``: each result's headline ``effect`` (in units comparable across
-  models: a share of the behaviour's full swing, accuracy above chance, ...). If neither model
-  shows an effect of at least ``floor``, there is nothing to transfer and the score is 0.
-  Otherwise ``s_e = [same sign] · min(|a|, |f|) / max(|a|, |f|)``.
+  models: a share of the behaviour's full swing, accuracy above chance, ...). Unless both
+  models show an effect of at least ``floor`` with the same sign, nothing transferred and
+  ``s_e = 0``; otherwise ``s_e = min(|a|, |f|) / max(|a|, |f|)``.
 - **profile correlation** ``s_r = max(0, r)``: Pearson's r of the method's layer profiles,
   both interpolated onto a common grid of relative depths (two flat profiles at the same
   level count as r = 1; a flat one against a shaped one as r = 0).
@@ -108,7 +108,8 @@ def peak_distance(a: LayerProfile, f: LayerProfile) -> float:
 
 
 def effect_agreement(a: float, f: float, floor: float) -> float:
-    if max(abs(a), abs(f)) < floor or a * f <= 0:
+    """0 unless both models show the effect (at least ``floor``) with the same sign."""
+    if min(abs(a), abs(f)) < floor or a * f <= 0:
         return 0.0
     return min(abs(a), abs(f)) / max(abs(a), abs(f))
 

@@ -1,0 +1,52 @@
+"""Validate the transfer metrics on the demo foundry: does the report tell apart a behaviour
+the analogs share (sentiment), one they lack (IOI), and real methods from their controls?
+
+    python benchmarks/transfer.py [--analogs demo-analog-s demo-analog-m] [--frontier demo-frontier]
+
+Runs every spec in docs/specs/ on each analog and on the frontier (the frontier from the demo
+lab site of this machine) and prints the transfer score of each pair as a Markdown table, the
+one in docs/transfer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from analoglab.experiments.runner import run
+from analoglab.experiments.spec import load_spec
+from analoglab.experiments.transfer import compare
+from analoglab.models.loading import load_any, quiet_transformers
+
+SPECS = Path(__file__).resolve().parent.parent / "docs" / "specs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--analogs", nargs="+", default=["demo-analog-s", "demo-analog-m"])
+    parser.add_argument("--frontier", default="demo-frontier")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    quiet_transformers()
+    models = {name: load_any(name, device=args.device) for name in [*args.analogs, args.frontier]}
+    rows = []
+    for path in sorted(SPECS.glob("*.yaml")):
+        spec = load_spec(path)
+        t0 = time.perf_counter()
+        results = {name: run(spec, m) for name, m in models.items()}
+        for analog in args.analogs:
+            rep = compare(results[analog], results[args.frontier])
+            parts = {p.name: p for p in rep.parts}
+            eff = parts.get("effect_agreement")
+            effect = "" if eff is None else f"{eff.analog:+.2f} / {eff.frontier:+.2f}"
+            rows.append((path.name, analog, effect, rep.score, rep.verdict))
+        print(f"{path.name}: {time.perf_counter() - t0:.1f}s", flush=True)
+    print("\n| spec | analog | effect (analog / frontier) | score | verdict |")
+    print("|---|---|---:|---:|---|")
+    for name, analog, effect, score, verdict in rows:
+        print(f"| {name} | {analog} | {effect} | {score:.3f} | {verdict.replace('_', ' ')} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Activation patching: where in the residual stream a prompt's answer is carried.
+
+Each item is a clean prompt, a corrupted prompt of the same token length, and the answer that
+tells them apart (``target`` for the clean prompt, ``foil`` for the corrupted one). With
+
+    LD(x) = mean over items of [logit(target's first token) − logit(foil's first token)]
+
+at the last token, the corrupted prompts are run with ``hook_resid_post`` of one block at the
+last position replaced by its value on the clean prompt, and
+
+    recovery = (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt)
+
+(1: that activation alone restores the clean answer; 0: it carries none of it). With
+``per_position``, each position is patched alone as well: positions ``−P … −1`` counted from
+the end, ``P`` the shortest prompt's token count.
+
+Outputs: profile ``recovery`` (per layer, at the last position); table
+``recovery_by_position`` ``[layer][position]`` (with ``per_position``; its last column is the
+profile); metrics ``clean_logit_diff``, ``corrupt_logit_diff``, ``effect`` = LD_clean −
+LD_corrupt, ``best_depth`` (where recovery peaks), and ``positions`` (P, with
+``per_position``). When ``|effect| < 1e-3`` the corruption changes nothing to recover and
+every recovery is 0. Transfer compares ``effect`` and the ``recovery`` profiles.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from analoglab.experiments.methods.common import (
+    Context,
+    ExperimentError,
+    Outcome,
+    answer_ids,
+    forward,
+    headline,
+    logit_diff,
+    patch_pairs_of,
+    token_ids,
+)
+from analoglab.experiments.spec import PatchingSpec
+from analoglab.interventions import capture, patch
+
+MIN_EFFECT = 1e-3
+
+
+def run(spec: PatchingSpec, ctx: Context) -> Outcome:
+    items = patch_pairs_of(spec.data, "data", "patching")
+    clean_ids = token_ids(ctx.tokenizer, [it.clean for it in items])
+    corrupt_ids = token_ids(ctx.tokenizer, [it.corrupt for it in items])
+    for k, (a, b) in enumerate(zip(clean_ids, corrupt_ids, strict=True)):
+        if len(a) != len(b):
+            raise ExperimentError(
+                f"patch pair {k} has a clean prompt of {len(a)} tokens and a corrupted one of "
+                f"{len(b)} ({items[k].clean[:60]!r} vs {items[k].corrupt[:60]!r}); patching "
+                "needs equal token lengths: change the corruption or drop the item"
+            )
+    targets = answer_ids(ctx.tokenizer, [it.target for it in items])
+    foils = answer_ids(ctx.tokenizer, [it.foil for it in items])
+    blocks = ctx.blocks(spec.layers)
+    names = ctx.hook_names("hook_resid_post", blocks)
+    n_pos = min(min(len(a), ctx.max_tokens) for a in clean_ids) if spec.per_position else 1
+    positions = list(range(-n_pos, 0))
+    chunks = ctx.chunks(items)
+    ctx.progress.plan(len(chunks) * (2 + len(names) * n_pos))
+
+    clean_sum = corrupt_sum = 0.0
+    patched = torch.zeros(len(names), n_pos, dtype=torch.float64)
+    with ctx.phase("patch"):
+        for k, chunk in enumerate(chunks):
+            rows = slice(k * ctx.batch_size, k * ctx.batch_size + len(chunk))
+            t, f = targets[rows], foils[rows]
+            clean_enc = ctx.encode([it.clean for it in chunk])
+            corrupt_enc = ctx.encode([it.corrupt for it in chunk])
+            with capture(ctx.model, names, positions=positions) as cache:
+                clean_sum += float(logit_diff(forward(ctx.model, clean_enc), t, f).double().sum())
+            sources = dict(cache)
+            ctx.progress.step()
+            corrupt_sum += float(logit_diff(forward(ctx.model, corrupt_enc), t, f).double().sum())
+            ctx.progress.step()
+            for li, name in enumerate(names):
+                for j, p in enumerate(positions):
+                    with patch(ctx.model, {name: sources[name][:, j : j + 1]}, positions=[p]):
+                        logits = forward(ctx.model, corrupt_enc)
+                    patched[li, j] += float(logit_diff(logits, t, f).double().sum())
+                    ctx.progress.step()
+
+    n = len(items)
+    clean, corrupt = clean_sum / n, corrupt_sum / n
+    effect = clean - corrupt
+    if abs(effect) < MIN_EFFECT:
+        table = [[0.0] * n_pos for _ in names]
+    else:
+        table = ((patched / n - corrupt) / effect).tolist()
+    recovery = blocks.profile([row[-1] for row in table])
+    outcome = Outcome(profiles={"recovery": recovery})
+    _, depth = headline(recovery)
+    outcome.metrics = {
+        "clean_logit_diff": clean,
+        "corrupt_logit_diff": corrupt,
+        "effect": effect,
+        "best_depth": depth,
+    }
+    if spec.per_position:
+        outcome.tables["recovery_by_position"] = table
+        outcome.metrics["positions"] = float(n_pos)
+    return outcome

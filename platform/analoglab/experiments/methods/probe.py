@@ -1,0 +1,174 @@
+"""Probing: how linearly decodable a label is from each layer's residual stream.
+
+Examples and classes: labelled texts (their labels, renumbered 0..K−1 in sorted order);
+choices (class = the index of the item's ``label`` among the sorted distinct labels); pairs
+(positive texts class 1, negative texts class 0). Features: ``hook_resid_post`` at the last
+token (``position="last"``) or the mean over real tokens (``"mean"``), per selected block,
+standardised with the training split's mean and standard deviation.
+
+The split is stratified and seeded: in each class a seeded permutation puts
+``round(test_fraction · n_c)`` examples (at least 1, at most n_c − 1) into the test split.
+``control="shuffled_labels"`` permutes the labels (seeded) before splitting: a probe should
+then score near chance. Per layer a multinomial logistic regression is fitted in float32,
+full batch, by L-BFGS from zero weights (deterministic), minimising
+
+    mean cross-entropy + (l2 / 2) · ‖W‖²
+
+Outputs: profiles ``accuracy`` (held-out) and ``train_accuracy``; metrics ``accuracy`` (the
+best layer's), ``chance`` (the majority class's share of the test split), ``effect`` =
+(accuracy − chance) / (1 − chance), ``best_depth``, ``classes``, ``train_examples``,
+``test_examples``. Transfer compares ``effect``, ``accuracy`` and the ``accuracy`` profiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from analoglab.experiments.methods.common import (
+    Context,
+    ExperimentError,
+    Outcome,
+    concrete,
+    forward,
+    masked_mean,
+)
+from analoglab.experiments.spec import Choices, Data, Labelled, Pairs, ProbeSpec
+from analoglab.interventions import capture
+
+MIN_PER_CLASS = 2
+LBFGS_STEPS = 200
+
+
+def examples_of(data: Data) -> tuple[list[str], list[int], list[str]]:
+    """Texts, their classes 0..K−1, and each class's name."""
+    d = concrete(data)
+    if isinstance(d, Labelled):
+        raw = [item.label for item in d.items]
+        names = sorted(set(raw))
+        index = {label: k for k, label in enumerate(names)}
+        return [i.text for i in d.items], [index[r] for r in raw], [str(n) for n in names]
+    if isinstance(d, Choices):
+        missing = [k for k, item in enumerate(d.items) if item.label is None]
+        if missing:
+            raise ExperimentError(
+                f"a probe on choices needs a label on every item; item {missing[0]} has none"
+            )
+        labels = [str(item.label) for item in d.items]
+        names_s = sorted(set(labels))
+        index_s = {label: k for k, label in enumerate(names_s)}
+        return [i.prompt for i in d.items], [index_s[x] for x in labels], names_s
+    if isinstance(d, Pairs):
+        texts = [p.positive for p in d.pairs] + [p.negative for p in d.pairs]
+        return texts, [1] * len(d.pairs) + [0] * len(d.pairs), ["negative", "positive"]
+    raise ExperimentError(
+        f"a probe needs labelled texts, choices with labels, or pairs, not {d.kind}"
+    )
+
+
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices: per class, a seeded permutation, ``test_fraction`` held out."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = min(max(1, round(test_fraction * len(members))), len(members) - 1)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def fit_logistic(x: Tensor, y: Tensor, n_classes: int, l2: float) -> tuple[Tensor, Tensor]:
+    """Weights ``[d, K]`` and bias ``[K]`` of an L2-regularised multinomial logistic regression."""
+    w = torch.zeros(x.shape[1], n_classes, device=x.device, requires_grad=True)
+    b = torch.zeros(n_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=LBFGS_STEPS, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + 0.5 * l2 * (w * w).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)  # type: ignore[no-untyped-call]
+    return w.detach(), b.detach()
+
+
+def run(spec: ProbeSpec, ctx: Context) -> Outcome:
+    texts, classes, class_names = examples_of(spec.data)
+    counts = np.bincount(np.asarray(classes), minlength=len(class_names))
+    if len(class_names) < 2:
+        raise ExperimentError(
+            f"a probe needs at least 2 classes; the data has one ({class_names[0]!r})"
+        )
+    if counts.min() < MIN_PER_CLASS:
+        small = class_names[int(counts.argmin())]
+        raise ExperimentError(
+            f"class {small!r} has {int(counts.min())} example(s); a probe needs at least "
+            f"{MIN_PER_CLASS} per class (one to train on, one to test): add examples"
+        )
+    labels = np.asarray(classes)
+    if spec.control == "shuffled_labels":
+        labels = labels[np.random.default_rng([spec.seed, 1]).permutation(len(labels))]
+    train_idx, test_idx = stratified_split(labels, spec.test_fraction, spec.seed)
+
+    blocks = ctx.blocks(spec.layers)
+    names = ctx.hook_names("hook_resid_post", blocks)
+    chunks = ctx.chunks(texts)
+    ctx.progress.plan(len(chunks) + len(names))
+    parts: list[list[Tensor]] = [[] for _ in names]
+    positions = [-1] if spec.position == "last" else None
+    with ctx.phase("features"):
+        for chunk in chunks:
+            enc = ctx.encode(chunk)
+            with capture(ctx.model, names, positions=positions) as cache:
+                forward(ctx.model, enc)
+            for k, name in enumerate(names):
+                x = cache[name]
+                feats = x[:, 0] if spec.position == "last" else masked_mean(x, enc.real)
+                parts[k].append(feats.float())
+            ctx.progress.step()
+
+    y = torch.as_tensor(labels, device=ctx.device)
+    tr = torch.as_tensor(train_idx, device=ctx.device)
+    te = torch.as_tensor(test_idx, device=ctx.device)
+    n_classes = len(class_names)
+    accuracy, train_accuracy = [], []
+    with ctx.phase("fit"):
+        for k in range(len(names)):
+            x = torch.cat(parts[k])
+            parts[k] = []
+            mu, sd = x[tr].mean(0), x[tr].std(0, unbiased=False)
+            sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
+            x = (x - mu) / sd
+            w, b = fit_logistic(x[tr], y[tr], n_classes, spec.l2)
+            pred = (x @ w + b).argmax(-1)
+            accuracy.append(int((pred[te] == y[te]).sum()) / len(test_idx))
+            train_accuracy.append(int((pred[tr] == y[tr]).sum()) / len(train_idx))
+            ctx.progress.step()
+
+    test_counts = np.bincount(labels[test_idx], minlength=n_classes)
+    chance = float(test_counts.max() / test_counts.sum())
+    best = int(np.argmax(accuracy))
+    return Outcome(
+        metrics={
+            "accuracy": accuracy[best],
+            "chance": chance,
+            "effect": (accuracy[best] - chance) / (1.0 - chance),
+            "best_depth": blocks.depths[best],
+            "classes": float(n_classes),
+            "train_examples": float(len(train_idx)),
+            "test_examples": float(len(test_idx)),
+        },
+        profiles={
+            "accuracy": blocks.profile(accuracy),
+            "train_accuracy": blocks.profile(train_accuracy),
+        },
+    )

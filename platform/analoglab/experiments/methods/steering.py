@@ -1,0 +1,169 @@
+"""Steering: contrastive activation addition, swept over layers and scales.
+
+For each selected block ``i`` the steering vector is
+
+    v_i = mean(resid_post_i at the last token of the positive texts)
+        − mean(resid_post_i at the last token of the negative texts)
+
+(``control="random_vector"``: a seeded Gaussian direction scaled to ‖v_i‖ instead). The
+behaviour score of a prompt is ``log p(target) − log p(foil)`` of the answers' first tokens
+at its last position; ``score(i, s)`` is its mean over the ``evaluate`` prompts with
+``s · v_i`` added to ``hook_resid_post`` of block ``i`` at every position (``position="all"``)
+or at the last token only (``"last"``). The behaviour's full swing is
+
+    swing = mean score(positive contrast texts) − mean score(negative contrast texts)
+
+on the unsteered model, and the normalised effect is
+
+    effect(i, s) = (score(i, s) − score_unsteered) / max(|swing|, 0.5).
+
+Outputs: tables ``score`` and ``normalised_effect`` ``[layer][scale]`` (scales in the spec's
+order); profile ``effect`` (per layer, the normalised effect at the largest positive scale,
+or at the scale of largest magnitude when none is positive); profile ``side_effect_kl``
+(mean KL(unsteered ‖ steered) of the next-token distribution at the last token of the
+``neutral`` prompts at that scale; only with neutral data); metrics ``effect`` (the profile
+value of largest magnitude, signed), ``best_depth``, ``swing``, ``unsteered_score``,
+``vector_norm_mean``. Transfer compares ``effect`` and the ``effect`` profiles.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from analoglab.experiments.methods.common import (
+    Context,
+    Encoded,
+    ExperimentError,
+    Outcome,
+    answer_ids,
+    forward,
+    headline,
+    pairs_of,
+    prompts_of,
+    texts_of,
+)
+from analoglab.experiments.spec import SteeringSpec
+from analoglab.interventions import add_vector, capture
+
+SWING_FLOOR = 0.5
+
+
+def headline_scale(scales: list[float]) -> float:
+    """The largest positive scale, else the scale of largest magnitude."""
+    positive = [s for s in scales if s > 0]
+    return max(positive) if positive else max(scales, key=abs)
+
+
+def run(spec: SteeringSpec, ctx: Context) -> Outcome:
+    pairs = pairs_of(spec.contrast, "contrast", "steering")
+    prompts = prompts_of(spec.evaluate, "evaluate")
+    neutral = texts_of(spec.neutral) if spec.neutral is not None else []
+    ids = answer_ids(ctx.tokenizer, [spec.target, spec.foil])
+    if int(ids[0]) == int(ids[1]):
+        raise ExperimentError(
+            f"target {spec.target!r} and foil {spec.foil!r} start with the same token, so the "
+            "score cannot tell them apart; choose answers whose first tokens differ"
+        )
+    target, foil = ids[:1].to(ctx.device), ids[1:].to(ctx.device)
+    blocks = ctx.blocks(spec.layers)
+    names = ctx.hook_names("hook_resid_post", blocks)
+    scales = [float(s) for s in spec.scales]
+    steered = list(dict.fromkeys(s for s in scales if s != 0.0))
+    top = headline_scale(scales)
+    positions = [-1] if spec.position == "last" else None
+
+    def score(enc: Encoded) -> Tensor:
+        logits = forward(ctx.model, enc)
+        return (logits[:, target[0]] - logits[:, foil[0]]).double()
+
+    positives = [p.positive for p in pairs]
+    negatives = [p.negative for p in pairs]
+    contrast_chunks = [ctx.chunks(positives), ctx.chunks(negatives)]
+    eval_chunks = ctx.chunks(prompts)
+    neutral_chunks = ctx.chunks(neutral)
+    ctx.progress.plan(
+        sum(len(c) for c in contrast_chunks)
+        + len(eval_chunks) * (1 + len(blocks) * len(steered))
+        + len(neutral_chunks) * (1 + (len(blocks) if top != 0.0 else 0))
+    )
+
+    # 1. the vectors, and the swing of the unsteered model on the contrast texts
+    d_model = ctx.layout.d_model
+    means: list[Tensor] = []
+    side_scores: list[float] = []
+    with ctx.phase("vectors"):
+        for chunks, count in zip(contrast_chunks, (len(positives), len(negatives)), strict=True):
+            total = torch.zeros(len(names), d_model, dtype=torch.float64, device=ctx.device)
+            score_sum = 0.0
+            for chunk in chunks:
+                enc = ctx.encode(chunk)
+                with capture(ctx.model, names, positions=[-1]) as cache:
+                    score_sum += float(score(enc).sum())
+                total += torch.stack([cache[n][:, 0].double().sum(0) for n in names])
+                ctx.progress.step()
+            means.append(total / count)
+            side_scores.append(score_sum / count)
+    vectors = (means[0] - means[1]).float()
+    norms = vectors.norm(dim=1)
+    if spec.control == "random_vector":
+        gen = torch.Generator().manual_seed(spec.seed)
+        noise = torch.randn(len(names), d_model, generator=gen).to(ctx.device)
+        vectors = noise / noise.norm(dim=1, keepdim=True) * norms.unsqueeze(1)
+    swing = side_scores[0] - side_scores[1]
+
+    # 2. the behaviour score, unsteered and steered
+    base_sum = 0.0
+    sums = torch.zeros(len(names), len(steered), dtype=torch.float64)
+    with ctx.phase("steer"):
+        for chunk in eval_chunks:
+            enc = ctx.encode(chunk)
+            base_sum += float(score(enc).sum())
+            ctx.progress.step()
+            for li, name in enumerate(names):
+                for si, s in enumerate(steered):
+                    with add_vector(ctx.model, name, vectors[li], scale=s, positions=positions):
+                        sums[li, si] += float(score(enc).sum())
+                    ctx.progress.step()
+    base = base_sum / len(prompts)
+    means_by_scale = {s: (sums[:, k] / len(prompts)).tolist() for k, s in enumerate(steered)}
+    score_table = [
+        [means_by_scale[s][li] if s != 0.0 else base for s in scales] for li in range(len(names))
+    ]
+    denom = max(abs(swing), SWING_FLOOR)
+    effect_table = [[(v - base) / denom for v in row] for row in score_table]
+    column = scales.index(top)
+    effect = blocks.profile([row[column] for row in effect_table])
+
+    outcome = Outcome(
+        tables={"score": score_table, "normalised_effect": effect_table},
+        profiles={"effect": effect},
+    )
+
+    # 3. side effects on neutral prompts
+    if neutral:
+        kl = torch.zeros(len(names), dtype=torch.float64)
+        with ctx.phase("side_effects"):
+            for chunk in neutral_chunks:
+                enc = ctx.encode(chunk)
+                clean = F.log_softmax(forward(ctx.model, enc), dim=-1)
+                ctx.progress.step()
+                if top == 0.0:
+                    continue
+                for li, name in enumerate(names):
+                    with add_vector(ctx.model, name, vectors[li], scale=top, positions=positions):
+                        moved = F.log_softmax(forward(ctx.model, enc), dim=-1)
+                    kl[li] += float((clean.exp() * (clean - moved)).sum(-1).clamp_min(0).sum())
+                    ctx.progress.step()
+        outcome.profiles["side_effect_kl"] = blocks.profile(kl / len(neutral))
+
+    value, depth = headline(effect)
+    outcome.metrics = {
+        "effect": value,
+        "best_depth": depth,
+        "swing": swing,
+        "unsteered_score": base,
+        "vector_norm_mean": float(norms.mean()),
+    }
+    return outcome

@@ -1,0 +1,667 @@
+"""The experiment methods and the runner on the tiny foundry's frontier and analog.
+
+The tiny models learned little, so these tests check the result contract (keys, finite
+values, one profile value per selected layer, depths in [0, 1]), determinism, and properties
+that hold for any model: steering by 0 changes nothing, a probe reads a word that decides the
+label, patching the last block's last position restores the clean answer exactly, a model is
+perfectly faithful to itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from analoglab.config import Settings
+from analoglab.experiments.methods.common import (
+    ExperimentError,
+    encode,
+    relative_depth,
+    select_blocks,
+    token_ids,
+)
+from analoglab.experiments.result import ExperimentResult
+from analoglab.experiments.runner import run
+from analoglab.experiments.spec import (
+    METHODS,
+    AnySpec,
+    Layers,
+    Prompts,
+    TaskSetRef,
+    inline_task_set,
+    parse_spec,
+    spec_hash,
+)
+from analoglab.experiments.transfer import MAIN_PROFILE, compare
+from analoglab.foundry.build import BuildResult
+from analoglab.foundry.fidelity import first_token_ids
+from analoglab.foundry.tasks import task_set
+from analoglab.interventions import layout_of
+from analoglab.models.loading import LoadedModel, load_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models gain nothing from threads; on a busy machine they run far slower with them.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_build: tuple[Settings, BuildResult]) -> dict[str, LoadedModel]:
+    settings = tiny_build[0]
+    return {
+        "frontier": load_model(
+            settings.lab_sites_path / "tiny-lab/models/tiny-frontier", device="cpu"
+        ),
+        "analog": load_model(settings.models_path / "tiny-analog-s", device="cpu"),
+    }
+
+
+@pytest.fixture
+def frontier(models: dict[str, LoadedModel]) -> LoadedModel:
+    return models["frontier"]
+
+
+@pytest.fixture
+def analog(models: dict[str, LoadedModel]) -> LoadedModel:
+    return models["analog"]
+
+
+def equal_length_patch_pairs(tokenizer: Any, n: int) -> list[dict[str, str]]:
+    """IOI patch pairs whose clean and corrupted prompts have the same token count."""
+    pairs = inline_task_set(TaskSetRef(name="ioi_patch", n=4 * n)).items
+    same = [
+        p.model_dump()
+        for p in pairs
+        if len(token_ids(tokenizer, [p.clean])[0]) == len(token_ids(tokenizer, [p.corrupt])[0])
+    ]
+    assert len(same) >= n
+    return same[:n]
+
+
+def spec_for(method: str, tokenizer: Any) -> AnySpec:
+    """A small spec of each method (task sets, as a user would write them)."""
+    data = {
+        "activation_stats": {
+            "method": "activation_stats",
+            "data": {"kind": "task_set", "name": "neutral", "n": 12},
+            "position": "all",
+        },
+        "steering": {
+            "method": "steering",
+            "contrast": {"kind": "task_set", "name": "sentiment_pairs", "n": 6},
+            "evaluate": {"kind": "task_set", "name": "sentiment", "n": 6},
+            "neutral": {"kind": "task_set", "name": "neutral", "n": 4},
+            "target": " good",
+            "foil": " bad",
+            "scales": [-2, 0, 2],
+            "batch_size": 4,
+        },
+        "probe": {"method": "probe", "data": {"kind": "task_set", "name": "sentiment", "n": 24}},
+        "ablation": {
+            "method": "ablation",
+            "data": {"kind": "task_set", "name": "ioi", "n": 6},
+            "batch_size": 4,
+        },
+        "patching": {
+            "method": "patching",
+            "data": {"kind": "patch_pairs", "items": equal_length_patch_pairs(tokenizer, 5)},
+            "per_position": True,
+            "batch_size": 3,
+        },
+        "evaluation": {
+            "method": "evaluation",
+            "data": {"kind": "task_set", "name": "facts", "n": 10},
+            "samples": {"n": 3, "max_new_tokens": 4},
+        },
+        "fidelity": {
+            "method": "fidelity",
+            "data": {"kind": "task_set", "name": "neutral", "n": 8},
+            "behaviour": {"kind": "task_set", "name": "sentiment", "n": 6},
+        },
+    }[method]
+    return parse_spec(data)
+
+
+CONTRACT = {
+    "activation_stats": ({"vectors"}, {"norm", "mean_direction", "pca_top1"}),
+    "steering": (
+        {"effect", "best_depth", "swing", "vector_norm_mean"},
+        {"effect", "side_effect_kl"},
+    ),
+    "probe": ({"accuracy", "chance", "effect", "best_depth"}, {"accuracy"}),
+    "ablation": ({"clean_logit_diff", "effect"}, {"effect", "mlp"}),
+    "patching": ({"clean_logit_diff", "corrupt_logit_diff", "effect"}, {"recovery"}),
+    "evaluation": ({"accuracy", "logit_diff", "chance", "effect"}, set()),
+    "fidelity": ({"kl", "top1_agreement", "behaviour_agreement", "cka_mean"}, {"cka"}),
+}
+TABLES = {
+    "activation_stats": {"pca_explained_variance"},
+    "steering": {"score", "normalised_effect"},
+    "ablation": {"heads"},
+    "patching": {"recovery_by_position"},
+}
+
+
+def test_the_contract_covers_every_method() -> None:
+    assert set(CONTRACT) == set(METHODS)
+    assert set(MAIN_PROFILE) <= set(METHODS)
+
+
+@pytest.mark.parametrize("which", ["frontier", "analog"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_follows_the_result_contract(
+    method: str, which: str, models: dict[str, LoadedModel]
+) -> None:
+    loaded = models[which]
+    spec = spec_for(method, loaded.tokenizer)
+    calls: list[tuple[int, int]] = []
+    result = run(
+        spec,
+        loaded,
+        reference=models["frontier"],
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    metrics, profiles = CONTRACT[method]
+    assert result.method == method
+    assert metrics <= set(result.metrics), set(result.metrics)
+    assert profiles <= set(result.profiles), set(result.profiles)
+    assert TABLES.get(method, set()) <= set(result.tables)
+    assert all(math.isfinite(v) for v in result.metrics.values())
+    n_layers = result.model.layers
+    for profile in result.profiles.values():
+        assert len(profile.values) == len(profile.depths) == len(profile.indices)
+        assert all(0.0 <= d <= 1.0 for d in profile.depths)
+        assert all(0 <= i < n_layers for i in profile.indices)
+        assert all(math.isfinite(v) for v in profile.values)
+    for table in result.tables.values():
+        assert all(math.isfinite(v) for row in table for v in row)
+    main = MAIN_PROFILE.get(method)
+    if main:
+        assert main in result.profiles
+    # recorded: the spec self-contained, the hash of the spec as given, who ran it
+    assert result.spec_hash == spec_hash(spec)
+    assert "task_set" not in json.dumps(result.spec)
+    assert parse_spec(result.spec).method == method
+    assert result.model.name == loaded.name
+    assert result.model.weights_sha256 == loaded.weights_sha256
+    assert result.model.parameters == sum(p.numel() for p in loaded.model.parameters())
+    assert result.device == "cpu"
+    assert set(result.versions) == {"analoglab", "torch", "transformers", "python"}
+    assert result.timings["total_seconds"] > 0
+    assert result.size_bytes == len(result.model_dump_json().encode())
+    assert ExperimentResult.model_validate_json(result.model_dump_json()) == result
+    assert calls and calls[-1][0] == calls[-1][1] > 0
+    assert all(a <= b for (a, _), (b, _) in itertools.pairwise(calls))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_spec_run_twice_gives_the_same_result(
+    method: str, analog: LoadedModel, frontier: LoadedModel
+) -> None:
+    spec = spec_for(method, analog.tokenizer)
+    a = run(spec, analog, reference=frontier)
+    b = run(spec, analog, reference=frontier)
+    assert a.metrics == b.metrics
+    assert a.profiles == b.profiles
+    assert a.tables == b.tables
+    assert a.samples == b.samples
+
+
+def test_the_same_spec_has_the_same_hash_on_every_model(
+    analog: LoadedModel, frontier: LoadedModel
+) -> None:
+    spec = spec_for("steering", analog.tokenizer)
+    a, f = run(spec, analog), run(spec, frontier)
+    assert a.spec_hash == f.spec_hash == spec_hash(spec)
+    report = compare(a, f)
+    assert report.method == "steering" and 0.0 <= report.score <= 1.0
+
+
+# -- layers -----------------------------------------------------------------------------------
+
+
+def test_layers_resolve_by_depth_index_or_all() -> None:
+    blocks = select_blocks(Layers(depths=[0.0, 0.5, 0.49, 1.0]), 3)
+    assert blocks.indices == (0, 1, 2) and blocks.depths == (0.0, 0.5, 1.0)
+    assert select_blocks(Layers(depths=[0.0, 0.25, 0.5, 0.75, 1.0]), 48).indices == (
+        0,
+        12,
+        24,
+        35,
+        47,
+    )
+    assert select_blocks(Layers(indices=[-1, 0, 2]), 3).indices == (2, 0)
+    assert select_blocks(Layers(), 4).indices == (0, 1, 2, 3)
+    assert select_blocks(Layers(), 1).depths == (0.0,)
+    assert relative_depth(3, 4) == 1.0 and relative_depth(0, 1) == 0.0
+
+
+@pytest.mark.parametrize("layers", [Layers(indices=[2]), Layers(indices=[-3]), Layers(indices=[])])
+def test_bad_layers_are_refused_with_the_model_size(layers: Layers) -> None:
+    with pytest.raises(ExperimentError, match="layer|empty"):
+        select_blocks(layers, 2, "tiny")
+
+
+def test_a_layer_out_of_range_fails_the_run(analog: LoadedModel) -> None:
+    spec = parse_spec(
+        {
+            "method": "activation_stats",
+            "layers": {"indices": [0, 5]},
+            "data": {"kind": "prompts", "prompts": ["a cat"]},
+        }
+    )
+    with pytest.raises(ExperimentError, match="layer index 5 is out of range.*2 blocks"):
+        run(spec, analog)
+
+
+def test_prompts_are_left_padded_and_keep_their_last_tokens(analog: LoadedModel) -> None:
+    tok = analog.tokenizer
+    texts = ["the cat sat on the mat by the door", "a dog"]
+    full = token_ids(tok, texts)
+    cut = len(full[1]) + 2
+    assert len(full[0]) > cut
+    enc = encode(tok, texts, max_tokens=cut, device="cpu")
+    assert enc.lengths == (cut, len(full[1]))
+    assert enc.input_ids[0].tolist() == full[0][-cut:]
+    assert enc.input_ids[1, 2:].tolist() == full[1]
+    assert enc.attention_mask[1].tolist() == [0, 0] + [1] * len(full[1])
+    assert enc.input_ids[1, :2].tolist() == [tok.pad_token_id] * 2
+
+
+# -- activation statistics --------------------------------------------------------------------
+
+
+def test_activation_stats_positions_and_pca_table(analog: LoadedModel) -> None:
+    prompts = {"kind": "prompts", "prompts": ["the cat sat", "a dog ran far away", "Tom"]}
+    results = {
+        pos: run(
+            parse_spec(
+                {
+                    "method": "activation_stats",
+                    "data": prompts,
+                    "position": pos,
+                    "pca_components": 5,
+                }
+            ),
+            analog,
+        )
+        for pos in ("last", "mean", "all")
+    }
+    assert results["last"].metrics["vectors"] == results["mean"].metrics["vectors"] == 3
+    assert results["all"].metrics["vectors"] == sum(
+        len(ids) for ids in token_ids(analog.tokenizer, prompts["prompts"])
+    )
+    for res in results.values():
+        table = res.tables["pca_explained_variance"]
+        assert len(table) == 2 and all(len(row) == 5 for row in table)
+        for row, top1 in zip(table, res.profiles["pca_top1"].values, strict=True):
+            assert row[0] == top1 and sum(row) <= 1 + 1e-9
+            assert row == sorted(row, reverse=True)
+        assert all(0 <= v <= 1 + 1e-9 for v in res.profiles["mean_direction"].values)
+    # 3 vectors span at most 2 directions after centring
+    assert results["last"].tables["pca_explained_variance"][0][2:] == pytest.approx([0.0] * 3)
+
+
+# -- steering ---------------------------------------------------------------------------------
+
+
+def test_steering_by_zero_changes_nothing(analog: LoadedModel) -> None:
+    spec = spec_for("steering", analog.tokenizer).model_copy(update={"scales": [0.0]})
+    result = run(spec, analog)
+    assert result.metrics["effect"] == 0.0
+    assert result.profiles["effect"].values == [0.0, 0.0]
+    assert result.profiles["side_effect_kl"].values == [0.0, 0.0]
+    base = result.metrics["unsteered_score"]
+    assert result.tables["score"] == [[base], [base]]
+
+
+def test_steering_tables_follow_the_scales_and_the_random_control(analog: LoadedModel) -> None:
+    spec = spec_for("steering", analog.tokenizer)
+    spec = spec.model_copy(update={"scales": [4.0, -1.0, 0.0, 1.0], "position": "last"})
+    result = run(spec, analog)
+    base, swing = result.metrics["unsteered_score"], result.metrics["swing"]
+    for scores, effects in zip(
+        result.tables["score"], result.tables["normalised_effect"], strict=True
+    ):
+        assert len(scores) == 4 and scores[2] == base
+        assert effects == pytest.approx([(s - base) / max(abs(swing), 0.5) for s in scores])
+    assert result.profiles["effect"].values == [
+        row[0] for row in result.tables["normalised_effect"]
+    ]
+    control = run(spec.model_copy(update={"control": "random_vector"}), analog)
+    assert control.metrics["vector_norm_mean"] == pytest.approx(result.metrics["vector_norm_mean"])
+    assert control.tables["score"] != result.tables["score"]
+    no_neutral = run(spec.model_copy(update={"neutral": None}), analog)
+    assert "side_effect_kl" not in no_neutral.profiles
+
+
+def test_the_sentiment_direction_steers_the_frontier_and_a_random_one_less(
+    frontier: LoadedModel,
+) -> None:
+    # The tiny frontier learned sentiment: steering along good − bad moves its verdict.
+    spec = parse_spec(
+        {
+            "method": "steering",
+            "contrast": {"kind": "task_set", "name": "sentiment_pairs", "n": 32},
+            "evaluate": {"kind": "task_set", "name": "sentiment", "n": 32},
+            "target": " good",
+            "foil": " bad",
+            "scales": [-4, 0, 4],
+            "layers": {"depths": [0.0, 1.0]},
+        }
+    )
+    result = run(spec, frontier)
+    assert result.metrics["swing"] > 1.0
+    assert result.metrics["effect"] > 0.3
+    assert all(row[0] < 0.0 < row[2] for row in result.tables["normalised_effect"])
+    control = run(spec.model_copy(update={"control": "random_vector"}), frontier)
+    assert abs(control.metrics["effect"]) < result.metrics["effect"] / 2
+
+
+def test_steering_needs_answers_that_differ_and_pairs(analog: LoadedModel) -> None:
+    spec = spec_for("steering", analog.tokenizer)
+    with pytest.raises(ExperimentError, match="same token"):
+        run(spec.model_copy(update={"target": " Tom", "foil": " Tom was"}), analog)
+    bad = spec.model_copy(update={"contrast": Prompts(prompts=["x"])})
+    with pytest.raises(ExperimentError, match="contrast pairs"):
+        run(bad, analog)
+
+
+# -- probe ------------------------------------------------------------------------------------
+
+SUBJECTS = [
+    "the food",
+    "the film",
+    "the room",
+    "the book",
+    "the trip",
+    "the game",
+    "the song",
+    "the show",
+    "the meal",
+    "the town",
+    "the park",
+    "the shop",
+    "the play",
+    "the cafe",
+    "the bus",
+    "the hotel",
+    "the class",
+    "the team",
+    "the city",
+    "the view",
+]
+
+
+def separable(n_subjects: int = 20) -> dict[str, Any]:
+    """Texts whose label is decided by their last word (Tom: 0, Sam: 1)."""
+    items = [
+        {"text": f"{subject} was seen by {name}", "label": label}
+        for subject in SUBJECTS[:n_subjects]
+        for variant in ("", " then")
+        for name, label in ((f"{variant} Tom", 0), (f"{variant} Sam", 1))
+    ]
+    return {"kind": "labelled", "items": items}
+
+
+def test_a_probe_reads_a_word_that_decides_the_label(analog: LoadedModel) -> None:
+    spec = parse_spec({"method": "probe", "data": separable(), "test_fraction": 0.5})
+    result = run(spec, analog)
+    assert result.metrics["accuracy"] == 1.0
+    assert result.metrics["chance"] == 0.5 and result.metrics["effect"] == 1.0
+    assert result.metrics["test_examples"] == 40 and result.metrics["classes"] == 2
+    shuffled = run(spec.model_copy(update={"control": "shuffled_labels"}), analog)
+    assert shuffled.metrics["accuracy"] <= 0.7
+    assert shuffled.metrics["effect"] < 0.4
+
+
+def test_probes_on_pairs_and_on_choices(analog: LoadedModel) -> None:
+    pairs = run(
+        parse_spec(
+            {
+                "method": "probe",
+                "position": "mean",
+                "data": {"kind": "task_set", "name": "sentiment_pairs", "n": 12},
+            }
+        ),
+        analog,
+    )
+    assert pairs.metrics["classes"] == 2 and pairs.metrics["test_examples"] == 8
+    facts = run(
+        parse_spec({"method": "probe", "data": {"kind": "task_set", "name": "facts", "n": 36}}),
+        analog,
+    )
+    assert facts.metrics["classes"] > 2
+    assert facts.metrics["chance"] < 0.5
+
+
+def test_a_probe_needs_two_classes_with_examples(analog: LoadedModel) -> None:
+    one_class = {"kind": "labelled", "items": [{"text": f"a {i}", "label": 3} for i in range(6)]}
+    with pytest.raises(ExperimentError, match="at least 2 classes"):
+        run(parse_spec({"method": "probe", "data": one_class}), analog)
+    lonely = {
+        "kind": "labelled",
+        "items": [{"text": f"a {i}", "label": int(i == 0)} for i in range(6)],
+    }
+    with pytest.raises(ExperimentError, match="class '1' has 1 example"):
+        run(parse_spec({"method": "probe", "data": lonely}), analog)
+    with pytest.raises(ExperimentError, match="labelled texts"):
+        run(parse_spec({"method": "probe", "data": {"kind": "prompts", "prompts": ["a"]}}), analog)
+
+
+# -- ablation ---------------------------------------------------------------------------------
+
+
+def test_ablation_effect_is_the_share_of_the_behaviour_removed(frontier: LoadedModel) -> None:
+    spec = spec_for("ablation", frontier.tokenizer)
+    for mode in ("zero", "mean"):
+        result = run(spec.model_copy(update={"ablation": mode}), frontier)
+        clean = result.metrics["clean_logit_diff"]
+        heads, mlp = result.tables["heads"], result.profiles["mlp"].values
+        n_heads = layout_of(frontier.model).n_heads
+        assert len(heads) == 2 and all(len(row) == n_heads for row in heads)
+        expected = [
+            max(-d / max(abs(clean), 1.0) for d in [*row, m]) if abs(clean) >= 1e-3 else 0.0
+            for row, m in zip(heads, mlp, strict=True)
+        ]
+        assert result.profiles["effect"].values == pytest.approx(expected)
+    only_mlp = run(spec.model_copy(update={"components": "mlp"}), frontier)
+    assert "heads" not in only_mlp.tables and "mlp" in only_mlp.profiles
+    only_heads = run(spec.model_copy(update={"components": "heads"}), frontier)
+    assert "mlp" not in only_heads.profiles and "heads" in only_heads.tables
+
+
+def test_mean_ablation_of_an_unvarying_activation_changes_nothing(frontier: LoadedModel) -> None:
+    # One token per prompt (the last, the same in every item): each activation is its own mean.
+    items = [{"prompt": f"{s} was given to", "target": " Tom", "foil": " Sam"} for s in SUBJECTS]
+    spec = parse_spec(
+        {
+            "method": "ablation",
+            "data": {"kind": "choices", "items": items},
+            "ablation": "mean",
+            "max_tokens_per_prompt": 1,
+        }
+    )
+    result = run(spec, frontier)
+    assert all(abs(d) < 1e-5 for row in result.tables["heads"] for d in row)
+    assert all(abs(d) < 1e-5 for d in result.profiles["mlp"].values)
+
+
+def test_ablation_needs_choices(analog: LoadedModel) -> None:
+    spec = parse_spec({"method": "ablation", "data": {"kind": "prompts", "prompts": ["a b"]}})
+    with pytest.raises(ExperimentError, match="ablation needs choices"):
+        run(spec, analog)
+
+
+# -- patching ---------------------------------------------------------------------------------
+
+
+def sharp_answers(loaded: LoadedModel, pairs: list[dict[str, str]]) -> tuple[str, str]:
+    """A target and foil whose logit difference the corruption moves most (on this model)."""
+    from analoglab.experiments.methods.common import forward
+
+    tok = loaded.tokenizer
+    clean = forward(loaded.model, encode(tok, [p["clean"] for p in pairs], 128, "cpu"))
+    corrupt = forward(loaded.model, encode(tok, [p["corrupt"] for p in pairs], 128, "cpu"))
+    diff = (clean - corrupt).mean(0)
+
+    def round_trips(order: torch.Tensor) -> str:
+        for i in order.tolist():
+            word = tok.decode([i])
+            if word.strip() and first_token_ids(tok, [word]) == [i]:
+                return str(word)
+        raise AssertionError("no answer token round-trips")
+
+    return round_trips(diff.argsort(descending=True)), round_trips(diff.argsort())
+
+
+def test_patching_the_last_block_at_the_last_token_restores_the_clean_answer(
+    frontier: LoadedModel,
+) -> None:
+    pairs = equal_length_patch_pairs(frontier.tokenizer, 6)
+    target, foil = sharp_answers(frontier, pairs)
+    items = [{**p, "target": target, "foil": foil} for p in pairs]
+    spec = parse_spec(
+        {
+            "method": "patching",
+            "data": {"kind": "patch_pairs", "items": items},
+            "per_position": True,
+            "batch_size": 4,
+        }
+    )
+    result = run(spec, frontier)
+    assert abs(result.metrics["effect"]) >= 1e-3
+    assert result.metrics["effect"] == pytest.approx(
+        result.metrics["clean_logit_diff"] - result.metrics["corrupt_logit_diff"]
+    )
+    recovery = result.profiles["recovery"].values
+    assert recovery[-1] == pytest.approx(1.0, abs=1e-4)
+    table = result.tables["recovery_by_position"]
+    n_pos = int(result.metrics["positions"])
+    assert n_pos == min(
+        len(ids) for ids in token_ids(frontier.tokenizer, [p["clean"] for p in pairs])
+    )
+    assert all(len(row) == n_pos for row in table)
+    assert [row[-1] for row in table] == recovery
+    # after the last block, earlier positions no longer reach the last token's logits
+    assert table[-1][:-1] == pytest.approx([0.0] * (n_pos - 1), abs=1e-4)
+
+
+def test_patching_a_prompt_into_itself_has_no_effect(analog: LoadedModel) -> None:
+    text = "Tom and Sam were at the river. Tom passed the ring to"
+    item = {"clean": text, "corrupt": text, "target": " Sam", "foil": " Tom"}
+    spec = parse_spec(
+        {
+            "method": "patching",
+            "data": {"kind": "patch_pairs", "items": [item]},
+            "per_position": True,
+        }
+    )
+    result = run(spec, analog)
+    assert result.metrics["effect"] == 0.0
+    assert result.profiles["recovery"].values == [0.0, 0.0]
+    assert all(v == 0.0 for row in result.tables["recovery_by_position"] for v in row)
+
+
+def test_patch_pairs_of_unequal_length_are_refused_by_item(analog: LoadedModel) -> None:
+    good = {
+        "clean": "Tom gave it to",
+        "corrupt": "Sam gave it to",
+        "target": " Sam",
+        "foil": " Tom",
+    }
+    bad = {
+        "clean": "Tom gave it to",
+        "corrupt": "Tom and Sam gave it to",
+        "target": " Sam",
+        "foil": " Tom",
+    }
+    spec = parse_spec({"method": "patching", "data": {"kind": "patch_pairs", "items": [good, bad]}})
+    with pytest.raises(ExperimentError, match="patch pair 1 .* equal token lengths"):
+        run(spec, analog)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+def test_evaluation_accuracy_labels_and_bounded_samples(analog: LoadedModel) -> None:
+    spec = spec_for("evaluation", analog.tokenizer)
+    result = run(spec, analog)
+    m = result.metrics
+    assert m["effect"] == pytest.approx((m["accuracy"] - 0.5) / 0.5)
+    labels = {item.label for item in task_set("facts", 10).items}
+    assert {f"accuracy.{label}" for label in labels} <= set(m)
+    assert len(result.samples) == 3
+    for sample in result.samples:
+        assert len(analog.tokenizer(sample, add_special_tokens=False)["input_ids"]) <= 4
+    no_samples = run(spec.model_copy(update={"samples": None}), analog)
+    assert no_samples.samples == [] and no_samples.metrics == result.metrics
+
+
+def test_evaluation_agrees_with_the_foundry_choice_accuracy(frontier: LoadedModel) -> None:
+    from analoglab.foundry.fidelity import choice_accuracy
+
+    items = task_set("sentiment", 16).items
+    spec = parse_spec(
+        {
+            "method": "evaluation",
+            "batch_size": 5,
+            "data": {"kind": "task_set", "name": "sentiment", "n": 16},
+        }
+    )
+    with torch.no_grad():
+        expected = choice_accuracy(frontier.model, frontier.tokenizer, items)
+    assert run(spec, frontier).metrics["accuracy"] == expected
+
+
+# -- fidelity ---------------------------------------------------------------------------------
+
+
+def test_a_model_is_faithful_to_itself(frontier: LoadedModel) -> None:
+    spec = spec_for("fidelity", frontier.tokenizer)
+    result = run(spec, frontier, reference=frontier)
+    assert result.metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result.metrics["top1_agreement"] == 1.0
+    assert result.metrics["behaviour_agreement"] == 1.0
+    assert result.profiles["cka"].values == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert result.metrics["cka_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fidelity_of_an_analog_is_below_perfect(analog: LoadedModel, frontier: LoadedModel) -> None:
+    result = run(spec_for("fidelity", analog.tokenizer), analog, reference=frontier)
+    assert result.metrics["kl"] > 0
+    assert 0 <= result.metrics["top1_agreement"] <= 1
+    assert all(0 <= v <= 1 + 1e-9 for v in result.profiles["cka"].values)
+    assert result.profiles["cka"].indices == [0, 1]
+
+
+def test_fidelity_needs_a_reference_with_the_same_vocabulary(
+    analog: LoadedModel, frontier: LoadedModel
+) -> None:
+    spec = spec_for("fidelity", analog.tokenizer)
+    with pytest.raises(ExperimentError, match="reference"):
+        run(spec, analog)
+
+    class Other:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __len__(self) -> int:
+            return len(self.inner) + 1
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return self.inner(*args, **kwargs)
+
+    other = LoadedModel(frontier.model, Other(frontier.tokenizer), "other", frontier.path, "x")
+    with pytest.raises(ExperimentError, match="share a tokenizer"):
+        run(spec, analog, reference=other)

@@ -1,0 +1,96 @@
+"""A transfer check on the tiny foundry: the real method against its control, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from analoglab.cli import app
+from analoglab.config import Settings
+from analoglab.experiments.runner import run
+from analoglab.experiments.spec import parse_spec
+from analoglab.experiments.transfer import compare
+from analoglab.models.loading import load_any
+
+STEER = {
+    "method": "steering",
+    "contrast": {"kind": "task_set", "name": "sentiment_pairs", "n": 32},
+    "evaluate": {"kind": "task_set", "name": "neutral", "n": 32},
+    "target": " good",
+    "foil": " bad",
+    "layers": {"depths": [0.0, 0.5, 1.0]},
+    "scales": [0, 4],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_steering_transfers_and_its_random_control_does_not(tiny_home: Settings) -> None:
+    analog = load_any("tiny-analog-m", device="cpu", settings=tiny_home)
+    frontier = load_any("tiny-frontier", device="cpu", settings=tiny_home)
+    real = parse_spec(STEER)
+    control = parse_spec({**STEER, "control": "random_vector"})
+    real_report = compare(run(real, analog), run(real, frontier))
+    control_report = compare(run(control, analog), run(control, frontier))
+    assert real_report.verdict in ("transfers", "partial")
+    assert real_report.score >= control_report.score + 0.3
+    assert control_report.verdict in ("does_not_transfer", "no_effect")
+
+
+def test_transfer_command_reports_json(use_tiny_home: Settings, tmp_path: Path) -> None:
+    spec = tmp_path / "steer.yaml"
+    spec.write_text(yaml.safe_dump(STEER))
+    result = CliRunner().invoke(
+        app,
+        [
+            "transfer",
+            "--spec",
+            str(spec),
+            "--analog",
+            "tiny-analog-m",
+            "--frontier",
+            "tiny-frontier",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["report"]["analog"]["name"] == "tiny-analog-m"
+    assert data["report"]["frontier"]["name"] == "tiny-frontier"
+    assert data["analog_result"]["spec_hash"] == data["frontier_result"]["spec_hash"]
+    assert 0.0 <= data["report"]["score"] <= 1.0
+
+
+def test_run_command_writes_a_result(use_tiny_home: Settings, tmp_path: Path) -> None:
+    spec = tmp_path / "eval.json"
+    spec.write_text(
+        json.dumps(
+            {"method": "evaluation", "data": {"kind": "task_set", "name": "sentiment", "n": 20}}
+        )
+    )
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(
+        app, ["run", str(spec), "--model", "tiny-frontier", "--out", str(out), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads(out.read_text())
+    assert saved["method"] == "evaluation" and saved["model"]["name"] == "tiny-frontier"
+    assert saved["size_bytes"] == len(out.read_text().strip().encode()) or saved["size_bytes"] > 0
+    bad = CliRunner().invoke(app, ["run", str(spec), "--model", "nope"])
+    assert bad.exit_code == 1 and "no model 'nope'" in bad.stderr
+    (tmp_path / "bad.yaml").write_text("method: steering\n")
+    bad = CliRunner().invoke(app, ["run", str(tmp_path / "bad.yaml"), "--model", "tiny-frontier"])
+    assert bad.exit_code == 1 and "contrast: Field required" in bad.stderr
