@@ -138,3 +138,31 @@ def test_task_sets_inline_into_a_self_contained_spec() -> None:
     assert resolve_task_sets(inline) is inline
     ioi = resolve_task_sets(parse_spec(EXAMPLES["ablation"]))
     assert isinstance(ioi.data, Choices)  # type: ignore[union-attr]
+
+
+def test_python_builders_make_the_same_spec_as_a_file() -> None:
+    from pathlib import Path
+
+    from analoglab.experiments.spec import Layers, TaskSetRef
+
+    built = SteeringSpec(
+        contrast=TaskSetRef(name="sentiment_pairs", n=64),
+        evaluate=TaskSetRef(name="neutral", n=64),
+        neutral=TaskSetRef(name="neutral", n=32),
+        target=" good",
+        foil=" bad",
+        layers=Layers(depths=[0.0, 0.25, 0.5, 0.75, 1.0]),
+        scales=[-2, -1, 0, 1, 2],
+        description="Does the sentiment direction from contrast pairs steer neutral prompts "
+        'toward " good"?',
+    )
+    shipped = Path(__file__).resolve().parents[2] / "docs" / "specs" / "steer-sentiment.yaml"
+    assert spec_hash(built) == spec_hash(load_spec(shipped))
+    with pytest.raises(ValueError, match="less than or equal to 64"):
+        SteeringSpec(
+            contrast=TaskSetRef(name="sentiment_pairs"),
+            evaluate=TaskSetRef(name="neutral"),
+            target=" good",
+            foil=" bad",
+            scales=[100],
+        )
