@@ -324,11 +324,11 @@ def models_pack(
     ] = None,
 ) -> None:
     """Write a release bundle of an analog: weights, tokenizer, card, sha256 manifest."""
-    from analoglab.models.bundle import _sha256, pack
+    from analoglab.models.bundle import pack, sha256_file
 
     path = pack(name, out_path, get_settings())
     out.print(f"packed {name} → {path}")
-    out.print(f"sha256 {_sha256(path)}")
+    out.print(f"sha256 {sha256_file(path)}")
 
 
 @models_app.command("install")

@@ -31,7 +31,7 @@ SUFFIX = ".analog.tar"
 Progress = Callable[[int], None]  # bytes done
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -46,7 +46,7 @@ def build_manifest(folder: Path, name: str) -> dict[str, Any]:
         rel = path.relative_to(folder).as_posix()
         if rel == MANIFEST or rel.endswith(".tmp"):
             continue
-        files[rel] = {"sha256": _sha256(path), "size": path.stat().st_size}
+        files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return {"bundle_version": BUNDLE_VERSION, "name": name, "files": files}
 
 
