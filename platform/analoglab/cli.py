@@ -1,4 +1,4 @@
-"""The ``analoglab`` command: doctor, config, models, foundry.
+"""The ``analoglab`` command: doctor, config, models, foundry, spec, run, transfer, queue.
 
 Every command that lists or shows something takes ``--json`` (stable keys, for scripts).
 Errors of ours are printed as one line on stderr with a non-zero exit, never a traceback.
@@ -640,6 +640,260 @@ def queue_hash_token(token: Annotated[str, typer.Argument(help="A token to hash.
     from analoglab.queue.auth import hash_token
 
     out.print(hash_token(token))
+
+
+# The queue's client commands talk to a running service with QueueClient.
+
+audit_app = typer.Typer(help="The queue's audit log (admin).", no_args_is_help=True)
+queue_app.add_typer(audit_app, name="audit")
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The queue service's URL; default: the queue_url setting."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Queue token; default: $JUPYTERHUB_API_TOKEN, then $ANALOGLAB_QUEUE_TOKEN.",
+    ),
+]
+JobIdArg = Annotated[int, typer.Argument(help="The job's id.")]
+
+
+def _queue_client(url: str | None, token: str | None) -> Any:
+    from analoglab.errors import ConfigError
+    from analoglab.queue.client import QueueClient
+
+    url = url or get_settings().queue_url
+    if not url:
+        raise ConfigError(
+            "no queue URL: pass --url or set queue_url (ANALOGLAB_QUEUE_URL or the config file)"
+        )
+    return QueueClient(url, token)
+
+
+def _queue_call(call: Callable[[], Any]) -> Any:
+    """Run a client call; a refusal becomes a one-line QueueError (handles_errors prints it)."""
+    from analoglab.queue.errors import QueueError
+
+    try:
+        return call()
+    except QueueError as exc:
+        message = " ".join(str(exc).split())
+        findings = exc.detail.get("findings") if isinstance(exc.detail, dict) else None
+        if findings and all(isinstance(f, dict) for f in findings):
+            codes = ", ".join(str(f.get("code")) for f in findings)
+            message += f" [{codes}]"
+        raise QueueError(message, status=exc.status, detail=exc.detail) from None
+
+
+def _print_job_line(job: dict[str, Any]) -> None:
+    out.print(
+        f"job {job['id']}: {job['state']} ({escape(str(job['spec'].get('method', '?')))} "
+        f"on {escape(job['frontier'])}, lab {escape(job['lab'])})"
+    )
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    spec = job["spec"]
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("id", job["id"]),
+        ("state", job["state"]),
+        ("frontier", job["frontier"]),
+        ("lab", job["lab"]),
+        ("submitter", job["submitter"]),
+        ("method", spec.get("method", "?")),
+        ("description", spec.get("description") or ""),
+        ("spec hash", job["spec_hash"]),
+        ("analog result", job.get("analog_result_ref") or ""),
+        ("submitted", job["created_at"]),
+        ("updated", job["updated_at"]),
+        ("attempts", job["attempts"]),
+    ]
+    if job.get("release_decision"):
+        rows.append(("release", f"{job['release_decision']}: {job.get('release_reason') or ''}"))
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    out.print(table)
+    for r in job.get("reviews", []):
+        out.print(
+            f"review by {escape(r['reviewer'])}: {escape(r['decision'])}"
+            + (f" ({escape(r['comment'])})" if r.get("comment") else "")
+        )
+
+
+@queue_app.command("submit")
+@handles_errors
+def queue_submit(
+    spec_file: Annotated[Path, typer.Argument(help="A YAML or JSON spec.")],
+    frontier: Annotated[str, typer.Option("--frontier", help="The target frontier's id.")],
+    analog_result: Annotated[
+        str | None,
+        typer.Option("--analog-result", help="The analog run this checks (an MLflow run ref)."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="A retry with the same key returns the same job."),
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a spec to a frontier's gated queue; it is vetted at once."""
+    from analoglab.experiments.spec import load_spec, spec_to_dict
+
+    spec = spec_to_dict(load_spec(spec_file))
+    with _queue_client(url, token) as client:
+        job = _queue_call(
+            lambda: client.submit(
+                spec,
+                frontier,
+                idempotency_key=idempotency_key,
+                analog_result_ref=analog_result,
+            )
+        )
+    if as_json:
+        print_json(job)
+    else:
+        _print_job_line(job)
+
+
+@queue_app.command("list")
+@handles_errors
+def queue_list(
+    state: Annotated[str | None, typer.Option("--state", help="Only jobs in this state.")] = None,
+    lab: Annotated[
+        str | None,
+        typer.Option("--lab", help="A lab's queue (reviewers, admins) instead of your own jobs."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="At most this many.")] = 50,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Your jobs (or a lab's queue with --lab), newest first."""
+    with _queue_client(url, token) as client:
+        if lab is not None:
+            page = _queue_call(lambda: client.lab_queue(lab, state=state, limit=limit))
+        else:
+            page = _queue_call(lambda: client.list(state=state, limit=limit))
+    if as_json:
+        print_json(page)
+        return
+    if not page["jobs"]:
+        out.print("no jobs")
+        return
+    table = Table("id", "state", "method", "frontier", "submitter", "submitted")
+    for job in page["jobs"]:
+        table.add_row(
+            str(job["id"]),
+            job["state"],
+            escape(str(job["spec"].get("method", "?"))),
+            escape(job["frontier"]),
+            escape(job["submitter"]),
+            str(job["created_at"])[:19],
+        )
+    out.print(table)
+    if page.get("next_cursor") is not None:
+        out.print(f"more: the API's ?cursor={page['next_cursor']}")
+
+
+@queue_app.command("show")
+@handles_errors
+def queue_show(
+    job_id: JobIdArg,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One job: its state, spec and reviews."""
+    with _queue_client(url, token) as client:
+        job = _queue_call(lambda: client.get(job_id))
+    if as_json:
+        print_json(job)
+    else:
+        _print_job(job)
+
+
+@queue_app.command("review")
+@handles_errors
+def queue_review(
+    job_id: JobIdArg,
+    comment: Annotated[str, typer.Option("--comment", help="Why (the submitter reads it).")],
+    approve: Annotated[bool, typer.Option("--approve", help="Approve the job.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Reject the job.")] = False,
+    request_changes: Annotated[
+        bool, typer.Option("--request-changes", help="Ask the submitter for another spec.")
+    ] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Decide on a job awaiting review (reviewers of its lab)."""
+    chosen = [
+        d
+        for d, on in (
+            ("approve", approve),
+            ("reject", reject),
+            ("request_changes", request_changes),
+        )
+        if on
+    ]
+    if len(chosen) != 1:
+        raise typer.BadParameter("give exactly one of --approve, --reject, --request-changes")
+    with _queue_client(url, token) as client:
+        job = _queue_call(lambda: client.review(job_id, chosen[0], comment))
+    if as_json:
+        print_json(job)
+    else:
+        _print_job_line(job)
+
+
+@queue_app.command("release")
+@handles_errors
+def queue_release(
+    job_id: JobIdArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")],
+    release: Annotated[bool, typer.Option("--release", help="Release the result.")] = False,
+    withhold: Annotated[bool, typer.Option("--withhold", help="Withhold the result.")] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Release or withhold a posted result (reviewers of the job's lab)."""
+    if release == withhold:
+        raise typer.BadParameter("give exactly one of --release, --withhold")
+    decision = "release" if release else "withhold"
+    with _queue_client(url, token) as client:
+        job = _queue_call(lambda: client.release(job_id, decision, reason))
+    if as_json:
+        print_json(job)
+    else:
+        _print_job_line(job)
+
+
+@audit_app.command("verify")
+@handles_errors
+def queue_audit_verify(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Walk the audit log's hash chain (admin); exit 1 when it is broken."""
+    with _queue_client(url, token) as client:
+        check = _queue_call(client.verify_audit)
+    if as_json:
+        print_json(check)
+    elif check["ok"]:
+        out.print("audit log ok: the hash chain holds")
+    else:
+        err.print(f"[red]audit log broken[/red] at entry {check['first_broken_seq']}")
+    if not check["ok"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

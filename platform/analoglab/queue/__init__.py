@@ -4,7 +4,8 @@ release check, to the released result; every step in a hash-chained audit log.
 
 Modules: :mod:`.models` and :mod:`.db` (tables, engines), :mod:`.migrate` (Alembic),
 :mod:`.states` (the state machine), :mod:`.vetting`, :mod:`.policy`, :mod:`.audit`,
-:mod:`.jobs` (the operations), :mod:`.auth`, :mod:`.service` (REST), :mod:`.client`.
+:mod:`.jobs` (the operations), :mod:`.auth`, :mod:`.service` (REST), :mod:`.pages` (the
+reviewers' HTML pages), :mod:`.client`.
 Importing this package loads only the client (httpx): the service needs the ``hub`` extra.
 """
 

@@ -35,7 +35,7 @@ from analoglab.models.catalog import Catalog, FrontierModel, FrontierPolicy
 from analoglab.queue import audit, policy
 from analoglab.queue.db import make_sessionmaker
 from analoglab.queue.errors import Conflict, Invalid, LeaseLost, NotFound, TransitionRefused
-from analoglab.queue.models import Job, Review, utcnow
+from analoglab.queue.models import AuditEntry, Job, Review, utcnow
 from analoglab.queue.states import FINAL, State, check, transition
 from analoglab.queue.vetting import Finding, VettingLimits, usage, vet
 
@@ -160,6 +160,21 @@ class JobQueue:
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more and jobs else None)
+
+    def history(self, job_id: int) -> list[AuditEntry]:
+        """The job's audit entries, oldest first."""
+        with self.sessions() as session:
+            stmt = select(AuditEntry).where(AuditEntry.job_id == job_id).order_by(AuditEntry.seq)
+            return list(session.execute(stmt).scalars())
+
+    def findings(self, job: Job) -> list[Finding]:
+        """Vetting of the job's stored spec under the frontier's policy now (quota and rate,
+        counted at submission, are left out); empty when it still passes."""
+        frontier = self.frontier(job.frontier)
+        parsed = prepare_spec(job.spec)
+        with self.sessions() as session:
+            pol = policy.effective_policy(session, frontier)
+        return vet(parsed, frontier, pol, self.settings.limits)
 
     def policy(self, frontier_id: str) -> FrontierPolicy:
         frontier = self.frontier(frontier_id)

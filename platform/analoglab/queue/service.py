@@ -4,7 +4,8 @@ This module owns HTTP: routes, request and response shapes, authorisation (who m
 what, from :class:`~.auth.Identity` roles) and turning errors into ``{"detail": reason}``
 with a 4xx status. The queue's logic lives in :mod:`.jobs`. ``create_app`` migrates the
 database to the newest schema, then serves; an expired-lease sweep runs on every claim and
-every ``sweep_seconds``. OpenAPI is at ``/openapi.json`` and ``/docs``.
+every ``sweep_seconds``. OpenAPI is at ``/openapi.json`` and ``/docs``. The reviewers' HTML
+pages (:mod:`.pages`) are mounted under ``/review``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -218,9 +220,14 @@ def create_app(
     frontiers: Callable[[str], FrontierModel] | None = None,
     clock: Callable[[], dt.datetime] = utcnow,
     migrate: bool = True,
+    page_secret: bytes | None = None,
 ) -> FastAPI:
     """The queue service. ``tokens``: an authenticator, a ``{sha256: {name, roles}}`` mapping
-    or a tokens TOML path; ``database_url`` defaults to ``sqlite:///<home>/queue.db``."""
+    or a tokens TOML path; ``database_url`` defaults to ``sqlite:///<home>/queue.db``;
+    ``page_secret`` keys the review pages' CSRF tokens (default: random per process, so a
+    restart asks open forms to be reloaded)."""
+    from analoglab.queue.pages import router as pages_router
+
     settings = settings or get_settings()
     url = database_url or default_url(settings)
     if migrate:
@@ -256,6 +263,8 @@ def create_app(
     )
     app.state.queue = queue
     app.state.authenticator = authenticator
+    app.state.page_secret = page_secret or secrets.token_bytes(32)
+    app.include_router(pages_router)
 
     # -- errors: always {"detail": reason}, bad input is never a 500 ---------------------------
 

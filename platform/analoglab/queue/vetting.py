@@ -108,6 +108,13 @@ def _texts(data: Any) -> tuple[int, list[str]]:
     return 0, []
 
 
+def data_sizes(spec: AnySpec) -> dict[str, int]:
+    """Prompts, pairs or items in each data field the spec has (``{"data": 8}``)."""
+    return {
+        f: _texts(getattr(spec, f))[0] for f in _DATA_FIELDS if getattr(spec, f, None) is not None
+    }
+
+
 def prompt_count(spec: AnySpec) -> int:
     return sum(_texts(getattr(spec, f, None))[0] for f in _DATA_FIELDS)
 

@@ -1,0 +1,215 @@
+"""The reviewers' HTML pages under /review: rendering, escaping, who may see them, CSRF on
+every form, the login cookie."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from analoglab.config import Settings
+from analoglab.queue.auth import hash_token
+from analoglab.queue.pages import COOKIE, csrf_token
+from analoglab.queue.service import create_app
+
+from .conftest import probe_spec, result_for
+
+PAGE_ROLES = {
+    "ada": ["researcher"],
+    "rita": ["reviewer:lab-a"],
+    "bob": ["reviewer:lab-b"],
+    "agent": ["agent:lab-a"],
+    "root": ["admin"],
+}
+PAGE_TOKENS = {hash_token(f"page-{n}"): {"name": n, "roles": r} for n, r in PAGE_ROLES.items()}
+SECRET = b"test-page-secret"
+EVIL = "<script>alert('x')</script> & more"
+
+
+def bearer(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer page-{who}"}
+
+
+@pytest.fixture
+def pages(sqlite_url: str, catalog_home: Settings) -> Iterator[TestClient]:
+    app = create_app(sqlite_url, catalog_home, PAGE_TOKENS, page_secret=SECRET)
+    with TestClient(app, follow_redirects=False) as c:
+        yield c
+
+
+def submit(c: TestClient, **extra: Any) -> dict[str, Any]:
+    resp = c.post(
+        "/api/jobs",
+        json={
+            "frontier": "frontier-a",
+            "spec": probe_spec(description=EVIL),
+            "analog_result_ref": "https://mlflow.example/runs/1?a=1&b=<2>",
+            **extra,
+        },
+        headers=bearer("ada"),
+    )
+    assert resp.status_code == 201, resp.text
+    job: dict[str, Any] = resp.json()
+    return job
+
+
+def csrf_from(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def test_job_page_renders_the_spec_and_escapes_user_content(pages: TestClient) -> None:
+    job = submit(pages)
+    resp = pages.get(f"/review/jobs/{job['id']}", headers=bearer("rita"))
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    html = resp.text
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in html
+    assert "probe" in html and "frontier-a" in html and "awaiting_review" in html
+    assert "8 (labelled)" in html  # data sizes
+    assert "depths [0.5]" in html  # layers
+    assert "passes the frontier" in html  # vetting
+    assert "submit" in html and "ada" in html  # history from the audit log
+    assert 'href="https://mlflow.example/runs/1?a=1&amp;b=&lt;2&gt;"' in html
+    assert 'value="approve"' in html and "Content-Security-Policy" in resp.headers
+    # the queue lists it
+    home = pages.get("/review", headers=bearer("rita"))
+    assert home.status_code == 200 and f"/review/jobs/{job['id']}" in home.text
+    assert "<script>" not in home.text
+
+
+def test_other_labs_and_roles_cannot_see_the_page(pages: TestClient) -> None:
+    job = submit(pages)
+    path = f"/review/jobs/{job['id']}"
+    assert pages.get(path, headers=bearer("bob")).status_code == 404
+    assert pages.get(path, headers=bearer("ada")).status_code == 403  # own job: use the API
+    assert pages.get(path).status_code == 401
+    assert pages.get("/review/jobs/9999", headers=bearer("rita")).status_code == 404
+    assert pages.get("/review", headers=bearer("ada")).status_code == 403
+    bob_home = pages.get("/review", headers=bearer("bob"))
+    assert bob_home.status_code == 200 and path not in bob_home.text
+    # admins read, but have no forms and cannot decide
+    admin = pages.get(path, headers=bearer("root"))
+    assert admin.status_code == 200 and 'value="approve"' not in admin.text
+    token = csrf_token(SECRET, "page-root")
+    refused = pages.post(
+        f"{path}/review",
+        data={"csrf_token": token, "decision": "approve", "comment": ""},
+        headers=bearer("root"),
+    )
+    assert refused.status_code == 403
+    bob_post = pages.post(
+        f"{path}/review",
+        data={"csrf_token": csrf_token(SECRET, "page-bob"), "decision": "approve"},
+        headers=bearer("bob"),
+    )
+    assert bob_post.status_code == 404
+    assert pages.get(f"/api/jobs/{job['id']}", headers=bearer("ada")).json()["state"] == (
+        "awaiting_review"
+    )
+
+
+def test_posts_need_the_csrf_token(pages: TestClient) -> None:
+    job = submit(pages)
+    path = f"/review/jobs/{job['id']}"
+    for data in (
+        {"decision": "approve", "comment": "no token"},
+        {"decision": "approve", "csrf_token": "0" * 64},
+        {"decision": "approve", "csrf_token": csrf_token(SECRET, "page-bob")},  # someone else's
+    ):
+        resp = pages.post(f"{path}/review", data=data, headers=bearer("rita"))
+        assert resp.status_code == 403, data
+    assert pages.get(f"/api/jobs/{job['id']}", headers=bearer("rita")).json()["state"] == (
+        "awaiting_review"
+    )
+
+
+def test_review_and_release_through_the_forms(pages: TestClient) -> None:
+    job = submit(pages)
+    path = f"/review/jobs/{job['id']}"
+    csrf = csrf_from(pages.get(path, headers=bearer("rita")).text)
+    resp = pages.post(
+        f"{path}/review",
+        data={"csrf_token": csrf, "decision": "approve", "comment": "fine <b>bold</b>"},
+        headers=bearer("rita"),
+    )
+    assert resp.status_code == 303 and resp.headers["location"] == path
+    api = pages.get(f"/api/jobs/{job['id']}", headers=bearer("rita")).json()
+    assert api["state"] == "approved"
+    assert api["reviews"][0]["comment"] == "fine <b>bold</b>"
+    page = pages.get(path, headers=bearer("rita")).text
+    assert "fine &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+    # the same decision again is a 409 page, not a 500
+    again = pages.post(
+        f"{path}/review", data={"csrf_token": csrf, "decision": "approve"}, headers=bearer("rita")
+    )
+    assert again.status_code == 409 and "text/html" in again.headers["content-type"]
+    claim = pages.post("/api/labs/lab-a/claim", headers=bearer("agent")).json()
+    posted = pages.post(
+        f"/api/jobs/{job['id']}/result",
+        json={"lease_id": claim["lease_id"], "result": result_for(claim["job"])},
+        headers=bearer("agent"),
+    )
+    assert posted.status_code == 200, posted.text
+    waiting = pages.get("/review", headers=bearer("rita")).text
+    assert "Awaiting release" in waiting and path in waiting
+    page = pages.get(path, headers=bearer("rita")).text
+    assert 'value="withhold"' in page and "The posted result" in page
+    resp = pages.post(
+        f"{path}/release",
+        data={"csrf_token": csrf, "decision": "withhold", "reason": "quotes data"},
+        headers=bearer("rita"),
+    )
+    assert resp.status_code == 303
+    api = pages.get(f"/api/jobs/{job['id']}", headers=bearer("rita")).json()
+    assert api["state"] == "withheld" and api["release_reason"] == "quotes data"
+    verify = pages.get("/api/audit/verify", headers=bearer("root")).json()
+    assert verify == {"ok": True, "first_broken_seq": None}
+    history = pages.get(path, headers=bearer("root")).text
+    assert "awaiting_release → withheld" in history and "quotes data" in history
+
+
+def test_login_sets_the_cookie_and_the_cookie_signs_in(pages: TestClient) -> None:
+    job = submit(pages)
+    path = f"/review/jobs/{job['id']}"
+    # without the login form's token (its double-submit cookie): 403
+    assert pages.post("/review/login", data={"token": "page-rita"}).status_code == 403
+    form = pages.get("/review/login")
+    assert form.status_code == 200 and 'type="password"' in form.text
+    login_csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert login_csrf is not None
+    forged = pages.post("/review/login", data={"token": "page-rita", "csrf_token": "forged"})
+    assert forged.status_code == 403
+    bad = pages.post("/review/login", data={"token": "nope", "csrf_token": login_csrf.group(1)})
+    assert bad.status_code == 401 and COOKIE not in pages.cookies
+    login_csrf = re.search(r'name="csrf_token" value="([^"]+)"', bad.text)
+    assert login_csrf is not None
+    resp = pages.post(
+        "/review/login", data={"token": "page-rita", "csrf_token": login_csrf.group(1)}
+    )
+    assert resp.status_code == 303 and resp.headers["location"] == "/review"
+    set_cookie = resp.headers["set-cookie"]
+    assert f"{COOKIE}=page-rita" in set_cookie
+    assert "HttpOnly" in set_cookie and "SameSite=strict" in set_cookie
+    assert "Path=/review" in set_cookie
+    # the browser's cookie now opens the pages (and not the API)
+    page = pages.get(path)
+    assert page.status_code == 200 and "signed in as <b>rita</b>" in page.text
+    assert pages.get(f"/api/jobs/{job['id']}").status_code == 401
+    no_csrf = pages.post(f"{path}/review", data={"decision": "reject"})
+    assert no_csrf.status_code == 403
+    done = pages.post(
+        f"{path}/review",
+        data={"decision": "reject", "comment": "no", "csrf_token": csrf_from(page.text)},
+    )
+    assert done.status_code == 303
+    assert pages.get(f"/api/jobs/{job['id']}", headers=bearer("ada")).json()["state"] == (
+        "rejected"
+    )
+    out = pages.post("/review/logout", data={"csrf_token": csrf_from(page.text)})
+    assert out.status_code == 303 and COOKIE not in pages.cookies
+    assert pages.get(path).status_code == 401
