@@ -54,9 +54,14 @@ pytest: $(DEV)
 
 test: lint typecheck docs pytest
 
+# The benchmarks behind docs/performance.md and docs/transfer.md (about 30 minutes on 2 cores).
 bench: $(DEV)
 	$(BIN)/python benchmarks/foundry.py --preset tiny
 	$(BIN)/python benchmarks/foundry.py --preset demo
+	$(BIN)/python benchmarks/capture.py --shape demo
+	$(BIN)/python benchmarks/capture.py --shape large --batch 8 --iters 10
+	$(BIN)/analoglab models build
+	$(BIN)/python benchmarks/transfer.py
 
 clean:
 	rm -rf $(VENV) site
