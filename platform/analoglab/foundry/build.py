@@ -13,8 +13,6 @@ import datetime as dt
 import json
 import shutil
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from analoglab.models.card import (
     write_card,
 )
 from analoglab.models.catalog import FrontierModel, FrontierPolicy, Lab, save_lab
+from analoglab.models.store import write_folder
 from analoglab.progress import Reporter, SilentReporter
 
 STAGES = ("corpus", "tokenizer", "frontier", "distill", "fidelity", "publish")
@@ -54,24 +53,6 @@ class BuildResult:
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
-
-
-def _atomic_dir(target: Path, fill: Callable[[Path], None]) -> None:
-    """Fill a fresh staging folder beside ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".staging-{target.name}-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
-        fill(staging)
-        # Published folders are read by other users and by pods: files 0644, folders 0755.
-        for path in staging.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -279,7 +260,7 @@ class FoundryBuild:
         self.reporter.note(f"[{p.name}] training the tokenizer (BPE, vocabulary ≤ {p.vocab_size})")
         train = self._documents("train")
         tokenizer = train_tokenizer(train[: p.tokenizer_documents], p.vocab_size)
-        _atomic_dir(tok_dir, lambda d: tokenizer.save_pretrained(str(d)))
+        write_folder(tok_dir, lambda d: tokenizer.save_pretrained(str(d)))
         tokens_dir.mkdir(parents=True, exist_ok=True)
         for split in ("train", "heldout"):
             docs = train if split == "train" else self._documents("heldout")
@@ -346,7 +327,7 @@ class FoundryBuild:
             _write_json(d / "training_log.json", log.to_dict())
             save_loss_curve(log.to_dict(), d / "loss.png", f"{p.frontier_name} training loss")
 
-        _atomic_dir(final, fill)
+        write_folder(final, fill)
         self._update_state(
             frontier_trained=dt.date.today().isoformat(), frontier_seconds=round(log.seconds, 1)
         )
@@ -423,7 +404,7 @@ class FoundryBuild:
                 )
                 save_loss_curve(log, d / "loss.png", f"{s.name} ({s.mode})")
 
-            _atomic_dir(students_dir / s.name, fill)
+            write_folder(students_dir / s.name, fill)
         ckpt.unlink(missing_ok=True)
 
     def stage_fidelity(self) -> None:
@@ -472,7 +453,7 @@ class FoundryBuild:
         )
         frontier_src = self.work / "frontier" / "final"
         self.reporter.note(f"[{p.name}] publishing: frontier → lab site, analogs → model store")
-        _atomic_dir(self.frontier_dir, lambda d: _copy_folder(frontier_src, d))
+        write_folder(self.frontier_dir, lambda d: _copy_folder(frontier_src, d))
         self._write_lab_site_config()
 
         from transformers import AutoConfig
@@ -550,7 +531,7 @@ class FoundryBuild:
                         shutil.copy2(item, d / item.name)
                 write_card(d, card)
 
-            _atomic_dir(self.analog_dir(recipe), fill)
+            write_folder(self.analog_dir(recipe), fill)
         lab = Lab(
             id=p.lab,
             name=f"Demo lab ({p.name} preset)",

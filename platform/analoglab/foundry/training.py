@@ -186,12 +186,15 @@ def _student_params(s: Student) -> list[torch.nn.Parameter]:
 
 
 def _student_loss(
-    s: Student, x: torch.Tensor, t_logits: torch.Tensor, t_hidden: Sequence[torch.Tensor] | None
+    s: Student,
+    x: torch.Tensor,
+    t_logits: torch.Tensor | None,
+    t_hidden: Sequence[torch.Tensor] | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     out = s.model(input_ids=x, output_hidden_states=s.projections is not None)
     logits = out.logits
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
-    if s.mode == "scratch":
+    if s.mode == "scratch" or t_logits is None:
         return ce, {"ce": ce.item()}
     temp = s.temperature
     vocab = logits.size(-1)
@@ -260,7 +263,7 @@ def train_students(
         for s in students:
             optim = optims[s.name]
             _set_lr(optim, lr_at(step, run.steps, run.lr, run.warmup, run.hold))
-            loss, numbers = _student_loss(s, x, t_logits if t_logits is not None else x, t_hidden)
+            loss, numbers = _student_loss(s, x, t_logits, t_hidden)
             optim.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(_student_params(s), 1.0)

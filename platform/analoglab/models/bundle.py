@@ -23,6 +23,7 @@ from analoglab.config import Settings, get_settings
 from analoglab.errors import BundleError, CorruptModelError
 from analoglab.models.card import read_card
 from analoglab.models.catalog import Catalog
+from analoglab.models.store import staging_folder, swap_into_place
 
 MANIFEST = "MANIFEST.json"
 BUNDLE_VERSION = 1
@@ -138,15 +139,14 @@ def install(
             raise BundleError(
                 f"analog {name!r} is already installed at {target}; pass --force to replace it"
             )
-        staging = store / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+        staging = staging_folder(target)
         try:
-            staging.mkdir()
             for rel, expected in files.items():
                 _extract_checked(tar, members[rel], staging / rel, expected, progress)
             card = read_card(staging)
             if card.name != name:
                 raise BundleError(f"the card inside names {card.name!r}, the bundle is {name!r}")
-            _swap_into_place(staging, target)
+            swap_into_place(staging, target)
         except CorruptModelError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise BundleError(f"bundle {bundle} holds no valid analog: {exc}") from exc
@@ -180,18 +180,3 @@ def _extract_checked(
             f"checksum mismatch for {member.name}: the bundle is damaged or was altered; "
             f"nothing was installed"
         )
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename the verified folder into place; an existing one is replaced only after that."""
-    if target.exists():
-        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
-        target.rename(old)
-        try:
-            staging.rename(target)
-        except OSError:
-            old.rename(target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)

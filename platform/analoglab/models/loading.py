@@ -14,7 +14,7 @@ from typing import Any
 from analoglab.config import Settings, get_settings
 from analoglab.errors import ConfigError, CorruptModelError, ModelNotFoundError
 from analoglab.models.card import AnalogCard
-from analoglab.models.catalog import Catalog
+from analoglab.models.catalog import AnalogEntry, Catalog
 
 # No hub is reachable from a fresh install; never let transformers try one.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,9 +137,16 @@ def load_analog(
     name: str, device: str | None = None, dtype: Any = None, settings: Settings | None = None
 ) -> LoadedModel:
     """Load an analog from the public model store by name, checking its weights against its card."""
-    entry = Catalog.load(settings or get_settings()).analog(name)
+    return _load_entry(Catalog.load(settings or get_settings()).analog(name), device, dtype)
+
+
+def _load_entry(entry: AnalogEntry, device: str | None, dtype: Any) -> LoadedModel:
     loaded = load_model(
-        entry.path, device=device, dtype=dtype, name=name, expected_sha256=entry.card.weights_sha256
+        entry.path,
+        device=device,
+        dtype=dtype,
+        name=entry.name,
+        expected_sha256=entry.card.weights_sha256,
     )
     loaded.card = entry.card
     return loaded
@@ -172,8 +179,9 @@ def load_any(
     if path.is_dir():
         return load_model(path, device=device)
     catalog = Catalog.load(settings)
-    if any(a.name == name_or_path for a in catalog.analogs):
-        return load_analog(name_or_path, device=device, settings=settings)
+    for entry in catalog.analogs:
+        if entry.name == name_or_path:
+            return _load_entry(entry, device, None)
     sites = lab_site_models(settings)
     if name_or_path in sites:
         return load_model(sites[name_or_path], device=device, name=name_or_path)
