@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -98,6 +98,27 @@ class Settings(BaseSettings):
     queue_url: str | None = Field(
         default=None,
         description="URL of the gated queue service, where one is configured (checked by doctor).",
+    )
+    queue_page_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Key of the queue's review-page CSRF tokens: give every replica the same "
+        "value so that open forms survive restarts. Unset: random per process.",
+    )
+    queue_hub_auth: bool | None = Field(
+        default=None,
+        description="The queue service accepts JupyterHub tokens (custom:analoglab:* scopes) "
+        "besides its static tokens. Unset: on when JUPYTERHUB_API_TOKEN is set (a hub service).",
+    )
+    queue_hub_api_url: str | None = Field(
+        default=None,
+        description="JupyterHub's API URL for the queue's token checks. Unset: "
+        "JUPYTERHUB_API_URL, else http://127.0.0.1:8081/hub/api.",
+    )
+    queue_hub_cache_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="How long the queue service keeps JupyterHub's answer about a token.",
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,

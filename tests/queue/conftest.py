@@ -1,16 +1,18 @@
 """Fixtures of the queue's tests.
 
 - ``catalog_home``: a data folder with two labs: ``lab-a`` (frontier ``frontier-a``: human
-  review and human release) and ``lab-b`` (``frontier-b``: neither).
+  review and human release) and ``lab-b`` (``frontier-b``: neither) (``write_catalog``).
 - ``db_url`` (parametrized ``sqlite`` / ``postgresql``): an empty database of its own; the
   PostgreSQL one is created on 127.0.0.1:5432 and dropped after (skipped when unreachable).
 - ``sqlite_url``: an empty SQLite database only.
 - ``clock``: a settable clock; ``queue``: a migrated :class:`JobQueue` on ``db_url``.
+- ``no_hub_env`` (autouse): no ``JUPYTERHUB_*`` variable (a notebook's) turns on hub tokens.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +64,13 @@ def result_for(job: Any, **extra: Any) -> dict[str, Any]:
     return res.with_size().model_dump(mode="json")
 
 
+@pytest.fixture(autouse=True)
+def no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("JUPYTERHUB_"):
+            monkeypatch.delenv(key)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -73,8 +82,8 @@ class Clock:
         self.now += dt.timedelta(seconds=seconds)
 
 
-@pytest.fixture
-def catalog_home(home: Settings) -> Settings:
+def write_catalog(home: Settings) -> Settings:
+    """The two labs of ``catalog_home`` in ``home``'s catalog."""
     for lab, frontier, review, release in (
         ("lab-a", "frontier-a", True, True),
         ("lab-b", "frontier-b", False, False),
@@ -90,6 +99,11 @@ def catalog_home(home: Settings) -> Settings:
         )
         save_lab(Lab(id=lab, name=lab.upper(), frontiers=[model]), home)
     return home
+
+
+@pytest.fixture
+def catalog_home(home: Settings) -> Settings:
+    return write_catalog(home)
 
 
 def _pg_database() -> Iterator[str]:

@@ -68,3 +68,13 @@ def test_hash_token_prints_the_sha256() -> None:
         check=True,
     ).stdout.strip()
     assert out == hash_token("abc")
+
+
+def test_serve_needs_tokens_or_a_hub(home: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from analoglab.cli import app
+
+    result = CliRunner().invoke(app, ["queue", "serve"])
+    assert result.exit_code == 2
+    assert "give a tokens file" in result.stderr and "JUPYTERHUB_API_TOKEN" in result.stderr

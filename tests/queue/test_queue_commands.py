@@ -4,6 +4,8 @@ uvicorn server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import socket
 import threading
 import time
@@ -156,3 +158,36 @@ def test_no_url_and_unreachable_queue(home: Settings, monkeypatch: pytest.Monkey
     result = runner.invoke(app, ["queue", "list", "--token", "t-cli-ada"])
     assert result.exit_code == 1 and "cannot reach the queue" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_list_pages_with_cursor(queue_server: str, tmp_path: Path) -> None:
+    spec_file = tmp_path / "probe.json"
+    spec_file.write_text(json.dumps(probe_spec()))
+    ids = [
+        cli_json(queue_server, "cli-ada", "submit", str(spec_file), "--frontier", "frontier-a")[
+            "id"
+        ]
+        for _ in range(3)
+    ]
+    code, out, _ = cli(queue_server, "cli-ada", "list", "--limit", "2")
+    assert code == 0
+    more = [line for line in out.splitlines() if line.startswith("more: ")]
+    assert more, out
+    command = shlex.split(more[0].removeprefix("more: "))
+    assert command[:3] == ["analoglab", "queue", "list"]
+    assert "--token" not in command and "--limit" in command and "--url" in command
+    seen = [int(i) for i in re.findall(r"^\S*\s*(\d+)\s", out, re.M)]
+    assert seen == ids[:0:-1]  # newest first
+    # run the printed command (the token still from the environment or --token)
+    result = runner.invoke(app, [*command[1:], "--token", "t-cli-ada", "--json"])
+    assert result.exit_code == 0, result.stderr
+    page = json.loads(result.stdout)
+    assert [j["id"] for j in page["jobs"]] == [ids[0]] and page["next_cursor"] is None
+    code, out, _ = cli(queue_server, "cli-ada", "list", "--limit", "2", "--cursor", command[-1])
+    assert code == 0 and "more:" not in out and str(ids[0]) in out
+    lab = cli_json(queue_server, "cli-rita", "list", "--lab", "lab-a", "--limit", "1")
+    assert [j["id"] for j in lab["jobs"]] == [ids[2]] and lab["next_cursor"] is not None
+    lab2 = cli_json(
+        queue_server, "cli-rita", "list", "--lab", "lab-a", "--cursor", str(lab["next_cursor"])
+    )
+    assert [j["id"] for j in lab2["jobs"]] == [ids[1], ids[0]]

@@ -3,14 +3,17 @@ every form, the login cookie."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
-from analoglab.config import Settings
+from analoglab.config import Settings, get_settings
+from analoglab.errors import ConfigError
 from analoglab.queue.auth import hash_token
 from analoglab.queue.pages import COOKIE, csrf_token
 from analoglab.queue.service import create_app
@@ -213,3 +216,36 @@ def test_login_sets_the_cookie_and_the_cookie_signs_in(pages: TestClient) -> Non
     out = pages.post("/review/logout", data={"csrf_token": csrf_from(page.text)})
     assert out.status_code == 303 and COOKIE not in pages.cookies
     assert pages.get(path).status_code == 401
+
+
+def test_replicas_with_one_page_secret_accept_each_others_forms(
+    sqlite_url: str, catalog_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSRF key comes from the queue_page_secret setting: replicas (or a restarted
+    service) sharing it accept a form rendered by another; a different or random key refuses."""
+    monkeypatch.setenv("ANALOGLAB_QUEUE_PAGE_SECRET", "shared-secret-of-the-replicas")
+    shared = get_settings()
+    other = shared.model_copy(update={"queue_page_secret": SecretStr("another-secret-entirely")})
+    unset = shared.model_copy(update={"queue_page_secret": None})
+    with contextlib.ExitStack() as stack:
+        one, two, other_app, unset_app = (
+            stack.enter_context(
+                TestClient(create_app(sqlite_url, s, PAGE_TOKENS), follow_redirects=False)
+            )
+            for s in (shared, shared, other, unset)
+        )
+        job = submit(one)
+        path = f"/review/jobs/{job['id']}"
+        csrf = csrf_from(one.get(path, headers=bearer("rita")).text)
+        assert csrf == csrf_token(b"shared-secret-of-the-replicas", "page-rita")
+        form = {"csrf_token": csrf, "decision": "approve"}
+        for refusing in (other_app, unset_app):
+            resp = refusing.post(f"{path}/review", data=form, headers=bearer("rita"))
+            assert resp.status_code == 403 and "CSRF" in resp.text
+        resp = two.post(f"{path}/review", data=form, headers=bearer("rita"))
+        assert resp.status_code == 303, resp.text
+        state = one.get(f"/api/jobs/{job['id']}", headers=bearer("rita")).json()["state"]
+        assert state == "approved"
+    monkeypatch.setenv("ANALOGLAB_QUEUE_PAGE_SECRET", "short")
+    with pytest.raises(ConfigError, match="queue_page_secret"):
+        get_settings()

@@ -11,8 +11,13 @@ hashes (:class:`StaticTokens`, read by :func:`load_tokens` from TOML)::
     name = "alice"
     roles = ["researcher"]
 
-Any object with ``authenticate(token) -> Identity | None`` can replace it (JupyterHub's
-HubAuth will, later).
+Any object with ``authenticate(token) -> Identity | None`` (fast, no I/O: the service calls
+it on its event loop) or ``async authenticate_async(token)`` (anything that waits on the
+network) can replace it; :func:`identify` calls either. :class:`ChainAuthenticator` asks
+several in order: the service chains the static tokens with JupyterHub's tokens
+(:mod:`.hubauth`) when it runs as a hub service. An authenticator may also raise a
+:class:`~.errors.QueueError` (403: a known token without any queue role; 503: the hub does
+not answer) instead of returning None (401).
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -69,10 +74,56 @@ class Identity(BaseModel):
         return f"agent:{lab}" in self.roles
 
 
+@runtime_checkable
 class Authenticator(Protocol):
-    """Turns a bearer token into an identity, or None when the token is unknown."""
+    """Turns a bearer token into an identity, or None when the token is unknown (no I/O)."""
 
     def authenticate(self, token: str) -> Identity | None: ...
+
+
+@runtime_checkable
+class AsyncAuthenticator(Protocol):
+    """Like :class:`Authenticator`, for lookups that wait (a JupyterHub API call)."""
+
+    async def authenticate_async(self, token: str) -> Identity | None: ...
+
+
+AnyAuthenticator = Authenticator | AsyncAuthenticator
+
+
+async def identify(authenticator: AnyAuthenticator, token: str) -> Identity | None:
+    """The identity of ``token`` from either kind of authenticator."""
+    if isinstance(authenticator, AsyncAuthenticator):
+        return await authenticator.authenticate_async(token)
+    return authenticator.authenticate(token)
+
+
+async def aclose(authenticator: AnyAuthenticator) -> None:
+    """Release what an authenticator holds (HTTP sessions), where it has an ``aclose``."""
+    close = getattr(authenticator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+class ChainAuthenticator:
+    """Asks each authenticator in turn; the first that knows the token answers.
+
+    A member that raises (403, 503) ends the search: put cheap, local ones first.
+    """
+
+    def __init__(self, members: Sequence[AnyAuthenticator]) -> None:
+        self.members = list(members)
+
+    async def authenticate_async(self, token: str) -> Identity | None:
+        for member in self.members:
+            ident = await identify(member, token)
+            if ident is not None:
+                return ident
+        return None
+
+    async def aclose(self) -> None:
+        for member in self.members:
+            await aclose(member)
 
 
 class StaticTokens:

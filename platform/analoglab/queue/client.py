@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -195,13 +195,24 @@ class QueueClient:
     # -- agent --------------------------------------------------------------------------------
 
     def claim(
-        self, lab: str, wait: float = 0.0, lease_seconds: int | None = None
+        self,
+        lab: str,
+        wait: float = 0.0,
+        lease_seconds: int | None = None,
+        frontiers: Sequence[str] | None = None,
     ) -> dict[str, Any] | None:
-        """``{"job", "lease_id", "lease_expires_at"}`` for the next approved job, or None."""
+        """``{"job", "lease_id", "lease_expires_at"}`` for the next approved job (of one of
+        ``frontiers``, when given; an empty list claims nothing), or None."""
+        if frontiers is not None and not frontiers:
+            return None
         out: dict[str, Any] | None = self._call(
             "POST",
             f"/api/labs/{lab}/claim",
-            params={"wait": wait, "lease_seconds": lease_seconds},
+            params={
+                "wait": wait,
+                "lease_seconds": lease_seconds,
+                "frontier": None if frontiers is None else [*frontiers],
+            },
             timeout=wait + 30.0,
         )
         return out
@@ -214,6 +225,12 @@ class QueueClient:
     def post_result(self, job_id: int, result: Any, lease_id: str | None = None) -> Job:
         data = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
         body = {"lease_id": lease_id, "result": data}
+        job: Job = self._call("POST", f"/api/jobs/{job_id}/result", json=body)
+        return job
+
+    def withhold(self, job_id: int, reason: str, lease_id: str | None = None) -> Job:
+        """Report that the lab's release checks withheld the job's result (it stays in the lab)."""
+        body = {"lease_id": lease_id, "withheld": reason}
         job: Job = self._call("POST", f"/api/jobs/{job_id}/result", json=body)
         return job
 

@@ -59,3 +59,9 @@ class Invalid(QueueError):
     """A request whose content is unacceptable (bad spec, bad result, failed vetting)."""
 
     status = 422
+
+
+class Unavailable(QueueError):
+    """Something the queue depends on (its database, JupyterHub) does not answer: retry later."""
+
+    status = 503

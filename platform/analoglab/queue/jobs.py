@@ -386,42 +386,54 @@ class JobQueue:
             raise Invalid(f"lease_seconds must be 1..{self.settings.max_lease_seconds}")
         return seconds
 
-    def claim(self, lab: str, agent: str, lease_seconds: int | None = None) -> Job | None:
-        """The oldest approved job of ``lab``, now running under a new lease; None if none."""
+    def claim(
+        self,
+        lab: str,
+        agent: str,
+        lease_seconds: int | None = None,
+        frontiers: list[str] | None = None,
+    ) -> Job | None:
+        """The oldest approved job of ``lab`` (for one of ``frontiers``, when given), now
+        running under a new lease; None if none."""
         seconds = self._lease_seconds(lease_seconds)
         self.sweep()
-        with self.sessions() as session:
-            stmt = (
-                select(Job.id)
-                .where(Job.lab == lab, Job.state == State.APPROVED.value)
-                .order_by(Job.id)
-                .limit(20)
-            )
-            candidates = list(session.execute(stmt).scalars())
-        for job_id in candidates:
-            now = self.clock()
-            lease_id = secrets.token_hex(16)
-            try:
-                with self.sessions.begin() as session:
-                    transition(
-                        session,
-                        job_id,
-                        State.APPROVED,
-                        State.RUNNING,
-                        actor=agent,
-                        action="claim",
-                        detail={"lease_seconds": seconds},
-                        values={
-                            "lease_holder": agent,
-                            "lease_id": lease_id,
-                            "lease_expires_at": now + dt.timedelta(seconds=seconds),
-                        },
-                        now=now,
-                    )
-            except TransitionRefused:
-                continue  # another agent won this one
-            return self.get(job_id)
-        return None
+        while True:
+            with self.sessions() as session:
+                stmt = (
+                    select(Job.id)
+                    .where(Job.lab == lab, Job.state == State.APPROVED.value)
+                    .order_by(Job.id)
+                    .limit(20)
+                )
+                if frontiers is not None:
+                    stmt = stmt.where(Job.frontier.in_(frontiers))
+                candidates = list(session.execute(stmt).scalars())
+            if not candidates:
+                return None
+            for job_id in candidates:
+                now = self.clock()
+                lease_id = secrets.token_hex(16)
+                try:
+                    with self.sessions.begin() as session:
+                        transition(
+                            session,
+                            job_id,
+                            State.APPROVED,
+                            State.RUNNING,
+                            actor=agent,
+                            action="claim",
+                            detail={"lease_seconds": seconds},
+                            values={
+                                "lease_holder": agent,
+                                "lease_id": lease_id,
+                                "lease_expires_at": now + dt.timedelta(seconds=seconds),
+                            },
+                            now=now,
+                        )
+                except TransitionRefused:
+                    continue  # another agent won this one
+                return self.get(job_id)
+            # Others won every candidate: look again, until none is left approved.
 
     def heartbeat(self, job_id: int, lease_id: str, lease_seconds: int | None = None) -> Job:
         """Extend a live lease; :class:`LeaseLost` when it expired or is not the caller's."""
@@ -525,6 +537,49 @@ class JobQueue:
                     values={"release_decision": "release", "release_reason": "automatic"},
                     now=now,
                 )
+        return self.get(job_id)
+
+    def withhold(self, job_id: int, lease_id: str | None, agent: str, reason: str) -> Job:
+        """The lab's own release checks failed a result: it stays in the lab, the job ends
+        ``withheld`` with ``reason`` (running → awaiting_release → withheld). Idempotent."""
+        reason = reason.strip()
+        if not reason:
+            raise Invalid("a withheld result needs the reason the lab's checks gave")
+        job = self.get(job_id)
+        if job.state == State.WITHHELD.value and job.release_reason == reason:
+            return job  # the same decision, posted twice
+        now = self.clock()
+        with self.sessions.begin() as session:
+            try:
+                transition(
+                    session,
+                    job_id,
+                    State.RUNNING,
+                    State.AWAITING_RELEASE,
+                    actor=agent,
+                    action="result",
+                    detail={"withheld": reason},
+                    values={"lease_holder": None, "lease_id": None, "lease_expires_at": None},
+                    where=[Job.lease_id == lease_id] if lease_id is not None else [],
+                    where_reason="the lease is not the caller's (it expired and was reclaimed?)",
+                    now=now,
+                )
+            except TransitionRefused as exc:
+                again = session.get(Job, job_id, populate_existing=True)
+                if again is not None and again.release_reason == reason:
+                    return again
+                raise LeaseLost(str(exc)) from exc
+            transition(
+                session,
+                job_id,
+                State.AWAITING_RELEASE,
+                State.WITHHELD,
+                actor=f"{RELEASE_CHECK}:{agent}",
+                action="release",
+                detail={"decision": "withhold", "reason": reason},
+                values={"release_decision": "withhold", "release_reason": reason},
+                now=now,
+            )
         return self.get(job_id)
 
     def give_back(

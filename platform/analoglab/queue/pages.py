@@ -38,7 +38,7 @@ from fastapi.routing import APIRoute
 
 from analoglab.errors import AnalogLabError
 from analoglab.models.catalog import FrontierModel
-from analoglab.queue.auth import Authenticator, Identity
+from analoglab.queue.auth import Identity, identify
 from analoglab.queue.errors import Forbidden, Invalid, NotAuthenticated, NotFound, QueueError
 from analoglab.queue.jobs import JobQueue
 from analoglab.queue.models import AuditEntry, Job, Review
@@ -106,7 +106,7 @@ def _base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/") + "/review"
 
 
-def page_session(request: Request) -> PageSession:
+async def page_session(request: Request) -> PageSession:
     """The caller, from ``Authorization: Bearer`` or the ``analoglab_token`` cookie; 401."""
     header = request.headers.get("authorization")
     if header:
@@ -118,8 +118,7 @@ def page_session(request: Request) -> PageSession:
         token = request.cookies.get(COOKIE, "")
     if not token:
         raise NotAuthenticated("not signed in")
-    authenticator: Authenticator = request.app.state.authenticator
-    ident = authenticator.authenticate(token)
+    ident = await identify(request.app.state.authenticator, token)
     if ident is None:
         raise NotAuthenticated("unknown token")
     return PageSession(ident=ident, token=token)
@@ -533,8 +532,7 @@ async def login(request: Request) -> Response:
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Forbidden("missing or invalid CSRF token: open the sign-in page again")
     token = form.get("token", "").strip()
-    authenticator: Authenticator = request.app.state.authenticator
-    if not token or authenticator.authenticate(token) is None:
+    if not token or await identify(request.app.state.authenticator, token) is None:
         csrf = secrets.token_urlsafe(32)
         response: Response = _page(
             request, "Sign in", _login_form(request, csrf, "unknown token"), status=401

@@ -5,7 +5,8 @@ what, from :class:`~.auth.Identity` roles) and turning errors into ``{"detail": 
 with a 4xx status. The queue's logic lives in :mod:`.jobs`. ``create_app`` migrates the
 database to the newest schema, then serves; an expired-lease sweep runs on every claim and
 every ``sweep_seconds``. OpenAPI is at ``/openapi.json`` and ``/docs``. The reviewers' HTML
-pages (:mod:`.pages`) are mounted under ``/review``.
+pages (:mod:`.pages`) are mounted under ``/review``. Callers are authenticated by static tokens
+(:mod:`.auth`), chained with JupyterHub's where configured (:mod:`.hubauth`).
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from analoglab import __version__
 from analoglab.config import Settings, get_settings
 from analoglab.models.catalog import FrontierModel, FrontierPolicy
-from analoglab.queue.auth import Authenticator, Identity, StaticTokens, load_tokens
+from analoglab.queue.auth import (
+    AnyAuthenticator,
+    Identity,
+    StaticTokens,
+    aclose,
+    identify,
+    load_tokens,
+)
 from analoglab.queue.db import default_url, make_engine
 from analoglab.queue.errors import Forbidden, NotAuthenticated, NotFound, QueueError
 from analoglab.queue.jobs import CatalogFrontiers, JobQueue, QueueSettings
@@ -116,7 +124,19 @@ class HeartbeatIn(BaseModel):
 
 class ResultIn(BaseModel):
     lease_id: str | None = None
-    result: dict[str, Any] = Field(description="an ExperimentResult")
+    result: dict[str, Any] | None = Field(None, description="an ExperimentResult")
+    withheld: str | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="instead of a result: why the lab's own release checks withheld it",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ResultIn:
+        if (self.result is None) == (self.withheld is None):
+            raise ValueError("give either a result or the reason it was withheld, not both")
+        return self
 
 
 class GiveBackIn(BaseModel):
@@ -182,17 +202,17 @@ def can_see(ident: Identity, job: Job) -> bool:
     )
 
 
-def current_identity(
+async def current_identity(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Identity:
-    """The caller, from ``Authorization: Bearer <token>``; 401 without a known token."""
+    """The caller, from ``Authorization: Bearer <token>``; 401 without a known token (403 for a
+    hub token without queue scopes, 503 when the hub does not answer)."""
     if not authorization:
         raise NotAuthenticated("no token: send 'Authorization: Bearer <token>'")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthenticated("send the token as 'Authorization: Bearer <token>'")
-    authenticator: Authenticator = request.app.state.authenticator
-    ident = authenticator.authenticate(token.strip())
+    ident = await identify(request.app.state.authenticator, token.strip())
     if ident is None:
         raise NotAuthenticated("unknown token")
     return ident
@@ -201,7 +221,7 @@ def current_identity(
 Caller = Annotated[Identity, Depends(current_identity)]
 
 
-def _tokens(tokens: Authenticator | Mapping[str, Any] | str | Path | None) -> Authenticator:
+def _tokens(tokens: AnyAuthenticator | Mapping[str, Any] | str | Path | None) -> AnyAuthenticator:
     if tokens is None:
         return StaticTokens({})
     if isinstance(tokens, str | Path):
@@ -214,7 +234,7 @@ def _tokens(tokens: Authenticator | Mapping[str, Any] | str | Path | None) -> Au
 def create_app(
     database_url: str | None = None,
     settings: Settings | None = None,
-    tokens: Authenticator | Mapping[str, Any] | str | Path | None = None,
+    tokens: AnyAuthenticator | Mapping[str, Any] | str | Path | None = None,
     *,
     queue_settings: QueueSettings | None = None,
     frontiers: Callable[[str], FrontierModel] | None = None,
@@ -222,10 +242,12 @@ def create_app(
     migrate: bool = True,
     page_secret: bytes | None = None,
 ) -> FastAPI:
-    """The queue service. ``tokens``: an authenticator, a ``{sha256: {name, roles}}`` mapping
-    or a tokens TOML path; ``database_url`` defaults to ``sqlite:///<home>/queue.db``;
-    ``page_secret`` keys the review pages' CSRF tokens (default: random per process, so a
-    restart asks open forms to be reloaded)."""
+    """The queue service. ``tokens``: an authenticator (used as it is), or a
+    ``{sha256: {name, roles}}`` mapping or a tokens TOML path, followed by JupyterHub's tokens
+    where the settings say so (:func:`~.hubauth.with_hub_tokens`); ``database_url`` defaults to
+    ``sqlite:///<home>/queue.db``; ``page_secret`` keys the review pages' CSRF tokens (default:
+    the ``queue_page_secret`` setting, else random per process, so a restart asks open forms to
+    be reloaded)."""
     from analoglab.queue.pages import router as pages_router
 
     settings = settings or get_settings()
@@ -235,6 +257,12 @@ def create_app(
     engine = make_engine(url)
     queue = JobQueue(engine, frontiers or CatalogFrontiers(settings), queue_settings, clock)
     authenticator = _tokens(tokens)
+    if tokens is None or isinstance(tokens, str | Path | Mapping):
+        from analoglab.queue.hubauth import with_hub_tokens
+
+        authenticator = with_hub_tokens(authenticator, settings)
+    if page_secret is None and settings.queue_page_secret is not None:
+        page_secret = settings.queue_page_secret.get_secret_value().encode()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -253,6 +281,7 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await aclose(authenticator)
             engine.dispose()
 
     app = FastAPI(
@@ -439,12 +468,18 @@ def create_app(
         ident: Caller,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0.0,
         lease_seconds: Annotated[int | None, Query(ge=1)] = None,
+        frontier: Annotated[
+            list[str] | None,
+            Query(description="only jobs for these frontiers (the ones this site serves)"),
+        ] = None,
     ) -> ClaimOut | Response:
         """The next approved job of the lab under a lease; waits up to ``wait`` seconds."""
         need_agent(ident, lab)
         deadline = time.monotonic() + wait
         while True:
-            job = await run_in_threadpool(queue.claim, lab, ident.name, lease_seconds)
+            job = await run_in_threadpool(
+                queue.claim, lab, ident.name, lease_seconds, frontier
+            )
             if job is not None:
                 assert job.lease_id is not None and job.lease_expires_at is not None
                 out = await run_in_threadpool(full, job)
@@ -464,9 +499,13 @@ def create_app(
 
     @app.post("/api/jobs/{job_id}/result", tags=["agent"])
     def post_result(job_id: int, body: ResultIn, ident: Caller) -> JobOut:
-        """Post the ExperimentResult; the same result twice is stored once."""
+        """Post the ExperimentResult (or, with ``withheld``, why the lab's release checks kept
+        it); the same result twice is stored once."""
         job = visible_job(job_id, ident)
         need_agent(ident, job.lab)
+        if body.withheld is not None:
+            return full(queue.withhold(job_id, body.lease_id, ident.name, body.withheld))
+        assert body.result is not None
         return full(queue.post_result(job_id, body.lease_id, ident.name, body.result))
 
     @app.post("/api/jobs/{job_id}/give-back", tags=["agent"])
