@@ -1,0 +1,32 @@
+"""Shared results in MLflow: experiment runs, transfer checks and analog cards.
+
+- :func:`log_result` — one result (a spec on one model) as a run: params, metrics, the spec
+  and result as JSON, PNG plots of its layer profiles, ``analoglab.*`` tags;
+- :class:`TransferCheckRun` — a transfer check as a parent run with a child per model and the
+  transfer report; found again by its tags, so a restarted check resumes;
+- :func:`register_analogs` — analog cards in the model registry with their lineage;
+- :mod:`.store` — where: ``Settings.mlflow_tracking_uri``, else a SQLite store in the data
+  folder; :mod:`.server` — the ``mlflow server`` of the one-machine platform.
+
+Nothing here imports mlflow until it is called (its import takes seconds), and nothing
+changes MLflow's global tracking URI: each call builds its own client.
+"""
+
+from __future__ import annotations
+
+from analoglab.tracking.errors import TrackingError
+from analoglab.tracking.registry import AnalogRegistration, register_analogs
+from analoglab.tracking.results import log_result
+from analoglab.tracking.store import DEFAULT_EXPERIMENT, TrackingStore, tracking_uri
+from analoglab.tracking.transfer import TransferCheckRun
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "AnalogRegistration",
+    "TrackingError",
+    "TrackingStore",
+    "TransferCheckRun",
+    "log_result",
+    "register_analogs",
+    "tracking_uri",
+]
