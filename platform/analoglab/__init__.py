@@ -30,6 +30,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "run",
+    "transfer_check",
 ]
 
 from analoglab.config import Settings, get_settings
@@ -46,6 +47,7 @@ from analoglab.queue.client import QueueClient
 
 if TYPE_CHECKING:
     from analoglab.experiments.runner import run
+    from analoglab.loop import transfer_check
     from analoglab.models.loading import LoadedModel, load_analog, load_model
 
 
@@ -59,4 +61,8 @@ def __getattr__(name: str) -> Any:
         from analoglab.experiments.runner import run
 
         return run
+    if name == "transfer_check":
+        from analoglab.loop import transfer_check
+
+        return transfer_check
     raise AttributeError(f"module 'analoglab' has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""The lab site's costs: the queue round trip per job, and warm workers against a load per job.
+
+    python benchmarks/lab.py [--home DATA_FOLDER] [--frontier ID] [--jobs 12] [--json out.json]
+
+Starts a queue service (uvicorn on loopback, SQLite) over the catalog of ``--home`` (default:
+a tiny foundry build made in a temporary folder, ~30 s), submits ``--jobs`` small evaluation
+jobs to the frontier (auto-approved), and serves them with an in-process lab agent and its
+local executor, twice: with a warm worker (the model stays loaded between jobs) and with a
+fresh worker per job. For every job it records the time from the start of the claim to the
+posted result, and the worker's own load and run times, and prints:
+
+- **round-trip overhead** = claim-to-posted − load − run: what the queue, the release checks
+  and the worker protocol add to each job (the warm run's median and p95);
+- **per job, warm vs cold**: median claim-to-posted time with a warm worker and with a worker
+  (torch import + weights load) per job, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from analoglab.config import Settings
+from analoglab.lab.agent import Agent
+from analoglab.lab.config import AgentConfig, FrontierWeights, LabConfig, LocalExecutorConfig
+from analoglab.lab.local import LocalExecutor
+from analoglab.models.loading import lab_site_models
+from analoglab.queue.auth import hash_token
+from analoglab.queue.client import QueueClient
+from analoglab.queue.jobs import QueueSettings
+from analoglab.queue.service import create_app
+from analoglab.queue.vetting import VettingLimits
+
+SPEC = {"method": "evaluation", "data": {"kind": "task_set", "name": "sentiment", "n": 32}}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def serve_jobs(
+    url: str, lab: str, frontier: str, weights: Path, jobs: int, warm: bool, threads: int
+) -> list[dict[str, Any]]:
+    with QueueClient(url, "tok-ada") as ada:
+        for i in range(jobs):
+            ada.submit(SPEC | {"seed": i}, frontier)
+    cfg = LabConfig(
+        lab=lab,
+        models={frontier: FrontierWeights(path=weights)},
+        executor=LocalExecutorConfig(warm=warm, threads=threads),
+        agent=AgentConfig(batch=1, wait_seconds=0, heartbeat_seconds=5),
+    )
+    executor = LocalExecutor(LocalExecutorConfig(warm=warm, threads=threads))
+    with QueueClient(url, "tok-bot") as bot:
+        agent = Agent(cfg, bot, executor)
+        try:
+            stats = agent.run(max_jobs=jobs)
+        finally:
+            executor.close()
+    assert stats.posted == jobs, stats
+    return stats.outcomes
+
+
+def summarise(outcomes: list[dict[str, Any]]) -> dict[str, float]:
+    total = [o["claim_to_done_seconds"] for o in outcomes]
+    overhead = [
+        o["claim_to_done_seconds"] - o["load_seconds"] - o["run_seconds"] for o in outcomes
+    ]
+    return {
+        "jobs": len(outcomes),
+        "per_job_median_s": statistics.median(total),
+        "overhead_median_ms": 1000 * statistics.median(overhead),
+        "overhead_p95_ms": 1000 * _quantile(overhead, 0.95),
+        "run_median_ms": 1000 * statistics.median(o["run_seconds"] for o in outcomes),
+        "load_median_s": statistics.median(o["load_seconds"] for o in outcomes),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, help="data folder with a built foundry")
+    parser.add_argument("--frontier", default=None, help="default: the site's first frontier")
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in the worker")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="analoglab-bench-lab-") as tmp:
+        if args.home is None:
+            from analoglab.foundry.build import build
+            from analoglab.foundry.presets import get_preset
+
+            settings = Settings(home=Path(tmp) / "home")
+            print("building the tiny foundry preset...", flush=True)
+            build(get_preset("tiny"), settings, device="cpu")
+        else:
+            settings = Settings(home=args.home)
+        sites = lab_site_models(settings)
+        frontier = args.frontier or sorted(sites)[0]
+        from analoglab.models.catalog import Catalog
+
+        lab = Catalog.load(settings).frontier(frontier).lab
+        tokens = {
+            hash_token("tok-ada"): {"name": "ada", "roles": ["researcher"]},
+            hash_token("tok-rev"): {"name": "rev", "roles": [f"reviewer:{lab}"]},
+            hash_token("tok-bot"): {"name": "bot", "roles": [f"agent:{lab}"]},
+        }
+        port = _free_port()
+        app = create_app(
+            f"sqlite:///{tmp}/queue.db",
+            settings,
+            tokens,
+            queue_settings=QueueSettings(limits=VettingLimits(rate_per_minute=10_000)),
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        with QueueClient(url, "tok-rev") as rev:
+            pol = rev.policy(frontier)
+            auto = {"human_review": False, "human_release": False, "daily_quota_per_user": 10_000}
+            rev.set_policy(frontier, pol | auto)
+        results = {}
+        for warm in (True, False):
+            label = "warm" if warm else "cold"
+            print(f"{label}: {args.jobs} jobs on {frontier}...", flush=True)
+            outcomes = serve_jobs(
+                url, lab, frontier, sites[frontier], args.jobs, warm, args.threads
+            )
+            # The warm worker's first job pays the load once: leave it out of its figures.
+            results[label] = summarise(outcomes[1:] if warm else outcomes)
+        server.should_exit = True
+        thread.join(10)
+
+    warm, cold = results["warm"], results["cold"]
+    print("\n| worker | jobs | per job (median) | load | run | overhead median | p95 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, r in results.items():
+        print(
+            f"| {label} | {r['jobs']} | {r['per_job_median_s']:.3f} s | "
+            f"{r['load_median_s']:.2f} s | {r['run_median_ms']:.0f} ms | "
+            f"{r['overhead_median_ms']:.0f} ms | {r['overhead_p95_ms']:.0f} ms |"
+        )
+    gain = cold["per_job_median_s"] / warm["per_job_median_s"]
+    print(f"\nwarm workers: {gain:.1f}x faster per job than a worker per job")
+    if args.json:
+        args.json.write_text(json.dumps({"frontier": frontier, **results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

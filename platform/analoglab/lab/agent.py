@@ -1,0 +1,432 @@
+"""The lab agent: the lab's process that runs approved jobs on its frontier models.
+
+It only ever calls out to the hub (nothing calls in): it long-polls for the next approved job
+of its lab, holds the job's lease with heartbeats while the executor runs it, checks the result
+against the release checks (:mod:`.release`) and posts it (or, when a check fails, reports it
+withheld and keeps it on the lab site), and gives the job back when the run fails (an attempt
+counted) or when it is told to stop (no attempt counted).
+
+- **Warm workers and claim-ahead.** After a claim the agent takes up to ``agent.batch - 1``
+  more approved jobs at once (without waiting) and runs them grouped by frontier, so jobs for
+  one model run back to back in one warm worker that loaded the weights once. Every held lease
+  is renewed while any of them waits or runs.
+- **The hub unreachable** (connection errors, 5xx, 503 from a busy database): every call is
+  retried with exponential backoff (capped at ``agent.backoff_max_seconds``); a result is kept
+  until it is posted (posting is idempotent on the hub).
+- **A lost lease** (the hub answers 409: the lease expired and the job went to another agent):
+  the agent stops the run and forgets the job; the hub has given it to someone else.
+- **Stopping** (SIGTERM/SIGINT, or :meth:`Agent.stop`): the running job is cancelled and given
+  back with every claimed-ahead job, then :meth:`Agent.run` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from analoglab.errors import ConfigError
+from analoglab.lab.config import LabConfig
+from analoglab.lab.executor import Executor, Outcome, Task
+from analoglab.lab.release import check_release
+from analoglab.models.catalog import FrontierPolicy
+from analoglab.queue.client import QueueClient
+from analoglab.queue.errors import QueueError
+
+log = logging.getLogger("analoglab.lab.agent")
+T = TypeVar("T")
+
+#: What a reason sent to the hub may hold; the full text stays in the agent's log.
+REASON_CHARS = 500
+#: How long a stopping agent keeps trying to land a result or a give-back.
+STOP_GRACE_SECONDS = 20.0
+
+
+def _short(reason: str, limit: int = REASON_CHARS) -> str:
+    reason = " ".join(reason.split())
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+class Stopping(Exception):
+    """The agent was told to stop while waiting for the hub."""
+
+
+@dataclass
+class AgentStats:
+    """What one :meth:`Agent.run` did."""
+
+    claimed: int = 0
+    posted: int = 0
+    withheld: int = 0
+    failed: int = 0
+    given_back: int = 0
+    lost: int = 0
+    hub_retries: int = 0
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Held:
+    """A job this agent holds a lease on."""
+
+    job: dict[str, Any]
+    lease_id: str
+    claimed_at: float  # monotonic time the claim call began
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def id(self) -> int:
+        return int(self.job["id"])
+
+
+def _retryable(exc: QueueError) -> bool:
+    return exc.status == 0 or exc.status >= 500 or exc.status == 429
+
+
+class Agent:
+    """Claims, runs, checks and posts the lab's jobs; see the module docstring."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        client: QueueClient,
+        executor: Executor,
+        *,
+        withheld_dir: Path | None = None,
+        policy_ttl: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.executor = executor
+        self.withheld_dir = withheld_dir
+        self.stats = AgentStats()
+        self._stop = threading.Event()
+        self._done = threading.Event()  # run() returned: heartbeats end
+        self._held: dict[int, _Held] = {}
+        self._lock = threading.Lock()
+        self._policies: dict[str, tuple[float, FrontierPolicy]] = {}
+        self._policy_ttl = policy_ttl
+
+    # -- control ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to give back what it holds and return (signal-handler safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, max_jobs: int | None = None, idle_exit: float | None = None) -> AgentStats:
+        """Serve until stopped (or ``max_jobs`` finished, or idle for ``idle_exit`` seconds)."""
+        cfg = self.config.agent
+        if not self.config.models:
+            raise ConfigError(
+                f"lab site {self.config.lab} serves no frontier: add [models.\"<id>\"] with its "
+                "weights to lab.toml"
+            )
+        self._done.clear()
+        beat = threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True)
+        beat.start()
+        idle_since = time.monotonic()
+        done = 0
+        try:
+            while not self.stopping and (max_jobs is None or done < max_jobs):
+                room = cfg.batch if max_jobs is None else min(cfg.batch, max_jobs - done)
+                try:
+                    batch = self._claim_batch(cfg.wait_seconds, room)
+                except Stopping:
+                    break
+                if not batch:
+                    if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                        break
+                    continue
+                batch.sort(key=lambda h: (str(h.job["frontier"]), h.id))
+                for held in batch:
+                    if self.stopping:
+                        break
+                    self._work(held)
+                    done += 1
+                idle_since = time.monotonic()
+        finally:
+            self._stop.set()
+            self._give_back_all("the lab agent is stopping")
+            self._done.set()
+            beat.join(timeout=5)
+        return self.stats
+
+    # -- talking to the hub -------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T], *, must_land: bool = False) -> T:
+        """``fn()`` retried with backoff while the hub is unreachable or failing.
+
+        A stop ends the retries (:class:`Stopping`), except for calls that ``must_land``
+        (a result, a give-back), which keep trying for one lease period more.
+        """
+        delay = 0.5
+        give_up_at: float | None = None
+        while True:
+            try:
+                return fn()
+            except QueueError as exc:
+                if not _retryable(exc):
+                    raise
+                self.stats.hub_retries += 1
+                log.warning("%s: %s; retrying in %.1f s", what, exc, delay)
+            if self.stopping:
+                if not must_land:
+                    raise Stopping()
+                if give_up_at is None:
+                    grace = min(float(self.config.agent.lease_seconds), STOP_GRACE_SECONDS)
+                    give_up_at = time.monotonic() + grace
+                if time.monotonic() > give_up_at:
+                    raise Stopping()
+                time.sleep(min(delay, 2.0))
+            else:
+                self._stop.wait(delay)
+            delay = min(delay * 2, self.config.agent.backoff_max_seconds)
+
+    def _claim_batch(self, wait: float, room: int) -> list[_Held]:
+        cfg = self.config.agent
+        lab = self.config.lab
+        mine = sorted(self.config.models)  # only jobs for frontiers this site has weights for
+        began = time.monotonic()
+        first = self._call(
+            "claim",
+            lambda: self.client.claim(
+                lab, wait=wait, lease_seconds=cfg.lease_seconds, frontiers=mine
+            ),
+        )
+        if first is None:
+            return []
+        batch = [self._hold(first, began)]
+        while len(batch) < room and not self.stopping:
+            began = time.monotonic()
+            more = self._call(
+                "claim",
+                lambda: self.client.claim(
+                    lab, wait=0, lease_seconds=cfg.lease_seconds, frontiers=mine
+                ),
+            )
+            if more is None:
+                break
+            batch.append(self._hold(more, began))
+        return batch
+
+    def _hold(self, claim: dict[str, Any], began: float) -> _Held:
+        held = _Held(claim["job"], claim["lease_id"], began)
+        with self._lock:
+            self._held[held.id] = held
+        self.stats.claimed += 1
+        log.info(
+            "job %s (%s, %s): claimed", held.id, held.job["frontier"], held.job["spec"]["method"]
+        )
+        return held
+
+    def _release_hold(self, held: _Held) -> None:
+        with self._lock:
+            self._held.pop(held.id, None)
+
+    def _heartbeats(self) -> None:
+        cfg = self.config.agent
+        while not self._done.wait(cfg.heartbeat_seconds):
+            with self._lock:
+                holding = list(self._held.values())
+            for held in holding:
+                try:
+                    self.client.heartbeat(held.id, held.lease_id, cfg.lease_seconds)
+                except QueueError as exc:
+                    if exc.status in (404, 409):
+                        log.warning("job %s: lease lost (%s); stopping it", held.id, exc)
+                        held.lost.set()
+                    elif not _retryable(exc):
+                        log.warning("job %s: heartbeat refused: %s", held.id, exc)
+                    # unreachable: try again at the next beat; the lease may still hold
+                except Exception:  # never let the heartbeats die: every lease would expire
+                    log.exception("job %s: heartbeat failed", held.id)
+
+    def policy(self, frontier: str) -> FrontierPolicy:
+        """The frontier's effective policy from the hub (cached for a minute)."""
+        now = time.monotonic()
+        cached = self._policies.get(frontier)
+        if cached is not None and now - cached[0] < self._policy_ttl:
+            return cached[1]
+        data = self._call("policy", lambda: self.client.policy(frontier))
+        pol = FrontierPolicy.model_validate(data)
+        self._policies[frontier] = (now, pol)
+        return pol
+
+    # -- one job ------------------------------------------------------------------------------
+
+    def _work(self, held: _Held) -> None:
+        if held.lost.is_set():  # claimed ahead, and its lease went while it waited
+            self.stats.lost += 1
+            self._release_hold(held)
+            return
+        job = held.job
+        frontier = str(job["frontier"])
+        weights = self.config.models.get(frontier)
+        if weights is None:
+            self._fail(held, f"this lab site has no weights configured for {frontier!r}")
+            return
+        task = Task(
+            job_id=held.id,
+            frontier=frontier,
+            spec=job["spec"],
+            weights=str(weights.path),
+            weights_sha256=weights.sha256,
+        )
+        cancel = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch, args=(held, cancel), name=f"watch-{held.id}", daemon=True
+        )
+        watcher.start()
+        log.info("job %s: running", held.id)
+        try:
+            outcome = self.executor.run(task, cancel)
+        except Exception as exc:  # an executor bug must fail the job, not the agent
+            log.exception("job %s: the executor failed", held.id)
+            outcome = Outcome("failed", reason=f"the lab's executor failed: {exc}")
+        finally:
+            cancel.set()
+            watcher.join(timeout=2)
+        record: dict[str, Any] = {
+            "job_id": held.id,
+            "status": outcome.status,
+            "seconds": outcome.seconds,
+            **outcome.details,
+        }
+        self.stats.outcomes.append(record)
+        if held.lost.is_set():
+            self.stats.lost += 1
+            self._release_hold(held)
+            log.warning("job %s: the lease was lost; the hub gave it to another agent", held.id)
+            return
+        if outcome.status == "cancelled":
+            return  # given back by _give_back_all as the agent stops
+        if not outcome.ok:
+            self._fail(held, outcome.reason)
+            return
+        try:
+            self._deliver(held, outcome)
+        except Exception as exc:
+            log.exception("job %s: delivering the result failed", held.id)
+            self._fail(held, f"the lab agent could not deliver the result: {exc}")
+            return
+        record["claim_to_done_seconds"] = round(time.monotonic() - held.claimed_at, 4)
+
+    def _watch(self, held: _Held, cancel: threading.Event) -> None:
+        """Cancel the run when its lease is lost or the agent stops."""
+        while not cancel.is_set():
+            if held.lost.is_set() or self.stopping:
+                cancel.set()
+                return
+            time.sleep(0.05)
+
+    def _deliver(self, held: _Held, outcome: Outcome) -> None:
+        assert outcome.result is not None
+        job = held.job
+        try:
+            pol = self.policy(str(job["frontier"]))
+        except Stopping:
+            return  # given back as the agent stops
+        problems = check_release(
+            outcome.result,
+            spec=job["spec"],
+            spec_hash=str(job["spec_hash"]),
+            policy=pol,
+            config=self.config.release,
+        )
+        try:
+            if problems:
+                self._withhold(held, outcome.result, "; ".join(problems))
+            else:
+                result = outcome.result
+                try:
+                    out = self._call(
+                        "post result",
+                        lambda: self.client.post_result(held.id, result, lease_id=held.lease_id),
+                        must_land=True,
+                    )
+                except QueueError as exc:
+                    if exc.status != 422:
+                        raise
+                    # The hub's own checks refused it: no rerun makes it pass; withhold it.
+                    self._withhold(held, result, f"the hub refused the result: {exc}")
+                else:
+                    self.stats.posted += 1
+                    log.info("job %s: result posted in %.1f s; now %s", held.id,
+                             outcome.seconds, out["state"])
+        except Stopping:
+            log.warning("job %s: the hub stayed unreachable; its lease will expire", held.id)
+        except QueueError as exc:
+            if exc.status == 409:
+                self.stats.lost += 1
+                log.warning("job %s: result not taken: %s", held.id, exc)
+            else:
+                log.error("job %s: the hub refused the result: %s", held.id, exc)
+                self._fail(held, f"the hub refused the result: {exc}")
+                return
+        self._release_hold(held)
+
+    def _withhold(self, held: _Held, result: dict[str, Any], reason: str) -> None:
+        self._keep(held, result, reason)
+        short = _short(reason, 2000)
+        self._call(
+            "withhold",
+            lambda: self.client.withhold(held.id, short, lease_id=held.lease_id),
+            must_land=True,
+        )
+        self.stats.withheld += 1
+        log.warning("job %s: withheld by the lab's release checks: %s", held.id, reason)
+
+    def _keep(self, held: _Held, result: dict[str, Any], reason: str) -> None:
+        """Keep a withheld result on the lab site, for the lab's own eyes."""
+        if self.withheld_dir is None:
+            return
+        import json
+        import os
+
+        self.withheld_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.withheld_dir / f"job-{held.id}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"reason": reason, "result": result}, indent=2) + "\n")
+        tmp.replace(path)
+
+    def _fail(self, held: _Held, reason: str) -> None:
+        self.stats.failed += 1
+        log.warning("job %s: failed: %s", held.id, reason)
+        short = _short(reason)
+        try:
+            self._call(
+                "give back",
+                lambda: self.client.give_back(
+                    held.id, lease_id=held.lease_id, reason=short, error=True
+                ),
+                must_land=True,
+            )
+        except (QueueError, Stopping) as exc:
+            log.warning("job %s: could not give it back (%s); its lease will expire",
+                        held.id, exc or "the hub is unreachable")
+        self._release_hold(held)
+
+    def _give_back_all(self, reason: str) -> None:
+        with self._lock:
+            holding = list(self._held.values())
+            self._held.clear()
+        for held in holding:
+            if held.lost.is_set():
+                continue
+            try:
+                self.client.give_back(held.id, lease_id=held.lease_id, reason=reason)
+                self.stats.given_back += 1
+                log.info("job %s: given back", held.id)
+            except QueueError as exc:
+                log.warning("job %s: could not give it back (%s); its lease will expire",
+                            held.id, exc)

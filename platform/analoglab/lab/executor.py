@@ -1,0 +1,58 @@
+"""The executor interface: run one job's spec on one frontier, somewhere the lab controls.
+
+An executor takes a :class:`Task` (the job's spec as submitted, the frontier id and where its
+weights live) and returns an :class:`Outcome`; it never raises for a job's own failure (a
+crash, a timeout, a spec that cannot run on the model, a result too large): those are
+``Outcome(status="failed", reason=...)``, so one bad job never takes the agent down. A set
+``cancel`` event asks it to stop the job now (the lease was lost, or the agent is stopping):
+it then returns ``status="cancelled"``.
+
+Two backends implement it: :mod:`analoglab.lab.local` (a child process on this machine) and
+:mod:`analoglab.lab.kubernetes` (a ``batch/v1`` Job in the lab's cluster).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Status = Literal["ok", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One job to run: what the queue handed the agent, plus where the weights are."""
+
+    job_id: int
+    frontier: str
+    spec: dict[str, Any]
+    weights: str
+    weights_sha256: str | None = None
+
+
+@dataclass
+class Outcome:
+    """How a task ended. ``result`` (an ExperimentResult as JSON) is set when ``ok``."""
+
+    status: Status
+    result: dict[str, Any] | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Executor(Protocol):
+    """What the agent needs of a backend."""
+
+    def run(self, task: Task, cancel: threading.Event) -> Outcome:
+        """Run ``task`` to its end (or until ``cancel`` is set); never raise for the job."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor holds (warm workers, API clients)."""
+        ...

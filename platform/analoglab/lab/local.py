@@ -1,0 +1,283 @@
+"""The local executor: jobs run in a child process on the lab agent's own machine.
+
+The child is :mod:`analoglab.lab.worker` in ``serve`` mode, started with a scrubbed
+environment (:func:`scrubbed_env`: no hub token, no ``ANALOGLAB_*`` setting, nothing but what
+Python, torch and the offline Hugging Face libraries need), so experiment code cannot reach the
+hub or the agent's credentials. The executor enforces, from outside the child:
+
+- a wall-clock timeout per job,
+- a memory cap on the child's resident memory (sampled with psutil, the child's own children
+  included),
+- that a crash (a signal, an exit) fails the job's attempt with the reason, not the agent.
+
+In any of these cases the child is killed and the next job starts a fresh one. Otherwise the
+child stays up between jobs and keeps its model loaded while jobs name the same weights (a
+warm worker): consecutive jobs for one frontier pay the load once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psutil
+
+from analoglab.lab.config import LocalExecutorConfig
+from analoglab.lab.executor import Outcome, Task
+
+#: Environment variables a worker keeps; everything else is dropped.
+KEEP_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+_POLL = 0.1
+
+
+def scrubbed_env(
+    source: Mapping[str, str] | None = None, passthrough: Sequence[str] = ()
+) -> dict[str, str]:
+    """The environment a worker runs with: the allow-listed variables (and the lab's own
+    ``passthrough`` names, e.g. ``LD_LIBRARY_PATH`` for a CUDA install), offline flags."""
+    source = os.environ if source is None else source
+    env = {k: source[k] for k in (*KEEP_ENV, *passthrough) if k in source}
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "HOME": env.get("TMPDIR", "/tmp"),
+        }
+    )
+    return env
+
+
+#: The longest answer line the agent reads from a worker (a result is far smaller).
+MAX_ANSWER_BYTES = 64 * 2**20
+
+
+class _Child:
+    """One worker process and a thread reading its answers."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.workdir = tempfile.TemporaryDirectory(prefix="analoglab-worker-")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "analoglab.lab.worker", "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env | {"TMPDIR": self.workdir.name, "HOME": self.workdir.name},
+            cwd=self.workdir.name,  # not the agent's folder (python -m puts cwd on sys.path)
+            start_new_session=True,
+        )
+        self.answers: queue.Queue[str | None] = queue.Queue()
+        self.stderr_tail: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._read_answers, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        self.psutil = psutil.Process(self.proc.pid)
+
+    def _read_answers(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline(MAX_ANSWER_BYTES)
+            if not line:
+                break
+            if not line.endswith("\n"):  # over the limit (or cut short): not an answer
+                self.answers.put('{"status": "failed", "reason": "the worker\'s answer is too '
+                                 'large or truncated"}\n')
+                self.kill()
+                break
+            self.answers.put(line)
+        self.answers.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_tail.append(line.rstrip())
+            del self.stderr_tail[:-20]
+
+    def send(self, task: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(task) + "\n")
+        self.proc.stdin.flush()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker and its children (a process gone mid-scan is 0)."""
+        try:
+            procs = [self.psutil, *self.psutil.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, 9)
+            except OSError:
+                self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+        with contextlib.suppress(OSError):
+            self.workdir.cleanup()
+
+    def death(self) -> str:
+        code = self.proc.returncode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited {code}"
+        tail = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
+        return f"the worker {how}" + (f": {tail}" if tail else "")
+
+
+class LocalExecutor:
+    """Runs tasks in a (warm) worker process; see the module docstring."""
+
+    def __init__(
+        self, cfg: LocalExecutorConfig | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.cfg = cfg or LocalExecutorConfig()
+        self.env = scrubbed_env(env, self.cfg.env_passthrough)
+        if self.cfg.threads:
+            self.env["OMP_NUM_THREADS"] = str(self.cfg.threads)
+        self._child: _Child | None = None
+        self.loads = 0
+
+    def _worker(self) -> _Child:
+        if self._child is None or not self._child.alive():
+            if self._child is not None:
+                self._child.kill()
+            self._child = _Child(self.env)
+        return self._child
+
+    def _drop(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child = None
+
+    def run(self, task: Task, cancel: threading.Event) -> Outcome:
+        start = time.monotonic()
+        if cancel.is_set():
+            return Outcome("cancelled", reason="cancelled before it started")
+        try:
+            child = self._worker()
+        except (OSError, psutil.Error) as exc:
+            self._drop()
+            return Outcome("failed", reason=f"the lab could not start a worker: {exc}")
+        try:
+            child.send(
+                {
+                    "job_id": task.job_id,
+                    "frontier": task.frontier,
+                    "weights": task.weights,
+                    "weights_sha256": task.weights_sha256,
+                    "spec": task.spec,
+                    "device": self.cfg.device,
+                    "threads": self.cfg.threads,
+                }
+            )
+        except OSError:
+            self._drop()
+            return Outcome("failed", reason=child.death(), seconds=time.monotonic() - start)
+        cap = self.cfg.memory_mb * 2**20
+        peak = 0
+        while True:
+            elapsed = time.monotonic() - start
+            try:
+                line = child.answers.get(timeout=_POLL)
+            except queue.Empty:
+                line = ""
+            if line is None:  # the worker's stdout closed: it died
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=10)
+                reason = child.death()
+                self._drop()
+                return Outcome("failed", reason=reason, seconds=elapsed)
+            if line:
+                return self._answered(line, start, peak)
+            if cancel.is_set():
+                self._drop()
+                return Outcome("cancelled", reason="cancelled by the agent", seconds=elapsed)
+            if elapsed > self.cfg.timeout_seconds:
+                self._drop()
+                return Outcome(
+                    "failed",
+                    reason=f"timed out after {self.cfg.timeout_seconds:g} s (the lab's limit)",
+                    seconds=elapsed,
+                )
+            rss = child.rss_bytes()
+            peak = max(peak, rss)
+            if rss > cap:
+                self._drop()
+                return Outcome(
+                    "failed",
+                    reason=(
+                        f"used {rss / 2**20:.0f} MiB, over the lab's memory cap of "
+                        f"{self.cfg.memory_mb} MiB"
+                    ),
+                    seconds=elapsed,
+                )
+
+    def _answered(self, line: str, start: float, peak: int) -> Outcome:
+        seconds = time.monotonic() - start
+        try:
+            answer = json.loads(line)
+        except json.JSONDecodeError:
+            self._drop()
+            return Outcome("failed", reason="the worker answered garbage", seconds=seconds)
+        details = {
+            k: answer[k] for k in ("load_seconds", "run_seconds", "reused_model") if k in answer
+        }
+        details["peak_rss_mb"] = round(peak / 2**20, 1)
+        if answer.get("reused_model") is False:
+            self.loads += 1
+        if not self.cfg.warm:
+            self._drop()
+        if answer.get("status") == "ok" and isinstance(answer.get("result"), dict):
+            return Outcome("ok", result=answer["result"], seconds=seconds, details=details)
+        return Outcome(
+            "failed", reason=str(answer.get("reason", "no reason")), seconds=seconds,
+            details=details,
+        )
+
+    def close(self) -> None:
+        if self._child is not None and self._child.alive() and self._child.proc.stdin:
+            try:
+                self._child.proc.stdin.close()  # the worker ends when its input does
+                self._child.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self._drop()

@@ -1,0 +1,180 @@
+"""The transfer loop: one call from a notebook takes a spec from the analog to the frontier.
+
+:func:`transfer_check` runs the spec on the analog here, logs it to MLflow (a transfer check's
+parent run and its analog child, :mod:`analoglab.tracking.transfer`), submits the same spec
+to the gated queue for the frontier (linked to the analog run), waits while showing the job's
+state as it changes, fetches the released frontier result, logs it, computes the
+:class:`~analoglab.experiments.transfer.TransferReport`, logs it on the parent run, and
+returns it::
+
+    import analoglab
+    report = analoglab.transfer_check(
+        "steer.yaml", analog="demo-analog-s", frontier="demo-frontier"
+    )
+    report.verdict, report.score
+
+**Restartable.** Everything it has done is recorded on the parent run (found again by spec
+hash, analog and frontier): calling it again with the same spec does not run the analog again,
+and resumes the same queue job instead of submitting a new one (the job id is a tag on the
+parent, and the submission's idempotency key is the parent run's id, so even a crash between
+submitting and recording cannot make two jobs). A finished check returns its report at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from analoglab.config import Settings, get_settings
+from analoglab.errors import AnalogLabError
+from analoglab.experiments.result import ExperimentResult
+from analoglab.experiments.spec import AnySpec, load_spec, parse_spec, resolve_task_sets
+from analoglab.experiments.transfer import TransferReport, compare
+from analoglab.queue.client import QueueClient
+from analoglab.queue.errors import QueueError
+
+
+class TransferCheckError(AnalogLabError):
+    """The frontier's side of a transfer check ended without a released result."""
+
+
+def _spec(spec: AnySpec | dict[str, Any] | str | Path) -> AnySpec:
+    if isinstance(spec, str | Path):
+        return load_spec(spec)
+    if isinstance(spec, dict):
+        return parse_spec(spec)
+    return spec
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def transfer_check(
+    spec: AnySpec | dict[str, Any] | str | Path,
+    *,
+    analog: str,
+    frontier: str,
+    queue_url: str | None = None,
+    token: str | None = None,
+    settings: Settings | None = None,
+    experiment: str | None = None,
+    device: str | None = None,
+    poll: float = 2.0,
+    timeout: float | None = None,
+    show: Callable[[str], None] | None = _print,
+) -> TransferReport:
+    """Check whether ``spec``'s finding on ``analog`` transfers to ``frontier``.
+
+    ``spec``: a spec model, its dict, or a YAML/JSON file. ``queue_url`` defaults to the
+    ``queue_url`` setting and ``token`` to ``$JUPYTERHUB_API_TOKEN`` / ``$ANALOGLAB_QUEUE_TOKEN``.
+    ``show`` receives one line per step and per state change (``None``: quiet). ``timeout``
+    bounds the wait for the frontier (seconds; ``None`` waits for as long as review takes:
+    call again later to resume). Raises :class:`TransferCheckError` when the job ends
+    rejected, withheld, failed, cancelled, or with changes requested.
+    """
+    from analoglab.models.loading import load_any
+    from analoglab.tracking import DEFAULT_EXPERIMENT, TransferCheckRun
+
+    settings = settings or get_settings()
+    say = show or (lambda _m: None)
+    url = queue_url or settings.queue_url
+    if not url:
+        raise AnalogLabError(
+            "no queue to send the frontier run to: pass queue_url= or set ANALOGLAB_QUEUE_URL"
+        )
+    # The spec as the frontier will run it (task sets inlined): both results share its hash.
+    resolved = resolve_task_sets(_spec(spec))
+    check = TransferCheckRun.open(
+        resolved,
+        analog=analog,
+        frontier=frontier,
+        settings=settings,
+        experiment=experiment or DEFAULT_EXPERIMENT,
+    )
+    where = f" ({check.url})" if check.url else ""
+    say(f"transfer check {check.run_id}{where}: {resolved.method}, {analog} → {frontier}")
+    done = check.report()
+    if done is not None:
+        say(f"already checked: {done.verdict} (score {done.score:.2f})")
+        return done
+
+    from analoglab.experiments.runner import run
+
+    analog_result = check.analog_result()
+    if analog_result is None:
+        say(f"running on {analog} here...")
+        start = time.monotonic()
+        analog_result = run(resolved, load_any(analog, device=device, settings=settings))
+        check.log_analog(analog_result)
+        say(f"analog result logged ({time.monotonic() - start:.1f} s)")
+    else:
+        say("analog result already logged")
+
+    with QueueClient(url, token) as client:
+        if check.job_id is None:
+            ref = check.analog_run_id()
+            job = client.submit(
+                resolved,
+                frontier,
+                idempotency_key=f"transfer-check-{check.run_id}",
+                analog_result_ref=f"mlflow-run:{ref}" if ref else None,
+            )
+            check.set_job(str(job["id"]))
+            say(f"submitted as job {job['id']} to {url}")
+        job_id = int(str(check.job_id))
+        start = time.monotonic()
+
+        def changed(job: dict[str, Any]) -> None:
+            say(f"job {job_id}: {job['state']} ({time.monotonic() - start:.0f} s)")
+
+        frontier_result = check.frontier_result()
+        if frontier_result is None:
+            job = _wait(client, job_id, poll, timeout, changed, say)
+            if job["state"] != "released":
+                raise TransferCheckError(
+                    f"job {job_id} on {frontier} ended {job['state']}{_why(job)}; the analog "
+                    f"run is logged in transfer check {check.run_id}"
+                )
+            frontier_result = ExperimentResult.model_validate(client.result(job_id))
+            check.log_frontier(frontier_result, str(job_id))
+    report = compare(analog_result, frontier_result)
+    check.log_report(report)
+    say(f"{report.verdict} (score {report.score:.2f}); logged on run {check.run_id}")
+    return report
+
+
+def _wait(
+    client: QueueClient,
+    job_id: int,
+    poll: float,
+    timeout: float | None,
+    changed: Callable[[dict[str, Any]], None],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """``client.wait``, riding out the hub's restarts and blips (review can take days)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = poll
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return client.wait(job_id, poll=poll, timeout=left, on_change=changed)
+        except QueueError as exc:
+            if not (exc.status == 0 or exc.status >= 500):
+                raise
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            say(f"the queue is unreachable ({exc}); retrying in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+def _why(job: dict[str, Any]) -> str:
+    if job.get("release_reason"):
+        return f": {job['release_reason']}"
+    reviews = job.get("reviews") or []
+    if reviews and reviews[-1].get("comment"):
+        return f": {reviews[-1]['comment']}"
+    return ""

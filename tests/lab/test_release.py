@@ -1,0 +1,113 @@
+"""The release checks a result passes before it leaves the lab, one by one."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from analoglab.config import Settings
+from analoglab.experiments.runner import run
+from analoglab.experiments.spec import parse_spec, resolve_task_sets, spec_hash, spec_to_dict
+from analoglab.lab.config import ReleaseConfig
+from analoglab.lab.release import METHOD_OUTPUTS, check_release, result_size
+from analoglab.models.catalog import FrontierPolicy
+from analoglab.models.loading import load_any
+
+SPEC: dict[str, Any] = {
+    "method": "steering",
+    "contrast": {"kind": "task_set", "name": "sentiment_pairs", "n": 8},
+    "evaluate": {"kind": "task_set", "name": "neutral", "n": 8},
+    "target": " good",
+    "foil": " bad",
+    "layers": {"depths": [0.0, 1.0]},
+    "scales": [-1, 0, 1],
+}
+# As the queue stores it: task sets inlined (what the lab runs, and what results record).
+SPEC = spec_to_dict(resolve_task_sets(parse_spec(SPEC)))
+
+
+@pytest.fixture(scope="module")
+def result(tiny_build: Any) -> dict[str, Any]:
+    settings: Settings = tiny_build[0]
+    model = load_any("tiny-frontier", device="cpu", settings=settings)
+    return run(parse_spec(SPEC), model).model_dump(mode="json")
+
+
+def check(result: dict[str, Any], **kw: Any) -> list[str]:
+    policy = kw.pop("policy", FrontierPolicy())
+    return check_release(
+        result, spec=SPEC, spec_hash=spec_hash(parse_spec(SPEC)), policy=policy, **kw
+    )
+
+
+def test_a_real_result_passes(result: dict[str, Any]) -> None:
+    assert check(result) == []
+
+
+def test_schema_not_a_result(result: dict[str, Any]) -> None:
+    broken = {k: v for k, v in result.items() if k != "model"}
+    (problem,) = check(broken)
+    assert problem.startswith("schema: not an ExperimentResult (model")
+
+
+def test_schema_other_method_and_other_spec(result: dict[str, Any]) -> None:
+    other = copy.deepcopy(result) | {"method": "probe", "spec_hash": "f" * 64}
+    problems = check(other)
+    assert any("method 'probe', the job's 'steering'" in p for p in problems)
+    assert any("another spec" in p for p in problems)
+
+
+def test_schema_outputs_the_method_does_not_make(result: dict[str, Any]) -> None:
+    extra = copy.deepcopy(result)
+    extra["tables"]["hidden_states"] = [[0.0] * 4]
+    extra["profiles"]["secret"] = extra["profiles"]["effect"]
+    del extra["metrics"]["effect"]
+    problems = check(extra)
+    assert "schema: 1 profile(s) that steering does not produce" in problems
+    assert "schema: 1 table(s) that steering does not produce" in problems
+    assert any("metric(s) ['effect'] missing" in p for p in problems)
+    assert not any("secret" in p or "hidden_states" in p for p in problems)  # never echoed
+
+
+def test_schema_the_recorded_spec_must_be_the_jobs(result: dict[str, Any]) -> None:
+    smuggled = copy.deepcopy(result)
+    smuggled["spec"]["leak"] = [0.12] * 1000  # same spec_hash, other content
+    assert check(smuggled) == ["schema: the result is of another spec than the job's"]
+
+
+def test_schema_free_form_fields_and_metric_count(result: dict[str, Any]) -> None:
+    chatty = copy.deepcopy(result)
+    chatty["versions"]["torch"] = "2.13.0" + "x" * 200
+    chatty["metrics"].update({f"m{i}": 0.5 for i in range(300)})
+    problems = check(chatty)
+    assert any(p.startswith("schema: free-form fields over 120 characters (1)") for p in problems)
+    assert any("metrics, over the lab's cap of 256" in p for p in problems)
+
+
+def test_every_frontier_method_has_a_schema() -> None:
+    assert set(METHOD_OUTPUTS) == {
+        "activation_stats", "steering", "probe", "ablation", "patching", "evaluation"
+    }
+
+
+def test_size_cap(result: dict[str, Any]) -> None:
+    size = result_size(result)
+    assert check(result, policy=FrontierPolicy(max_output_bytes=size)) == []
+    (problem,) = check(result, policy=FrontierPolicy(max_output_bytes=size - 1))
+    assert problem == f"size: {size} bytes, over the policy's cap of {size - 1} bytes"
+
+
+def test_tensor_cap(result: dict[str, Any]) -> None:
+    n = sum(len(row) for row in result["tables"]["score"])
+    assert check(result, config=ReleaseConfig(max_tensor_values=n)) == []
+    problems = check(result, config=ReleaseConfig(max_tensor_values=n - 1))
+    assert f"tensors: table score holds {n} values, over the lab's cap of {n - 1}" in problems
+
+
+def test_samples_only_where_allowed(result: dict[str, Any]) -> None:
+    with_samples = copy.deepcopy(result) | {"samples": ["the movie was good"]}
+    (problem,) = check(with_samples)
+    assert problem.startswith("samples: the result holds 1 generated text")
+    assert check(with_samples, policy=FrontierPolicy(allow_samples=True)) == []
