@@ -49,7 +49,18 @@ typecheck: $(DEV)
 docs: $(DEV)
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
-pytest: $(DEV)
+# JupyterHub's proxy, for the queue's tests against a real hub (npm; stamped, so run once).
+CHP_VERSION := 5
+CHP_STAMP := $(VENV)/node/.stamp-chp-$(CHP_VERSION)
+export CONFIGURABLE_HTTP_PROXY := $(CURDIR)/$(VENV)/node/node_modules/.bin/configurable-http-proxy
+
+$(CHP_STAMP): | $(BIN)/python
+	npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error \
+		configurable-http-proxy@$(CHP_VERSION)
+	test -x $(CONFIGURABLE_HTTP_PROXY)
+	touch $@
+
+pytest: $(DEV) $(CHP_STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck docs pytest
@@ -62,6 +73,9 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/capture.py --shape large --batch 8 --iters 10
 	$(BIN)/analoglab models build
 	$(BIN)/python benchmarks/transfer.py
+	$(BIN)/python benchmarks/activations.py
+	$(BIN)/python benchmarks/queue_load.py
+	$(BIN)/python benchmarks/lab.py
 
 clean:
 	rm -rf $(VENV) site

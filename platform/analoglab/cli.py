@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -504,6 +505,9 @@ def run_command(
     ] = None,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
+    track: Annotated[
+        bool, typer.Option("--track", help="Log the run to MLflow (see `analoglab tracking`).")
+    ] = False,
 ) -> None:
     """Run an experiment spec on one model and print (or save) its result."""
     from analoglab.experiments.runner import run
@@ -524,6 +528,8 @@ def run_command(
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     elif not out_path:
         _print_result(result)
+    if track:
+        _track_result(spec, result, loaded.name)
 
 
 def _print_result(result: Any) -> None:
@@ -557,8 +563,25 @@ def transfer_command(
     ],
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
+    via_queue: Annotated[
+        bool,
+        typer.Option(
+            "--via-queue",
+            help="Send the frontier run through the gated queue and log the check to MLflow "
+            "(analoglab.transfer_check); rerun to resume waiting.",
+        ),
+    ] = False,
+    url: Annotated[
+        str | None, typer.Option("--url", help="With --via-queue: the queue's URL.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="With --via-queue: the queue token.")
+    ] = None,
 ) -> None:
-    """Run a spec on an analog and on its frontier, here, and report how well it transfers."""
+    """Run a spec on an analog and on its frontier, here, and report how well it transfers.
+
+    With --via-queue the frontier is not run here: the spec goes to the frontier's lab through
+    the gated queue, and both runs and the report are logged to MLflow."""
     from analoglab.experiments.runner import run
     from analoglab.experiments.spec import load_spec
     from analoglab.experiments.transfer import compare
@@ -566,23 +589,40 @@ def transfer_command(
 
     spec = load_spec(spec_file)
     settings = get_settings()
-    results = []
-    for name in (analog, frontier):
-        loaded = load_any(name, device=device, settings=settings)
-        progress, update = _progress_bar(f"{spec.method} on {loaded.name}")
-        with progress:
-            results.append(run(spec, loaded, progress=update))
-        del loaded
-    report = compare(results[0], results[1])
-    if as_json:
-        print_json(
-            {
-                "report": report.model_dump(mode="json"),
-                "analog_result": results[0].model_dump(mode="json"),
-                "frontier_result": results[1].model_dump(mode="json"),
-            }
+    if via_queue:
+        from analoglab.loop import transfer_check
+
+        report = transfer_check(
+            spec,
+            analog=analog,
+            frontier=frontier,
+            queue_url=url,
+            token=token,
+            settings=settings,
+            device=device,
+            show=None if as_json else (lambda line: err.print(escape(line))),
         )
-        return
+        if as_json:
+            print_json({"report": report.model_dump(mode="json")})
+            return
+    else:
+        results = []
+        for name in (analog, frontier):
+            loaded = load_any(name, device=device, settings=settings)
+            progress, update = _progress_bar(f"{spec.method} on {loaded.name}")
+            with progress:
+                results.append(run(spec, loaded, progress=update))
+            del loaded
+        report = compare(results[0], results[1])
+        if as_json:
+            print_json(
+                {
+                    "report": report.model_dump(mode="json"),
+                    "analog_result": results[0].model_dump(mode="json"),
+                    "frontier_result": results[1].model_dump(mode="json"),
+                }
+            )
+            return
     colour = {"transfers": "green", "partial": "yellow"}.get(report.verdict, "red")
     out.print(
         f"[bold]{report.method}[/bold]: {report.analog.name} → {report.frontier.name}: "
@@ -603,6 +643,120 @@ def transfer_command(
         out.print(f"note: {note}")
 
 
+# -- activations -------------------------------------------------------------------------------
+
+activations_app = typer.Typer(
+    help="Activation datasets: extract to zarr stores, inspect them, list them.",
+    no_args_is_help=True,
+)
+app.add_typer(activations_app, name="activations")
+
+
+@activations_app.command("extract")
+@handles_errors
+def activations_extract(
+    model: Annotated[
+        str, typer.Argument(help="Analog name, frontier id on a lab site here, or a model folder.")
+    ],
+    store: Annotated[
+        str, typer.Option("--store", "-o", help="Path; a bare name goes under <home>/activations.")
+    ],
+    task_set: Annotated[
+        str | None, typer.Option("--task-set", "-t", help="A foundry task set: sentiment, ioi, ...")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="Items of the task set.", min=1)] = 200,
+    seed: Annotated[int | None, typer.Option(help="Task-set seed.")] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option("--prompts", "-f", help="Text file (a prompt a line) or .jsonl.")
+    ] = None,
+    hooks: Annotated[
+        str | None, typer.Option(help="Hook names, comma-separated: blocks.0.hook_resid_post,...")
+    ] = None,
+    depths: Annotated[
+        str | None, typer.Option(help="Relative depths of --site, comma-separated: 0,0.5,1.")
+    ] = None,
+    site: Annotated[str, typer.Option(help="The site --depths (or no hooks) address.")] = (
+        "hook_resid_post"
+    ),
+    positions: Annotated[str, typer.Option(help="all (every token), last or mean.")] = "all",
+    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.", min=1)] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Tokens kept per prompt (its last).", min=1)] = (
+        128
+    ),
+    compression: Annotated[str, typer.Option(help="none or zstd.")] = "none",
+    overwrite: Annotated[bool, typer.Option(help="Replace a store of other inputs.")] = False,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Extract activations into a zarr store (rerun the same command to resume)."""
+    from analoglab.activations.commands import parse_hooks, print_summary, source_from_options
+    from analoglab.activations.extraction import extract
+    from analoglab.progress import RichReporter
+
+    source = source_from_options(task_set, n, seed, prompts_file)
+    reporter = RichReporter(err)
+    try:
+        summary = extract(
+            model,
+            source,
+            store=store,
+            hooks=parse_hooks(hooks, depths),
+            site=site,
+            positions=positions,  # type: ignore[arg-type]  # checked by extract
+            dtype=dtype,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            compression=compression,  # type: ignore[arg-type]
+            device=device,
+            progress=reporter,
+            overwrite=overwrite,
+        )
+    finally:
+        reporter.close()
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        print_summary(out, summary)
+
+
+@activations_app.command("info")
+@handles_errors
+def activations_info(
+    store: Annotated[str, typer.Argument(help="A store path or a name under <home>/activations.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a store: its model, source, hooks, rows, arrays and state."""
+    from analoglab.activations.commands import print_info
+    from analoglab.activations.store import describe, resolve_store
+
+    info = describe(resolve_store(store).absolute())
+    if as_json:
+        print_json(info)
+    else:
+        print_info(out, info)
+
+
+@activations_app.command("ls")
+@handles_errors
+def activations_ls(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Where to look (default <home>/activations).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the activation stores in a folder."""
+    from analoglab.activations.commands import print_list
+    from analoglab.activations.store import default_folder, list_stores
+
+    where = folder or default_folder(get_settings())
+    rows = list_stores(where)
+    if as_json:
+        print_json({"folder": str(where), "stores": rows})
+    else:
+        print_list(out, where, rows)
+
+
 # -- queue -------------------------------------------------------------------------------------
 
 queue_app = typer.Typer(help="The gated queue service.", no_args_is_help=True)
@@ -613,23 +767,55 @@ app.add_typer(queue_app, name="queue")
 @handles_errors
 def queue_serve(
     tokens: Annotated[
-        Path, typer.Option("--tokens", help="Tokens TOML (hashed tokens and roles).")
-    ],
+        Path | None, typer.Option("--tokens", help="Tokens TOML (hashed tokens and roles).")
+    ] = None,
     database_url: Annotated[
         str | None,
         typer.Option("--database-url", help="SQLAlchemy URL; default sqlite:///<home>/queue.db."),
     ] = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface; default: JUPYTERHUB_SERVICE_URL's, else 127.0.0.1."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port; default: JUPYTERHUB_SERVICE_URL's, else 8765.")
+    ] = None,
+    root_path: Annotated[
+        str | None,
+        typer.Option(
+            "--root-path",
+            help="URL prefix a proxy forwards unchanged; default: JUPYTERHUB_SERVICE_PREFIX.",
+        ),
+    ] = None,
+    hub_auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--hub-auth/--no-hub-auth",
+            help="Accept JupyterHub tokens too; default: the queue_hub_auth setting, else on "
+            "when JUPYTERHUB_API_TOKEN is set.",
+        ),
+    ] = None,
 ) -> None:
-    """Run the queue service (migrates its database first)."""
+    """Run the queue service (migrates its database first).
+
+    Static tokens from --tokens, and JupyterHub tokens when run as a hub service; the review
+    pages' CSRF key is the queue_page_secret setting (ANALOGLAB_QUEUE_PAGE_SECRET)."""
     import uvicorn
 
+    from analoglab.queue.hubauth import hub_auth_enabled, service_binding
     from analoglab.queue.service import create_app
 
-    if not tokens.is_file():
+    settings = get_settings() if hub_auth is None else get_settings(queue_hub_auth=hub_auth)
+    if tokens is not None and not tokens.is_file():
         raise typer.BadParameter(f"no tokens file at {tokens}", param_hint="--tokens")
-    application = create_app(database_url, get_settings(), tokens)
+    if tokens is None and not hub_auth_enabled(settings):
+        raise typer.BadParameter(
+            "give a tokens file, or run as a JupyterHub service (JUPYTERHUB_API_TOKEN, "
+            "or --hub-auth)",
+            param_hint="--tokens",
+        )
+    application = create_app(database_url, settings, tokens)
+    host, port, application.root_path = service_binding(host, port, root_path)
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 
@@ -771,16 +957,22 @@ def queue_list(
         typer.Option("--lab", help="A lab's queue (reviewers, admins) instead of your own jobs."),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="At most this many.")] = 50,
+    cursor: Annotated[
+        int | None,
+        typer.Option("--cursor", help="Start after this job (the next page, as printed)."),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Your jobs (or a lab's queue with --lab), newest first."""
+    """Your jobs (or a lab's queue with --lab), newest first, a page at a time."""
     with _queue_client(url, token) as client:
         if lab is not None:
-            page = _queue_call(lambda: client.lab_queue(lab, state=state, limit=limit))
+            page = _queue_call(
+                lambda: client.lab_queue(lab, state=state, limit=limit, cursor=cursor)
+            )
         else:
-            page = _queue_call(lambda: client.list(state=state, limit=limit))
+            page = _queue_call(lambda: client.list(state=state, limit=limit, cursor=cursor))
     if as_json:
         print_json(page)
         return
@@ -799,7 +991,14 @@ def queue_list(
         )
     out.print(table)
     if page.get("next_cursor") is not None:
-        out.print(f"more: the API's ?cursor={page['next_cursor']}")
+        parts = ["analoglab", "queue", "list"]
+        for flag, value in (("--state", state), ("--lab", lab), ("--url", url)):
+            if value is not None:
+                parts += [flag, value]
+        if limit != 50:
+            parts += ["--limit", str(limit)]
+        parts += ["--cursor", str(page["next_cursor"])]
+        out.print(f"more: {escape(shlex.join(parts))}", soft_wrap=True)
 
 
 @queue_app.command("show")
@@ -894,6 +1093,200 @@ def queue_audit_verify(
         err.print(f"[red]audit log broken[/red] at entry {check['first_broken_seq']}")
     if not check["ok"]:
         raise typer.Exit(1)
+
+
+# -- lab site ----------------------------------------------------------------------------------
+
+lab_app = typer.Typer(
+    help="A lab site: the agent that runs approved jobs on the lab's frontier models.",
+    no_args_is_help=True,
+)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("agent")
+@handles_errors
+def lab_agent(
+    lab: Annotated[
+        str | None, typer.Option("--lab", help="The lab; default: `lab` in the config.")
+    ] = None,
+    hub: Annotated[
+        str | None, typer.Option("--hub", help="The queue's URL; default: `hub` in the config.")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="File holding the agent's token (mode 600)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="The site's lab.toml; default: <lab_sites>/<lab>/lab.toml."
+        ),
+    ] = None,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", help="Exit after this many jobs.")
+    ] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option("--idle-exit", help="Exit after this many idle seconds.")
+    ] = None,
+) -> None:
+    """Run the lab agent: claim approved jobs, run them, check and post their results."""
+    import logging
+    import os
+    import signal
+
+    from rich.logging import RichHandler
+
+    from analoglab.lab.agent import Agent
+    from analoglab.lab.config import load_lab_config
+    from analoglab.lab.executors import make_executor
+    from analoglab.queue.client import QueueClient
+
+    if config is None:
+        if lab is None:
+            raise typer.BadParameter("give --config or --lab", param_hint="--config")
+        config = get_settings().lab_sites_path / lab / "lab.toml"
+    cfg = load_lab_config(config)
+    if lab is not None and lab != cfg.lab:
+        raise AnalogLabError(f"{config} is the site of lab {cfg.lab!r}, not {lab!r}")
+    url = hub or cfg.hub
+    if not url:
+        raise typer.BadParameter(
+            "no hub URL: give --hub or set `hub` in lab.toml", param_hint="--hub"
+        )
+    token_path = token_file or cfg.token_file
+    if token_path is None:
+        raise typer.BadParameter("give --token-file (or `token_file` in lab.toml)")
+    try:
+        token = token_path.read_text().strip()
+    except OSError as exc:
+        raise AnalogLabError(f"cannot read the token file {token_path}: {exc.strerror}") from exc
+    if not token:
+        raise AnalogLabError(f"the token file {token_path} is empty")
+    if token_path.stat().st_mode & 0o077:
+        err.print(f"[yellow]warning:[/yellow] {token_path} is readable by others; chmod 600 it")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, markup=False)],
+    )
+    executor = make_executor(cfg)
+    client = QueueClient(url, token)
+    agent = Agent(cfg, client, executor, withheld_dir=config.parent / "withheld")
+    def on_signal(*_: object) -> None:
+        if agent.stopping:  # the second signal: do not wait for the hub any longer
+            err.print("stopping now; jobs still held return to the queue when their leases end")
+            os._exit(1)
+        err.print("stopping: giving back the current job (signal again to quit at once)")
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    err.print(f"lab agent of {cfg.lab} on {url}: {len(cfg.models)} frontier(s), "
+              f"{cfg.executor.kind} executor")
+    try:
+        stats = agent.run(max_jobs=max_jobs, idle_exit=idle_exit)
+    finally:
+        executor.close()
+        client.close()
+    err.print(
+        f"stopped: {stats.claimed} claimed, {stats.posted} posted, {stats.withheld} withheld, "
+        f"{stats.failed} failed, {stats.given_back} given back, {stats.lost} lost"
+    )
+
+
+# -- tracking ----------------------------------------------------------------------------------
+
+tracking_app = typer.Typer(
+    help="Shared results in MLflow: analog cards, the tracking server.", no_args_is_help=True
+)
+app.add_typer(tracking_app, name="tracking")
+
+
+def _track_result(spec: Any, result: Any, model: str) -> None:
+    """Log a local run to MLflow and say where it went (on stderr: stdout may be JSON)."""
+    from analoglab.tracking import TrackingStore, log_result
+
+    settings = get_settings()
+    run_id = log_result(spec, result, model=model, settings=settings)
+    store = TrackingStore.open(settings)
+    url = store.run_url(store.experiment_id(), run_id)
+    err.print(f"logged to MLflow: run {run_id} ({url or store.uri})")
+
+
+@tracking_app.command("register-analogs")
+@handles_errors
+def tracking_register_analogs(as_json: JsonFlag = False) -> None:
+    """Log each analog card and register it in the MLflow model registry (idempotent)."""
+    from analoglab.tracking import TrackingStore, register_analogs
+
+    settings = get_settings()
+    done = register_analogs(settings=settings)
+    if as_json:
+        print_json(
+            {
+                "tracking_uri": TrackingStore.open(settings).uri,
+                "analogs": [r.to_dict() for r in done],
+            }
+        )
+        return
+    if not done:
+        out.print("no analogs in the model store (`analoglab models build` makes the demo ones)")
+    for r in done:
+        out.print(
+            f"{r.name:<24} version {r.version:<4} {r.status:<12} analog of {r.frontier} ({r.lab})"
+        )
+
+
+@tracking_app.command(
+    "server", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+@handles_errors
+def tracking_server(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(help="Database; default: sqlite:///<home>/mlflow/mlflow.db."),
+    ] = None,
+    artifacts_destination: Annotated[
+        str | None, typer.Option(help="Served artifacts; default: <home>/mlflow/artifacts.")
+    ] = None,
+    print_command: Annotated[
+        bool, typer.Option("--print-command", help="Print the mlflow command; do not run it.")
+    ] = False,
+) -> None:
+    """Run `mlflow server` on the data folder's SQLite store with served artifacts.
+
+    Further options go to `mlflow server` as they are (e.g. --allowed-hosts)."""
+    import os
+
+    from analoglab.tracking.server import ServerOptions, server_command, server_url
+    from analoglab.tracking.store import artifacts_path
+
+    settings = get_settings()
+    options = ServerOptions(
+        host=host,
+        port=port,
+        workers=workers,
+        backend_store_uri=backend_store_uri,
+        artifacts_destination=artifacts_destination,
+        extra=list(ctx.args),
+    )
+    command = server_command(settings, options)
+    if print_command:
+        sys.stdout.write(shlex.join(command) + "\n")
+        return
+    artifacts_path(settings).mkdir(parents=True, exist_ok=True)
+    err.print(
+        f"MLflow at {server_url(host, port)} (clients: "
+        f"ANALOGLAB_MLFLOW_TRACKING_URI={server_url(host, port)})"
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def main() -> None:
