@@ -415,6 +415,9 @@ def test_hub_down_or_hanging_is_a_503(sqlite_url: str, catalog_home: Settings) -
         assert c.post("/api/labs/lab-a/claim", headers=bearer(STATIC_AGENT)).status_code == 204
         page = c.get("/review", headers=bearer("some-hub-token"))
         assert page.status_code == 503 and "JupyterHub" in page.text
+        # what JupyterHub never issues is refused at once, without asking it
+        for junk in ("x" * 300, "not a token", "../../etc"):
+            assert c.get("/api/jobs", headers=bearer(junk)).status_code == 401
 
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))

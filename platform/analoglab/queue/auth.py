@@ -52,7 +52,7 @@ class Identity(BaseModel):
     @field_validator("roles")
     @classmethod
     def _known_roles(cls, roles: frozenset[str]) -> frozenset[str]:
-        bad = sorted(r for r in roles if not ROLE_PATTERN.match(r))
+        bad = sorted(r for r in roles if not ROLE_PATTERN.fullmatch(r))
         if bad:
             raise ValueError(
                 f"unknown roles {bad}: use researcher, reviewer:<lab>, agent:<lab> or admin"

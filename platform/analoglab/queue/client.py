@@ -204,6 +204,7 @@ class QueueClient:
         """``{"job", "lease_id", "lease_expires_at"}`` for the next approved job (of one of
         ``frontiers``, when given; an empty list claims nothing), or None."""
         if frontiers is not None and not frontiers:
+            time.sleep(wait)  # nothing can match: wait as a long poll would
             return None
         out: dict[str, Any] | None = self._call(
             "POST",
@@ -228,7 +229,7 @@ class QueueClient:
         job: Job = self._call("POST", f"/api/jobs/{job_id}/result", json=body)
         return job
 
-    def withhold(self, job_id: int, reason: str, lease_id: str | None = None) -> Job:
+    def withhold(self, job_id: int, reason: str, lease_id: str) -> Job:
         """Report that the lab's release checks withheld the job's result (it stays in the lab)."""
         body = {"lease_id": lease_id, "withheld": reason}
         job: Job = self._call("POST", f"/api/jobs/{job_id}/result", json=body)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from analoglab.config import Settings
 from analoglab.errors import AnalogLabError, ModelNotFoundError
@@ -104,6 +105,31 @@ def prepare_spec(spec: dict[str, Any]) -> AnySpec:
         return resolve_task_sets(parsed)
     except AnalogLabError:
         return parsed  # vetting reports it as not self-contained
+
+
+def _hand_in(
+    session: Session,
+    job_id: int,
+    lease_id: str | None,
+    agent: str,
+    detail: dict[str, Any],
+    values: dict[str, Any],
+    now: dt.datetime,
+) -> None:
+    """running → awaiting_release under the caller's lease (if given), clearing the lease."""
+    transition(
+        session,
+        job_id,
+        State.RUNNING,
+        State.AWAITING_RELEASE,
+        actor=agent,
+        action="result",
+        detail=detail,
+        values={**values, "lease_holder": None, "lease_id": None, "lease_expires_at": None},
+        where=[Job.lease_id == lease_id] if lease_id is not None else [],
+        where_reason="the lease is not the caller's (it expired and was reclaimed?)",
+        now=now,
+    )
 
 
 class JobQueue:
@@ -500,24 +526,13 @@ class JobQueue:
         now = self.clock()
         with self.sessions.begin() as session:
             try:
-                transition(
+                _hand_in(
                     session,
                     job_id,
-                    State.RUNNING,
-                    State.AWAITING_RELEASE,
-                    actor=agent,
-                    action="result",
+                    lease_id,
+                    agent,
                     detail={"result_hash": digest, "size": size},
-                    values={
-                        "result": stored,
-                        "result_hash": digest,
-                        "result_size": size,
-                        "lease_holder": None,
-                        "lease_id": None,
-                        "lease_expires_at": None,
-                    },
-                    where=[Job.lease_id == lease_id] if lease_id is not None else [],
-                    where_reason="the lease is not the caller's (it expired and was reclaimed?)",
+                    values={"result": stored, "result_hash": digest, "result_size": size},
                     now=now,
                 )
             except TransitionRefused as exc:
@@ -539,7 +554,7 @@ class JobQueue:
                 )
         return self.get(job_id)
 
-    def withhold(self, job_id: int, lease_id: str | None, agent: str, reason: str) -> Job:
+    def withhold(self, job_id: int, lease_id: str, agent: str, reason: str) -> Job:
         """The lab's own release checks failed a result: it stays in the lab, the job ends
         ``withheld`` with ``reason`` (running → awaiting_release → withheld). Idempotent."""
         reason = reason.strip()
@@ -551,19 +566,7 @@ class JobQueue:
         now = self.clock()
         with self.sessions.begin() as session:
             try:
-                transition(
-                    session,
-                    job_id,
-                    State.RUNNING,
-                    State.AWAITING_RELEASE,
-                    actor=agent,
-                    action="result",
-                    detail={"withheld": reason},
-                    values={"lease_holder": None, "lease_id": None, "lease_expires_at": None},
-                    where=[Job.lease_id == lease_id] if lease_id is not None else [],
-                    where_reason="the lease is not the caller's (it expired and was reclaimed?)",
-                    now=now,
-                )
+                _hand_in(session, job_id, lease_id, agent, {"withheld": reason}, {}, now)
             except TransitionRefused as exc:
                 again = session.get(Job, job_id, populate_existing=True)
                 if again is not None and again.release_reason == reason:

@@ -128,14 +128,17 @@ class ResultIn(BaseModel):
     withheld: str | None = Field(
         None,
         min_length=1,
-        max_length=10_000,
-        description="instead of a result: why the lab's own release checks withheld it",
+        max_length=2_000,
+        description="instead of a result: why the lab's own release checks withheld it "
+        "(the submitter reads it)",
     )
 
     @model_validator(mode="after")
     def _one_of(self) -> ResultIn:
         if (self.result is None) == (self.withheld is None):
             raise ValueError("give either a result or the reason it was withheld, not both")
+        if self.withheld is not None and self.lease_id is None:
+            raise ValueError("withholding ends the job: it needs the lease of the run")
         return self
 
 
@@ -504,6 +507,7 @@ def create_app(
         job = visible_job(job_id, ident)
         need_agent(ident, job.lab)
         if body.withheld is not None:
+            assert body.lease_id is not None  # the model requires it with withheld
             return full(queue.withhold(job_id, body.lease_id, ident.name, body.withheld))
         assert body.result is not None
         return full(queue.post_result(job_id, body.lease_id, ident.name, body.result))
