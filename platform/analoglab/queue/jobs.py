@@ -423,43 +423,39 @@ class JobQueue:
         running under a new lease; None if none."""
         seconds = self._lease_seconds(lease_seconds)
         self.sweep()
-        while True:
-            with self.sessions() as session:
-                stmt = (
-                    select(Job.id)
-                    .where(Job.lab == lab, Job.state == State.APPROVED.value)
-                    .order_by(Job.id)
-                    .limit(20)
-                )
-                if frontiers is not None:
-                    stmt = stmt.where(Job.frontier.in_(frontiers))
-                candidates = list(session.execute(stmt).scalars())
-            if not candidates:
+        now = self.clock()
+        lease_id = secrets.token_hex(16)
+        with self.sessions.begin() as session:
+            # Pick under the writers' lock: no other claim can take the same job between the
+            # pick and the transition, so claimers never race for rows (no herd).
+            audit.lock(session)
+            stmt = (
+                select(Job.id)
+                .where(Job.lab == lab, Job.state == State.APPROVED.value)
+                .order_by(Job.id)
+                .limit(1)
+            )
+            if frontiers is not None:
+                stmt = stmt.where(Job.frontier.in_(frontiers))
+            job_id = session.execute(stmt).scalar_one_or_none()
+            if job_id is None:
                 return None
-            for job_id in candidates:
-                now = self.clock()
-                lease_id = secrets.token_hex(16)
-                try:
-                    with self.sessions.begin() as session:
-                        transition(
-                            session,
-                            job_id,
-                            State.APPROVED,
-                            State.RUNNING,
-                            actor=agent,
-                            action="claim",
-                            detail={"lease_seconds": seconds},
-                            values={
-                                "lease_holder": agent,
-                                "lease_id": lease_id,
-                                "lease_expires_at": now + dt.timedelta(seconds=seconds),
-                            },
-                            now=now,
-                        )
-                except TransitionRefused:
-                    continue  # another agent won this one
-                return self.get(job_id)
-            # Others won every candidate: look again, until none is left approved.
+            transition(
+                session,
+                job_id,
+                State.APPROVED,
+                State.RUNNING,
+                actor=agent,
+                action="claim",
+                detail={"lease_seconds": seconds},
+                values={
+                    "lease_holder": agent,
+                    "lease_id": lease_id,
+                    "lease_expires_at": now + dt.timedelta(seconds=seconds),
+                },
+                now=now,
+            )
+        return self.get(job_id)
 
     def heartbeat(self, job_id: int, lease_id: str, lease_seconds: int | None = None) -> Job:
         """Extend a live lease; :class:`LeaseLost` when it expired or is not the caller's."""
