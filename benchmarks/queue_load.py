@@ -10,9 +10,9 @@ uvicorn, one worker, no access log) and ``--clients`` concurrent clients (asynci
 its own identity) drive it for ``--seconds`` per phase: ``submit`` (POST /api/jobs, vetted;
 the frontier needs no human review, so each job is approved at once), ``list`` (GET /api/jobs,
 a page of 50 of the caller's own jobs) and ``claim`` (POST /api/labs/<lab>/claim, wait=0, until
-the approved jobs are all claimed; a 204 is counted apart, not as a claim: since a claim that
-loses every candidate to the others looks again, a 204 now means no approved job was left). Per phase: requests, throughput, latency p50 and p99 as the
-clients saw them (the load generator shares the machine).
+the approved jobs are all claimed; a 204, meaning no approved job was left, is counted apart,
+not as a claim). Per phase: requests, throughput, latency p50 and p99 as the clients saw them
+(the load generator shares the machine).
 
 **Chaos.** ``--chaos-jobs`` approved jobs; ``--agents`` agent processes (QueueClient: claim
 with a ``--lease``-second lease, "run" 5–50 ms, post a result) are SIGKILLed at random moments

@@ -97,6 +97,22 @@ def test_pca_matches_sklearn(method: str) -> None:
         pca(chunked(x), 0)
 
 
+def test_randomized_pca_keeps_the_small_components_of_an_ill_conditioned_spectrum() -> None:
+    # sigma_1 / sigma_k = 1e3: power iterations without re-orthonormalisation lose the
+    # smallest components below the largest's rounding error.
+    rng = np.random.default_rng(0)
+    n, d, k = 2000, 30, 6
+    u, _ = np.linalg.qr(rng.normal(size=(n, d)))
+    v, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    s = np.concatenate([np.logspace(3, 0, k), np.full(d - k, 1e-2)])
+    x = (u * s) @ v.T + 5.0
+    ref_s, ref_v = np.linalg.svd(x - x.mean(0), full_matrices=False)[1:]
+    got = pca(chunked(x), k)
+    np.testing.assert_allclose(got.singular_values, ref_s[:k], rtol=1e-8)
+    agreement = np.abs(np.sum(got.components * ref_v[:k], axis=1))
+    np.testing.assert_allclose(agreement, 1.0, atol=1e-8)
+
+
 def test_difference_of_means_by_label() -> None:
     x = low_rank(n=1200)
     rng = np.random.default_rng(1)
@@ -163,6 +179,30 @@ def test_probe_on_labels_with_a_split_by_prompt() -> None:
     assert probe.accuracy(test) > 0.8  # held-out prompts
     with pytest.raises(ActivationError, match="both classes"):
         train_probe(chunked(x), np.ones(len(x)))
+
+
+def test_probe_accuracy_on_raw_rows_maps_labels_as_training_did() -> None:
+    x, y = probe_data(n=1200)
+    twelve = np.where(y == 1, 2, 1)  # labels {1, 2}, 2 the positive class
+    probe = train_probe(chunked(x, 300), twelve, positive=2)
+    assert probe.accuracy(x, twelve) == pytest.approx(probe.train_accuracy)
+    assert probe.train_accuracy > 0.8
+    # With a negative class, rows of any other label are left out, in training and scoring.
+    three = twelve.copy()
+    three[::7] = 3
+    masked = train_probe(chunked(x, 300), three, positive=2, negative=1)
+    assert masked.n == int((three != 3).sum())
+    assert masked.accuracy(x, three) == pytest.approx(masked.train_accuracy)
+    words = np.where(y == 1, "pos", "neg")
+    named = train_probe(chunked(x, 300), words, positive="pos")
+    assert named.accuracy(x, words) == pytest.approx(named.train_accuracy)
+    np.testing.assert_allclose(named.weights, probe.weights, rtol=1e-9, atol=1e-12)
+    # Values that are not 0/1 without positive=: one clear error, not a traceback.
+    for bad in (words, twelve):
+        with pytest.raises(ActivationError, match="not 0/1; name the positive class"):
+            train_probe(chunked(x, 300), bad)
+        with pytest.raises(ActivationError, match="not 0/1"):
+            train_probe(chunked(x, 300), y).accuracy(x, bad)
 
 
 def cka_reference(x: np.ndarray, y: np.ndarray) -> float:

@@ -34,7 +34,9 @@ def test_a_local_cluster_is_sized_to_the_machine() -> None:
 
 
 def test_a_configured_gateway_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert gateway_address() is None
+    monkeypatch.delenv("DASK_GATEWAY__ADDRESS", raising=False)  # as on a hub notebook
+    with dask.config.set({"gateway.address": None}):
+        assert gateway_address() is None
     # Nothing listens on port 9: the Gateway path is taken and fails with one clear error.
     monkeypatch.setenv("DASK_GATEWAY__ADDRESS", "http://127.0.0.1:9")
     assert gateway_address() == "http://127.0.0.1:9"

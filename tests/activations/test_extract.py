@@ -327,3 +327,169 @@ def test_an_incomplete_store_is_refused_by_open_unless_asked(
     assert all(np.array_equal(got[k], want[k]) for k in want)
     early = want[f"hooks/{HOOKS[2]}"][: partial.n_rows]
     assert np.array_equal(partial["blocks.1.attn.hook_z"].compute(), early)
+
+
+@pytest.mark.parametrize("positions", ["last", "mean"])
+def test_rows_own_their_data_not_the_captured_batch(positions: str) -> None:
+    """A row array must not be a view of the whole captured [B, T, D] tensor: queued and
+    buffered rows would keep whole batches alive (memory ~T times the bound)."""
+    from types import SimpleNamespace
+
+    from analoglab.activations.extraction import _rows
+
+    x = torch.randn(4, 50, 32)
+    mask = torch.ones(4, 50, dtype=torch.long)
+    mask[0, :10] = 0  # one padded prompt
+    enc = SimpleNamespace(
+        lengths=mask.sum(1).numpy(),
+        attention_mask=mask,
+        input_ids=torch.zeros(4, 50, dtype=torch.long),
+    )
+    rows = _rows({"h": x}, enc, ["h"], positions, torch.float32)
+    values = rows["hooks/h"]
+    assert values.flags.owndata and values.base is None
+    assert not np.shares_memory(values, x.numpy())
+
+
+def test_last_and_mean_chunks_are_capped_so_progress_is_committed() -> None:
+    from analoglab.activations.extraction import MAX_PROMPT_CHUNK_ROWS, _chunk_rows
+
+    # 64 features of float32: 8 MiB would be 32768 prompts between commits.
+    for positions in ("last", "mean"):
+        chunk = _chunk_rows(100_000, 256, 8.0, positions, 16)
+        assert chunk % 16 == 0 and chunk <= MAX_PROMPT_CHUNK_ROWS
+    assert _chunk_rows(100_000, 256, 8.0, "all", 16) == 32768
+    assert _chunk_rows(10, 256, 8.0, "last", 16) == 10
+
+
+def test_a_rerun_with_the_model_in_another_dtype_is_refused(
+    tiny_models: dict[str, LoadedModel], prompts: list[str], tmp_path: Path
+) -> None:
+    import copy
+    import dataclasses
+
+    analog = tiny_models["analog"]
+    extract(analog, prompts[:6], hooks=[1.0], store=tmp_path / "s")
+    wide = dataclasses.replace(analog, model=copy.deepcopy(analog.model).double())
+    with pytest.raises(StoreMismatchError, match="torch_dtype 'float32' \\(store\\) vs 'float64'"):
+        extract(wide, prompts[:6], hooks=[1.0], store=tmp_path / "s")
+
+
+def test_the_source_identity_hashes_the_token_ids_after_truncation(
+    tiny_models: dict[str, LoadedModel], prompts: list[str]
+) -> None:
+    tok = tiny_models["analog"].tokenizer
+
+    class Shifted:
+        """The same counts, other ids (as another tokenization or truncation gives)."""
+
+        def __call__(self, texts: list[str]) -> dict[str, Any]:
+            return {"input_ids": [[i + 1 for i in r] for r in tok(texts)["input_ids"]]}
+
+    source = Source.prompts(prompts)
+    plain, shifted = source.scan(tok, 128), source.scan(Shifted(), 128)
+    assert np.array_equal(plain.lengths, shifted.lengths) and plain.sha256 == shifted.sha256
+    assert plain.tokens_sha256 != shifted.tokens_sha256
+    # The same counts after truncation, but other tokens kept: max_tokens=3 vs the last 3.
+    long_ = Source.prompts(["one two three four five six", "a b c d e f g"])
+    assert long_.scan(tok, 3).tokens_sha256 != long_.scan(tok, 4).tokens_sha256
+    assert long_.scan(tok, 3).tokens_sha256 == long_.scan(tok, 3).tokens_sha256
+
+
+def test_a_resume_whose_offsets_do_not_fit_the_store_is_refused(
+    tiny_models: dict[str, LoadedModel], prompts: list[str], tmp_path: Path
+) -> None:
+    analog = tiny_models["analog"]
+    extract(analog, prompts, hooks=[1.0], batch_size=5, store=tmp_path / "s")
+    group = zarr.open_group(str(tmp_path / "s"), mode="r+")
+    meta = dict(group.attrs[ATTR])
+    meta["state"] = "writing"
+    meta["progress"] = {"prompts_done": 5, "rows_done": 7}  # not prompt 5's offset
+    group.attrs.update({ATTR: meta})
+    with pytest.raises(StoreMismatchError, match="does not fit this run's prompts"):
+        extract(analog, prompts, hooks=[1.0], batch_size=5, store=tmp_path / "s")
+
+
+def test_a_creation_folder_another_process_holds_is_never_deleted(
+    tiny_models: dict[str, LoadedModel], prompts: list[str], tmp_path: Path
+) -> None:
+    from analoglab.activations.store import _acquire_lock
+
+    live = tmp_path / ".s.creating-live0000000"
+    stale = tmp_path / ".s.creating-stale000000"
+    live.mkdir()
+    stale.mkdir()
+    lock = _acquire_lock(live)  # as a process building the store holds it
+    try:
+        extract(tiny_models["analog"], prompts[:4], hooks=[1.0], store=tmp_path / "s")
+        assert live.is_dir() and not stale.exists()
+    finally:
+        lock.close()
+
+
+def test_overwrite_holds_the_lock_through_the_deletion(
+    tiny_models: dict[str, LoadedModel],
+    prompts: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fcntl
+    import os
+    import shutil
+
+    from analoglab.activations import store as store_module
+
+    analog = tiny_models["analog"]
+    extract(analog, prompts[:4], hooks=[1.0], store=tmp_path / "s")
+    seen: list[bool] = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == (tmp_path / "s").absolute():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append(False)  # nobody held it
+            except OSError:
+                seen.append(True)
+            finally:
+                os.close(fd)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.shutil, "rmtree", rmtree)
+    extract(analog, prompts[:4], hooks=[0.0], store=tmp_path / "s", overwrite=True)
+    assert seen == [True]
+
+
+def test_a_failed_progress_write_is_one_clear_error(
+    tiny_models: dict[str, LoadedModel],
+    prompts: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from analoglab.activations.store import WritableStore
+
+    def full(self: Any, *args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(WritableStore, "commit", full)
+    with pytest.raises(ActivationError, match="No space left on device") as info:
+        extract(tiny_models["analog"], prompts[:4], hooks=[1.0], store=tmp_path / "s")
+    assert "\n" not in str(info.value)
+
+
+def test_out_of_memory_in_the_forward_pass_is_one_clear_error(
+    tiny_models: dict[str, LoadedModel],
+    prompts: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    analog = tiny_models["analog"]
+
+    def oom(*args: Any, **kwargs: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(analog.model.base_model, "forward", oom)
+    with pytest.raises(ActivationError, match="lower --batch-size") as info:
+        extract(analog, prompts[:4], hooks=[1.0], store=tmp_path / "s")
+    assert "\n" not in str(info.value)

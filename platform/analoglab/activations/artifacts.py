@@ -3,8 +3,9 @@
 ``save_artifact(result, "out/sentiment-direction")`` writes ``sentiment-direction.npz`` (the
 arrays) and ``sentiment-direction.json``: what the result is (its summary), the arrays'
 shapes and dtypes, the npz file's sha256, the provenance (the dataset's model and weights
-hash, hooks, positions and source hash) and library versions: what a tracking run logs and
-what a reader needs to trust the numbers. Both files are written atomically.
+hash, hooks, positions and source hash) and library versions: files to log to MLflow with
+``mlflow.log_artifact`` (nothing in :mod:`analoglab.tracking` logs them yet), and what a reader
+needs to trust the numbers. Both files are written atomically.
 
 A result is anything with ``arrays() -> dict[str, ndarray]`` and ``summary() -> dict``
 (every result class of this package), or a plain mapping of arrays.

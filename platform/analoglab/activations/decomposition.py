@@ -2,8 +2,9 @@
 
 ``method="randomized"`` (default): the rows are centred lazily and
 ``dask.array.linalg.svd_compressed`` (a randomised range finder with ``n_power_iter`` power
-iterations and ``oversamples`` extra directions, Halko et al. 2011) gives the top ``k``
-right singular vectors in ``2 · n_power_iter + 3`` passes, whatever the number of features.
+iterations, each followed by a QR re-orthonormalisation, and ``oversamples`` extra directions,
+Halko et al. 2011) gives the top ``k`` right singular vectors in ``2 · n_power_iter + 3``
+passes, whatever the number of features.
 It runs with ``compute=True``: each pass reads the rows again rather than keeping them for
 the next, so memory holds chunks and ``n × (k + oversamples)`` factors, never the data.
 ``method="covariance"``: the exact eigendecomposition of the one-pass covariance
@@ -102,7 +103,13 @@ def pca(
         center = np.asarray(m.astype(np.float64).mean(axis=0).compute())
         xc = m.astype(np.float64) - center
         _, s, v = da.linalg.svd_compressed(
-            xc, k, n_power_iter=n_power_iter, n_oversamples=oversamples, seed=seed, compute=True
+            xc,
+            k,
+            iterator="QR",  # re-orthonormalised between power iterations: "power" loses
+            n_power_iter=n_power_iter,  # the small components of an ill-conditioned spectrum
+            n_oversamples=oversamples,
+            seed=seed,
+            compute=True,
         )
         s_np, v_np, sq = dask.compute(s, v, (xc**2).sum())
         variance = np.asarray(s_np) ** 2 / (n - 1)

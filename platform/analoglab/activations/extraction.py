@@ -29,7 +29,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from analoglab.activations.errors import ActivationError
+from analoglab.activations.errors import ActivationError, StoreMismatchError
 from analoglab.activations.reporting import TokenMeter
 from analoglab.activations.sources import Scan, Source, SourceLike, as_source
 from analoglab.activations.store import (
@@ -220,13 +220,16 @@ def extract(
             tokens=scan.tokens,
             sha256=scan.sha256,
             label_names=list(scan.label_names),
+            tokens_sha256=scan.tokens_sha256,
         ),
+        torch_dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        device_type=_device_type(loaded.device),
     )
     meta = StoreMeta(
         identity=identity,
         layout=Layout(
             rows=rows,
-            chunk_rows=chunk_rows_for(rows, widest, chunk_mb),
+            chunk_rows=_chunk_rows(rows, widest, chunk_mb, positions, batch_size),
             feature_shapes=feature_shapes,
             compression=compression,
         ),
@@ -240,6 +243,25 @@ def extract(
         return _run(loaded, src, scan, writable, offsets, progress or SilentReporter())
     finally:
         writable.close()
+
+
+MAX_PROMPT_CHUNK_ROWS = 1024
+"""The most rows a chunk holds for ``positions="last"``/``"mean"`` (one row per prompt), so
+that progress is committed at least every this many prompts (rounded up to whole batches)."""
+
+
+def _chunk_rows(rows: int, row_bytes: int, chunk_mb: float, positions: str, batch: int) -> int:
+    chunk = chunk_rows_for(rows, row_bytes, chunk_mb)
+    if positions != "all":
+        cap = max(batch, -(-MAX_PROMPT_CHUNK_ROWS // batch) * batch)
+        chunk = max(1, min(chunk, cap, rows))
+    return chunk
+
+
+def _device_type(device: Any) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 def _site_of(name: str) -> Any:
@@ -284,6 +306,15 @@ def _run(
         resumed_from=first,
         labels=list(ident.source.label_names),
     )
+    rows_done = meta.progress.rows_done
+    fits = 0 <= first <= n and int(offsets[-1]) == meta.layout.rows
+    if not fits or int(offsets[min(first, n)]) != rows_done:
+        raise StoreMismatchError(
+            f"{writable.path} does not fit this run's prompts: its layout has "
+            f"{meta.layout.rows} rows and {rows_done} written after {first} prompts, this run "
+            f"makes {int(offsets[-1])} rows, {int(offsets[min(first, n)])} of them from the first "
+            f"{first} prompts; start again with --overwrite"
+        )
     if meta.complete:
         return ExtractionSummary(**summary, already_complete=True, seconds=0.0, tokens_per_s=0.0)
 
@@ -320,8 +351,15 @@ def _run(
                         f"the prompts of {src.description} changed during the extraction "
                         f"(prompts {p0} to {p1 - 1}); start again with --overwrite"
                     )
-                with capture(loaded.model, ident.hooks) as cache:
-                    base(**enc.inputs(), use_cache=False)
+                try:
+                    with capture(loaded.model, ident.hooks) as cache:
+                        base(**enc.inputs(), use_cache=False)
+                except torch.OutOfMemoryError:
+                    raise ActivationError(
+                        f"out of memory on {device} in the forward pass of prompts {p0} to "
+                        f"{p1 - 1}; lower --batch-size (now {batch_size}) or --max-tokens, and "
+                        "rerun to continue"
+                    ) from None
                 rows = _rows(cache, enc, ident.hooks, positions, torch_dtype)
                 counts = lengths if positions == "all" else np.ones_like(lengths)
                 rows["prompt_index"] = np.repeat(np.arange(p0, p1, dtype=np.int64), counts)
@@ -388,7 +426,14 @@ def _rows(
                 f"activations at {name} overflow float16 (|x| > 65504); extract with "
                 "dtype float32 (--dtype float32 --overwrite)"
             )
-        out[f"hooks/{name}"] = converted.cpu().numpy()
+        array = converted.cpu().numpy()
+        if positions != "all":
+            # On the CPU in the store's dtype a "last" row is a view of the whole captured
+            # [batch, tokens, features] tensor: copy (one row per prompt, cheap), so queued
+            # and buffered rows keep only their own bytes alive, not whole batches. ("all"
+            # rows are every token of the batch: a view costs nothing more.)
+            array = np.array(array, copy=True)
+        out[f"hooks/{name}"] = array
     if positions == "all":
         ids = enc.input_ids.reshape(-1) if full else enc.input_ids[real]
         out["token_ids"] = ids.cpu().numpy().astype(np.int32)

@@ -13,7 +13,7 @@ Memory per task: one chunk and a ``d × d`` float64 matrix, so widths up to a fe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,10 @@ class Probe:
     """Mean log-loss on the training rows (without the penalty)."""
     train_accuracy: float
     hook: str | None = None
+    positive_value: Any = field(default=None, repr=False, compare=False)
+    """The ``positive`` given to :func:`train_probe` (``None``: ``y`` was 0/1)."""
+    negative_value: Any = field(default=None, repr=False, compare=False)
+    """The ``negative`` given to :func:`train_probe` (``None``: every other row)."""
 
     def decision(self, x: Rows) -> Any:
         """``x·w + b`` per row (a lazy dask array)."""
@@ -49,13 +53,17 @@ class Probe:
         return np.asarray((1.0 / (1.0 + da.exp(-self.decision(x)))).compute())
 
     def accuracy(self, x: Rows, y: Any = None) -> float:
-        """The fraction of rows classified right (``y`` from the labels of a HookView)."""
+        """The fraction of rows classified right (``y`` from the labels of a HookView).
+
+        Raw rows and their ``y`` go through the training's mapping: with ``positive`` (and
+        ``negative``) given to :func:`train_probe`, ``y == positive`` is the positive class
+        (and only rows whose ``y`` is ``positive`` or ``negative`` count)."""
         from analoglab.activations.dataset import HookView
 
         if isinstance(x, HookView):
             view, target = _targets(x, y, self.positive, _negative_label(self.negative))
         else:
-            view, target = _targets(x, y, None, None)
+            view, target = _targets(x, y, self.positive_value, self.negative_value)
         z = self.decision(view)
         return float(((z > 0) == (aligned(target, z) > 0.5)).mean().compute())
 
@@ -99,11 +107,28 @@ def _targets(x: Rows, y: Any, positive: Any, negative: Any) -> tuple[Rows, Any]:
         return view, (view.coords["label"] == code).astype(np.float64)
     if y is None:
         raise ActivationError("give y (0/1 per row) for rows that are not a HookView")
-    n = int(as_matrix(x).shape[0])
+    m = as_matrix(x)
+    n = int(m.shape[0])
     target = as_vector(y, n, name="y")
-    if positive is not None:
-        target = target == positive
-    return x, target.astype(np.float64)
+    if positive is None:
+        if negative is not None:
+            raise ActivationError("name the positive class too (positive=...)")
+        values = np.unique(np.asarray(target.compute()))
+        numeric = values.dtype.kind in "biuf"
+        if not numeric or not np.isin(values, [0, 1]).all():
+            shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in values[:4])
+            raise ActivationError(
+                f"y holds the values {shown}{', ...' if len(values) > 4 else ''}, not 0/1; "
+                "name the positive class (positive=...) and optionally the negative one"
+            )
+        return m, target.astype(np.float64)
+    if negative is not None:
+        keep = np.asarray(((target == positive) | (target == negative)).compute())
+        if not keep.any():
+            raise ActivationError(f"no row of y is {positive!r} or {negative!r}")
+        rows = np.flatnonzero(keep)
+        m, target = m[rows], target[rows]
+    return m, (target == positive).astype(np.float64)
 
 
 def train_probe(
@@ -119,8 +144,10 @@ def train_probe(
     """Fit a logistic probe on the rows of ``x``.
 
     With a :class:`HookView`: ``positive`` is a label name, ``negative`` another (``None``:
-    every other labelled row). Otherwise ``y`` is 0/1 per row (or values compared with
-    ``positive``).
+    every other labelled row). Otherwise ``y`` is 0/1 per row, or any values (strings too)
+    with ``positive`` (rows whose ``y == positive``) and optionally ``negative`` (then only
+    the rows whose ``y`` is one of the two are used). :meth:`Probe.accuracy` maps raw rows the
+    same way.
     """
     dask, _ = dask_modules()
 
@@ -203,6 +230,8 @@ def train_probe(
         loss=float(final[0]) / n,
         train_accuracy=float(final[6]) / n,
         hook=x.hook if isinstance(x, HookView) else None,
+        positive_value=positive,
+        negative_value=negative,
     )
 
 

@@ -7,7 +7,8 @@ text file: one prompt per line (blank lines skipped), or JSON Lines (``.jsonl``)
 whenever asked, so a file is streamed, never held in memory.
 
 :meth:`Source.scan` reads everything once, before a store is written: each prompt's token
-count, the set of labels and the sha256 of the content (what a resumed extraction must match).
+count, the set of labels, the sha256 of the content and the sha256 of the token ids after
+truncation (what a resumed extraction must match).
 
 Labels per kind: a task set of choices keeps each item's label (``sentiment``: positive /
 negative); contrast pairs become two prompts, ``positive`` then ``negative``; patch pairs
@@ -43,6 +44,9 @@ class Scan:
     lengths: np.ndarray  # int64 [n_prompts]
     label_names: tuple[str, ...]
     sha256: str
+    tokens_sha256: str = ""
+    """The sha256 of every prompt's token ids as the model sees them (cut to its last
+    ``max_tokens``) and their counts: another tokenization or truncation changes it."""
 
     @property
     def n_prompts(self) -> int:
@@ -174,6 +178,7 @@ class Source:
         many distinct labels, before anything is written.
         """
         digest = hashlib.sha256()
+        token_digest = hashlib.sha256()
         lengths: list[np.ndarray] = []
         labels: set[str] = set()
         index = 0
@@ -194,6 +199,9 @@ class Source:
                 raise ActivationError(
                     f"prompt {index + bad} ({texts[bad][:60]!r}) encodes to no tokens; drop it"
                 )
+            for row in ids:
+                kept = np.asarray(row[-max_tokens:], dtype=np.int64)
+                token_digest.update(np.int64(len(kept)).tobytes() + kept.tobytes())
             lengths.append(np.minimum(counts, max_tokens))
             index += len(batch)
             batch.clear()
@@ -215,7 +223,12 @@ class Source:
             flush()
         if index == 0:
             raise ActivationError(f"{self.description} holds no prompts")
-        return Scan(np.concatenate(lengths), tuple(sorted(labels)), digest.hexdigest())
+        return Scan(
+            np.concatenate(lengths),
+            tuple(sorted(labels)),
+            digest.hexdigest(),
+            token_digest.hexdigest(),
+        )
 
 
 def _json_record(line: str, path: Path, number: int) -> Record:

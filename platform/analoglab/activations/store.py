@@ -74,6 +74,8 @@ class SourceInfo(_Strict):
     tokens: int
     sha256: str
     label_names: list[str] = Field(default_factory=list)
+    tokens_sha256: str = ""
+    """sha256 of every prompt's token ids (after truncation) and counts."""
 
 
 class Identity(_Strict):
@@ -87,6 +89,10 @@ class Identity(_Strict):
     batch_size: int
     max_tokens: int
     source: SourceInfo
+    torch_dtype: str = ""
+    """The model's parameter dtype (``float32``, ``bfloat16``, ...)."""
+    device_type: str = ""
+    """The kind of device the model ran on (``cpu``, ``cuda``, ``mps``)."""
 
 
 class Layout(_Strict):
@@ -229,7 +235,12 @@ class WritableStore:
             self._lock = None
 
     def _save(self) -> None:
-        self._group.attrs.update({ATTR: self.meta.model_dump(mode="json")})
+        try:
+            self._group.attrs.update({ATTR: self.meta.model_dump(mode="json")})
+        except OSError as exc:  # disk full, permissions: one line, not a traceback
+            raise ActivationError(
+                f"cannot record progress in {self.path}: {exc.strerror or exc}"
+            ) from None
 
 
 def chunk_rows_for(rows: int, row_bytes: int, chunk_mb: float) -> int:
@@ -262,8 +273,12 @@ def open_for_writing(path: Path, meta: StoreMeta, *, overwrite: bool = False) ->
             )
         if overwrite:
             lock = _acquire_lock(path)
-            lock.close()
-            shutil.rmtree(path)
+            try:  # held through the deletion: no other writer can open it meanwhile
+                shutil.rmtree(path)
+            except OSError as exc:
+                raise ActivationError(f"cannot delete {path}: {exc.strerror or exc}") from None
+            finally:
+                lock.close()
             found = None
     if found is None:
         _create(path, meta)
@@ -307,7 +322,10 @@ def _create(path: Path, meta: StoreMeta) -> None:
     layout = meta.layout
     rows, chunk = layout.rows, layout.chunk_rows
     heavy = None if layout.compression == "none" else [ZstdCodec(level=1)]
+    lock: _FolderLock | None = None
     try:
+        tmp.mkdir()
+        lock = _acquire_lock(tmp)  # another process's cleanup leaves a locked folder alone
         group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
         hooks = group.create_group("hooks")
         for hook in meta.hooks:
@@ -345,6 +363,9 @@ def _create(path: Path, meta: StoreMeta) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 class _FolderLock:
@@ -379,7 +400,14 @@ def _clean_creations(path: Path) -> None:
     """Remove half-built siblings left by an interrupted creation of ``path``."""
     if path.parent.is_dir():
         for tmp in path.parent.glob(f".{path.name}.creating-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                lock = _acquire_lock(tmp)
+            except (ActivationError, OSError):
+                continue  # locked: another process is building it right now
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+            finally:
+                lock.close()
 
 
 def _clean_partials(path: Path) -> None:
@@ -397,8 +425,12 @@ def delete_store(path: Path) -> None:
     """Delete an activation store (only one: any other folder is refused)."""
     require_meta(path)
     lock = _acquire_lock(path)
-    lock.close()
-    shutil.rmtree(path)
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        raise ActivationError(f"cannot delete {path}: {exc.strerror or exc}") from None
+    finally:
+        lock.close()
 
 
 # -- describing -------------------------------------------------------------------------------
