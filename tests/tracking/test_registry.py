@@ -6,6 +6,8 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
+import pytest
+
 from analoglab.config import Settings
 from analoglab.models.card import (
     AnalogCard,
@@ -144,3 +146,33 @@ def test_analogs_are_registered_with_lineage_once_per_weights(
 
 def test_an_empty_store_registers_nothing(fresh_home: Settings) -> None:
     assert register_analogs(settings=fresh_home) == []
+
+
+def test_a_card_run_left_without_its_version_is_reused(
+    fresh_home: Settings, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    _, small, medium = make_catalog(fresh_home, uuid.uuid4().hex[:8])
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process dies after the card run, before the version
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "create_model_version", killed)
+        with pytest.raises(KeyboardInterrupt):
+            register_analogs(settings=fresh_home, experiment=experiment)
+    store = TrackingStore.open(fresh_home)
+    exp = store.experiment_id(experiment)
+    (logged,) = store.client.search_runs([exp], filter_string="tags.`analoglab.kind` = 'card'")
+    assert logged.info.status == "FINISHED"
+
+    done = {r.name: r for r in register_analogs(settings=fresh_home, experiment=experiment)}
+    first = done[logged.data.tags["analoglab.model"]]
+    assert (first.status, first.version, first.run_id) == ("registered", "1", logged.info.run_id)
+    cards = store.client.search_runs([exp], filter_string="tags.`analoglab.kind` = 'card'")
+    assert sorted(r.data.tags["analoglab.model"] for r in cards) == sorted([small, medium])
+    for name in (small, medium):
+        assert len(store.client.search_model_versions(f"name = '{name}'")) == 1
+    (logged_metric,) = store.client.get_metric_history(logged.info.run_id, "fidelity.kl")
+    assert logged_metric.value == 0.125  # the reused run was not logged into twice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,27 +101,96 @@ def test_a_transfer_check_is_a_parent_with_a_child_per_model_and_resumes(
     )
 
 
-def test_a_child_left_unfinished_is_completed_not_duplicated(
-    fresh_home: Settings, experiment: str, spec: AnySpec, make_result: MakeResult
+@pytest.mark.parametrize("status", ["RUNNING", "FAILED"])
+def test_a_child_left_unfinished_is_replaced_not_logged_into(
+    fresh_home: Settings, experiment: str, spec: AnySpec, make_result: MakeResult, status: str
 ) -> None:
     analog = make_result(spec, "an")
     check = TransferCheckRun.open(
         spec, analog="an", frontier="fr", settings=fresh_home, experiment=experiment
     )
     store = check.store
-    # What a crash between creating the child and logging into it leaves behind.
+    # What a crash while logging leaves behind: a child with some of an earlier attempt's
+    # params (another device, other versions) and metrics.
     crashed = store.client.create_run(
         check.experiment_id,
         tags={
             **result_tags(analog, model="an", kind="analog", job_id=None),
             "mlflow.parentRunId": check.run_id,
         },
-    )
+    ).info.run_id
+    store.client.log_param(crashed, "device", "cuda:0")
+    store.client.log_param(crashed, "version.torch", "0.0-old")
+    store.client.log_metric(crashed, "effect", 0.1)
+    if status == "FAILED":
+        store.client.set_terminated(crashed, status="FAILED")
     assert check.analog_result() is None  # not finished: does not count
-    assert check.log_analog(analog) == crashed.info.run_id
-    assert store.client.get_run(crashed.info.run_id).info.status == "FINISHED"
-    assert check.analog_result() == analog
-    assert children(store, check) == {"an": [crashed.info.run_id]}
+
+    fresh = check.log_analog(analog)
+    assert fresh != crashed
+    assert store.client.get_run(crashed).info.lifecycle_stage == "deleted"
+    assert children(store, check) == {"an": [fresh]}  # exactly one live child
+    run = store.client.get_run(fresh)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["device"] == "cpu"
+    assert run.data.params["version.torch"] == analog.versions["torch"]
+    assert [m.value for m in store.client.get_metric_history(fresh, "effect")] == [0.6]
+    assert check.analog_result() == analog and check.analog_run_id() == fresh
+
+
+def test_a_parent_left_half_set_up_is_completed_on_reopen(
+    fresh_home: Settings, experiment: str, spec: AnySpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process dies after the params, before spec.json
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "log_text", killed)
+        with pytest.raises(KeyboardInterrupt):
+            TransferCheckRun.open(
+                spec, analog="an", frontier="fr", settings=fresh_home, experiment=experiment
+            )
+    check = TransferCheckRun.open(
+        spec, analog="an", frontier="fr", settings=fresh_home, experiment=experiment
+    )
+    store = check.store
+    parents = store.client.search_runs(
+        [check.experiment_id], filter_string="tags.`analoglab.kind` = 'transfer'"
+    )
+    assert [p.info.run_id for p in parents] == [check.run_id]  # the same parent
+    parent = store.client.get_run(check.run_id)
+    assert parent.data.tags["analoglab.ready"] == "1"
+    assert parent.data.params["method"] == "probe"
+    assert json.loads(store.read_text(check.run_id, "spec.json") or "") == spec_to_dict(spec)
+
+
+def test_damaged_artifacts_and_artifact_folders_are_one_error(
+    fresh_home: Settings,
+    experiment: str,
+    spec: AnySpec,
+    make_result: MakeResult,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlflow import MlflowClient
+
+    check = TransferCheckRun.open(
+        spec, analog="an", frontier="fr", settings=fresh_home, experiment=experiment
+    )
+    run_id = check.log_analog(make_result(spec, "an"))
+    check.store.client.log_text(run_id, '{"method": "probe"}\n', "result.json")
+    with pytest.raises(TrackingError, match="damaged result.json"):
+        check.analog_result()
+
+    def unwritable(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "/srv/mlflow/artifacts")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", unwritable)
+    with pytest.raises(TrackingError, match="artifact storage failed: Permission denied"):
+        check.log_frontier(make_result(spec, "fr", weights="f"))
+    (failed,) = children(check.store, check)["fr"]
+    assert check.store.client.get_run(failed).info.status == "FAILED"
 
 
 def test_what_does_not_belong_to_the_check_is_refused(

@@ -17,7 +17,10 @@ its analogs), without versions: frontier weights never leave the lab. So the Mod
 the MLflow UI lists each frontier next to its analogs.
 
 Rerunning is safe: an analog whose weights hash is already registered gets no new version
-(its registered model's description and tags are brought up to date).
+(its registered model's description and tags are brought up to date). A card run that a
+crash left without its model version is found again by its tags (``analoglab.kind=card``,
+``analoglab.model``, ``analoglab.weights_sha256``) and reused when FINISHED (deleted and
+logged again when not), so a rerun never logs a second card run for the same weights.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from analoglab.tracking.mapping import MetricValue, flatten, log_batch
 from analoglab.tracking.store import TrackingStore
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
 CARDS_EXPERIMENT = "analoglab-analogs"
@@ -154,6 +158,34 @@ def _versions(store: TrackingStore, name: str) -> list[ModelVersion]:
     return sorted(found, key=lambda v: int(v.version))
 
 
+def _card_run(
+    store: TrackingStore, exp_id: str, card: AnalogCard, versions: list[ModelVersion]
+) -> Run | None:
+    """The card run of these weights that a crash left without its model version: the
+    oldest FINISHED one, reused. Card runs of these weights left unfinished are deleted
+    (their card is logged again in a fresh run)."""
+    runs = store.client.search_runs(
+        [exp_id],
+        filter_string=tags.tag_filter(
+            {tags.KIND: tags.KIND_CARD, tags.WEIGHTS_SHA256: card.weights_sha256}
+        ),
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+    taken = {str(v.run_id) for v in versions if v.run_id}
+    mine = [
+        r
+        for r in runs
+        if r.data.tags.get(tags.MODEL) == card.name and str(r.info.run_id) not in taken
+    ]
+    finished = [r for r in mine if r.info.status == "FINISHED"]
+    if finished:
+        return finished[0]
+    for stale in mine:
+        store.client.delete_run(stale.info.run_id)
+    return None
+
+
 def register_analog(
     entry: AnalogEntry, store: TrackingStore, *, experiment: str = CARDS_EXPERIMENT
 ) -> AnalogRegistration:
@@ -179,25 +211,28 @@ def register_analog(
                     status="unchanged",
                 )
         exp_id = store.experiment_id(experiment)
-        run = store.client.create_run(
-            exp_id,
-            tags={
-                tags.KIND: tags.KIND_CARD,
-                tags.MODEL: card.name,
-                tags.FRONTIER: card.frontier,
-                tags.LAB: card.lab,
-                tags.WEIGHTS_SHA256: card.weights_sha256,
-            },
-            run_name=f"card · {card.name}",
-        )
+        run = _card_run(store, exp_id, card, versions)
+        if run is None:
+            run = store.client.create_run(
+                exp_id,
+                tags={
+                    tags.KIND: tags.KIND_CARD,
+                    tags.MODEL: card.name,
+                    tags.FRONTIER: card.frontier,
+                    tags.LAB: card.lab,
+                    tags.WEIGHTS_SHA256: card.weights_sha256,
+                },
+                run_name=f"card · {card.name}",
+            )
+            run_id = str(run.info.run_id)
+            log_batch(store.client, run_id, params=card_params(card), metrics=card_metrics(card))
+            with tempfile.TemporaryDirectory(prefix="analoglab-mlflow-") as tmp:
+                folder = Path(tmp)
+                (folder / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+                (folder / README_FILE).write_text(render_readme(card))
+                store.upload(run_id, folder, artifact_path=CARD_FOLDER)
+            store.finish(run_id)
         run_id = str(run.info.run_id)
-        log_batch(store.client, run_id, params=card_params(card), metrics=card_metrics(card))
-        with tempfile.TemporaryDirectory(prefix="analoglab-mlflow-") as tmp:
-            folder = Path(tmp)
-            (folder / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
-            (folder / README_FILE).write_text(render_readme(card))
-            store.upload(run_id, folder, artifact_path=CARD_FOLDER)
-        store.finish(run_id)
         source = f"{run.info.artifact_uri.rstrip('/')}/{CARD_FOLDER}"
         version = store.client.create_model_version(
             card.name,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,14 +175,32 @@ _QUIET_ENV = {
 }
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_added: dict[str, str] = {}
+
+
 @contextmanager
 def quiet() -> Iterator[None]:
     """Inside the block MLflow prints no run URLs and no progress bars (unless the user set
-    those variables), and the environment is as it was after it."""
-    added = {k: v for k, v in _QUIET_ENV.items() if k not in os.environ}
-    os.environ.update(added)
+    those variables), and the environment is as it was after it.
+
+    The variables are process-wide: they are set by the first block entered (in any thread)
+    and removed when the last one open is left, under a lock, so one thread leaving its block
+    never takes them from another still inside MLflow."""
+    global _quiet_depth
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_added.clear()
+            _quiet_added.update({k: v for k, v in _QUIET_ENV.items() if k not in os.environ})
+            os.environ.update(_quiet_added)
+        _quiet_depth += 1
     try:
         yield
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                for key in _quiet_added:
+                    os.environ.pop(key, None)
+                _quiet_added.clear()

@@ -22,6 +22,8 @@ LAB: Final = "analoglab.lab"
 VERDICT: Final = "analoglab.verdict"
 WEIGHTS_SHA256: Final = "analoglab.weights_sha256"
 ANALOGS: Final = "analoglab.analogs"
+# Set last on a transfer check's parent, once its params and spec.json are logged.
+READY: Final = "analoglab.ready"
 
 # MLflow's own tags.
 PARENT_RUN_ID: Final = "mlflow.parentRunId"

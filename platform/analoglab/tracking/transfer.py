@@ -101,7 +101,9 @@ class TransferCheckRun:
                     tags={tags.METHOD: spec.method, **key},
                     run_name=f"transfer · {spec.method} · {analog} → {frontier}",
                 )
-            if not parent.data.params:  # new, or left by a crash before its spec was logged
+            if parent.data.tags.get(tags.READY) != "1":
+                # New, or left by a crash while being set up: (re)log the spec, which is the
+                # same spec (its hash is in the tags), and mark the parent ready last.
                 log_batch(store.client, parent.info.run_id, params=flatten(spec_to_dict(spec)))
                 with quiet():
                     store.client.log_text(
@@ -109,6 +111,7 @@ class TransferCheckRun:
                         json.dumps(spec_to_dict(spec), indent=2) + "\n",
                         SPEC_FILE,
                     )
+                store.client.set_tag(parent.info.run_id, tags.READY, "1")
         return cls(
             store=store,
             experiment_id=exp_id,
@@ -204,7 +207,15 @@ class TransferCheckRun:
     def report(self) -> TransferReport | None:
         """The report logged on the parent, or None."""
         text = self.store.read_text(self.run_id, REPORT_FILE)
-        return None if text is None else TransferReport.model_validate_json(text)
+        if text is None:
+            return None
+        try:
+            return TransferReport.model_validate_json(text)
+        except ValueError as exc:  # a pydantic ValidationError: a damaged report
+            raise TrackingError(
+                f"transfer check {self.run_id} holds a damaged {REPORT_FILE} "
+                f"({_first_line(exc)}); log the report again"
+            ) from exc
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -218,25 +229,29 @@ class TransferCheckRun:
                 "opened with (self-contained, as submitted to the queue)"
             )
         with mlflow_errors(self.store.uri):
-            existing = self._child(model, kind)
-            if existing is not None:
-                if existing.info.status == "FINISHED":
-                    logged = existing.data.params.get("model.weights_sha256")
-                    if logged is not None and logged != result.model.weights_sha256:
-                        raise TrackingError(
-                            f"transfer check {self.run_id} already holds a {kind} run of "
-                            f"{model} with other weights ({logged[:12]}); open a check in "
-                            "another experiment, or delete that run, to log this one"
-                        )
-                    return str(existing.info.run_id)
-                run_id = str(existing.info.run_id)
-            else:
-                first_tags = result_tags(result, model=model, kind=kind, job_id=job_id)
-                first_tags[tags.PARENT_RUN_ID] = self.run_id
-                child = self.store.client.create_run(
-                    self.experiment_id, tags=first_tags, run_name=run_name(result, model)
-                )
-                run_id = str(child.info.run_id)
+            runs = self._children(model, kind)
+            finished = [r for r in runs if r.info.status == "FINISHED"]
+            if finished:
+                existing = finished[0]
+                logged = existing.data.params.get("model.weights_sha256")
+                if logged is not None and logged != result.model.weights_sha256:
+                    raise TrackingError(
+                        f"transfer check {self.run_id} already holds a {kind} run of "
+                        f"{model} with other weights ({logged[:12]}); open a check in "
+                        "another experiment, or delete that run, to log this one"
+                    )
+                return str(existing.info.run_id)
+            # A child left unfinished (or FAILED) by a crash is deleted, not logged into
+            # again: its metrics would be logged twice, and MLflow refuses a param (device,
+            # versions) whose value changed. A fresh child takes its place.
+            for stale in runs:
+                self.store.client.delete_run(stale.info.run_id)
+            first_tags = result_tags(result, model=model, kind=kind, job_id=job_id)
+            first_tags[tags.PARENT_RUN_ID] = self.run_id
+            child = self.store.client.create_run(
+                self.experiment_id, tags=first_tags, run_name=run_name(result, model)
+            )
+            run_id = str(child.info.run_id)
             fill_run(
                 self.store,
                 run_id,
@@ -248,22 +263,38 @@ class TransferCheckRun:
             )
         return run_id
 
-    def _child(self, model: str, kind: tags.ResultKind) -> Run | None:
+    def _children(self, model: str, kind: tags.ResultKind) -> list[Run]:
+        """The active child runs of ``model`` and ``kind``, oldest first."""
         with mlflow_errors(self.store.uri):
             runs = _search(
                 self.store,
                 self.experiment_id,
                 {tags.PARENT_RUN_ID: self.run_id, tags.KIND: kind},
             )
-        mine = [r for r in runs if r.data.tags.get(tags.MODEL) == model]
-        return mine[0] if mine else None
+        return [r for r in runs if r.data.tags.get(tags.MODEL) == model]
+
+    def _child(self, model: str, kind: tags.ResultKind) -> Run | None:
+        """The child of ``model``: the oldest FINISHED one, else the oldest left unfinished."""
+        runs = self._children(model, kind)
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        first = finished or runs
+        return first[0] if first else None
 
     def _child_result(self, model: str, kind: tags.ResultKind) -> ExperimentResult | None:
         run = self._child(model, kind)
         if run is None or run.info.status != "FINISHED":
             return None
-        text = self.store.read_text(str(run.info.run_id), RESULT_FILE)
-        return None if text is None else ExperimentResult.model_validate_json(text)
+        run_id = str(run.info.run_id)
+        text = self.store.read_text(run_id, RESULT_FILE)
+        if text is None:
+            return None
+        try:
+            return ExperimentResult.model_validate_json(text)
+        except ValueError as exc:  # a pydantic ValidationError: a damaged result.json
+            raise TrackingError(
+                f"the {kind} run {run_id} of {model} holds a damaged {RESULT_FILE} "
+                f"({_first_line(exc)}); delete that run and log the result again"
+            ) from exc
 
     def _plot_overlays(self, folder: Path) -> None:
         analog, frontier = self.analog_result(), self.frontier_result()
@@ -281,6 +312,11 @@ class TransferCheckRun:
                     title=f"{self.spec.method}: {name}, {self.analog} vs {self.frontier}",
                     path=folder / "plots" / f"{safe_key(name)}.png",
                 )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _search(store: TrackingStore, experiment_id: str, match: dict[str, str]) -> list[Run]:
