@@ -40,7 +40,7 @@ from analoglab.queue.service import create_app
 from analoglab.queue.vetting import VettingLimits
 
 from .conftest import probe_spec, result_for, write_catalog
-from .test_queue_service import MATRIX, WHO
+from .test_queue_service import MATRIX, WHO, matrix_body
 
 pytestmark = pytest.mark.slow
 
@@ -332,8 +332,7 @@ def test_authorisation_matrix_with_hub_tokens(hub: Hub, hub_client: TestClient) 
             if state is not None:
                 job = job_in(state)
                 url = path.replace("{id}", str(job["id"]))
-                if isinstance(body, dict) and body.get("lease_id") == "{lease}":
-                    data = {"lease_id": job["lease_id"]}
+                data = matrix_body(body, job)
             resp = c.request(method, url, json=data, headers=h(who))
             got[who] = resp.status_code
             assert resp.status_code < 500, resp.text

@@ -75,6 +75,16 @@ def _job(c: TestClient, state: str) -> dict[str, Any]:
     return job
 
 
+def matrix_body(body: Any, job: dict[str, Any]) -> Any:
+    """A matrix row's body for ``job``: ``{lease}`` and ``{result}`` filled in."""
+    if not (isinstance(body, dict) and body.get("lease_id") == "{lease}"):
+        return body
+    data = {**body, "lease_id": job["lease_id"]}
+    if data.get("result") == "{result}":
+        data["result"] = result_for(job)
+    return data
+
+
 # endpoint -> (method, path, state needed, body, expected status per caller)
 MATRIX: list[tuple[str, str, str | None, Any, dict[str, int]]] = [
     ("GET", "/health", None, None, dict.fromkeys(WHO, 200)),
@@ -227,6 +237,36 @@ MATRIX: list[tuple[str, str, str | None, Any, dict[str, int]]] = [
         },
     ),
     (
+        "POST",
+        "/api/jobs/{id}/result",
+        "running",
+        {"lease_id": "{lease}", "result": "{result}"},
+        {
+            "researcher": 403,
+            "reviewer_a": 403,
+            "reviewer_b": 404,
+            "agent_a": 200,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
+        "POST",
+        "/api/jobs/{id}/result",
+        "running",
+        {"lease_id": "{lease}", "withheld": "tensors: over the lab's cap"},
+        {
+            "researcher": 403,
+            "reviewer_a": 403,
+            "reviewer_b": 404,
+            "agent_a": 200,
+            "agent_b": 404,
+            "admin": 403,
+            "anonymous": 401,
+        },
+    ),
+    (
         "GET",
         "/api/audit/verify",
         None,
@@ -253,8 +293,7 @@ def test_authorisation_matrix(
         if state is not None:
             job = _job(client, state)
             url = path.replace("{id}", str(job["id"]))
-            if isinstance(body, dict) and body.get("lease_id") == "{lease}":
-                data = {"lease_id": job["lease_id"]}
+            data = matrix_body(body, job)
         resp = client.request(method, url, json=data, headers=auth(who))
         got[who] = resp.status_code
         if resp.status_code != 204:
