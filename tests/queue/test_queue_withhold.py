@@ -75,10 +75,3 @@ def test_the_api_takes_a_result_or_a_reason(sqlite_url: str, catalog_home: Setti
         assert seen["release_reason"] == REASON
         assert c.get(url, headers=who).status_code == 409  # withheld: nothing to read
 
-
-def test_claims_can_be_limited_to_the_frontiers_a_site_serves(queue: JobQueue) -> None:
-    job = queue.submit("alice", "frontier-b", probe_spec())
-    assert queue.claim("lab-b", "site-1", frontiers=["frontier-x"]) is None
-    assert queue.claim("lab-b", "site-1", frontiers=[]) is None
-    got = queue.claim("lab-b", "site-2", frontiers=["frontier-x", "frontier-b"])
-    assert got is not None and got.id == job.id

@@ -22,6 +22,7 @@ counted) or when it is told to stop (no attempt counted).
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -195,10 +196,11 @@ class Agent:
         lab = self.config.lab
         mine = sorted(self.config.models)  # only jobs for frontiers this site has weights for
         began = time.monotonic()
+        key = secrets.token_hex(16)  # the same key on every retry: a lost answer costs nothing
         first = self._call(
             "claim",
             lambda: self.client.claim(
-                lab, wait=wait, lease_seconds=cfg.lease_seconds, frontiers=mine
+                lab, wait=wait, lease_seconds=cfg.lease_seconds, frontiers=mine, lease_id=key
             ),
         )
         if first is None:
@@ -206,10 +208,11 @@ class Agent:
         batch = [self._hold(first, began)]
         while len(batch) < room and not self.stopping:
             began = time.monotonic()
+            more_key = secrets.token_hex(16)
             more = self._call(
                 "claim",
-                lambda: self.client.claim(
-                    lab, wait=0, lease_seconds=cfg.lease_seconds, frontiers=mine
+                lambda key=more_key: self.client.claim(  # type: ignore[misc]
+                    lab, wait=0, lease_seconds=cfg.lease_seconds, frontiers=mine, lease_id=key
                 ),
             )
             if more is None:

@@ -200,6 +200,7 @@ class QueueClient:
         wait: float = 0.0,
         lease_seconds: int | None = None,
         frontiers: Sequence[str] | None = None,
+        lease_id: str | None = None,
     ) -> dict[str, Any] | None:
         """``{"job", "lease_id", "lease_expires_at"}`` for the next approved job (of one of
         ``frontiers``, when given; an empty list claims nothing), or None."""
@@ -213,6 +214,7 @@ class QueueClient:
                 "wait": wait,
                 "lease_seconds": lease_seconds,
                 "frontier": None if frontiers is None else [*frontiers],
+                "lease_id": lease_id,
             },
             timeout=wait + 30.0,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ _REVIEW_TARGET = {
 }
 _RELEASE_TARGET = {"release": State.RELEASED, "withhold": State.WITHHELD}
 RELEASE_CHECK = "release-check"
+LEASE_ID = re.compile(r"[A-Za-z0-9_-]{32,64}")
 SWEEPER = "lease-sweeper"
 
 
@@ -418,13 +420,29 @@ class JobQueue:
         agent: str,
         lease_seconds: int | None = None,
         frontiers: list[str] | None = None,
+        lease_id: str | None = None,
     ) -> Job | None:
         """The oldest approved job of ``lab`` (for one of ``frontiers``, when given), now
-        running under a new lease; None if none."""
+        running under a new lease; None if none.
+
+        ``lease_id``, chosen by the agent, makes the claim idempotent: a retry with the same id
+        (the answer to the first was lost) returns the job that claim took, instead of taking
+        a second one and leaving the first to expire."""
+        if lease_id is not None:
+            if not LEASE_ID.fullmatch(lease_id):
+                raise Invalid("a lease id is 32 to 64 characters of [A-Za-z0-9_-]")
+            with self.sessions() as session:
+                taken = session.execute(
+                    select(Job).where(Job.lease_id == lease_id, Job.lab == lab)
+                ).scalar_one_or_none()
+            if taken is not None:  # (a lease that ended is cleared: its id claims afresh)
+                if taken.lease_holder != agent:
+                    raise Conflict("that lease id is not yours")
+                return taken
         seconds = self._lease_seconds(lease_seconds)
         self.sweep()
         now = self.clock()
-        lease_id = secrets.token_hex(16)
+        lease_id = lease_id or secrets.token_hex(16)
         with self.sessions.begin() as session:
             # Pick under the writers' lock: no other claim can take the same job between the
             # pick and the transition, so claimers never race for rows (no herd).

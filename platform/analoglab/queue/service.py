@@ -475,13 +475,18 @@ def create_app(
             list[str] | None,
             Query(description="only jobs for these frontiers (the ones this site serves)"),
         ] = None,
+        lease_id: Annotated[
+            str | None,
+            Query(description="chosen by the agent: a retried claim with the same id returns "
+                  "the same job (idempotent)"),
+        ] = None,
     ) -> ClaimOut | Response:
         """The next approved job of the lab under a lease; waits up to ``wait`` seconds."""
         need_agent(ident, lab)
         deadline = time.monotonic() + wait
         while True:
             job = await run_in_threadpool(
-                queue.claim, lab, ident.name, lease_seconds, frontier
+                queue.claim, lab, ident.name, lease_seconds, frontier, lease_id
             )
             if job is not None:
                 assert job.lease_id is not None and job.lease_expires_at is not None
