@@ -314,3 +314,44 @@ def test_the_command_line_resumes_a_finished_check(
         assert len(ada.list()["jobs"]) == jobs_before  # resumed, nothing submitted
     res = CliRunner().invoke(app, args[:-2])  # no token: the queue is never reached
     assert res.exit_code == 0 and "already checked" in res.output
+
+
+def test_the_transfer_notebook_runs_against_the_platform(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = Path(__file__).parents[2] / "shared-notebooks" / "03-checking-transfer.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)  # stored clean
+    if not any(a.poll() is None for a in platform.agents):
+        platform.start_agent()
+    with platform.client("ada") as ada:
+        before = {j["id"] for j in ada.list()["jobs"]}
+    # The kernel inherits this environment, as a hub notebook inherits the hub's.
+    for key, value in {
+        "ANALOGLAB_HOME": str(platform.settings.home),
+        "ANALOGLAB_QUEUE_URL": platform.queue_url,
+        "ANALOGLAB_MLFLOW_TRACKING_URI": platform.mlflow_url,
+        "ANALOGLAB_QUEUE_TOKEN": "tok-ada",
+        "ANALOG": "tiny-analog-s",
+        "OMP_NUM_THREADS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    approved: list[int] = []
+    reviewer = approve_when_submitted(platform, 1, approved)
+    NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    reviewer.join(5)
+    text = "\n".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+    )
+    assert "tiny-analog-s → tiny-frontier" in text
+    assert "verdict:" in text and "same report:" in text
+    with platform.client("ada") as ada:
+        new = [j for j in ada.list()["jobs"] if j["id"] not in before]
+    assert [j["id"] for j in new] == approved and new[0]["state"] == "released"
+    assert f"queue job: {approved[0]}" in text
