@@ -166,7 +166,8 @@ class Agent:
         """``fn()`` retried with backoff while the hub is unreachable or failing.
 
         A stop ends the retries (:class:`Stopping`), except for calls that ``must_land``
-        (a result, a give-back), which keep trying for one lease period more.
+        (a result, a give-back), which keep trying a little longer: the lease or
+        :data:`STOP_GRACE_SECONDS`, whichever is shorter.
         """
         delay = 0.5
         give_up_at: float | None = None
