@@ -1,4 +1,5 @@
-"""The ``analoglab`` command: doctor, config, models, foundry, spec, run, transfer, queue.
+"""The ``analoglab`` command: doctor, config, models, foundry, spec, run, transfer, activations,
+queue, lab, tracking.
 
 Every command that lists or shows something takes ``--json`` (stable keys, for scripts).
 Errors of ours are printed as one line on stderr with a non-zero exit, never a traceback.
