@@ -6,13 +6,23 @@
   (frontier on the lab site, two analogs in the model store, the lab in the catalog).
   Read it, never change it: copy what a test must alter.
 - ``use_tiny_home``: ``ANALOGLAB_HOME`` pointed at ``tiny_home`` (for CLI tests).
+- ``one_thread`` (autouse): torch on one thread during each test (tiny models gain nothing
+  from threads, and on two shared cores torch's threads wait on each other).
+
+Helpers for test modules (``from ..conftest import free_port, serve_app``): a free loopback
+port, and an ASGI app served by uvicorn in a thread for the length of a ``with`` block.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +32,43 @@ from analoglab.foundry.presets import get_preset
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_app(app: Any, timeout: float = 20.0) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -14,21 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
 
 from analoglab.config import Settings
 from analoglab.foundry.build import BuildResult
 from analoglab.models.loading import LoadedModel, load_model
-
-torch.set_num_threads(1)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,15 +43,6 @@ from analoglab.foundry.fidelity import first_token_ids
 from analoglab.foundry.tasks import task_set
 from analoglab.interventions import layout_of
 from analoglab.models.loading import LoadedModel, load_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from threads; on a busy machine they run far slower with them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,15 +74,6 @@ def make_model(arch: str, seed: int = 0) -> nn.Module:
 
 _MODELS: dict[str, nn.Module] = {}
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Models this small gain nothing from threads, and on a busy machine torch's worker
-    # threads wait on each other: one thread runs these tests many times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -9,17 +9,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-import uvicorn
 
 from analoglab.config import Settings
 from analoglab.lab.config import LabConfig, load_lab_config
@@ -28,7 +23,7 @@ from analoglab.queue.client import QueueClient
 from analoglab.queue.jobs import QueueSettings
 from analoglab.queue.service import create_app
 
-torch.set_num_threads(1)
+from ..conftest import serve_app
 
 ROLES = {
     "researcher": ["researcher"],
@@ -39,16 +34,9 @@ ROLES = {
 TOKENS = {hash_token(f"tok-{n}"): {"name": n, "roles": r} for n, r in ROLES.items()}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Hub:
     url: str
-    server: uvicorn.Server
 
     def client(self, who: str) -> QueueClient:
         return QueueClient(self.url, f"tok-{who}")
@@ -67,29 +55,16 @@ def site(tiny_home: Settings) -> LabConfig:
     )
 
 
-def start_hub(db_url: str, settings: Settings, lease_seconds: int = 5) -> Hub:
-    port = free_port()
-    app = create_app(
-        db_url,
-        settings,
-        TOKENS,
-        queue_settings=QueueSettings(lease_seconds=lease_seconds, sweep_seconds=0.5),
-    )
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    return Hub(f"http://127.0.0.1:{port}", srv)
-
-
 @pytest.fixture
 def hub(tmp_path: Path, tiny_home: Settings) -> Iterator[Hub]:
-    h = start_hub(f"sqlite:///{tmp_path / 'queue.db'}", tiny_home)
-    yield h
-    h.server.should_exit = True
+    app = create_app(
+        f"sqlite:///{tmp_path / 'queue.db'}",
+        tiny_home,
+        TOKENS,
+        queue_settings=QueueSettings(lease_seconds=5, sweep_seconds=0.5),
+    )
+    with serve_app(app) as url:
+        yield Hub(url)
 
 
 @pytest.fixture

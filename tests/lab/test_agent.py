@@ -20,7 +20,8 @@ from analoglab.lab.executors import make_executor
 from analoglab.models.loading import load_any
 from analoglab.queue.client import QueueClient
 
-from .conftest import Hub, approved_job, free_port
+from ..conftest import free_port
+from .conftest import Hub, approved_job
 
 pytestmark = pytest.mark.slow
 

@@ -32,7 +32,7 @@ from analoglab.queue.db import make_engine, make_sessionmaker
 from analoglab.queue.models import AuditEntry
 from analoglab.tracking.server import ServerOptions, server_command, wait_until_healthy
 
-from .conftest import free_port
+from ..conftest import free_port
 
 pytestmark = pytest.mark.slow
 

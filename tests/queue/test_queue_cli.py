@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +13,7 @@ import httpx
 from analoglab.config import Settings
 from analoglab.queue.auth import hash_token
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ..conftest import free_port
 
 
 def test_serve_answers_and_authenticates(home: Settings, tmp_path: Path) -> None:

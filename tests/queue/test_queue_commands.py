@@ -7,14 +7,11 @@ import json
 import re
 import shlex
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from analoglab.cli import app
@@ -23,6 +20,7 @@ from analoglab.queue.auth import hash_token
 from analoglab.queue.client import QueueClient
 from analoglab.queue.service import create_app
 
+from ..conftest import serve_app
 from .conftest import probe_spec, result_for
 
 CLI_ROLES = {
@@ -38,22 +36,8 @@ runner = CliRunner()
 
 @pytest.fixture
 def queue_server(sqlite_url: str, catalog_home: Settings) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    application = create_app(sqlite_url, catalog_home, CLI_TOKENS)
-    srv = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serve_app(create_app(sqlite_url, catalog_home, CLI_TOKENS)) as url:
+        yield url
 
 
 def cli(url: str, who: str, *args: str) -> tuple[int, str, str]:

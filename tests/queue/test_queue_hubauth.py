@@ -39,6 +39,7 @@ from analoglab.queue.jobs import QueueSettings
 from analoglab.queue.service import create_app
 from analoglab.queue.vetting import VettingLimits
 
+from ..conftest import free_port
 from .conftest import probe_spec, result_for, write_catalog
 from .test_queue_service import MATRIX, WHO, matrix_body
 
@@ -67,11 +68,6 @@ HUB_SERVICES = {
 STATIC_AGENT = "static-agent-token"
 STATIC_TOKENS = {hash_token(STATIC_AGENT): {"name": "site-agent", "roles": ["agent:lab-a"]}}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chp_command() -> str:

@@ -3,14 +3,10 @@ through a real uvicorn server with QueueClient."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from analoglab.config import Settings
@@ -19,6 +15,7 @@ from analoglab.queue.client import QueueClient
 from analoglab.queue.errors import QueueError
 from analoglab.queue.service import create_app
 
+from ..conftest import serve_app
 from .conftest import probe_spec, result_for
 
 ROLES = {
@@ -316,26 +313,11 @@ def test_bad_input_is_a_4xx_with_a_reason(client: TestClient) -> None:
     assert "paths" in client.get("/openapi.json").json()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
 def server(sqlite_url: str, catalog_home: Settings) -> Iterator[str]:
-    port = _free_port()
-    app = create_app(sqlite_url, catalog_home, TOKENS)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serve_app(create_app(sqlite_url, catalog_home, TOKENS)) as url:
+        yield url
 
 
 def test_end_to_end_through_uvicorn(server: str) -> None:

@@ -21,7 +21,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -38,16 +37,10 @@ from analoglab.experiments.spec import AnySpec, parse_spec, spec_hash, spec_to_d
 from analoglab.tracking.server import is_healthy
 from analoglab.tracking.store import TrackingStore
 
+from ..conftest import free_port
+
 SERVER_START_TIMEOUT = 120.0
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two shared cores: tiny models and an MLflow server gain nothing from torch threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -93,11 +86,6 @@ class ServerProcess:
                 time.sleep(0.2)
         return self.url
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session", autouse=True)
