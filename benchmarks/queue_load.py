@@ -131,7 +131,7 @@ def result_for(job: dict[str, Any]) -> dict[str, Any]:
         ),
         device="cpu",
         versions={"analoglab": "bench"},
-        metrics={"accuracy": 0.5 + (job["id"] % 50) / 100},
+        metrics={"accuracy": 0.5 + (job["id"] % 50) / 100, "effect": 0.5},
     )
     return res.with_size().model_dump(mode="json")
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from analoglab.config import Settings
+from analoglab.experiments.result import METHOD_OUTPUTS
 from analoglab.experiments.runner import run
 from analoglab.experiments.spec import parse_spec, resolve_task_sets, spec_hash, spec_to_dict
 from analoglab.lab.config import ReleaseConfig
-from analoglab.lab.release import METHOD_OUTPUTS, check_release, result_size
+from analoglab.lab.release import check_release, result_size
 from analoglab.models.catalog import FrontierPolicy
 from analoglab.models.loading import load_any
 

@@ -59,7 +59,7 @@ def result_for(job: Any, **extra: Any) -> dict[str, Any]:
         ),
         device="cpu",
         versions={"analoglab": "test"},
-        **({"metrics": {"accuracy": 0.9}} | extra),
+        **({"metrics": {"accuracy": 0.9, "effect": 0.8}} | extra),
     )
     return res.with_size().model_dump(mode="json")
 

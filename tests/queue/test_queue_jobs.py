@@ -159,12 +159,17 @@ def test_results_are_checked(queue: JobQueue) -> None:
     with pytest.raises(Invalid, match="not an ExperimentResult"):
         queue.post_result(job.id, c.lease_id, "agent", {"method": "probe"})
     wrong = result_for(c) | {"spec_hash": "f" * 64, "method": "steering"}
-    with pytest.raises(Invalid, match="method 'steering'.*spec_hash"):
+    with pytest.raises(Invalid, match="method 'steering'.*another spec"):
         queue.post_result(job.id, c.lease_id, "agent", wrong)
-    with pytest.raises(Invalid, match="generated samples"):
+    with pytest.raises(Invalid, match="generated text"):
         queue.post_result(job.id, c.lease_id, "agent", result_for(c, samples=["hi"]))
-    huge = result_for(c, tables={"t": [[0.123456789] * 20_000] * 10})
-    with pytest.raises(Invalid, match="releases at most 1000000"):
+    smuggled = result_for(c, tables={"hidden_states": [[0.5] * 4]}, metrics={"accuracy": 0.9})
+    with pytest.raises(Invalid, match=r"1 table\(s\) that probe does not produce.*'effect'"):
+        queue.post_result(job.id, c.lease_id, "agent", smuggled)
+    huge = result_for(c, profiles={"accuracy": {"indices": list(range(60_000)),
+                                                "depths": [0.5] * 60_000,
+                                                "values": [0.123456789] * 60_000}})
+    with pytest.raises(Invalid, match="over the policy's cap of 1000000 bytes"):
         queue.post_result(job.id, c.lease_id, "agent", huge)
     assert queue.get(job.id).state == "running"
 

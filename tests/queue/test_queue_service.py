@@ -350,6 +350,6 @@ def test_end_to_end_through_uvicorn(server: str) -> None:
     seen: list[str] = []
     final = alice.wait(job["id"], poll=0.1, timeout=10, on_change=lambda j: seen.append(j["state"]))
     assert final["state"] == "released" and seen == ["released"]
-    assert alice.result(job["id"])["metrics"] == {"accuracy": 0.9}
+    assert alice.result(job["id"])["metrics"] == {"accuracy": 0.9, "effect": 0.8}
     assert [j["id"] for j in alice.list()["jobs"]] == [job["id"]]
     assert QueueClient(server, "tok-admin").verify_audit() == {"ok": True, "first_broken_seq": None}

@@ -4,11 +4,16 @@ A result holds aggregates only (scalar metrics, per-layer profiles, small tables
 bounded samples), never weights or whole activation tensors, and records what produced it:
 the spec and its hash, the model's identity (name and weights hash), library versions,
 device and timings, and its own size in bytes. It imports no torch (the queue reads results).
+
+:func:`result_problems` is the one check of a result against the job it answers, the
+frontier's policy and (on the lab's side) the lab's own caps: the hub runs it when a result is
+posted, the lab agent before a result leaves the lab (``analoglab.lab.release``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,3 +84,120 @@ class ExperimentResult(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> ExperimentResult:
         return cls.model_validate(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class MethodOutputs:
+    """What one method's result may hold: its profiles and tables, and the metrics it must."""
+
+    profiles: frozenset[str]
+    tables: frozenset[str]
+    metrics: frozenset[str]
+
+
+def _outputs(profiles: set[str], tables: set[str], metrics: set[str]) -> MethodOutputs:
+    return MethodOutputs(frozenset(profiles), frozenset(tables), frozenset(metrics))
+
+
+#: The outputs of each method that runs on a frontier (see ``docs/methods/``).
+METHOD_OUTPUTS: dict[str, MethodOutputs] = {
+    "activation_stats": _outputs(
+        {"norm", "mean_direction", "pca_top1"}, {"pca_explained_variance"}, set()
+    ),
+    "steering": _outputs({"effect", "side_effect_kl"}, {"score", "normalised_effect"}, {"effect"}),
+    "probe": _outputs({"accuracy", "train_accuracy"}, set(), {"accuracy", "effect"}),
+    "ablation": _outputs({"effect", "mlp"}, {"heads"}, {"effect"}),
+    "patching": _outputs({"recovery"}, {"recovery_by_position"}, {"effect"}),
+    "evaluation": _outputs(set(), set(), {"accuracy", "effect"}),
+}
+
+#: The longest name or free-form value (a metric name, a library version) a result may hold.
+MAX_FIELD_CHARS = 120
+
+
+def canonical_json(data: Any) -> str:
+    """Compact JSON with sorted keys: what sizes and hashes of specs and results are taken of."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def result_problems(
+    result: ExperimentResult,
+    *,
+    spec: dict[str, Any],
+    spec_hash: str,
+    size: int,
+    max_bytes: int,
+    allow_samples: bool,
+    max_tensor_values: int | None = None,
+    max_metrics: int | None = None,
+) -> list[str]:
+    """Every reason ``result`` may not be released as the answer to the job of ``spec``;
+    empty when it may. Reasons never quote names taken from the result, only counts.
+
+    - **schema**: the spec's method, the job's spec (its hash and the spec the result
+      records), only the outputs the method produces (:data:`METHOD_OUTPUTS`), short names and
+      free-form values, at most ``max_metrics`` metrics;
+    - **size**: ``size`` (bytes of its JSON) at most ``max_bytes``;
+    - **tensors**: no profile or table over ``max_tensor_values`` values;
+    - **samples**: generated text only where ``allow_samples``.
+    """
+    problems: list[str] = []
+    method = spec.get("method")
+    outputs = METHOD_OUTPUTS.get(result.method)
+    if result.method != method:
+        shown = repr(result.method) if outputs is not None else "another"
+        problems.append(f"schema: the result is of method {shown}, the job's {method!r}")
+    if result.spec_hash != spec_hash or canonical_json(result.spec) != canonical_json(spec):
+        problems.append("schema: the result is of another spec than the job's")
+    if outputs is None:
+        problems.append("schema: the result's method does not run on a frontier")
+    else:
+        extra_p = len(set(result.profiles) - outputs.profiles)
+        extra_t = len(set(result.tables) - outputs.tables)
+        missing = sorted(outputs.metrics - set(result.metrics))
+        if extra_p:
+            problems.append(f"schema: {extra_p} profile(s) that {result.method} does not produce")
+        if extra_t:
+            problems.append(f"schema: {extra_t} table(s) that {result.method} does not produce")
+        if missing:
+            problems.append(f"schema: metric(s) {missing} missing")
+    if max_metrics is not None and len(result.metrics) > max_metrics:
+        problems.append(
+            f"schema: {len(result.metrics)} metrics, over the lab's cap of {max_metrics}"
+        )
+    free = [
+        *result.metrics,
+        *result.profiles,
+        *result.tables,
+        *result.versions,
+        *result.versions.values(),
+        *result.timings,
+        result.device,
+        result.model.name,
+        result.model.model_type,
+    ]
+    long = sum(1 for text in free if len(text) > MAX_FIELD_CHARS)
+    if long or len(result.versions) > 32 or len(result.timings) > 32:
+        problems.append(
+            f"schema: free-form fields over {MAX_FIELD_CHARS} characters ({long}) or too many "
+            "versions/timings entries"
+        )
+    if size > max_bytes:
+        problems.append(f"size: {size} bytes, over the policy's cap of {max_bytes} bytes")
+    if max_tensor_values is not None:
+        known = set() if outputs is None else outputs.profiles | outputs.tables
+        arrays = [(k, "profile", len(p.values)) for k, p in result.profiles.items()]
+        arrays += [(k, "table", sum(len(row) for row in t)) for k, t in result.tables.items()]
+        for key, kind, count in arrays:
+            name = f"{kind} {key}" if key in known else f"an unexpected {kind}"
+            if count > max_tensor_values:
+                problems.append(
+                    f"tensors: {name} holds {count} values, over the lab's cap of "
+                    f"{max_tensor_values}"
+                )
+    if result.samples and not allow_samples:
+        problems.append(
+            f"samples: the result holds {len(result.samples)} generated text(s); "
+            "the policy releases none"
+        )
+    return problems

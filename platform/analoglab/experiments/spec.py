@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from analoglab.errors import AnalogLabError
+from analoglab.experiments.result import canonical_json
 
 SPEC_VERSION: Literal[1] = 1
 MAX_ITEMS = 4096
@@ -309,8 +310,7 @@ def spec_to_dict(spec: AnySpec) -> dict[str, Any]:
 
 def spec_hash(spec: AnySpec) -> str:
     """sha256 of the spec's canonical JSON: the same experiment, the same hash."""
-    canonical = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(spec_to_dict(spec)).encode()).hexdigest()
 
 
 def json_schema() -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 import secrets
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from analoglab.config import Settings
 from analoglab.errors import AnalogLabError, ModelNotFoundError
-from analoglab.experiments.result import ExperimentResult
+from analoglab.experiments.result import ExperimentResult, canonical_json, result_problems
 from analoglab.experiments.spec import (
     AnySpec,
     SpecError,
@@ -85,7 +84,7 @@ class CatalogFrontiers:
 
 def canonical_hash(data: dict[str, Any]) -> tuple[str, int]:
     """sha256 and byte size of ``data``'s canonical JSON."""
-    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    raw = canonical_json(data).encode()
     return hashlib.sha256(raw).hexdigest(), len(raw)
 
 
@@ -519,22 +518,17 @@ class JobQueue:
             if job.result_hash == digest:
                 return job
             raise Conflict(f"job {job_id} already has a different result")
-        problems = []
-        if result.method != job.spec.get("method"):
-            problems.append(
-                f"result method {result.method!r} is not the job's {job.spec.get('method')!r}"
-            )
-        if result.spec_hash != job.spec_hash:
-            problems.append("result spec_hash does not match the job's spec")
         frontier = self.frontier(job.frontier)
         with self.sessions() as session:
             pol = policy.effective_policy(session, frontier)
-        if size > pol.max_output_bytes:
-            problems.append(
-                f"result is {size} bytes; {job.frontier} releases at most {pol.max_output_bytes}"
-            )
-        if result.samples and not pol.allow_samples:
-            problems.append(f"result holds generated samples; {job.frontier} releases none")
+        problems = result_problems(
+            result,
+            spec=job.spec,
+            spec_hash=job.spec_hash,
+            size=size,
+            max_bytes=pol.max_output_bytes,
+            allow_samples=pol.allow_samples,
+        )
         if problems:
             raise Invalid("result refused: " + "; ".join(problems))
         now = self.clock()
