@@ -7,6 +7,9 @@ Each module opens with its formula and outputs (also in ``docs/methods/``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from analoglab.experiments.methods import (
     ablation,
     activation_stats,
@@ -31,20 +34,20 @@ from analoglab.experiments.spec import (
 __all__ = ["Context", "ExperimentError", "Outcome", "run_method"]
 
 
+_RUNNERS: dict[type, Callable[[Any, Context], Outcome]] = {
+    ActivationStatsSpec: activation_stats.run,
+    SteeringSpec: steering.run,
+    ProbeSpec: probe.run,
+    AblationSpec: ablation.run,
+    PatchingSpec: patching.run,
+    EvaluationSpec: evaluation.run,
+    FidelitySpec: fidelity.run,
+}
+
+
 def run_method(spec: AnySpec, ctx: Context) -> Outcome:
     """Run ``spec``'s method in ``ctx`` (task sets resolved, gradients off)."""
-    if isinstance(spec, ActivationStatsSpec):
-        return activation_stats.run(spec, ctx)
-    if isinstance(spec, SteeringSpec):
-        return steering.run(spec, ctx)
-    if isinstance(spec, ProbeSpec):
-        return probe.run(spec, ctx)
-    if isinstance(spec, AblationSpec):
-        return ablation.run(spec, ctx)
-    if isinstance(spec, PatchingSpec):
-        return patching.run(spec, ctx)
-    if isinstance(spec, EvaluationSpec):
-        return evaluation.run(spec, ctx)
-    if isinstance(spec, FidelitySpec):
-        return fidelity.run(spec, ctx)
-    raise ExperimentError(f"no method runs specs of type {type(spec).__name__}")
+    runner = _RUNNERS.get(type(spec))
+    if runner is None:
+        raise ExperimentError(f"no method runs specs of type {type(spec).__name__}")
+    return runner(spec, ctx)
