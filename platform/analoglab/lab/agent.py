@@ -78,6 +78,8 @@ class _Held:
     lease_id: str
     claimed_at: float  # monotonic time the claim call began
     lost: threading.Event = field(default_factory=threading.Event)
+    # Set when the lease is lost or the agent stops: the executor stops the run.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
     def id(self) -> int:
@@ -108,7 +110,7 @@ class Agent:
         self._stop = threading.Event()
         self._done = threading.Event()  # run() returned: heartbeats end
         self._held: dict[int, _Held] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stop() may take it from a signal handler
         self._policies: dict[str, tuple[float, FrontierPolicy]] = {}
         self._policy_ttl = policy_ttl
 
@@ -117,6 +119,9 @@ class Agent:
     def stop(self) -> None:
         """Ask :meth:`run` to give back what it holds and return (signal-handler safe)."""
         self._stop.set()
+        with self._lock:
+            for held in self._held.values():
+                held.cancel.set()
 
     @property
     def stopping(self) -> bool:
@@ -247,6 +252,7 @@ class Agent:
                     if exc.status in (404, 409):
                         log.warning("job %s: lease lost (%s); stopping it", held.id, exc)
                         held.lost.set()
+                        held.cancel.set()
                     elif not _retryable(exc):
                         log.warning("job %s: heartbeat refused: %s", held.id, exc)
                     # unreachable: try again at the next beat; the lease may still hold
@@ -284,20 +290,12 @@ class Agent:
             weights=str(weights.path),
             weights_sha256=weights.sha256,
         )
-        cancel = threading.Event()
-        watcher = threading.Thread(
-            target=self._watch, args=(held, cancel), name=f"watch-{held.id}", daemon=True
-        )
-        watcher.start()
         log.info("job %s: running", held.id)
         try:
-            outcome = self.executor.run(task, cancel)
+            outcome = self.executor.run(task, held.cancel)
         except Exception as exc:  # an executor bug must fail the job, not the agent
             log.exception("job %s: the executor failed", held.id)
             outcome = Outcome("failed", reason=f"the lab's executor failed: {exc}")
-        finally:
-            cancel.set()
-            watcher.join(timeout=2)
         record: dict[str, Any] = {
             "job_id": held.id,
             "status": outcome.status,
@@ -322,14 +320,6 @@ class Agent:
             self._fail(held, f"the lab agent could not deliver the result: {exc}")
             return
         record["claim_to_done_seconds"] = round(time.monotonic() - held.claimed_at, 4)
-
-    def _watch(self, held: _Held, cancel: threading.Event) -> None:
-        """Cancel the run when its lease is lost or the agent stops."""
-        while not cancel.is_set():
-            if held.lost.is_set() or self.stopping:
-                cancel.set()
-                return
-            time.sleep(0.05)
 
     def _deliver(self, held: _Held, outcome: Outcome) -> None:
         assert outcome.result is not None
