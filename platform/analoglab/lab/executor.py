@@ -19,6 +19,10 @@ from typing import Any, Literal, Protocol
 
 Status = Literal["ok", "failed", "cancelled"]
 
+#: The most a worker may hand back (a result's JSON) before the release checks see it; the
+#: frontier's policy caps what is released far lower (1 MB by default).
+MAX_RESULT_BYTES = 16 * 2**20
+
 
 @dataclass(frozen=True)
 class Task:

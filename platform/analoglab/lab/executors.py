@@ -5,9 +5,6 @@ from __future__ import annotations
 from analoglab.lab.config import LabConfig, LocalExecutorConfig
 from analoglab.lab.executor import Executor
 
-#: What a worker may hand back through a log before the release checks look at it.
-MAX_FRAMED_BYTES = 16 * 2**20
-
 
 def make_executor(config: LabConfig) -> Executor:
     """The configured backend (the Kubernetes client is imported only when it is used)."""
@@ -17,4 +14,4 @@ def make_executor(config: LabConfig) -> Executor:
         return LocalExecutor(config.executor)
     from analoglab.lab.kubernetes import KubernetesExecutor
 
-    return KubernetesExecutor(config.executor, max_result_bytes=MAX_FRAMED_BYTES)
+    return KubernetesExecutor(config.executor)

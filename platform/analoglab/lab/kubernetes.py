@@ -38,7 +38,7 @@ from typing import Any
 
 from analoglab.errors import ConfigError
 from analoglab.lab.config import KubernetesExecutorConfig
-from analoglab.lab.executor import Outcome, Task
+from analoglab.lab.executor import MAX_RESULT_BYTES, Outcome, Task
 from analoglab.lab.framing import BEGIN as FRAME_BEGIN
 from analoglab.lab.framing import END as FRAME_END
 from analoglab.lab.framing import FramingError, unframe
@@ -66,7 +66,6 @@ CACHE_DIR = "/cache"
 NETWORK_POLICY_NAME = "analoglab-worker-isolation"
 AGENT_ROLE_NAME = "analoglab-agent"
 
-DEFAULT_MAX_RESULT_BYTES = 16 * 2**20
 #: The longest spec passed on the worker's command line (the kernel caps one argument at 128 KiB).
 MAX_SPEC_B64_CHARS = 96 * 1024
 #: Room in a pod's log for what is not the framed result (warnings, progress lines).
@@ -394,7 +393,7 @@ class KubernetesExecutor:
     def __init__(
         self,
         cfg: KubernetesExecutorConfig,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        max_result_bytes: int = MAX_RESULT_BYTES,
         *,
         request_timeout: float = 30.0,
         api_grace_seconds: float = 60.0,

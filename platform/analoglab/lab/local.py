@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 
 from analoglab.lab.config import LocalExecutorConfig
-from analoglab.lab.executor import Outcome, Task
+from analoglab.lab.executor import MAX_RESULT_BYTES, Outcome, Task
 
 #: Environment variables a worker keeps; everything else is dropped.
 KEEP_ENV = (
@@ -70,8 +70,8 @@ def scrubbed_env(
     return env
 
 
-#: The longest answer line the agent reads from a worker (a result is far smaller).
-MAX_ANSWER_BYTES = 64 * 2**20
+#: The longest answer line the agent reads from a worker: a result and its timings.
+MAX_ANSWER_BYTES = MAX_RESULT_BYTES + 2**16
 
 
 class _Child:
