@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         description="Key of the queue's review-page CSRF tokens: give every replica the same "
         "value so that open forms survive restarts. Unset: random per process.",
     )
+    queue_session_seconds: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long a browser stays signed in to the queue's review pages "
+        "(signing out ends it sooner).",
+    )
     queue_hub_auth: bool | None = Field(
         default=None,
         description="The queue service accepts JupyterHub tokens (custom:analoglab:* scopes) "
@@ -119,6 +126,12 @@ class Settings(BaseSettings):
         default=60,
         ge=0,
         description="How long the queue service keeps JupyterHub's answer about a token.",
+    )
+    queue_audit_key: Path | None = Field(
+        default=None,
+        description="The queue's Ed25519 key that signs the audit log's head (PEM, mode 0600, "
+        "created on first use; keep it outside the database). Default: "
+        "<home>/queue/audit-signing-key.pem.",
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,

@@ -4,8 +4,11 @@ Each entry's ``hash`` is sha256 over its ``prev_hash`` and the canonical JSON of
 (seq, time, actor, job, action, states, detail); the first entry's ``prev_hash`` is 64 zeros.
 Entries are appended in the transaction of the change they record. :func:`verify` walks the
 chain and returns the first seq that does not hold (an edited, removed or reordered entry).
-Removing the *last* entries is not detectable from inside the log: publish the head hash
-(:func:`head`) elsewhere to catch that.
+
+The chain alone proves little: removing the *last* entries, or rewriting the log and
+recomputing every hash, leaves a chain that holds. The evidence that catches those lives
+outside the database: heads signed by the hub (:mod:`.head`), and the replay of the log
+against the jobs, reviews and results (:mod:`.evidence`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from analoglab.queue.models import AuditEntry, utcnow
 GENESIS = "0" * 64
 # The key of the PostgreSQL advisory lock that serialises appends (any constant will do).
 _LOCK_KEY = 0x616E616C6F67
+#: Set in ``session.info`` when a transaction appended entries (the :class:`~.head.Notary`
+#: signs a new head after such a commit).
+APPENDED = "analoglab.audit.appended"
 
 
 def canonical(payload: dict[str, Any]) -> str:
@@ -94,6 +100,7 @@ def append(
     entry.hash = entry_hash(entry.prev_hash, payload_of(entry))
     session.add(entry)
     session.flush()
+    session.info[APPENDED] = True
     return entry
 
 
