@@ -1,5 +1,8 @@
-"""The reviewers' HTML pages under /review: rendering, escaping, who may see them, CSRF on
-every form, the login cookie."""
+"""The reviewers' HTML pages under /review: rendering (Jinja2 templates, autoescape, visible
+control characters), who may see them, CSRF on every form keyed to the session, the session
+cookie (signed, not the token, expiring, revoked on logout, Secure over https).
+
+Sign-in through JupyterHub's OAuth is tested against a real hub in test_queue_hubauth.py."""
 
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ from pydantic import SecretStr
 from analoglab.config import Settings, get_settings
 from analoglab.errors import ConfigError
 from analoglab.queue.auth import hash_token
-from analoglab.queue.pages import COOKIE, csrf_token
+from analoglab.queue.pages import COOKIE, csrf_token, templates
 from analoglab.queue.service import create_app
 
-from .conftest import probe_spec, result_for
+from ..conftest import serve_app
+from .conftest import Clock, probe_spec, result_for
 
 PAGE_ROLES = {
     "ada": ["researcher"],
@@ -71,7 +75,7 @@ def test_job_page_renders_the_spec_and_escapes_user_content(pages: TestClient) -
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
     html = resp.text
     assert "<script>" not in html
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in html
     assert "probe" in html and "frontier-a" in html and "awaiting_review" in html
     assert "8 (labelled)" in html  # data sizes
     assert "depths [0.5]" in html  # layers
@@ -196,9 +200,10 @@ def test_login_sets_the_cookie_and_the_cookie_signs_in(pages: TestClient) -> Non
     )
     assert resp.status_code == 303 and resp.headers["location"] == "/review"
     set_cookie = resp.headers["set-cookie"]
-    assert f"{COOKIE}=page-rita" in set_cookie
-    assert "HttpOnly" in set_cookie and "SameSite=strict" in set_cookie
-    assert "Path=/review" in set_cookie
+    assert set_cookie.startswith(f"{COOKIE}=") and "page-rita" not in set_cookie
+    assert "HttpOnly" in set_cookie and "SameSite=lax" in set_cookie
+    assert "Path=/review" in set_cookie and "Max-Age=28800" in set_cookie
+    assert "Secure" not in set_cookie  # plain http here: see the https test
     # the browser's cookie now opens the pages (and not the API)
     page = pages.get(path)
     assert page.status_code == 200 and "signed in as <b>rita</b>" in page.text
@@ -249,3 +254,176 @@ def test_replicas_with_one_page_secret_accept_each_others_forms(
     monkeypatch.setenv("ANALOGLAB_QUEUE_PAGE_SECRET", "short")
     with pytest.raises(ConfigError, match="queue_page_secret"):
         get_settings()
+
+
+HOSTILE_NAME = "invoice\u202eexe.pdf"  # a right-to-left override: reads "invoicefdp.exe"
+HOSTILE_TEXT = 'say "hi" \'there\' <img src=x onerror=alert(1)> \u2066\u200b\x1b[31m & bye'
+
+
+def sign_in(c: TestClient, token: str) -> str:
+    """Sign in through the token form; the session cookie's value."""
+    form = c.get("/review/login")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert found is not None
+    resp = c.post("/review/login", data={"token": token, "csrf_token": found.group(1)})
+    assert resp.status_code == 303, resp.text
+    cookie = c.cookies.get(COOKIE)
+    assert cookie
+    return cookie
+
+
+def test_the_pages_are_autoescaped_templates() -> None:
+    """Templates, not strings: every one escapes, in a file of the package."""
+    names = templates.list_templates()
+    assert {"base.html", "home.html", "job.html", "login.html", "error.html"} <= set(names)
+    for name in names:
+        assert templates.get_template(name).render is not None
+    assert templates.from_string("{{ x }}").render(x="<b>") == "&lt;b&gt;"
+
+
+def test_hostile_names_and_comments_are_escaped_and_controls_shown(pages: TestClient) -> None:
+    job = submit(pages)
+    spec = probe_spec(name="probe-1", description=HOSTILE_TEXT)
+    resp = pages.post(
+        "/api/jobs", json={"frontier": "frontier-a", "spec": spec}, headers=bearer("ada")
+    )
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    path = f"/review/jobs/{job['id']}"
+    csrf = csrf_from(pages.get(path, headers=bearer("rita")).text)
+    comment = f"see {HOSTILE_NAME} and </pre><script>alert(2)</script> \"q\" 'q'"
+    resp = pages.post(
+        f"{path}/review",
+        data={"csrf_token": csrf, "decision": "request_changes", "comment": comment},
+        headers=bearer("rita"),
+    )
+    assert resp.status_code == 303
+    html = pages.get(path, headers=bearer("rita")).text
+    for raw in ("<script>", "<img", "\u202e", "\u2066", "\u200b", "\x1b"):
+        assert raw not in html, repr(raw)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "say &#34;hi&#34; &#39;there&#39;" in html
+    assert "&lt;/pre&gt;&lt;script&gt;alert(2)&lt;/script&gt; &#34;q&#34; &#39;q&#39;" in html
+    # bidi, zero-width and escape characters appear as visible marks where they were
+    assert 'invoice<span class="ctl">U+202E</span>exe.pdf' in html
+    for mark in ("U+2066", "U+200B", "U+001B"):
+        assert f'<span class="ctl">{mark}</span>' in html
+    # the API keeps the text exactly as written
+    api = pages.get(f"/api/jobs/{job['id']}", headers=bearer("rita")).json()
+    assert api["reviews"][0]["comment"] == comment
+
+
+def test_the_session_cookie_is_not_the_token_and_logout_revokes_it(pages: TestClient) -> None:
+    job = submit(pages)
+    path = f"/review/jobs/{job['id']}"
+    cookie = sign_in(pages, "page-rita")
+    assert "page-rita" not in cookie
+    # the cookie's value is no token: the API and the pages' bearer path refuse it
+    assert pages.get("/api/jobs", headers={"Authorization": f"Bearer {cookie}"}).status_code == 401
+    assert pages.get(path, headers={"Authorization": f"Bearer {cookie}"}).status_code == 401
+    page = pages.get(path)
+    assert page.status_code == 200 and "signed in as <b>rita</b>" in page.text
+    csrf = csrf_from(page.text)
+    assert csrf != csrf_token(SECRET, "page-rita")  # keyed to the session, not the token
+    # an altered cookie signs no one in
+    altered = cookie[:-2] + ("AA" if not cookie.endswith("AA") else "BB")
+    assert pages.get(path, headers={"Cookie": f"{COOKIE}={altered}"}).status_code == 401
+    out = pages.post("/review/logout", data={"csrf_token": csrf})
+    assert out.status_code == 303 and out.headers["location"] == "/review/signed-out"
+    assert COOKIE not in pages.cookies
+    signed_out = pages.get("/review/signed-out")
+    assert signed_out.status_code == 200 and 'href="/review/login' in signed_out.text
+    # the old cookie, kept by someone, no longer works (it is ended server-side)
+    kept = {"Cookie": f"{COOKIE}={cookie}"}
+    gone = pages.get(path, headers=kept)
+    assert gone.status_code == 401 and "the session has ended" in gone.text
+    old_form = pages.post(
+        f"{path}/review", data={"csrf_token": csrf, "decision": "approve"}, headers=kept
+    )
+    assert old_form.status_code == 401
+    assert pages.get(f"/api/jobs/{job['id']}", headers=bearer("rita")).json()["state"] == (
+        "awaiting_review"
+    )
+
+
+def test_csrf_tokens_belong_to_one_session(pages: TestClient) -> None:
+    job = submit(pages)
+    path = f"/review/jobs/{job['id']}"
+    first = sign_in(pages, "page-rita")
+    csrf_first = csrf_from(pages.get(path).text)
+    pages.cookies.clear()
+    sign_in(pages, "page-rita")
+    csrf_second = csrf_from(pages.get(path).text)
+    assert csrf_first != csrf_second
+    refused = pages.post(f"{path}/review", data={"csrf_token": csrf_first, "decision": "approve"})
+    assert refused.status_code == 403
+    pages.cookies.set(COOKIE, first)  # each session takes its own
+    done = pages.post(f"{path}/review", data={"csrf_token": csrf_first, "decision": "approve"})
+    assert done.status_code == 303
+
+
+def test_sessions_expire(
+    sqlite_url: str, catalog_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANALOGLAB_QUEUE_SESSION_SECONDS", "600")
+    clock = Clock()
+    app = create_app(sqlite_url, catalog_home, PAGE_TOKENS, page_secret=SECRET, clock=clock)
+    with TestClient(app, follow_redirects=False) as c:
+        resp = c.get("/review/login")
+        found = re.search(r'name="csrf_token" value="([^"]+)"', resp.text)
+        assert found is not None
+        resp = c.post("/review/login", data={"token": "page-rita", "csrf_token": found.group(1)})
+        assert "Max-Age=600" in resp.headers["set-cookie"]
+        assert c.get("/review").status_code == 200
+        clock.advance(599)
+        assert c.get("/review").status_code == 200
+        clock.advance(2)
+        assert c.get("/review").status_code == 401
+
+
+def test_replicas_share_sessions_through_the_database(
+    sqlite_url: str, catalog_home: Settings
+) -> None:
+    """A session started on one replica signs in on another (same database, same secret);
+    ended on one, it is ended on both."""
+    with contextlib.ExitStack() as stack:
+        one, two = (
+            stack.enter_context(
+                TestClient(
+                    create_app(sqlite_url, catalog_home, PAGE_TOKENS, page_secret=SECRET),
+                    follow_redirects=False,
+                )
+            )
+            for _ in range(2)
+        )
+        cookie = sign_in(one, "page-rita")
+        two.cookies.set(COOKIE, cookie)
+        page = two.get("/review")
+        assert page.status_code == 200 and "signed in as <b>rita</b>" in page.text
+        assert two.post("/review/logout", data={"csrf_token": csrf_from(page.text)}).status_code
+        one.cookies.set(COOKIE, cookie)
+        assert one.get("/review").status_code == 401
+
+
+def test_cookies_are_secure_over_https(sqlite_url: str, catalog_home: Settings) -> None:
+    """Behind a TLS proxy on loopback (uvicorn trusts its X-Forwarded-Proto) the cookies get
+    Secure; over plain http they do not (a browser would drop them)."""
+    import httpx
+
+    app = create_app(sqlite_url, catalog_home, PAGE_TOKENS, page_secret=SECRET)
+    with serve_app(app) as url:
+        for proto, secure in (("https", True), ("http", False)):
+            with httpx.Client(base_url=url, headers={"X-Forwarded-Proto": proto}) as c:
+                form = c.get("/review/login")
+                assert ("Secure" in form.headers["set-cookie"]) is secure
+                found = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+                assert found is not None
+                c.cookies.set("analoglab_login_csrf", form.cookies["analoglab_login_csrf"])
+                resp = c.post(
+                    "/review/login", data={"token": "page-rita", "csrf_token": found.group(1)}
+                )
+                assert resp.status_code == 303, resp.text
+                session = [
+                    h for h in resp.headers.get_list("set-cookie") if h.startswith(COOKIE)
+                ]
+                assert session and ("Secure" in session[0]) is secure, session

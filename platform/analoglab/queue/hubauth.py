@@ -31,6 +31,16 @@ the hub's when :func:`hub_auth_enabled`: the ``queue_hub_auth`` setting, else wh
 ``JUPYTERHUB_API_TOKEN`` is set (the hub sets it for the services it manages).
 :func:`service_binding` is where a managed service listens (``JUPYTERHUB_SERVICE_URL``) and
 the URL prefix the hub's proxy forwards to it unchanged (``JUPYTERHUB_SERVICE_PREFIX``).
+
+Browsers sign in to the review pages through the hub's OAuth: :class:`HubSignIn` (over
+:class:`jupyterhub.services.auth.HubOAuth`, configured from the environment the hub gives a
+managed service: ``JUPYTERHUB_CLIENT_ID``, ``JUPYTERHUB_API_TOKEN``,
+``JUPYTERHUB_OAUTH_CALLBACK_URL``, ``JUPYTERHUB_HOST``, ``JUPYTERHUB_BASE_URL``) builds the
+authorize URL (with PKCE) and exchanges the code the hub sends back for the user's OAuth token,
+whose identity and roles :class:`HubAuthenticator` then resolves exactly as for an API token.
+The token's scopes are the service's ``oauth_client_allowed_scopes`` that the user holds: give
+the queue service the ``custom:analoglab:*`` scopes there (``docs/queue.md``).
+:func:`hub_sign_in` says whether a service signs browsers in this way.
 """
 
 from __future__ import annotations
@@ -41,10 +51,14 @@ import os
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 from jupyterhub.httpclient import JupyterHubHTTPClient  # type: ignore[import-untyped]
-from jupyterhub.services.auth import HubAuth, check_scopes  # type: ignore[import-untyped]
+from jupyterhub.services.auth import (  # type: ignore[import-untyped]
+    HubAuth,
+    HubOAuth,
+    check_scopes,
+)
 from pydantic import ValidationError
 from tornado.web import HTTPError
 
@@ -200,6 +214,104 @@ class HubAuthenticator:
     async def aclose(self) -> None:
         """Close the HTTP session HubAuth opened on the running event loop."""
         await JupyterHubHTTPClient.loop_instance().close()
+
+
+class HubSignIn:
+    """Sign-in of browsers through the hub's OAuth (authorization code with PKCE).
+
+    ``client_id``, ``api_token``, ``callback_url``: default from the hub's environment for a
+    managed service (see the module docstring); ``hub`` resolves the token's owner and roles.
+    """
+
+    def __init__(
+        self,
+        hub: HubAuthenticator,
+        *,
+        client_id: str | None = None,
+        api_token: str | None = None,
+        callback_url: str | None = None,
+    ) -> None:
+        options: dict[str, Any] = {"api_url": hub.api_url}
+        for name, value in (
+            ("oauth_client_id", client_id),
+            ("api_token", api_token),
+            ("oauth_redirect_uri", callback_url),
+        ):
+            if value:
+                options[name] = value
+        self.oauth: Any = HubOAuth(**options)
+        self.hub = hub
+
+    @property
+    def client_id(self) -> str:
+        return str(self.oauth.oauth_client_id)
+
+    @property
+    def callback_path(self) -> str:
+        """The path of the callback URL (the hub sends the browser there with a code)."""
+        return urlparse(str(self.oauth.oauth_redirect_uri)).path
+
+    def pkce(self) -> tuple[str, str]:
+        """A fresh PKCE ``(verifier, challenge)`` (S256)."""
+        verifier, challenge, _method = self.oauth.generate_pkce_code_challenge()
+        return str(verifier), str(challenge)
+
+    def authorize_url(self, state: str, code_challenge: str) -> str:
+        """Where to send a browser to sign in: the hub's authorize endpoint for this client."""
+        query = {
+            "client_id": self.client_id,
+            "redirect_uri": str(self.oauth.oauth_redirect_uri),
+            "response_type": "code",
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+        }
+        return f"{self.oauth.oauth_authorization_url}?{urlencode(query)}"
+
+    async def token_for_code(self, code: str, code_verifier: str) -> str:
+        """The user's OAuth token for the code the hub gave the browser; 403 when the hub
+        refuses the code (used, expired, another client's), 503 when it does not answer."""
+        try:
+            token = await asyncio.wait_for(
+                self.oauth.token_for_code(code, code_verifier=code_verifier, sync=False),
+                self.hub.timeout,
+            )
+        except TimeoutError:
+            raise Unavailable(
+                f"JupyterHub did not answer within {self.hub.timeout:g} s: sign in again shortly"
+            ) from None
+        except HTTPError as exc:
+            message = str(exc.log_message or "")
+            log.warning("JupyterHub OAuth code exchange failed: %s", message)
+            if message.startswith("Failed to check authorization:"):
+                reason = message.partition(":")[2].strip()
+                raise Forbidden(
+                    f"JupyterHub refused the sign-in ({reason}): sign in again"
+                ) from None
+            raise Unavailable(
+                "JupyterHub does not answer or answered with an error: sign in again shortly"
+            ) from None
+        except Exception as exc:  # aiohttp, OSError, an odd answer without access_token
+            log.warning("JupyterHub OAuth code exchange failed: %r", exc)
+            raise Unavailable("JupyterHub answered with an error: sign in again shortly") from None
+        return str(token)
+
+    async def identity(self, token: str) -> Identity | None:
+        """Who the token's owner is, with the roles its scopes grant (as for API tokens)."""
+        return await self.hub.authenticate_async(token)
+
+
+def hub_sign_in(authenticator: AnyAuthenticator) -> HubSignIn | None:
+    """Browser sign-in through the hub's OAuth, where the service runs as a hub service with
+    an OAuth client (``JUPYTERHUB_CLIENT_ID`` and ``JUPYTERHUB_API_TOKEN`` set) and takes hub
+    tokens; None otherwise (the review pages then take a pasted token)."""
+    if not (os.environ.get("JUPYTERHUB_CLIENT_ID") and os.environ.get("JUPYTERHUB_API_TOKEN")):
+        return None
+    members = (
+        authenticator.members if isinstance(authenticator, ChainAuthenticator) else [authenticator]
+    )
+    hub = next((m for m in members if isinstance(m, HubAuthenticator)), None)
+    return HubSignIn(hub) if hub is not None else None
 
 
 def with_hub_tokens(static: AnyAuthenticator, settings: Settings) -> AnyAuthenticator:

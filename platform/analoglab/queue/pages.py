@@ -6,13 +6,23 @@ its vetting under the current policy, reviews, the audit history, the analog res
 and the posted result once there is one) with the forms to decide on it. The forms post to
 ``/review/jobs/{id}/review`` (approve, reject or request changes, with a comment) and
 ``/review/jobs/{id}/release`` (release or withhold, with a reason), then redirect (303) back.
+The pages are Jinja2 templates (``queue/templates/``) rendered with autoescape; control and
+bidi characters in anything a user wrote are shown as visible ``U+XXXX`` marks, so that a
+right-to-left override cannot disguise a name.
 
-Sign-in: the same bearer tokens as the API (``Authorization: Bearer``), or the
-``analoglab_token`` cookie that ``POST /review/login`` sets from a form, so that a browser can
-use the pages. The cookie is HttpOnly, ``SameSite=Strict`` and scoped to ``/review``; the API
-never reads it. Every form carries a CSRF token, an HMAC of the session's token under the
-app's secret (``app.state.page_secret``), which each POST checks (403 without a valid one);
-the login form uses a double-submit cookie instead. Everything a user wrote is escaped.
+Sign-in. Where the service runs as a JupyterHub service with an OAuth client
+(:func:`~.hubauth.hub_sign_in`), a browser without a session is sent to the hub's OAuth
+authorize URL; the hub sends it back to ``<prefix>/oauth_callback`` with a code, exchanged
+(with PKCE, the OAuth state checked against a signed, short-lived cookie) for the user's token,
+whose identity and roles are resolved as for API tokens. Without a hub, ``/review/login`` takes
+a pasted queue token instead. Either way the browser gets a session (:mod:`.sessions`): the
+``analoglab_session`` cookie holds a signed random id, never a token; it is HttpOnly,
+``SameSite=Lax`` (the hub's redirect back must carry the OAuth state cookie), ``Secure`` when
+the request came over https (uvicorn reads ``X-Forwarded-Proto`` from trusted proxies), scoped
+to ``<prefix>/review``; ``POST /review/logout`` ends the session in the database. Scripts and
+tests may also send ``Authorization: Bearer <token>``. Every form carries a CSRF token, an HMAC
+of the session's id (or the bearer token) under the app's secret (``app.state.page_secret``),
+checked on each POST (403 without a valid one); the token form uses a double-submit cookie.
 
 Only reviewers of a job's lab may act on it; they and admins may read its page. Anyone else
 gets 404 for a job they could not see through the API, else 403. The pages call
@@ -21,39 +31,45 @@ gets 404 for a job they could not see through the API, else 403. The pages call
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Coroutine, Iterable
+import unicodedata
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from html import escape
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
 
+from analoglab.config import get_settings
 from analoglab.errors import AnalogLabError
 from analoglab.models.catalog import FrontierModel
 from analoglab.queue.auth import Identity, identify
 from analoglab.queue.errors import Forbidden, Invalid, NotAuthenticated, NotFound, QueueError
+from analoglab.queue.hubauth import HubSignIn, hub_sign_in
 from analoglab.queue.jobs import JobQueue
-from analoglab.queue.models import AuditEntry, Job, Review
+from analoglab.queue.models import Job
 from analoglab.queue.service import can_see
+from analoglab.queue.sessions import SessionStore, csrf_for
 from analoglab.queue.states import State
 from analoglab.queue.vetting import data_sizes, estimated_cost, layer_count
 
-COOKIE = "analoglab_token"
+COOKIE = "analoglab_session"
+STATE_COOKIE = "analoglab_oauth_state"
 LOGIN_CSRF_COOKIE = "analoglab_login_csrf"
 CSRF_FIELD = "csrf_token"
 MAX_FORM_BYTES = 64 * 1024
 MAX_TEXT = 10_000
 MAX_SHOWN_RESULT = 100_000
-SESSION_SECONDS = 12 * 3600
 LIST_LIMIT = 200
+OAUTH_STATE_SECONDS = 600
 
 _HEADERS = {
     "Content-Security-Policy": (
@@ -66,19 +82,47 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:72rem;margin:1rem auto;padding:0 1rem;color:#222}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;
-text-align:left;vertical-align:top}pre{background:#f6f6f6;padding:.5rem;overflow:auto;
-white-space:pre-wrap}.state{font-weight:bold}nav{border-bottom:1px solid #ccc;padding:.5rem 0;
-margin-bottom:1rem}nav form{display:inline}textarea{width:100%;max-width:40rem}
-.error{color:#a00}
-"""
+#: Characters shown as a visible mark rather than as themselves: bidi controls (they reorder
+#: what follows), zero-width characters, and C0/C1 controls other than tab and newline.
+_BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+_INVISIBLE = {0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF}
 
 
-def e(value: object) -> str:
-    """``value`` as escaped HTML text (quotes included, so it is safe in attributes too)."""
-    return escape("" if value is None else str(value), quote=True)
+def _shown_as_mark(ch: str) -> bool:
+    code = ord(ch)
+    if code in _BIDI or code in _INVISIBLE:
+        return True
+    return ch not in "\n\t" and unicodedata.category(ch) == "Cc"
+
+
+def visible(value: object) -> object:
+    """``value`` for a template: None as nothing; in text, control, bidi and zero-width
+    characters as a visible ``U+XXXX`` mark (escaped HTML); markup and other values as they
+    are (autoescape escapes them)."""
+    if value is None:
+        return ""
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    if not any(_shown_as_mark(ch) for ch in value):
+        return value
+    parts = [
+        Markup('<span class="ctl">U+{:04X}</span>').format(ord(ch))
+        if _shown_as_mark(ch)
+        else escape(ch)
+        for ch in value
+    ]
+    return Markup("").join(parts)
+
+
+templates = Environment(
+    loader=PackageLoader("analoglab.queue", "templates"),
+    autoescape=select_autoescape(["html"], default_for_string=True, default=True),
+    finalize=visible,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.filters["tojson_text"] = lambda value: json.dumps(value, sort_keys=True)
 
 
 # -- sessions and CSRF ------------------------------------------------------------------------
@@ -86,15 +130,17 @@ def e(value: object) -> str:
 
 @dataclass(frozen=True)
 class PageSession:
-    """The signed-in caller of a page and the token it signed in with."""
+    """The signed-in caller of a page, and the key of its forms' CSRF tokens (the session's
+    id for a browser session, the token for a bearer caller)."""
 
     ident: Identity
-    token: str
+    csrf_key: str
+    session_id: str | None = None
 
 
-def csrf_token(secret: bytes, session_token: str) -> str:
-    """The CSRF token of a session: HMAC-SHA256 of its token under the app's secret."""
-    return hmac.new(secret, b"analoglab-csrf:" + session_token.encode(), hashlib.sha256).hexdigest()
+def csrf_token(secret: bytes, key: str) -> str:
+    """The CSRF token of a session's forms: HMAC-SHA256 of its key under the app's secret."""
+    return csrf_for(secret, key)
 
 
 def _secret(request: Request) -> bytes:
@@ -102,26 +148,64 @@ def _secret(request: Request) -> bytes:
     return secret
 
 
+def _prefix(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def _base(request: Request) -> str:
-    return str(request.scope.get("root_path", "")).rstrip("/") + "/review"
+    return _prefix(request) + "/review"
+
+
+def _https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _sessions(request: Request) -> SessionStore:
+    """The app's session store, made on first use (lifetime: the ``queue_session_seconds``
+    setting of ``app.state.settings``, else of the environment)."""
+    state = request.app.state
+    store: SessionStore | None = getattr(state, "page_sessions", None)
+    if store is None:
+        settings = getattr(state, "settings", None) or get_settings()
+        queue: JobQueue = state.queue
+        store = SessionStore(
+            queue.engine,
+            _secret(request),
+            seconds=settings.queue_session_seconds,
+            clock=queue.clock,
+        )
+        state.page_sessions = store
+    return store
+
+
+def _sign_in(request: Request) -> HubSignIn | None:
+    """The hub's OAuth sign-in where the service has one (decided once per app)."""
+    state = request.app.state
+    if not hasattr(state, "hub_sign_in"):
+        state.hub_sign_in = hub_sign_in(state.authenticator)
+    found: HubSignIn | None = state.hub_sign_in
+    return found
 
 
 async def page_session(request: Request) -> PageSession:
-    """The caller, from ``Authorization: Bearer`` or the ``analoglab_token`` cookie; 401."""
+    """The caller, from ``Authorization: Bearer`` or the session cookie; 401 otherwise."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthenticated("send the token as 'Authorization: Bearer <token>'")
         token = token.strip()
-    else:
-        token = request.cookies.get(COOKIE, "")
-    if not token:
-        raise NotAuthenticated("not signed in")
-    ident = await identify(request.app.state.authenticator, token)
-    if ident is None:
-        raise NotAuthenticated("unknown token")
-    return PageSession(ident=ident, token=token)
+        ident = await identify(request.app.state.authenticator, token)
+        if ident is None:
+            raise NotAuthenticated("unknown token")
+        return PageSession(ident=ident, csrf_key=token)
+    cookie = request.cookies.get(COOKIE, "")
+    store = _sessions(request)
+    session_id = store.session_id(cookie) if cookie else None
+    found = await run_in_threadpool(store.identity, session_id) if session_id else None
+    if session_id is None or found is None:
+        raise NotAuthenticated("not signed in" if not cookie else "the session has ended")
+    return PageSession(ident=found, csrf_key=session_id, session_id=session_id)
 
 
 Session = Annotated[PageSession, Depends(page_session)]
@@ -142,7 +226,7 @@ async def _form(request: Request) -> dict[str, str]:
 async def _checked_form(request: Request, sess: PageSession) -> dict[str, str]:
     """The form, once its CSRF token matches the session's (403 otherwise)."""
     form = await _form(request)
-    expected = csrf_token(_secret(request), sess.token)
+    expected = csrf_token(_secret(request), sess.csrf_key)
     if not hmac.compare_digest(form.get(CSRF_FIELD, "").encode(), expected.encode()):
         raise Forbidden("missing or invalid CSRF token: reload the page and try again")
     return form
@@ -158,92 +242,47 @@ def _text(form: dict[str, str], name: str) -> str:
 # -- rendering --------------------------------------------------------------------------------
 
 
-def _page(
+def render(
     request: Request,
+    template: str,
     title: str,
-    body: str,
     *,
     sess: PageSession | None = None,
     status: int = 200,
+    **context: Any,
 ) -> HTMLResponse:
-    base = _base(request)
-    nav = f'<a href="{e(base)}">Review queue</a>'
-    if sess is not None:
-        nav += (
-            f" · signed in as <b>{e(sess.ident.name)}</b> "
-            f'<form method="post" action="{e(base)}/logout">'
-            f"{_csrf_input(request, sess)}<button>Sign out</button></form>"
-        )
-    else:
-        nav += f' · <a href="{e(base)}/login">Sign in</a>'
-    doc = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{e(title)} · Analog Lab queue</title><style>{_STYLE}</style></head>"
-        f"<body><nav>{nav}</nav><h1>{e(title)}</h1>{body}</body></html>"
+    """A page from ``template`` with the common context (title, base URL, signed-in user)."""
+
+    def csrf_input() -> Markup:
+        if sess is None:
+            return Markup("")
+        token = csrf_token(_secret(request), sess.csrf_key)
+        return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, token)
+
+    html = templates.get_template(template).render(
+        title=title, base=_base(request), sess=sess, csrf_input=csrf_input, **context
     )
-    return HTMLResponse(doc, status_code=status, headers=_HEADERS)
+    return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
 
-def _csrf_input(request: Request, sess: PageSession) -> str:
-    token = csrf_token(_secret(request), sess.token)
-    return f'<input type="hidden" name="{CSRF_FIELD}" value="{e(token)}">'
-
-
-def _table(headers: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
-    """A table; ``rows`` hold HTML already escaped by the caller."""
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _when(value: Any) -> str:
-    return e(value.strftime("%Y-%m-%d %H:%M:%S UTC")) if value is not None else ""
-
-
-def _job_rows(request: Request, jobs: list[Job]) -> str:
-    if not jobs:
-        return "<p>None.</p>"
-    base = _base(request)
-    rows = [
-        [
-            f'<a href="{e(base)}/jobs/{job.id}">#{job.id}</a>',
-            e(job.spec.get("method", "?")),
-            e(job.frontier),
-            e(job.submitter),
-            _when(job.created_at),
-            e(str(job.spec.get("description", ""))[:120]),
-        ]
-        for job in jobs
-    ]
-    return _table(["job", "method", "frontier", "submitter", "submitted", "description"], rows)
-
-
-def _ref(ref: str | None) -> str:
-    if not ref:
-        return "none"
-    if ref.startswith(("http://", "https://")):
-        return f'<a href="{e(ref)}" rel="noopener noreferrer">{e(ref)}</a>'
-    return f"<code>{e(ref)}</code>"
-
-
-def _spec_section(queue: JobQueue, job: Job) -> str:
+def spec_view(queue: JobQueue, job: Job) -> dict[str, Any]:
+    """What the page shows of a job's spec: rows of (label, text), or why it does not
+    validate, and its JSON."""
     from analoglab.experiments.spec import parse_spec
 
-    spec_json = json.dumps(job.spec, indent=2, sort_keys=True)
-    raw = f"<details><summary>The full spec (JSON)</summary><pre>{e(spec_json)}</pre></details>"
+    view: dict[str, Any] = {"json": json.dumps(job.spec, indent=2, sort_keys=True)}
     try:
         spec = parse_spec(job.spec)
     except AnalogLabError as exc:
-        return f'<p class="error">The stored spec does not validate: {e(exc)}</p>{raw}'
-    rows: list[list[str]] = [
-        ["method", e(spec.method)],
-        ["name", e(spec.name or "")],
-        ["description", f'<div style="white-space:pre-wrap">{e(spec.description)}</div>'],
+        return view | {"error": str(exc), "rows": []}
+    rows: list[tuple[str, object]] = [
+        ("method", spec.method),
+        ("name", spec.name or ""),
+        ("description", spec.description),
     ]
-    sizes = data_sizes(spec)
-    for field, n in sizes.items():
+    for field, n in data_sizes(spec).items():
         kind = getattr(getattr(spec, field), "kind", "")
-        rows.append([f"data: {e(field)}", f"{n} ({e(kind)})"])
+        rows.append((f"data: {field}", f"{n} ({kind})"))
     try:
         frontier: FrontierModel | None = queue.frontier(job.frontier)
     except QueueError:
@@ -252,102 +291,93 @@ def _spec_section(queue: JobQueue, job: Job) -> str:
     if layers is not None:
         n_layers = layer_count(spec, frontier) if frontier is not None else "?"
         chosen = (
-            f"depths {e(layers.depths)}"
+            f"depths {layers.depths}"
             if layers.depths is not None
-            else f"indices {e(layers.indices)}"
+            else f"indices {layers.indices}"
             if layers.indices is not None
             else "every block"
         )
-        rows.append(["layers", f"{chosen} ({e(n_layers)} in all)"])
+        rows.append(("layers", f"{chosen} ({n_layers} in all)"))
     scales = getattr(spec, "scales", None)
     if scales is not None:
-        rows.append(["scales", e(scales)])
-    rows.append(["max tokens per prompt", e(spec.max_tokens_per_prompt)])
+        rows.append(("scales", scales))
+    rows.append(("max tokens per prompt", spec.max_tokens_per_prompt))
     if frontier is not None:
-        rows.append(["estimated cost", e(estimated_cost(spec, frontier))])
-    return _table(["", ""], rows) + raw
+        rows.append(("estimated cost", estimated_cost(spec, frontier)))
+    return view | {"error": None, "rows": rows}
 
 
-def _vetting_section(queue: JobQueue, job: Job) -> str:
+def vetting_view(queue: JobQueue, job: Job) -> dict[str, Any]:
     try:
-        findings = queue.findings(job)
+        return {"error": None, "findings": queue.findings(job)}
     except QueueError as exc:
-        return f'<p class="error">Cannot vet it now: {e(exc)}</p>'
-    if not findings:
-        return "<p>Passed at submission, and passes the frontier's current policy.</p>"
-    items = "".join(f"<li><code>{e(f.code)}</code>: {e(f.message)}</li>" for f in findings)
-    return f"<p>Passed at submission; under the current policy it would not:</p><ul>{items}</ul>"
+        return {"error": str(exc), "findings": []}
 
 
-def _reviews_section(reviews: list[Review]) -> str:
-    if not reviews:
-        return "<p>No reviews yet.</p>"
-    rows = [
-        [_when(r.created_at), e(r.reviewer), e(r.decision), f"<pre>{e(r.comment)}</pre>"]
-        for r in reviews
-    ]
-    return _table(["when", "reviewer", "decision", "comment"], rows)
-
-
-def _history_section(entries: list[AuditEntry]) -> str:
-    if not entries:
-        return "<p>No audit entries.</p>"
-    rows = [
-        [
-            e(a.seq),
-            _when(a.at),
-            e(a.actor),
-            e(a.action),
-            e(f"{a.from_state or '-'} → {a.to_state or '-'}"),
-            f"<code>{e(json.dumps(a.detail, sort_keys=True))}</code>",
-        ]
-        for a in entries
-    ]
-    return _table(["seq", "when", "actor", "action", "states", "detail"], rows)
-
-
-def _result_section(job: Job) -> str:
+def result_text(job: Job) -> str | None:
+    """The posted result as JSON for the page, cut at :data:`MAX_SHOWN_RESULT` characters."""
     if job.result is None:
-        return ""
+        return None
     text = json.dumps(job.result, indent=2, sort_keys=True)
-    cut = len(text) > MAX_SHOWN_RESULT
-    shown = text[:MAX_SHOWN_RESULT] + ("\n… (cut; read it from the API)" if cut else "")
-    return (
-        f"<h2>Result</h2><p>{e(job.result_size)} bytes, sha256 <code>{e(job.result_hash)}</code>"
-        f"</p><details><summary>The posted result (JSON)</summary><pre>{e(shown)}</pre></details>"
-    )
+    if len(text) > MAX_SHOWN_RESULT:
+        return text[:MAX_SHOWN_RESULT] + "\n… (cut; read it from the API)"
+    return text
 
 
-def _forms(request: Request, sess: PageSession, job: Job) -> str:
+def _form_kind(sess: PageSession, job: Job) -> str | None:
     if not sess.ident.reviews(job.lab):
-        return ""
-    action = f"{e(_base(request))}/jobs/{job.id}"
-    csrf = _csrf_input(request, sess)
+        return None
     if job.state == State.AWAITING_REVIEW:
-        return (
-            f'<h2>Review</h2><form method="post" action="{action}/review">{csrf}'
-            '<p><label>Comment<br><textarea name="comment" rows="4" maxlength="10000">'
-            "</textarea></label></p>"
-            '<button name="decision" value="approve">Approve</button> '
-            '<button name="decision" value="request_changes">Request changes</button> '
-            '<button name="decision" value="reject">Reject</button></form>'
-        )
+        return "review"
     if job.state == State.AWAITING_RELEASE:
-        return (
-            f'<h2>Release</h2><form method="post" action="{action}/release">{csrf}'
-            '<p><label>Reason<br><textarea name="reason" rows="4" maxlength="10000">'
-            "</textarea></label></p>"
-            '<button name="decision" value="release">Release</button> '
-            '<button name="decision" value="withhold">Withhold</button></form>'
-        )
-    return ""
+        return "release"
+    return None
 
 
 # -- routes -----------------------------------------------------------------------------------
 
 
+def _cookie_args(request: Request, path: str, max_age: int) -> dict[str, Any]:
+    return {
+        "max_age": max_age,
+        "path": path,
+        "httponly": True,
+        "samesite": "lax",
+        "secure": _https(request),
+    }
+
+
+def _state_serializer(request: Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_secret(request), salt="analoglab-oauth-state")
+
+
+def _safe_next(request: Request, target: str | None) -> str:
+    """Where to go after signing in: a page of this service, else the review queue."""
+    base = _base(request)
+    if target and target.startswith(base) and not target.startswith("//") and "\\" not in target:
+        return target
+    return base
+
+
+def start_oauth(request: Request, sign_in: HubSignIn, next_url: str | None) -> Response:
+    """Send the browser to the hub's authorize URL; the state (with the PKCE verifier and
+    where to go next) rides in a signed cookie for the callback to check."""
+    verifier, challenge = sign_in.pkce()
+    state = secrets.token_urlsafe(24)
+    payload = {"state": state, "verifier": verifier, "next": _safe_next(request, next_url)}
+    response = RedirectResponse(sign_in.authorize_url(state, challenge), status_code=302)
+    response.set_cookie(
+        STATE_COOKIE,
+        _state_serializer(request).dumps(payload),
+        **_cookie_args(request, _prefix(request) + "/", OAUTH_STATE_SECONDS),
+    )
+    response.headers.update(_HEADERS)
+    return response
+
+
 class PageRoute(APIRoute):
-    """Turns a queue error in a page into an HTML page with its status (not JSON)."""
+    """Turns a queue error in a page into an HTML page with its status (not JSON); a browser
+    without a session is sent to the hub's sign-in where there is one."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -356,20 +386,27 @@ class PageRoute(APIRoute):
             try:
                 return await handler(request)
             except QueueError as exc:
-                login = ""
-                if exc.status == 401:
-                    login = f'<p><a href="{e(_base(request))}/login">Sign in</a></p>'
-                return _page(
+                sign_in = _sign_in(request) if exc.status == 401 else None
+                browser = "authorization" not in request.headers
+                if sign_in is not None and browser and request.method == "GET":
+                    target = request.url.path
+                    if request.url.query:
+                        target += "?" + request.url.query
+                    return start_oauth(request, sign_in, target)
+                link = f"{_base(request)}/login" if exc.status == 401 else None
+                return render(
                     request,
+                    "error.html",
                     f"Error {exc.status}",
-                    f'<p class="error">{e(exc)}</p>{login}',
                     status=exc.status,
+                    message=str(exc),
+                    sign_in=link,
                 )
 
         return route
 
 
-router = APIRouter(prefix="/review", route_class=PageRoute, tags=["review pages"])
+router = APIRouter(route_class=PageRoute, tags=["review pages"])
 
 
 def _queue(request: Request) -> JobQueue:
@@ -392,7 +429,7 @@ def _reviewed_labs(ident: Identity) -> list[str]:
     return sorted(r.partition(":")[2] for r in ident.roles if r.startswith("reviewer:"))
 
 
-@router.get("", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/review", response_class=HTMLResponse, include_in_schema=False)
 def review_home(request: Request, sess: Session) -> HTMLResponse:
     """The signed-in reviewer's labs: jobs awaiting review and awaiting release."""
     queue = _queue(request)
@@ -401,56 +438,42 @@ def review_home(request: Request, sess: Session) -> HTMLResponse:
         labs = [None, *labs]
     if not labs:
         raise Forbidden("only reviewers of a lab (and admins) use the review pages")
-    body = ""
+    shown = []
     for lab in labs:
-        body += f"<h2>{'All labs (admin)' if lab is None else 'Lab ' + e(lab)}</h2>"
+        groups = []
         for state, label in (
             (State.AWAITING_REVIEW, "Awaiting review"),
             (State.AWAITING_RELEASE, "Awaiting release"),
         ):
             jobs, more = queue.list_jobs(lab=lab, state=state, limit=LIST_LIMIT)
-            note = f" (the newest {LIST_LIMIT})" if more is not None else ""
-            body += f"<h3>{label}{note}</h3>{_job_rows(request, jobs)}"
-    return _page(request, "Review queue", body, sess=sess)
+            groups.append({"label": label, "jobs": jobs, "more": more is not None})
+        shown.append({"name": lab, "groups": groups})
+    return render(request, "home.html", "Review queue", sess=sess, labs=shown, limit=LIST_LIMIT)
 
 
 @router.get(
-    "/jobs/{job_id}", response_class=HTMLResponse, name="review_job", include_in_schema=False
+    "/review/jobs/{job_id}",
+    response_class=HTMLResponse,
+    name="review_job",
+    include_in_schema=False,
 )
 def review_job(job_id: int, request: Request, sess: Session) -> HTMLResponse:
     """One job for humans, with the forms its state allows."""
     queue = _queue(request)
     job = readable_job(queue, sess.ident, job_id)
-    facts = [
-        ["state", f'<span class="state">{e(job.state)}</span>'],
-        ["lab", e(job.lab)],
-        ["frontier", e(job.frontier)],
-        ["submitter", e(job.submitter)],
-        ["submitted", _when(job.created_at)],
-        ["updated", _when(job.updated_at)],
-        ["spec hash", f"<code>{e(job.spec_hash)}</code>"],
-        ["analog result", _ref(job.analog_result_ref)],
-        ["attempts", e(job.attempts)],
-    ]
-    if job.lease_holder:
-        facts.append(["lease", f"{e(job.lease_holder)} until {_when(job.lease_expires_at)}"])
-    if job.release_decision:
-        facts.append(["release", f"{e(job.release_decision)}: {e(job.release_reason)}"])
-    body = (
-        _table(["", ""], facts)
-        + _forms(request, sess, job)
-        + "<h2>Spec</h2>"
-        + _spec_section(queue, job)
-        + "<h2>Vetting</h2>"
-        + _vetting_section(queue, job)
-        + "<h2>Reviews</h2>"
-        + _reviews_section(queue.reviews(job.id))
-        + _result_section(job)
-        + "<h2>History</h2>"
-        + _history_section(queue.history(job.id))
+    return render(
+        request,
+        "job.html",
+        f"Job #{job.id}: {job.spec.get('method', '?')} on {job.frontier}",
+        sess=sess,
+        job=job,
+        form=_form_kind(sess, job),
+        spec=spec_view(queue, job),
+        vetting=vetting_view(queue, job),
+        reviews=queue.reviews(job.id),
+        result=result_text(job),
+        history=queue.history(job.id),
     )
-    title = f"Job #{job.id}: {job.spec.get('method', '?')} on {job.frontier}"
-    return _page(request, title, body, sess=sess)
 
 
 def _redirect_to_job(request: Request, job_id: int) -> RedirectResponse:
@@ -464,7 +487,7 @@ def _need_reviewer(queue: JobQueue, ident: Identity, job_id: int) -> Job:
     return job
 
 
-@router.post("/jobs/{job_id}/review", include_in_schema=False)
+@router.post("/review/jobs/{job_id}/review", include_in_schema=False)
 async def review_post(job_id: int, request: Request, sess: Session) -> Response:
     """Approve, reject or request changes (``decision``) with a ``comment``."""
     form = await _checked_form(request, sess)
@@ -478,7 +501,7 @@ async def review_post(job_id: int, request: Request, sess: Session) -> Response:
     return _redirect_to_job(request, job_id)
 
 
-@router.post("/jobs/{job_id}/release", include_in_schema=False)
+@router.post("/review/jobs/{job_id}/release", include_in_schema=False)
 async def release_post(job_id: int, request: Request, sess: Session) -> Response:
     """Release or withhold (``decision``) the posted result, with a ``reason``."""
     form = await _checked_form(request, sess)
@@ -492,71 +515,117 @@ async def release_post(job_id: int, request: Request, sess: Session) -> Response
     return _redirect_to_job(request, job_id)
 
 
-def _login_form(request: Request, csrf: str, message: str = "") -> str:
-    error = f'<p class="error">{e(message)}</p>' if message else ""
-    return (
-        f'{error}<form method="post" action="{e(_base(request))}/login">'
-        f'<input type="hidden" name="{CSRF_FIELD}" value="{e(csrf)}">'
-        '<p><label>Token <input type="password" name="token" autocomplete="off" required>'
-        "</label></p><button>Sign in</button></form>"
-    )
+# -- signing in and out -----------------------------------------------------------------------
 
 
 def _set_login_csrf(request: Request, response: Response, value: str) -> None:
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        value,
-        max_age=3600,
-        path=_base(request),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    response.set_cookie(LOGIN_CSRF_COOKIE, value, **_cookie_args(request, _base(request), 3600))
 
 
-@router.get("/login", response_class=HTMLResponse, include_in_schema=False)
-def login_form(request: Request) -> HTMLResponse:
-    """The sign-in form (it takes a queue token)."""
+def _login_page(request: Request, message: str = "", status: int = 200) -> Response:
     csrf = secrets.token_urlsafe(32)
-    response = _page(request, "Sign in", _login_form(request, csrf))
+    response = render(
+        request, "login.html", "Sign in", status=status, login_csrf=csrf, message=message
+    )
     _set_login_csrf(request, response, csrf)
     return response
 
 
-@router.post("/login", include_in_schema=False)
+async def _signed_in(request: Request, ident: Identity, via: str, next_url: str) -> Response:
+    """Start a session for ``ident`` and send the browser on with its cookie."""
+    started = await run_in_threadpool(_sessions(request).start, ident, via)
+    response = RedirectResponse(next_url, status_code=303)
+    response.set_cookie(
+        COOKIE, started.cookie, **_cookie_args(request, _base(request), _sessions(request).seconds)
+    )
+    return response
+
+
+@router.get("/review/login", response_class=HTMLResponse, include_in_schema=False)
+def login_form(request: Request, next: str | None = None) -> Response:
+    """Sign in: through the hub where there is one, else the form that takes a queue token."""
+    sign_in = _sign_in(request)
+    if sign_in is not None:
+        return start_oauth(request, sign_in, next)
+    return _login_page(request)
+
+
+@router.post("/review/login", include_in_schema=False)
 async def login(request: Request) -> Response:
-    """Check the token and keep it in the ``analoglab_token`` cookie; 401 when unknown."""
+    """Check the pasted token and start a session (401 when unknown); not where the hub signs
+    users in."""
+    if _sign_in(request) is not None:
+        raise Forbidden("sign in through JupyterHub: open the review pages")
     form = await _form(request)
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     given = form.get(CSRF_FIELD, "")
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Forbidden("missing or invalid CSRF token: open the sign-in page again")
     token = form.get("token", "").strip()
-    if not token or await identify(request.app.state.authenticator, token) is None:
-        csrf = secrets.token_urlsafe(32)
-        response: Response = _page(
-            request, "Sign in", _login_form(request, csrf, "unknown token"), status=401
-        )
-        _set_login_csrf(request, response, csrf)
-        return response
-    response = RedirectResponse(_base(request), status_code=303)
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=SESSION_SECONDS,
-        path=_base(request),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
+    ident = await identify(request.app.state.authenticator, token) if token else None
+    if ident is None:
+        return _login_page(request, "unknown token", status=401)
+    response = await _signed_in(request, ident, "token", _base(request))
     response.delete_cookie(LOGIN_CSRF_COOKIE, path=_base(request))
     return response
 
 
-@router.post("/logout", include_in_schema=False)
+@router.get("/oauth_callback", include_in_schema=False)
+async def oauth_callback(
+    request: Request,
+    code: str | None = None,
+    state: str | None = None,
+    error: str | None = None,
+    error_description: str | None = None,
+) -> Response:
+    """Where the hub sends the browser back: check the OAuth state, exchange the code for the
+    user's token, resolve who it is and start a session."""
+    sign_in = _sign_in(request)
+    if sign_in is None:
+        raise NotFound("this queue does not sign users in through JupyterHub")
+    if error:
+        raise Invalid(f"JupyterHub did not sign you in: {error_description or error}")
+    if not code or not state:
+        raise Invalid("the OAuth callback needs a code and a state: sign in again")
+    try:
+        saved: dict[str, str] = _state_serializer(request).loads(
+            request.cookies.get(STATE_COOKIE, ""), max_age=OAUTH_STATE_SECONDS
+        )
+    except BadSignature:
+        saved = {}
+    if not saved or not hmac.compare_digest(str(saved.get("state", "")), state):
+        raise Forbidden("the OAuth state does not match this browser's: sign in again")
+    token = await sign_in.token_for_code(code, str(saved["verifier"]))
+    ident = await sign_in.identity(token)
+    if ident is None:
+        raise Forbidden("JupyterHub did not say who you are: sign in again")
+    response = await _signed_in(request, ident, "hub", _safe_next(request, saved.get("next")))
+    response.delete_cookie(STATE_COOKIE, path=_prefix(request) + "/")
+    return response
+
+
+@router.post("/review/logout", include_in_schema=False)
 async def logout(request: Request, sess: Session) -> Response:
-    """Forget the cookie."""
+    """End the session: its cookie signs no one in any more."""
     await _checked_form(request, sess)
-    response = RedirectResponse(f"{_base(request)}/login", status_code=303)
+    if sess.session_id is not None:
+        await run_in_threadpool(_sessions(request).end, sess.session_id)
+    response = RedirectResponse(f"{_base(request)}/signed-out", status_code=303)
     response.delete_cookie(COOKIE, path=_base(request))
     return response
+
+
+@router.get("/review/signed-out", response_class=HTMLResponse, include_in_schema=False)
+def signed_out(request: Request) -> HTMLResponse:
+    """Said after signing out (signing in again is a click away, not automatic)."""
+    sign_in = _sign_in(request)
+    hub_logout = None
+    if sign_in is not None:
+        hub_logout = str(sign_in.oauth.hub_host) + str(sign_in.oauth.hub_prefix) + "logout"
+    return render(
+        request,
+        "signed_out.html",
+        "Signed out",
+        again=f"{_base(request)}/login?next={quote(_base(request))}",
+        hub_logout=hub_logout,
+    )
