@@ -1,16 +1,28 @@
-"""The hash-chained audit log: intact after work; an edited, removed or reordered row is found."""
+"""The hash-chained audit log: intact after work; an edited, removed or reordered row is found.
+Through the service: the signed head, and ``verify`` finding tampering behind its back (the
+full tamper matrix is in test_queue_evidence)."""
 
 from __future__ import annotations
 
 import itertools
 
-from sqlalchemy import delete, update
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, delete, text, update
 
+from analoglab.config import Settings
 from analoglab.queue import audit
+from analoglab.queue.auth import hash_token
+from analoglab.queue.client import QueueClient
+from analoglab.queue.errors import QueueError
+from analoglab.queue.head import check_signature, parse_head
 from analoglab.queue.jobs import JobQueue
 from analoglab.queue.models import AuditEntry
+from analoglab.queue.service import create_app
 
-from .conftest import probe_spec
+from ..conftest import serve_app
+from .conftest import probe_spec, result_for
+from .test_queue_evidence import rechain
 
 
 def _work(queue: JobQueue) -> None:
@@ -54,3 +66,110 @@ def test_reordered_entries_are_found(queue: JobQueue) -> None:
         session.execute(update(AuditEntry).where(AuditEntry.seq == 3).values(seq=2))
         session.execute(update(AuditEntry).where(AuditEntry.seq == 100).values(seq=3))
     assert queue.verify_audit() == 2
+
+
+# -- the service: GET /api/audit/head, GET and POST /api/audit/verify --------------------------
+
+ROLES = {
+    "alice": ["researcher"],
+    "rita": ["reviewer:lab-a"],
+    "agent": ["agent:lab-a"],
+    "root": ["admin"],
+}
+TOKENS = {hash_token(f"tok-{n}"): {"name": n, "roles": r} for n, r in ROLES.items()}
+
+
+def _client(url: str, who: str) -> QueueClient:
+    return QueueClient(url, f"tok-{who}")
+
+
+def test_the_service_signs_its_head_and_verify_finds_tampering(
+    db_url: str, catalog_home: Settings
+) -> None:
+    app = create_app(db_url, catalog_home, TOKENS)
+    raw = create_engine(db_url)
+    with serve_app(app) as url:
+        alice, rita, agent, root = (_client(url, w) for w in ROLES)
+        job = alice.submit(probe_spec(), "frontier-a")
+        rita.review(job["id"], "approve", "fine")
+        claim = agent.claim("lab-a")
+        assert claim is not None
+        agent.post_result(job["id"], result_for(claim["job"]), claim["lease_id"])
+        rita.release(job["id"], "release", "ok")
+        other = alice.submit(probe_spec(4), "frontier-a")
+
+        # Any signed-in caller reads the signed head; it vouches for the newest entry.
+        head = alice.audit_head()
+        check_signature(parse_head(head))
+        assert head["seq"] == 6 and head["public_key"].startswith("ed25519:")
+        key_file = catalog_home.home / "queue" / "audit-signing-key.pem"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        with pytest.raises(QueueError) as denied:
+            QueueClient(url, "no-such-token").audit_head()
+        assert denied.value.status == 401
+
+        check = root.verify_audit()
+        assert check["ok"] and check["findings"] == [] and check["head"] == head
+        pinned = root.verify_audit(head=head, public_key=head["public_key"])
+        assert pinned["ok"], pinned["findings"]
+        with pytest.raises(QueueError) as denied:
+            alice.verify_audit()
+        assert denied.value.status == 403
+
+        # Behind the service's back: a state, then the log re-chained without the key.
+        with raw.begin() as conn:
+            conn.execute(
+                text("UPDATE jobs SET state = 'approved' WHERE id = :i"), {"i": other["id"]}
+            )
+        check = root.verify_audit()
+        assert not check["ok"]
+        assert [(f["check"], f["job_id"]) for f in check["findings"]] == [("state", other["id"])]
+        with raw.begin() as conn:
+            conn.execute(
+                text("UPDATE jobs SET state = 'awaiting_review' WHERE id = :i"), {"i": other["id"]}
+            )
+            conn.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE action = 'claim'"))
+        rechain(raw)
+        check = root.verify_audit()
+        assert not check["ok"] and check["first_broken_seq"] is None
+        assert {f["check"] for f in check["findings"]} == {"signed_head"}
+        # the hub refuses to sign the forged log; the published head catches it too
+        with pytest.raises(QueueError) as refused:
+            alice.audit_head()
+        assert refused.value.status == 409 and "does not extend" in str(refused.value)
+        pinned = root.verify_audit(head=head, public_key=head["public_key"])
+        assert "published_head" in {f["check"] for f in pinned["findings"]}
+
+        # Emptied: refused even without a published head.
+        with raw.begin() as conn:
+            conn.execute(text("DELETE FROM audit_log"))
+        check = root.verify_audit()
+        assert not check["ok"] and check["entries"] == 0
+        assert check["findings"][0]["check"] == "log"
+    raw.dispose()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/api/audit/head", set(ROLES)),
+        ("GET", "/api/audit/verify", {"root"}),
+        ("POST", "/api/audit/verify", {"root"}),
+    ],
+)
+def test_who_reads_the_head_and_verifies(
+    sqlite_url: str, catalog_home: Settings, method: str, path: str, allowed: set[str]
+) -> None:
+    with TestClient(create_app(sqlite_url, catalog_home, TOKENS)) as client:
+        for who in [*ROLES, "anonymous"]:
+            headers = {} if who == "anonymous" else {"Authorization": f"Bearer tok-{who}"}
+            resp = client.request(
+                method, path, headers=headers, json={} if method == "POST" else None
+            )
+            want = 200 if who in allowed else 401 if who == "anonymous" else 403
+            assert resp.status_code == want, (who, resp.text)
+        # A POST body is checked: unknown fields and a malformed head are refused.
+        root = {"Authorization": "Bearer tok-root"}
+        bad = client.post("/api/audit/verify", headers=root, json={"head": {"seq": 1}})
+        assert bad.status_code == 422
+        assert client.post("/api/audit/verify", headers=root, json={"x": 1}).status_code == 422

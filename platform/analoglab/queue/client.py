@@ -250,6 +250,18 @@ class QueueClient:
         out: dict[str, Any] = self._call("GET", "/health")
         return out
 
-    def verify_audit(self) -> dict[str, Any]:
-        out: dict[str, Any] = self._call("GET", "/api/audit/verify")
+    def verify_audit(
+        self, head: dict[str, Any] | None = None, public_key: str | None = None
+    ) -> dict[str, Any]:
+        """The audit log checked as evidence; against a published ``head`` when given."""
+        if head is None and public_key is None:
+            out: dict[str, Any] = self._call("GET", "/api/audit/verify")
+        else:
+            body = {"head": head, "public_key": public_key}
+            out = self._call("POST", "/api/audit/verify", json=body)
+        return out
+
+    def audit_head(self) -> dict[str, Any]:
+        """The audit log's head, signed by the hub."""
+        out: dict[str, Any] = self._call("GET", "/api/audit/head")
         return out

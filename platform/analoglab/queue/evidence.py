@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -58,6 +58,20 @@ class FindingOut(BaseModel):
     message: str
     job_id: int | None = None
     seq: int | None = None
+
+
+class VerifyIn(BaseModel):
+    """The body of ``POST /api/audit/verify``: a head published earlier, and the pinned key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head: SignedHead | None = Field(None, description="a signed head kept since it was served")
+    public_key: str | None = Field(
+        None,
+        max_length=200,
+        description="the hub's pinned public key (ed25519:<base64>); the head must be signed "
+        "by it, and the hub must sign with it",
+    )
 
 
 class AuditReport(BaseModel):

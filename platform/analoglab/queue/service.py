@@ -43,6 +43,9 @@ from analoglab.queue.auth import (
 )
 from analoglab.queue.db import default_url, make_engine
 from analoglab.queue.errors import Forbidden, NotAuthenticated, NotFound, QueueError
+from analoglab.queue.evidence import AuditReport, VerifyIn
+from analoglab.queue.evidence import verify as verify_evidence
+from analoglab.queue.head import HeadError, Notary, SignedHead
 from analoglab.queue.jobs import CatalogFrontiers, JobQueue, QueueSettings
 from analoglab.queue.migrate import upgrade
 from analoglab.queue.models import Job, Review, utcnow
@@ -160,11 +163,6 @@ class Health(BaseModel):
     version: str
 
 
-class AuditCheck(BaseModel):
-    ok: bool
-    first_broken_seq: int | None
-
-
 def job_out(job: Job, reviews: list[Review] | None = None) -> JobOut:
     return JobOut(
         id=job.id,
@@ -259,6 +257,8 @@ def create_app(
         upgrade(url)
     engine = make_engine(url)
     queue = JobQueue(engine, frontiers or CatalogFrontiers(settings), queue_settings, clock)
+    notary = Notary.for_settings(settings)  # signs the audit log's head after every commit
+    notary.attach(queue.sessions)
     authenticator = _tokens(tokens)
     if tokens is None or isinstance(tokens, str | Path | Mapping):
         from analoglab.queue.hubauth import with_hub_tokens
@@ -294,6 +294,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.queue = queue
+    app.state.notary = notary
     app.state.authenticator = authenticator
     app.state.page_secret = page_secret or secrets.token_bytes(32)
     app.include_router(pages_router)
@@ -524,11 +525,27 @@ def create_app(
         return full(queue.give_back(job_id, body.lease_id, ident.name, body.reason, body.error))
 
     @app.get("/api/audit/verify", tags=["admin"])
-    def verify_audit(ident: Caller) -> AuditCheck:
-        """Walk the hash chain of the audit log; the first broken entry, if any."""
+    def verify_audit(ident: Caller) -> AuditReport:
+        """Check the audit log as evidence (docs/audit.md): its chain, its replay against the
+        jobs, reviews and results, and the hub's last signed head; every finding."""
+        return verify_audit_against(VerifyIn(), ident)
+
+    @app.post("/api/audit/verify", tags=["admin"])
+    def verify_audit_against(body: VerifyIn, ident: Caller) -> AuditReport:
+        """As ``GET``, and against a head published earlier, signed by the pinned key."""
         if not ident.is_admin:
             raise Forbidden("only admins verify the audit log")
-        broken = queue.verify_audit()
-        return AuditCheck(ok=broken is None, first_broken_seq=broken)
+        with queue.sessions() as session:
+            return verify_evidence(session, notary, body.head, body.public_key)
+
+    @app.get("/api/audit/head", tags=["service"])
+    def audit_head(ident: Caller) -> SignedHead:
+        """The audit log's head signed by the hub (any signed-in caller): keep it elsewhere and
+        pin its ``public_key``; 409 when the log does not extend the last signed head."""
+        try:
+            with queue.sessions() as session:
+                return notary.sign(session)
+        except HeadError as exc:
+            raise QueueError(f"{exc}: run 'analoglab queue audit verify'", status=409) from None
 
     return app
