@@ -5,7 +5,9 @@ One hub per module (dummy authenticator, the ``custom:analoglab:*`` scopes grant
 behind the hub's proxy). Checked: the authorisation matrix with hub tokens in place of static
 ones, scope → role mapping (downscoped tokens, services), 401/403 answers, the cache, the
 static tokens chained in front of the hub, the hub down or hanging (503 JSON), and the managed
-service reached through the proxy under ``/services/analoglab-queue``.
+service reached through the proxy under ``/services/analoglab-queue``, and browsers signing in to
+its review pages with the hub's OAuth (login form, authorize, callback, session, logout; the
+OAuth state checked; users without queue scopes refused).
 
 The hub needs configurable-http-proxy: ``make pytest`` installs it under ``.venv/node``
 (``CONFIGURABLE_HTTP_PROXY`` names another one); without it these tests fail.
@@ -14,8 +16,10 @@ The hub needs configurable-http-proxy: ``make pytest`` installs it under ``.venv
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -26,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -36,6 +41,7 @@ from analoglab.queue.auth import ChainAuthenticator, StaticTokens, hash_token
 from analoglab.queue.client import QueueClient
 from analoglab.queue.hubauth import HubAuthenticator, roles_from_scopes, scope_for_role
 from analoglab.queue.jobs import QueueSettings
+from analoglab.queue.pages import COOKIE
 from analoglab.queue.service import create_app
 from analoglab.queue.vetting import VettingLimits
 
@@ -146,6 +152,10 @@ def hub_config(
                 str(work / "static-tokens.toml"),
             ],
             "environment": {"ANALOGLAB_HOME": str(queue_home)},
+            # browsers sign in to the review pages with the hub's OAuth: the tokens it issues
+            # carry the queue scopes their user holds
+            "oauth_client_allowed_scopes": CUSTOM_SCOPES,
+            "oauth_no_confirm": True,
         },
     ]
     custom = {s: {"description": f"queue test scope {s}"} for s in CUSTOM_SCOPES}
@@ -459,10 +469,13 @@ def test_managed_service_behind_the_proxy(hub: Hub) -> None:
         claim = agent.claim("lab-b")
         assert claim is not None and claim["job"]["id"] == job["id"]
         assert claim["job"]["lease_holder"] == "service:lab-b-agent"
-    # the review pages' links carry the prefix
+    # the review pages sign browsers in through the hub (the token form is for no-hub mode)
     login = httpx.get(hub.service_url + "/review/login", timeout=10)
-    assert login.status_code == 200
-    assert f'action="/services/{SERVICE}/review/login"' in login.text
+    assert login.status_code == 302
+    assert login.headers["location"].startswith("/hub/api/oauth2/authorize?")
+    assert f"redirect_uri=%2Fservices%2F{SERVICE}%2Foauth_callback" in login.headers["location"]
+    form = httpx.post(hub.service_url + "/review/login", data={"token": "x"}, timeout=10)
+    assert form.status_code == 403 and "JupyterHub" in form.text
     spec = json.dumps(httpx.get(hub.service_url + "/openapi.json", timeout=10).json())
     assert "/api/jobs" in spec
 
@@ -493,3 +506,100 @@ def test_notebook_server_tokens_carry_the_queue_scopes(hub: Hub) -> None:
         )
         assert resp.status_code in (202, 204), resp.text
 
+
+
+def wait_for_service(hub: Hub) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(hub.service_url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, hub.log.read_text()[-4000:]
+        time.sleep(0.3)
+
+
+def hub_sign_in(browser: httpx.Client, hub: Hub, user: str, start: str) -> httpx.Response:
+    """What a browser does: open ``start``, land on the hub's login form, sign in there (the
+    dummy authenticator takes any password) and follow the redirects back."""
+    page = browser.get(start)
+    assert page.status_code == 200 and "/hub/login" in str(page.url), page.url
+    form = re.search(r'<form[^>]*action="([^"]+)"', page.text)
+    xsrf = re.search(r'name="_xsrf"[^>]*value="([^"]+)"', page.text)
+    assert form is not None and xsrf is not None, page.text[:2000]
+    action = html.unescape(form.group(1))
+    return browser.post(
+        urljoin(str(page.url), action),
+        data={"username": user, "password": "any", "_xsrf": xsrf.group(1)},
+    )
+
+
+def test_browsers_sign_in_to_the_review_pages_with_the_hubs_oauth(hub: Hub) -> None:
+    """hub login form → OAuth authorize → the queue's callback → /review, as a browser
+    following redirects; the session cookie is the queue's own; logout ends it."""
+    wait_for_service(hub)
+    review = hub.service_url + "/review"
+    with httpx.Client(follow_redirects=True, timeout=20) as browser:
+        first = browser.get(review, follow_redirects=False)
+        assert first.status_code == 302
+        authorize = first.headers["location"]
+        assert authorize.startswith("/hub/api/oauth2/authorize?")
+        assert "code_challenge_method=S256" in authorize and "state=" in authorize
+        page = hub_sign_in(browser, hub, "rita", review)
+        assert page.status_code == 200, page.text[-2000:]
+        assert str(page.url) == review
+        assert "signed in as <b>rita</b>" in page.text and "Lab lab-a" in page.text
+        cookie = browser.cookies.get(COOKIE)
+        assert cookie and "." in cookie
+        # the session cookie is no hub token: the API refuses it
+        api = httpx.get(hub.service_url + "/api/jobs", headers=bearer(cookie), timeout=10)
+        assert api.status_code == 401
+        # reviewing through the page works with the session
+        with QueueClient(hub.service_url, hub.tokens["researcher"]) as ada:
+            job = ada.submit(probe_spec(), "frontier-a")
+        path = f"{review}/jobs/{job['id']}"
+        job_page = browser.get(path)
+        csrf = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', job_page.text)
+        assert job_page.status_code == 200 and csrf is not None
+        done = browser.post(
+            f"{path}/review", data={"csrf_token": csrf.group(1), "decision": "approve"}
+        )
+        assert done.status_code == 200 and str(done.url) == path
+        with QueueClient(hub.service_url, hub.tokens["reviewer_a"]) as rita:
+            assert rita.get(job["id"])["reviews"][0]["reviewer"] == "rita"
+        # signing out ends the session: the old cookie no longer signs anyone in
+        out = browser.post(f"{review}/logout", data={"csrf_token": csrf.group(1)})
+        assert out.status_code == 200 and "signed out" in out.text
+        assert COOKIE not in browser.cookies
+        old = httpx.get(review, cookies={COOKIE: cookie}, timeout=10)
+        assert old.status_code == 302 and old.headers["location"].startswith("/hub/api/oauth2/")
+
+
+def test_the_oauth_state_is_checked(hub: Hub) -> None:
+    """A callback whose state is not the one this browser started with is refused (403), as
+    is one without the state cookie: a stranger cannot sign a victim in with their code."""
+    wait_for_service(hub)
+    callback = hub.service_url + "/oauth_callback"
+    with httpx.Client(follow_redirects=False, timeout=20) as browser:
+        start = browser.get(hub.service_url + "/review")
+        assert start.status_code == 302
+        wrong = browser.get(callback, params={"code": "x", "state": "not-the-state"})
+        assert wrong.status_code == 403 and "state" in wrong.text
+    bare = httpx.get(callback, params={"code": "x", "state": "y"}, timeout=10)
+    assert bare.status_code == 403 and COOKIE not in bare.headers.get("set-cookie", "")
+    missing = httpx.get(callback, timeout=10)
+    assert missing.status_code == 422
+
+
+def test_users_without_queue_scopes_are_refused_after_sign_in(hub: Hub) -> None:
+    wait_for_service(hub)
+    review = hub.service_url + "/review"
+    with httpx.Client(follow_redirects=True, timeout=20) as browser:
+        page = hub_sign_in(browser, hub, "nobody", review)
+        assert page.status_code == 403 and "no queue scope" in page.text
+        assert COOKIE not in browser.cookies
+        # a researcher signs in, but the review pages are for reviewers
+    with httpx.Client(follow_redirects=True, timeout=20) as browser:
+        page = hub_sign_in(browser, hub, "ada", review)
+        assert page.status_code == 403 and "only reviewers" in page.text
