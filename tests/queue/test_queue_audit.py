@@ -5,6 +5,7 @@ full tamper matrix is in test_queue_evidence)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -173,3 +174,22 @@ def test_who_reads_the_head_and_verifies(
         bad = client.post("/api/audit/verify", headers=root, json={"head": {"seq": 1}})
         assert bad.status_code == 422
         assert client.post("/api/audit/verify", headers=root, json={"x": 1}).status_code == 422
+
+
+def test_hubs_on_one_home_keep_one_record_per_database(
+    tmp_path: Path, catalog_home: Settings
+) -> None:
+    heads = []
+    for name in ("one.db", "two.db"):
+        with TestClient(create_app(f"sqlite:///{tmp_path / name}", catalog_home, TOKENS)) as c:
+            root = {"Authorization": "Bearer tok-root"}
+            if name == "one.db":
+                c.post(
+                    "/api/jobs",
+                    json={"frontier": "frontier-a", "spec": probe_spec()},
+                    headers={"Authorization": "Bearer tok-alice"},
+                )
+            heads.append(c.get("/api/audit/head", headers=root).json())
+            assert c.get("/api/audit/verify", headers=root).json()["ok"]
+    assert [h["seq"] for h in heads] == [1, 0]
+    assert heads[0]["public_key"] == heads[1]["public_key"]  # one key per hub's home

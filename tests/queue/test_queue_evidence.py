@@ -36,7 +36,7 @@ from .conftest import probe_spec, result_for
 
 @pytest.fixture
 def notary(queue: JobQueue, tmp_path: Path) -> Notary:
-    n = Notary(tmp_path / "keys" / "audit-signing-key.pem")
+    n = Notary(tmp_path / "keys" / "audit-signing-key.pem", str(queue.engine.url))
     n.attach(queue.sessions)
     return n
 
@@ -214,8 +214,17 @@ def test_a_deleted_job_and_a_removed_head_record_are_found(
     assert any("record of signed heads" in m and "removed" in m for m in messages)
     # A restarted hub (a new Notary on the same key) does not start a new record either.
     again = Notary(notary.key_path)
-    with pytest.raises(HeadError, match="removed"):
-        again.last()
+    with queue.sessions() as session, pytest.raises(HeadError, match="removed"):
+        again.last(session)
+
+
+def test_one_key_keeps_one_record_per_database(tmp_path: Path, notary: Notary) -> None:
+    from analoglab.queue.head import head_file
+
+    key = notary.key_path
+    one = head_file(key, "postgresql+psycopg://u:secret@db/queue")
+    assert one == head_file(key, "postgresql+psycopg://u:other@db/queue")  # not the password
+    assert one != head_file(key, "sqlite:////data/queue.db") and "secret" not in one.name
 
 
 def test_a_published_head_catches_truncation_and_a_wrong_key(

@@ -356,7 +356,7 @@ def verify(
                 )
             )
         try:
-            last = notary.last()
+            last = notary.last(session)
         except HeadError as exc:
             found.append(AuditFinding("signed_head", str(exc)))
         if last is not None:

@@ -14,7 +14,7 @@ that prefix, unchanged (:func:`log_problems`).
 
 The :class:`Notary` is the hub's signer. Attached to the queue's sessions, it signs the head
 after every commit that appended audit entries and keeps the last signed head in a file next to
-the key (``audit-signing-key.head.json``, written with :func:`~analoglab.files.atomic_write`).
+the key, one per database (:func:`head_file`, written with :func:`~analoglab.files.atomic_write`).
 It signs a new head only when the log *extends* the last one (same hash at the last signed
 seq, an intact chain after it), so a log rewritten and re-chained in the database without the
 key is never signed, and :func:`~.evidence.verify` reports it.
@@ -23,6 +23,7 @@ key is never signed, and :func:`~.evidence.verify` reports it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import threading
@@ -32,6 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import event, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from analoglab import signing
@@ -72,9 +74,13 @@ def key_path(settings: Settings) -> Path:
     return settings.home.expanduser() / "queue" / KEY_FILE
 
 
-def head_file(key: Path) -> Path:
-    """Where the last signed head is kept: next to the key, ``<key stem>.head.json``."""
-    return key.with_name(f"{key.stem}.head.json")
+def head_file(key: Path, database: str | None = None) -> Path:
+    """Where the last signed head of ``database`` (its URL) is kept: next to the key,
+    ``<key stem>.<12 hex digits of the URL's sha256>.head.json`` (the password left out)."""
+    if database is None:
+        return key.with_name(f"{key.stem}.head.json")
+    shown = make_url(database).render_as_string(hide_password=True)
+    return key.with_name(f"{key.stem}.{hashlib.sha256(shown.encode()).hexdigest()[:12]}.head.json")
 
 
 def head_bytes(seq: int, hash_: str, at: str) -> bytes:
@@ -179,9 +185,9 @@ def _extension_problems(session: Session, last: SignedHead) -> list[str]:
 class Notary:
     """The hub's signer of audit heads; the last one it signed is kept beside its key."""
 
-    def __init__(self, key: Path, clock: Any = utcnow) -> None:
+    def __init__(self, key: Path, database: str | None = None, clock: Any = utcnow) -> None:
         self.key_path = Path(key)
-        self.head_path = head_file(self.key_path)
+        self.head_path = head_file(self.key_path, database)
         created = not self.key_path.exists()
         self._key = signing.load_or_create_private_key(self.key_path)
         self.public_key = signing.public_key_text(self._key)
@@ -194,18 +200,19 @@ class Notary:
         self._fresh = created and not self.head_path.exists()
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Notary:
-        return cls(key_path(settings))
+    def for_settings(cls, settings: Settings, database: str | None = None) -> Notary:
+        return cls(key_path(settings), database)
 
-    def last(self) -> SignedHead | None:
+    def last(self, session: Session | None = None) -> SignedHead | None:
         """The last head this hub signed; None before the first. :class:`HeadError` when the
-        record is unreadable, not signed by this key, or gone while the key is not new."""
+        record is unreadable or not signed by this key, or (given the ``session``) when it is
+        gone although the key is not new and the log is not empty: it was removed."""
         if not self.head_path.exists():
-            if self._fresh:
+            if self._fresh or session is None or audit.head(session) is None:
                 return None
             raise HeadError(
                 f"the record of signed heads {self.head_path} is missing, though the key "
-                f"{self.key_path} is not new: it was removed"
+                f"{self.key_path} is not new and the log is not empty: it was removed"
             )
         head = read_head(self.head_path)
         check_signature(head, self.public_key)
@@ -218,7 +225,7 @@ class Notary:
             return self._sign(session)
 
     def _sign(self, session: Session) -> SignedHead:
-        last = self.last()
+        last = self.last(session)
         newest = audit.head(session)
         seq, hash_ = (newest.seq, newest.hash) if newest else (0, audit.GENESIS)
         if last is not None:

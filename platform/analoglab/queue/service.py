@@ -257,7 +257,7 @@ def create_app(
         upgrade(url)
     engine = make_engine(url)
     queue = JobQueue(engine, frontiers or CatalogFrontiers(settings), queue_settings, clock)
-    notary = Notary.for_settings(settings)  # signs the audit log's head after every commit
+    notary = Notary.for_settings(settings, url)  # signs the audit log's head after each commit
     notary.attach(queue.sessions)
     authenticator = _tokens(tokens)
     if tokens is None or isinstance(tokens, str | Path | Mapping):
