@@ -144,3 +144,20 @@ def test_the_light_core_imports_no_torch() -> None:
         "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_config_show_and_doctor_mask_passwords(
+    home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANALOGLAB_MLFLOW_TRACKING_URI", "postgresql://ml:hunter2@127.0.0.1:9/ml")
+    monkeypatch.setenv("ANALOGLAB_QUEUE_URL", "http://bot:hunter3@127.0.0.1:9")  # nothing there
+    monkeypatch.setenv("ANALOGLAB_QUEUE_PAGE_SECRET", "the-page-secret-of-the-replicas")
+    for args in (("config", "show"), ("config", "show", "--json")):
+        code, out, _ = run(*args)
+        assert code == 0 and "postgresql://ml:***@127.0.0.1:9/ml" in out
+        assert "hunter" not in out and "the-page-secret" not in out
+    for args in (("doctor",), ("doctor", "--json")):
+        code, out, err = run(*args)
+        assert code == 1  # the queue does not answer
+        assert "http://bot:***@127.0.0.1:9" in out and "postgresql://ml:***@" in out
+        assert "hunter" not in out + err

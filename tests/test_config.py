@@ -1,4 +1,5 @@
-"""Settings: defaults under home, env over file over default, clear errors, sources shown."""
+"""Settings: defaults under home, env over file over default, clear errors, sources shown,
+secrets masked (URIs with passwords, secret settings)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analoglab.config import Settings, explain, get_settings
+from analoglab.config import Settings, explain, get_settings, mask_uri, redact_text
 from analoglab.errors import ConfigError
 
 
@@ -62,3 +63,40 @@ def test_unwritable_data_folder_is_a_clear_error(tmp_path: Path) -> None:
     s = Settings(home=blocker / "home")
     with pytest.raises(ConfigError, match="not writable.*ANALOGLAB_HOME"):
         s.ensure_folders()
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("postgresql://analoglab:hunter2@db:5432/queue", "postgresql://analoglab:***@db:5432/queue"),
+        ("postgresql+psycopg://u:p@ss:w/rd@h/d", "postgresql+psycopg://u:***@h/d"),
+        ("https://alice:s3cr%40t@mlflow.example/x?a=1", "https://alice:***@mlflow.example/x?a=1"),
+        ("https://ghp_0123456789abcdefghij@example.org/r", "https://***@example.org/r"),
+        ("http://h/x?token=abc&x=1&X-Amz-Signature=zz", "http://h/x?token=***&x=1&X-Amz-Signature=***"),
+        ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test"),
+        ("sqlite:////var/lib/analoglab/queue.db", "sqlite:////var/lib/analoglab/queue.db"),
+        ("/just/a/path", "/just/a/path"),
+    ],
+)
+def test_mask_uri_hides_passwords_and_secret_parameters(uri: str, shown: str) -> None:
+    assert mask_uri(uri) == shown
+
+
+def test_redact_text_masks_every_uri_in_a_message() -> None:
+    text = "cannot reach postgresql://u:pw1@h:5/d (nor https://a:pw2@x.y/z); see /tmp/log"
+    assert redact_text(text) == (
+        "cannot reach postgresql://u:***@h:5/d (nor https://a:***@x.y/z); see /tmp/log"
+    )
+
+
+def test_explain_shows_no_secret(home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANALOGLAB_MLFLOW_TRACKING_URI", "postgresql://ml:hunter2@db/mlflow")
+    monkeypatch.setenv("ANALOGLAB_QUEUE_URL", "https://bot:hunter3@queue.example")
+    monkeypatch.setenv("ANALOGLAB_QUEUE_PAGE_SECRET", "a-page-secret-of-the-replicas")
+    rows = {r.name: r for r in explain(get_settings())}
+    assert rows["mlflow_tracking_uri"].value == "postgresql://ml:***@db/mlflow"
+    assert rows["queue_url"].value == "https://bot:***@queue.example"
+    assert rows["queue_page_secret"].value == "***"
+    assert rows["queue_page_secret"].source == "env ANALOGLAB_QUEUE_PAGE_SECRET"
+    shown = repr([r.value for r in rows.values()])
+    assert "hunter" not in shown and "a-page-secret" not in shown

@@ -6,15 +6,22 @@ the TOML config file (``ANALOGLAB_CONFIG``, else ``<home>/config.toml``), defaul
 
 All state lives under one data folder, ``home``; the folders below it (model store, catalog,
 lab sites, foundry work, caches) default to sub-folders of it and can each be moved.
+
+Secrets are never shown: :func:`mask_uri` hides a URI's password (and secret-looking query
+parameters), :func:`redact_text` does it for every URI inside a message, and :func:`explain`
+(``analoglab config show``) prints secret settings as ``***``. Use them wherever a URI or a
+setting is printed or logged.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, quote, urlencode
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError
@@ -40,6 +47,67 @@ _HOME_FOLDERS = {
     "foundry_dir": "foundry",
     "cache_dir": "cache",
 }
+
+
+MASK = "***"
+#: Query parameters whose values are credentials (presigned URLs, tokens in links).
+_SECRET_PARAM = re.compile(
+    r"(pass(word)?|pwd|secret|token|key|signature|sig|credential|auth)", re.IGNORECASE
+)
+#: Settings whose values are secrets whatever their type.
+_SECRET_SETTING = re.compile(r"(secret|token|password|credential)", re.IGNORECASE)
+_WEB = ("http", "https")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` with its password and secret query parameters replaced by ``***``.
+
+    >>> mask_uri("postgresql://analoglab:hunter2@db:5432/queue")
+    'postgresql://analoglab:***@db:5432/queue'
+
+    The user name stays (it names the account, and is rarely secret); ``https://TOKEN@host``
+    (a long user name and no password: a token) is masked too. The password runs to the last
+    ``@``, so one holding ``@``, ``/`` or ``?`` unencoded is hidden whole. Anything not shaped
+    like ``scheme://...`` comes back unchanged.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return uri
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, host = rest[:at], rest[at + 1 :]
+        user, colon, _password = userinfo.partition(":")
+        if colon and "/" not in user:
+            rest = f"{user}:{MASK}@{host}"
+        elif not colon and "/" not in userinfo and len(userinfo) >= 20 and scheme in _WEB:
+            rest = f"{MASK}@{host}"  # a token as the user name
+    head, question, query = rest.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
+            masked = [(k, MASK if _SECRET_PARAM.search(k) else v) for k, v in pairs]
+            query = urlencode(masked, safe="*", quote_via=quote)
+        rest = f"{head}?{query}{hash_}{fragment}"
+    return f"{scheme}://{rest}"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI in it masked (:func:`mask_uri`): for messages and logs."""
+    return _URI_IN_TEXT.sub(lambda m: mask_uri(m.group(0)), text)
+
+
+def redact(name: str, value: Any) -> Any:
+    """A setting's value as it may be shown: secrets as ``***``, URIs masked."""
+    if value is None:
+        return None
+    if isinstance(value, SecretStr) or _SECRET_SETTING.search(name):
+        return MASK
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
 
 
 def default_home() -> Path:
@@ -226,7 +294,8 @@ def get_settings(**overrides: Any) -> Settings:
 
 @dataclass(frozen=True)
 class SettingValue:
-    """One row of ``analoglab config show``: a setting, its value and where it came from."""
+    """One row of ``analoglab config show``: a setting, its value (secrets masked: see
+    :func:`redact`) and where it came from."""
 
     name: str
     value: Any
@@ -255,7 +324,7 @@ def explain(settings: Settings) -> list[SettingValue]:
             value = settings.folder(name)
         if isinstance(value, Path):
             value = str(value)
-        rows.append(SettingValue(name, value, source, field.description or ""))
+        rows.append(SettingValue(name, redact(name, value), source, field.description or ""))
     rows.append(
         SettingValue(
             "config_file",

@@ -1,17 +1,18 @@
 """``analoglab doctor``: is this machine ready? One check per line, each ok, warn or fail.
 
 Checks are plain functions returning :class:`Check`; a failed *required* check makes the
-command exit non-zero.
+command exit non-zero. What a check says never shows a secret: every URI in it is masked
+(:func:`analoglab.config.redact_text`: ``postgresql://user:***@host/db``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from analoglab.config import Settings
+from analoglab.config import Settings, mask_uri, redact_text
 from analoglab.errors import AnalogLabError
 
 Status = Literal["ok", "warn", "fail"]
@@ -99,17 +100,18 @@ def check_service(name: str, url: str | None, health_path: str) -> Check | None:
     """A configured service must answer; an unconfigured one is not checked."""
     if not url:
         return None
+    shown = mask_uri(url)
     if not url.startswith(("http://", "https://")):
-        return Check(name, "ok", f"{url} (local store, no server)")
+        return Check(name, "ok", f"{shown} (local store, no server)")
     import httpx
 
     try:
         resp = httpx.get(url.rstrip("/") + health_path, timeout=3.0)
     except httpx.HTTPError as exc:
-        return Check(name, "fail", f"{url} is not reachable: {exc}")
+        return Check(name, "fail", f"{shown} is not reachable: {exc}")
     if resp.status_code >= 500:
-        return Check(name, "fail", f"{url} answered {resp.status_code}")
-    return Check(name, "ok", f"{url} answered {resp.status_code}")
+        return Check(name, "fail", f"{shown} answered {resp.status_code}")
+    return Check(name, "ok", f"{shown} answered {resp.status_code}")
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -122,7 +124,7 @@ def run_checks(settings: Settings) -> list[Check]:
     ):
         if c is not None:
             checks.append(c)
-    return checks
+    return [replace(c, detail=redact_text(c.detail)) for c in checks]
 
 
 def failed(checks: list[Check]) -> bool:
