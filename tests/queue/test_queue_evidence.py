@@ -58,6 +58,8 @@ def worked(queue: JobQueue, notary: Notary) -> dict[str, int]:
     claimed = queue.claim("lab-b", "agent-b")
     assert claimed is not None
     queue.post_result(auto.id, claimed.lease_id, "agent-b", result_for(claimed))
+    tighter = queue.policy("frontier-a").model_copy(update={"max_prompts": 32})
+    queue.set_policy("frontier-a", tighter, "rita")
     return {
         "released": released.id,
         "rejected": rejected.id,
@@ -260,3 +262,27 @@ def test_a_head_round_trips_through_json(notary: Notary, worked: dict[str, int])
     with pytest.raises(HeadError, match="not a signed audit head"):
         parse_head({"seq": -1})
     assert isinstance(again, SignedHead)
+
+
+def test_a_policy_edited_in_the_database_is_found(
+    queue: JobQueue, notary: Notary, worked: dict[str, int], raw: Engine
+) -> None:
+    # The gate switched off behind the log's back: no human review on frontier-a.
+    policy = {**queue.policy("frontier-a").model_dump(mode="json"), "human_review": False}
+    sql(
+        raw,
+        "UPDATE policy_overrides SET policy = :p WHERE frontier = 'frontier-a'",
+        p=json.dumps(policy),
+    )
+    sql(
+        raw,
+        "INSERT INTO policy_overrides (frontier, policy, updated_by, updated_at) "
+        "VALUES ('frontier-b', :p, 'mallory', :t)",
+        p=json.dumps(policy),
+        t=queue.clock(),
+    )
+    found = {f.message for f in report(queue, notary).findings}
+    assert any(
+        "frontier frontier-a: the policy differs" in m and m.endswith("human_review") for m in found
+    )
+    assert "frontier frontier-b: a policy override the log never recorded" in found

@@ -12,6 +12,7 @@ the job or entry and what differs:
   result's canonical-JSON hash is the hash the log recorded; the release decision and the
   attempts are the logged ones; no entry or review names a job that does not exist
   (``history``, ``state``, ``spec``, ``review``, ``result``, ``release``, ``attempts``);
+  each policy override is the policy its last ``policy_update`` entry recorded (``policy``);
 - ``signed_head``: the log does not hold the last head the hub signed (kept outside the
   database by the :class:`~.head.Notary`): truncated, emptied, or rewritten and re-chained
   without the key; or that record is missing or not signed by the hub's key;
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session
 from analoglab.queue import audit
 from analoglab.queue.head import HeadError, Notary, SignedHead, check_signature, log_problems
 from analoglab.queue.jobs import RELEASE_CHECK, canonical_hash
-from analoglab.queue.models import AuditEntry, Job, Review
+from analoglab.queue.models import AuditEntry, Job, PolicyOverride, Review
 from analoglab.queue.states import State, allowed
 
 
@@ -53,7 +54,7 @@ class AuditFinding:
 class FindingOut(BaseModel):
     check: str = Field(
         description="chain, log, history, state, spec, review, result, "
-        "release, attempts, signed_head or published_head"
+        "release, attempts, policy, signed_head or published_head"
     )
     message: str
     job_id: int | None = None
@@ -274,14 +275,48 @@ def _replay_result(job: Job, entries: list[AuditEntry]) -> list[AuditFinding]:
     return []
 
 
+def _replay_policies(session: Session, edits: dict[str, AuditEntry]) -> list[AuditFinding]:
+    """Each policy override is the policy its last ``policy_update`` entry recorded."""
+    found: list[AuditFinding] = []
+    for override in session.execute(select(PolicyOverride)).scalars():
+        entry = edits.get(override.frontier)
+        if entry is None:
+            found.append(
+                AuditFinding(
+                    "policy",
+                    f"frontier {override.frontier}: a policy override the log never recorded",
+                )
+            )
+            continue
+        logged = (entry.detail or {}).get("policy")
+        if logged is not None and logged != override.policy:
+            differs = sorted(
+                k
+                for k in set(logged) | set(override.policy)
+                if logged.get(k) != override.policy.get(k)
+            )
+            found.append(
+                AuditFinding(
+                    "policy",
+                    f"frontier {override.frontier}: the policy differs from what entry "
+                    f"{entry.seq} recorded in {', '.join(differs)}",
+                    seq=entry.seq,
+                )
+            )
+    return found
+
+
 def replay(session: Session) -> list[AuditFinding]:
-    """Every way the jobs and reviews in ``session`` differ from what the log says."""
+    """Every way the jobs, reviews and policies in ``session`` differ from what the log says."""
     by_job: dict[int, list[AuditEntry]] = defaultdict(list)
+    edits: dict[str, AuditEntry] = {}
     total = 0
     for entry in session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars():
         total += 1
         if entry.job_id is not None:
             by_job[entry.job_id].append(entry)
+        elif entry.action == "policy_update" and "frontier" in (entry.detail or {}):
+            edits[str(entry.detail["frontier"])] = entry
     reviews: dict[int, list[Review]] = defaultdict(list)
     for review in session.execute(select(Review).order_by(Review.id)).scalars():
         reviews[review.job_id].append(review)
@@ -315,6 +350,7 @@ def replay(session: Session) -> list[AuditFinding]:
                 "review", f"review {rows[0].id} is of job {job_id}, which does not exist", job_id
             )
         )
+    found.extend(_replay_policies(session, edits))
     return found
 
 

@@ -52,7 +52,7 @@ def set_policy(
         session,
         actor=actor,
         action="policy_update",
-        detail={"frontier": frontier.id, "changed": changed},
+        detail={"frontier": frontier.id, "changed": changed, "policy": data},
         at=now,
     )
     session.flush()
