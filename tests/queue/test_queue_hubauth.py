@@ -574,6 +574,11 @@ def test_browsers_sign_in_to_the_review_pages_with_the_hubs_oauth(hub: Hub) -> N
         assert COOKIE not in browser.cookies
         old = httpx.get(review, cookies={COOKIE: cookie}, timeout=10)
         assert old.status_code == 302 and old.headers["location"].startswith("/hub/api/oauth2/")
+        # still signed in to the hub: opening a page signs in again and lands on that page
+        again = browser.get(path)
+        assert again.status_code == 200 and str(again.url) == path
+        assert "signed in as <b>rita</b>" in again.text
+        assert browser.cookies.get(COOKIE) not in (None, cookie)
 
 
 def test_the_oauth_state_is_checked(hub: Hub) -> None:
