@@ -135,6 +135,9 @@ def test_services_and_their_roles(tmp_path: Path) -> None:
     # every custom scope granted is declared
     granted = {s for r in roles.values() for s in r["scopes"] if s.startswith("custom:")}
     assert granted <= set(c.JupyterHub.custom_scopes)
+    # the review pages' OAuth tokens may carry every queue scope (each user gets what they hold)
+    queue = by_name(c.JupyterHub.services)["queue"]
+    assert set(queue["oauth_client_allowed_scopes"]) == set(c.JupyterHub.custom_scopes)
 
 
 def test_notebook_tokens_submit_and_reach_services_but_never_review(tmp_path: Path) -> None:

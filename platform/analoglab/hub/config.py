@@ -292,6 +292,8 @@ def services(plan: Plan) -> list[dict[str, Any]]:
             "url": f"http://127.0.0.1:{plan.ports.queue}",
             "command": [analoglab, "queue", "serve"],
             "environment": {**env, "ANALOGLAB_QUEUE_PAGE_SECRET": plan.queue_page_secret},
+            # the review pages' OAuth tokens carry the queue scopes each user holds
+            "oauth_client_allowed_scopes": sorted(custom_scopes(plan.labs)),
             "oauth_no_confirm": True,
             "display": True,
             "info": {"description": "The gated queue: jobs and their review pages."},
