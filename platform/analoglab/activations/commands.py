@@ -1,20 +1,22 @@
-"""What ``analoglab activations extract|info|ls`` do, apart from parsing their options.
+"""``analoglab activations extract|info|ls``: their options, and what they do with them.
 
-The command line's own module (:mod:`analoglab.cli`) declares the options and calls these;
-here the options become a :class:`~analoglab.activations.sources.Source` and hook list, and
+The options become a :class:`~analoglab.activations.sources.Source` and hook list, and
 results become tables. Nothing here imports torch until an extraction starts.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 from analoglab.activations.errors import ActivationError
 from analoglab.activations.sources import Source
+from analoglab.cli.common import DeviceOpt, JsonFlag, err, handles_errors, out, print_json
+from analoglab.config import get_settings
 
 
 def parse_hooks(hooks: str | None, depths: str | None) -> list[str | float] | None:
@@ -126,3 +128,111 @@ def print_list(out: Console, folder: Path, rows: list[dict[str, Any]]) -> None:
             r["source"],
         )
     out.print(table)
+
+
+activations_app = typer.Typer(
+    help="Activation datasets: extract to zarr stores, inspect them, list them.",
+    no_args_is_help=True,
+)
+
+
+@activations_app.command("extract")
+@handles_errors
+def activations_extract(
+    model: Annotated[
+        str, typer.Argument(help="Analog name, frontier id on a lab site here, or a model folder.")
+    ],
+    store: Annotated[
+        str, typer.Option("--store", "-o", help="Path; a bare name goes under <home>/activations.")
+    ],
+    task_set: Annotated[
+        str | None, typer.Option("--task-set", "-t", help="A foundry task set: sentiment, ioi, ...")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="Items of the task set.", min=1)] = 200,
+    seed: Annotated[int | None, typer.Option(help="Task-set seed.")] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option("--prompts", "-f", help="Text file (a prompt a line) or .jsonl.")
+    ] = None,
+    hooks: Annotated[
+        str | None, typer.Option(help="Hook names, comma-separated: blocks.0.hook_resid_post,...")
+    ] = None,
+    depths: Annotated[
+        str | None, typer.Option(help="Relative depths of --site, comma-separated: 0,0.5,1.")
+    ] = None,
+    site: Annotated[str, typer.Option(help="The site --depths (or no hooks) address.")] = (
+        "hook_resid_post"
+    ),
+    positions: Annotated[str, typer.Option(help="all (every token), last or mean.")] = "all",
+    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.", min=1)] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Tokens kept per prompt (its last).", min=1)] = (
+        128
+    ),
+    compression: Annotated[str, typer.Option(help="none or zstd.")] = "none",
+    overwrite: Annotated[bool, typer.Option(help="Replace a store of other inputs.")] = False,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Extract activations into a zarr store (rerun the same command to resume)."""
+    from analoglab.activations.extraction import extract
+    from analoglab.progress import RichReporter
+
+    source = source_from_options(task_set, n, seed, prompts_file)
+    reporter = RichReporter(err)
+    try:
+        summary = extract(
+            model,
+            source,
+            store=store,
+            hooks=parse_hooks(hooks, depths),
+            site=site,
+            positions=positions,  # type: ignore[arg-type]  # checked by extract
+            dtype=dtype,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            compression=compression,  # type: ignore[arg-type]
+            device=device,
+            progress=reporter,
+            overwrite=overwrite,
+        )
+    finally:
+        reporter.close()
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        print_summary(out, summary)
+
+
+@activations_app.command("info")
+@handles_errors
+def activations_info(
+    store: Annotated[str, typer.Argument(help="A store path or a name under <home>/activations.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a store: its model, source, hooks, rows, arrays and state."""
+    from analoglab.activations.store import describe, resolve_store
+
+    info = describe(resolve_store(store).absolute())
+    if as_json:
+        print_json(info)
+    else:
+        print_info(out, info)
+
+
+@activations_app.command("ls")
+@handles_errors
+def activations_ls(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Where to look (default <home>/activations).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the activation stores in a folder."""
+    from analoglab.activations.store import default_folder, list_stores
+
+    where = folder or default_folder(get_settings())
+    rows = list_stores(where)
+    if as_json:
+        print_json({"folder": str(where), "stores": rows})
+    else:
+        print_list(out, where, rows)

@@ -1,0 +1,225 @@
+"""``analoglab spec``, ``analoglab run`` and ``analoglab transfer``: experiment specs, runs
+of one spec on one model, and transfer checks from an analog to its frontier.
+
+Nothing here imports torch at module level: the runner and the models load inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from analoglab.cli.common import (
+    DeviceOpt,
+    JsonFlag,
+    err,
+    handles_errors,
+    out,
+    print_json,
+    progress_bar,
+)
+from analoglab.config import get_settings
+from analoglab.tracking.commands import track_result
+
+spec_app = typer.Typer(help="Experiment specs: the JSON Schema, validation.", no_args_is_help=True)
+
+
+@spec_app.command("schema")
+@handles_errors
+def spec_schema(
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Write it here.")] = None,
+) -> None:
+    """Print the JSON Schema of experiment specs."""
+    from analoglab.experiments.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out_path:
+        out_path.write_text(text)
+        err.print(f"wrote {out_path}")
+    else:
+        sys.stdout.write(text)
+
+
+@spec_app.command("validate")
+@handles_errors
+def spec_validate(
+    spec_file: Annotated[Path, typer.Argument(help="A YAML or JSON spec.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a spec file; print its method, hash and whether it is self-contained."""
+    from analoglab.experiments.spec import is_self_contained, load_spec, spec_hash, spec_to_dict
+
+    spec = load_spec(spec_file)
+    info = {
+        "method": spec.method,
+        "spec_hash": spec_hash(spec),
+        "self_contained": is_self_contained(spec),
+        "spec": spec_to_dict(spec),
+    }
+    if as_json:
+        print_json(info)
+    else:
+        out.print(
+            f"valid {spec.method} spec, hash {spec_hash(spec)[:16]}"
+            + ("" if info["self_contained"] else " (uses task sets: not self-contained)")
+        )
+
+
+@handles_errors
+def run_command(
+    spec_file: Annotated[Path, typer.Argument(help="A YAML or JSON experiment spec.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Analog name, frontier id on a lab site here, or a model folder."
+        ),
+    ],
+    reference: Annotated[
+        str | None, typer.Option(help="The frontier, for the fidelity method.")
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the result JSON.")
+    ] = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+    track: Annotated[
+        bool, typer.Option("--track", help="Log the run to MLflow (see `analoglab tracking`).")
+    ] = False,
+) -> None:
+    """Run an experiment spec on one model and print (or save) its result."""
+    from analoglab.experiments.runner import run
+    from analoglab.experiments.spec import load_spec
+    from analoglab.models.loading import load_any
+
+    spec = load_spec(spec_file)
+    settings = get_settings()
+    loaded = load_any(model, device=device, settings=settings)
+    ref = load_any(reference, device=device, settings=settings) if reference else None
+    progress, update = progress_bar(f"{spec.method} on {loaded.name}")
+    with progress:
+        result = run(spec, loaded, reference=ref, progress=update)
+    if out_path:
+        result.save(out_path)
+        err.print(f"wrote {out_path} ({result.size_bytes:,} bytes)")
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    elif not out_path:
+        _print_result(result)
+    if track:
+        track_result(spec, result, loaded.name)
+
+
+def _print_result(result: Any) -> None:
+    out.print(
+        f"[bold]{result.method}[/bold] on {result.model.name} "
+        f"({result.timings.get('total_seconds', 0):.1f}s, {result.size_bytes:,} bytes)"
+    )
+    for key, value in result.metrics.items():
+        out.print(f"  {key:<24} {value:.4f}")
+    for name, prof in result.profiles.items():
+        values = " ".join(
+            f"{d:.2f}:{v:+.3f}" for d, v in zip(prof.depths, prof.values, strict=True)
+        )
+        out.print(f"  profile {name:<16} {values}")
+    for sample in result.samples:
+        out.print(f"  sample: {sample!r}")
+
+
+@handles_errors
+def transfer_command(
+    spec_file: Annotated[Path, typer.Option("--spec", "-s", help="A YAML or JSON spec.")],
+    analog: Annotated[str, typer.Option("--analog", "-a", help="The analog (name or folder).")],
+    frontier: Annotated[
+        str,
+        typer.Option(
+            "--frontier",
+            "-f",
+            help="The frontier: its id on a lab site of this machine, or a folder.",
+        ),
+    ],
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+    via_queue: Annotated[
+        bool,
+        typer.Option(
+            "--via-queue",
+            help="Send the frontier run through the gated queue and log the check to MLflow "
+            "(analoglab.transfer_check); rerun to resume waiting.",
+        ),
+    ] = False,
+    url: Annotated[
+        str | None, typer.Option("--url", help="With --via-queue: the queue's URL.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="With --via-queue: the queue token.")
+    ] = None,
+) -> None:
+    """Run a spec on an analog and on its frontier, here, and report how well it transfers.
+
+    With --via-queue the frontier is not run here: the spec goes to the frontier's lab through
+    the gated queue, and both runs and the report are logged to MLflow."""
+    from analoglab.experiments.runner import run
+    from analoglab.experiments.spec import load_spec
+    from analoglab.experiments.transfer import compare
+    from analoglab.models.loading import load_any
+
+    spec = load_spec(spec_file)
+    settings = get_settings()
+    if via_queue:
+        from analoglab.loop import transfer_check
+
+        report = transfer_check(
+            spec,
+            analog=analog,
+            frontier=frontier,
+            queue_url=url,
+            token=token,
+            settings=settings,
+            device=device,
+            show=None if as_json else (lambda line: err.print(escape(line))),
+        )
+        if as_json:
+            print_json({"report": report.model_dump(mode="json")})
+            return
+    else:
+        results = []
+        for name in (analog, frontier):
+            loaded = load_any(name, device=device, settings=settings)
+            progress, update = progress_bar(f"{spec.method} on {loaded.name}")
+            with progress:
+                results.append(run(spec, loaded, progress=update))
+            del loaded
+        report = compare(results[0], results[1])
+        if as_json:
+            print_json(
+                {
+                    "report": report.model_dump(mode="json"),
+                    "analog_result": results[0].model_dump(mode="json"),
+                    "frontier_result": results[1].model_dump(mode="json"),
+                }
+            )
+            return
+    colour = {"transfers": "green", "partial": "yellow"}.get(report.verdict, "red")
+    out.print(
+        f"[bold]{report.method}[/bold]: {report.analog.name} → {report.frontier.name}: "
+        f"transfer score [bold]{report.score:.3f}[/bold] "
+        f"([{colour}]{report.verdict.replace('_', ' ')}[/{colour}])"
+    )
+    table = Table("part", "value", "analog", "frontier", "detail")
+    for part in report.parts:
+        table.add_row(
+            part.name,
+            f"{part.value:.3f}",
+            "" if part.analog is None else f"{part.analog:.3f}",
+            "" if part.frontier is None else f"{part.frontier:.3f}",
+            part.detail,
+        )
+    out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}")

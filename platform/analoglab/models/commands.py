@@ -1,0 +1,221 @@
+"""``analoglab models``: list, show, build, pack and install the catalog's models.
+
+Options are parsed here; the work is in :mod:`.catalog`, :mod:`.bundle` and the foundry.
+Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markdown import Markdown
+from rich.table import Table
+
+from analoglab.cli.common import (
+    DeviceOpt,
+    JsonFlag,
+    err,
+    handles_errors,
+    out,
+    print_json,
+)
+from analoglab.config import get_settings
+from analoglab.foundry.commands import ForceOpt, PresetOpt, build_preset
+
+models_app = typer.Typer(
+    help="The model catalog: list, show, build, pack, install.", no_args_is_help=True
+)
+
+
+def _models_json(cat: Any) -> dict[str, Any]:
+    return {
+        "labs": [
+            {"id": lab.id, "name": lab.name, "frontiers": [f.id for f in lab.frontiers]}
+            for lab in cat.labs
+        ],
+        "frontiers": [
+            {
+                "id": f.id,
+                "lab": f.lab,
+                "parameters": f.parameters,
+                "capabilities": f.capabilities,
+                "analogs": [a.name for a in cat.analogs_of(f.id)],
+            }
+            for f in cat.frontiers()
+        ],
+        "analogs": [
+            {
+                "name": a.name,
+                "lab": a.card.lab,
+                "frontier": a.card.frontier,
+                "parameters": a.card.parameters,
+                "parameter_ratio": a.card.parameter_ratio,
+                "kl": a.card.fidelity.kl if a.card.fidelity else None,
+                "top1_agreement": a.card.fidelity.top1_agreement if a.card.fidelity else None,
+                "path": str(a.path),
+            }
+            for a in cat.analogs
+        ],
+        "problems": [{"path": str(p.path), "reason": p.reason} for p in cat.problems],
+    }
+
+
+def print_catalog(cat: Any) -> None:
+    """One table per lab: its frontier models, each followed by its analogs."""
+    if not cat.analogs and not cat.frontiers():
+        out.print("No models yet: `analoglab models build` makes the demo lab's models.")
+    task_names: list[str] = []
+    for f in cat.frontiers():
+        task_names += [t for t in f.capabilities if t not in task_names]
+    known = {f.id for f in cat.frontiers()}
+    groups = [(lab.name, lab.frontiers) for lab in cat.labs]
+    orphans = [a for a in cat.analogs if a.card.frontier not in known]
+    for title, frontiers in groups + (
+        [("analogs without a frontier in the catalog", [])] if orphans else []
+    ):
+        table = Table(title=title, title_justify="left")
+        table.add_column("model", no_wrap=True)
+        for col in ("params", "ratio", "KL", "top-1", *task_names):
+            table.add_column(col, justify="right")
+        for f in frontiers:
+            table.add_row(
+                f"{f.id} (frontier)",
+                _short(f.parameters),
+                "",
+                "",
+                "",
+                *[_pct(f.capabilities.get(t)) for t in task_names],
+            )
+            for a in cat.analogs_of(f.id):
+                table.add_row(*_analog_row(a, task_names))
+        for a in orphans if not frontiers else []:
+            table.add_row(*_analog_row(a, task_names))
+        out.print(table)
+    if cat.analogs or cat.frontiers():
+        out.print("KL: next-token KL(frontier ‖ analog), nats/token; task columns: accuracy.")
+    for p in cat.problems:
+        err.print(f"[yellow]warn:[/yellow] {p.path}: {p.reason}")
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def _analog_row(a: Any, task_names: list[str]) -> list[str]:
+    fid = a.card.fidelity
+    tasks = [_pct(fid.tasks[t].analog) if fid and t in fid.tasks else "" for t in task_names]
+    return [
+        f"└ {a.name}",
+        _short(a.card.parameters),
+        f"{a.card.parameter_ratio:.1%}",
+        f"{fid.kl:.3f}" if fid else "",
+        f"{fid.top1_agreement:.0%}" if fid else "",
+        *tasks,
+    ]
+
+
+@models_app.command("list")
+@handles_errors
+def models_list(as_json: JsonFlag = False) -> None:
+    """List the labs' frontier models and their analogs, with fidelity figures."""
+    from analoglab.models.catalog import Catalog
+
+    cat = Catalog.load(get_settings())
+    if as_json:
+        print_json(_models_json(cat))
+    else:
+        print_catalog(cat)
+
+
+@models_app.command("show")
+@handles_errors
+def models_show(
+    name: Annotated[str, typer.Argument(help="An analog or frontier model name.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one model: an analog's card, or a frontier's metadata and policy."""
+    from analoglab.models.card import render_readme
+    from analoglab.models.catalog import AnalogEntry, Catalog
+
+    found = Catalog.load(get_settings()).resolve(name)
+    if isinstance(found, AnalogEntry):
+        if as_json:
+            print_json(
+                {
+                    "kind": "analog",
+                    "path": str(found.path),
+                    "card": found.card.model_dump(mode="json"),
+                }
+            )
+        else:
+            out.print(Markdown(render_readme(found.card)))
+            out.print(f"folder: {found.path}")
+        return
+    if as_json:
+        print_json({"kind": "frontier", "frontier": found.model_dump(mode="json")})
+        return
+    out.print(f"[bold]{found.id}[/bold] — frontier of {found.lab}: {found.description}")
+    out.print(
+        f"parameters {found.parameters:,}; trained {found.trained}; architecture "
+        f"{found.architecture.model_type}, {found.architecture.layers} layers"
+    )
+    out.print("capabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in found.capabilities.items()))
+    out.print("policy: " + json.dumps(found.policy.model_dump()))
+
+
+@models_app.command("build")
+@handles_errors
+def modelsbuild_preset(
+    preset: PresetOpt = None, device: DeviceOpt = None, force: ForceOpt = False
+) -> None:
+    """Build the demo lab's frontier and analogs if missing, then list the catalog."""
+    from analoglab.models.catalog import Catalog
+
+    build_preset(preset, device, force)
+    print_catalog(Catalog.load(get_settings()))
+
+
+@models_app.command("pack")
+@handles_errors
+def models_pack(
+    name: Annotated[str, typer.Argument(help="The analog to pack.")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Archive path or folder.")
+    ] = None,
+) -> None:
+    """Write a release bundle of an analog: weights, tokenizer, card, sha256 manifest."""
+    from analoglab.models.bundle import pack, sha256_file
+
+    path = pack(name, out_path, get_settings())
+    out.print(f"packed {name} → {path}")
+    out.print(f"sha256 {sha256_file(path)}")
+
+
+@models_app.command("install")
+@handles_errors
+def models_install(
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by `models pack`.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an installed analog.")] = False,
+) -> None:
+    """Verify every checksum of a bundle, then install it into the model store."""
+    from rich.progress import Progress
+
+    from analoglab.errors import BundleError
+    from analoglab.models.bundle import install
+
+    if not bundle.is_file():
+        raise BundleError(f"no bundle file at {bundle}")
+    total = bundle.stat().st_size
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"verifying {bundle.name}", total=total)
+        path = install(
+            bundle, get_settings(), force=force, progress=lambda n: progress.advance(task, n)
+        )
+    out.print(f"installed {path.name} → {path}")

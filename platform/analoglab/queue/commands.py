@@ -1,0 +1,359 @@
+"""``analoglab queue``: serve the gated queue, hash tokens, and talk to a running queue
+(submit, list, show, review, release, ``audit verify``) with its client.
+
+The queue never imports torch; neither does this module.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from analoglab.cli.common import (
+    JsonFlag,
+    err,
+    handles_errors,
+    out,
+    print_json,
+)
+from analoglab.config import get_settings
+
+queue_app = typer.Typer(help="The gated queue service.", no_args_is_help=True)
+
+
+@queue_app.command("serve")
+@handles_errors
+def queue_serve(
+    tokens: Annotated[
+        Path | None, typer.Option("--tokens", help="Tokens TOML (hashed tokens and roles).")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="SQLAlchemy URL; default sqlite:///<home>/queue.db."),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface; default: JUPYTERHUB_SERVICE_URL's, else 127.0.0.1."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port; default: JUPYTERHUB_SERVICE_URL's, else 8765.")
+    ] = None,
+    root_path: Annotated[
+        str | None,
+        typer.Option(
+            "--root-path",
+            help="URL prefix a proxy forwards unchanged; default: JUPYTERHUB_SERVICE_PREFIX.",
+        ),
+    ] = None,
+    hub_auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--hub-auth/--no-hub-auth",
+            help="Accept JupyterHub tokens too; default: the queue_hub_auth setting, else on "
+            "when JUPYTERHUB_API_TOKEN is set.",
+        ),
+    ] = None,
+) -> None:
+    """Run the queue service (migrates its database first).
+
+    Static tokens from --tokens, and JupyterHub tokens when run as a hub service; the review
+    pages' CSRF key is the queue_page_secret setting (ANALOGLAB_QUEUE_PAGE_SECRET)."""
+    import uvicorn
+
+    from analoglab.queue.hubauth import hub_auth_enabled, service_binding
+    from analoglab.queue.service import create_app
+
+    settings = get_settings() if hub_auth is None else get_settings(queue_hub_auth=hub_auth)
+    if tokens is not None and not tokens.is_file():
+        raise typer.BadParameter(f"no tokens file at {tokens}", param_hint="--tokens")
+    if tokens is None and not hub_auth_enabled(settings):
+        raise typer.BadParameter(
+            "give a tokens file, or run as a JupyterHub service (JUPYTERHUB_API_TOKEN, "
+            "or --hub-auth)",
+            param_hint="--tokens",
+        )
+    application = create_app(database_url, settings, tokens)
+    host, port, application.root_path = service_binding(host, port, root_path)
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@queue_app.command("hash-token")
+@handles_errors
+def queue_hash_token(token: Annotated[str, typer.Argument(help="A token to hash.")]) -> None:
+    """Print the sha256 of a token, as the tokens file stores it."""
+    from analoglab.queue.auth import hash_token
+
+    out.print(hash_token(token))
+
+
+# The queue's client commands talk to a running service with QueueClient.
+
+audit_app = typer.Typer(help="The queue's audit log (admin).", no_args_is_help=True)
+queue_app.add_typer(audit_app, name="audit")
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The queue service's URL; default: the queue_url setting."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Queue token; default: $JUPYTERHUB_API_TOKEN, then $ANALOGLAB_QUEUE_TOKEN.",
+    ),
+]
+JobIdArg = Annotated[int, typer.Argument(help="The job's id.")]
+
+
+def queue_client(url: str | None, token: str | None) -> Any:
+    from analoglab.errors import ConfigError
+    from analoglab.queue.client import QueueClient
+
+    url = url or get_settings().queue_url
+    if not url:
+        raise ConfigError(
+            "no queue URL: pass --url or set queue_url (ANALOGLAB_QUEUE_URL or the config file)"
+        )
+    return QueueClient(url, token)
+
+
+def _queue_call(call: Callable[[], Any]) -> Any:
+    """Run a client call; a refusal becomes a one-line QueueError (handles_errors prints it)."""
+    from analoglab.queue.errors import QueueError
+
+    try:
+        return call()
+    except QueueError as exc:
+        message = " ".join(str(exc).split())
+        findings = exc.detail.get("findings") if isinstance(exc.detail, dict) else None
+        if findings and all(isinstance(f, dict) for f in findings):
+            codes = ", ".join(str(f.get("code")) for f in findings)
+            message += f" [{codes}]"
+        raise QueueError(message, status=exc.status, detail=exc.detail) from None
+
+
+def _print_job_line(job: dict[str, Any]) -> None:
+    out.print(
+        f"job {job['id']}: {job['state']} ({escape(str(job['spec'].get('method', '?')))} "
+        f"on {escape(job['frontier'])}, lab {escape(job['lab'])})"
+    )
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    spec = job["spec"]
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("id", job["id"]),
+        ("state", job["state"]),
+        ("frontier", job["frontier"]),
+        ("lab", job["lab"]),
+        ("submitter", job["submitter"]),
+        ("method", spec.get("method", "?")),
+        ("description", spec.get("description") or ""),
+        ("spec hash", job["spec_hash"]),
+        ("analog result", job.get("analog_result_ref") or ""),
+        ("submitted", job["created_at"]),
+        ("updated", job["updated_at"]),
+        ("attempts", job["attempts"]),
+    ]
+    if job.get("release_decision"):
+        rows.append(("release", f"{job['release_decision']}: {job.get('release_reason') or ''}"))
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    out.print(table)
+    for r in job.get("reviews", []):
+        out.print(
+            f"review by {escape(r['reviewer'])}: {escape(r['decision'])}"
+            + (f" ({escape(r['comment'])})" if r.get("comment") else "")
+        )
+
+
+@queue_app.command("submit")
+@handles_errors
+def queue_submit(
+    spec_file: Annotated[Path, typer.Argument(help="A YAML or JSON spec.")],
+    frontier: Annotated[str, typer.Option("--frontier", help="The target frontier's id.")],
+    analog_result: Annotated[
+        str | None,
+        typer.Option("--analog-result", help="The analog run this checks (an MLflow run ref)."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="A retry with the same key returns the same job."),
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a spec to a frontier's gated queue; it is vetted at once."""
+    from analoglab.experiments.spec import load_spec, spec_to_dict
+
+    spec = spec_to_dict(load_spec(spec_file))
+    with queue_client(url, token) as client:
+        job = _queue_call(
+            lambda: client.submit(
+                spec,
+                frontier,
+                idempotency_key=idempotency_key,
+                analog_result_ref=analog_result,
+            )
+        )
+    if as_json:
+        print_json(job)
+    else:
+        _print_job_line(job)
+
+
+@queue_app.command("list")
+@handles_errors
+def queue_list(
+    state: Annotated[str | None, typer.Option("--state", help="Only jobs in this state.")] = None,
+    lab: Annotated[
+        str | None,
+        typer.Option("--lab", help="A lab's queue (reviewers, admins) instead of your own jobs."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="At most this many.")] = 50,
+    cursor: Annotated[
+        int | None,
+        typer.Option("--cursor", help="Start after this job (the next page, as printed)."),
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Your jobs (or a lab's queue with --lab), newest first, a page at a time."""
+    with queue_client(url, token) as client:
+        if lab is not None:
+            page = _queue_call(
+                lambda: client.lab_queue(lab, state=state, limit=limit, cursor=cursor)
+            )
+        else:
+            page = _queue_call(lambda: client.list(state=state, limit=limit, cursor=cursor))
+    if as_json:
+        print_json(page)
+        return
+    if not page["jobs"]:
+        out.print("no jobs")
+        return
+    table = Table("id", "state", "method", "frontier", "submitter", "submitted")
+    for job in page["jobs"]:
+        table.add_row(
+            str(job["id"]),
+            job["state"],
+            escape(str(job["spec"].get("method", "?"))),
+            escape(job["frontier"]),
+            escape(job["submitter"]),
+            str(job["created_at"])[:19],
+        )
+    out.print(table)
+    if page.get("next_cursor") is not None:
+        parts = ["analoglab", "queue", "list"]
+        for flag, value in (("--state", state), ("--lab", lab), ("--url", url)):
+            if value is not None:
+                parts += [flag, value]
+        if limit != 50:
+            parts += ["--limit", str(limit)]
+        parts += ["--cursor", str(page["next_cursor"])]
+        out.print(f"more: {escape(shlex.join(parts))}", soft_wrap=True)
+
+
+@queue_app.command("show")
+@handles_errors
+def queue_show(
+    job_id: JobIdArg,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One job: its state, spec and reviews."""
+    with queue_client(url, token) as client:
+        job = _queue_call(lambda: client.get(job_id))
+    if as_json:
+        print_json(job)
+    else:
+        _print_job(job)
+
+
+@queue_app.command("review")
+@handles_errors
+def queue_review(
+    job_id: JobIdArg,
+    comment: Annotated[str, typer.Option("--comment", help="Why (the submitter reads it).")],
+    approve: Annotated[bool, typer.Option("--approve", help="Approve the job.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Reject the job.")] = False,
+    request_changes: Annotated[
+        bool, typer.Option("--request-changes", help="Ask the submitter for another spec.")
+    ] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Decide on a job awaiting review (reviewers of its lab)."""
+    chosen = [
+        d
+        for d, on in (
+            ("approve", approve),
+            ("reject", reject),
+            ("request_changes", request_changes),
+        )
+        if on
+    ]
+    if len(chosen) != 1:
+        raise typer.BadParameter("give exactly one of --approve, --reject, --request-changes")
+    with queue_client(url, token) as client:
+        job = _queue_call(lambda: client.review(job_id, chosen[0], comment))
+    if as_json:
+        print_json(job)
+    else:
+        _print_job_line(job)
+
+
+@queue_app.command("release")
+@handles_errors
+def queue_release(
+    job_id: JobIdArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")],
+    release: Annotated[bool, typer.Option("--release", help="Release the result.")] = False,
+    withhold: Annotated[bool, typer.Option("--withhold", help="Withhold the result.")] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Release or withhold a posted result (reviewers of the job's lab)."""
+    if release == withhold:
+        raise typer.BadParameter("give exactly one of --release, --withhold")
+    decision = "release" if release else "withhold"
+    with queue_client(url, token) as client:
+        job = _queue_call(lambda: client.release(job_id, decision, reason))
+    if as_json:
+        print_json(job)
+    else:
+        _print_job_line(job)
+
+
+@audit_app.command("verify")
+@handles_errors
+def queue_audit_verify(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Walk the audit log's hash chain (admin); exit 1 when it is broken."""
+    with queue_client(url, token) as client:
+        check = _queue_call(client.verify_audit)
+    if as_json:
+        print_json(check)
+    elif check["ok"]:
+        out.print("audit log ok: the hash chain holds")
+    else:
+        err.print(f"[red]audit log broken[/red] at entry {check['first_broken_seq']}")
+    if not check["ok"]:
+        raise typer.Exit(1)
