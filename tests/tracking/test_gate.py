@@ -56,6 +56,9 @@ GATE = "mlflow-gate"
 PREFIX = f"/services/{GATE}"
 ACCESS = f"access:services!service={GATE}"
 USER, OUTSIDER = "ada", "nobody"
+TEMP_MANAGED = False
+MANAGED = "mlflow"  # `analoglab tracking gate` as the hub runs it
+MANAGED_ACCESS = f"access:services!service={MANAGED}"
 
 
 # -- the pure parts ---------------------------------------------------------------------------
@@ -209,14 +212,40 @@ class Hub:
 
 def hub_config(work: Path, ports: dict[str, int], tokens: dict[str, str], gate_url: str) -> str:
     roles = [
-        {"name": "gate-test-admin", "scopes": ["admin:users", "tokens"], "services": ["tester"]},
-        {"name": "mlflow-users", "scopes": [ACCESS], "users": [USER]},
+        {
+            "name": "gate-test-admin",
+            "scopes": ["admin:users", "admin:servers", "tokens"],
+            "services": ["tester"],
+        },
+        {"name": "mlflow-users", "scopes": [ACCESS, MANAGED_ACCESS], "users": [USER]},
         {"name": "others", "scopes": ["self"], "users": [OUTSIDER]},
     ]
     services = [
         {"name": "tester", "api_token": tokens["tester"]},
         {"name": GATE, "url": gate_url, "api_token": tokens["gate"], "oauth_no_confirm": True},
     ]
+    if TEMP_MANAGED:
+        services.append(
+            {  # as `analoglab up` runs it: the gate and its own MLflow, one managed service
+                "name": MANAGED,
+                "url": f"http://127.0.0.1:{ports['managed']}",
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "analoglab",
+                    "tracking",
+                    "gate",
+                    "--mlflow-port",
+                    str(ports["mlflow"]),
+                ],
+                "environment": {"ANALOGLAB_HOME": str(work / "mlflow-home")},
+                "oauth_no_confirm": True,
+            }
+        )
+    # a notebook server's token may reach the MLflow services (the default `server` role
+    # may not reach any service)
+    server_scopes = ["users:activity!user", "access:servers!server", ACCESS, MANAGED_ACCESS]
+    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
     return "\n".join(
         [
             "c = get_config()  # noqa",
@@ -232,6 +261,12 @@ def hub_config(work: Path, ports: dict[str, int], tokens: dict[str, str], gate_u
             "c.Authenticator.allow_all = True",
             f"c.JupyterHub.load_roles = {roles!r}",
             f"c.JupyterHub.services = {services!r}",
+            'c.JupyterHub.spawner_class = "simple"',
+            f"c.Spawner.cmd = [{str(singleuser)!r}]",
+            'c.Spawner.args = ["--allow-root"]',
+            f'c.Spawner.home_dir_template = "{work / "home"}/{{username}}"',
+            f"c.Spawner.server_token_scopes = {server_scopes!r}",
+            'c.Spawner.environment = {"OMP_NUM_THREADS": "1"}',
         ]
     )
 
@@ -278,7 +313,7 @@ def running_hub(work: Path, config: str) -> Iterator[subprocess.Popen[bytes]]:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, server_process: ServerProcess) -> Iterator[Hub]:
     work = tmp_path_factory.mktemp("gate-hub")
-    ports = {k: free_port() for k in ("public", "hub", "proxy_api")}
+    ports = {k: free_port() for k in ("public", "hub", "proxy_api", "managed", "mlflow")}
     tokens = {k: secrets.token_hex(16) for k in ("tester", "gate")}
     api_url = f"http://127.0.0.1:{ports['hub']}/hub/api"
     gate = create_gate(
@@ -303,6 +338,18 @@ def hub(tmp_path_factory: pytest.TempPathFactory, server_process: ServerProcess)
             gate_url,
             work / "hub.log",
         )
+    # the hub stopped its services: the managed gate stopped its MLflow
+    deadline = time.monotonic() + 15
+    while port_open(ports["mlflow"]):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the managed service's MLflow still listens on {ports['mlflow']}")
+        time.sleep(0.2)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -468,6 +515,30 @@ def test_a_callback_without_its_state_is_refused(hub: Hub) -> None:
         assert bad_code.status_code == 400 and "did not accept" in bad_code.text
 
 
+@pytest.mark.slow
+def test_the_mlflow_ui_renders_in_a_real_browser(hub: Hub, tmp_path: Path) -> None:
+    """Headless Chromium signs in with the hub's login form and sees MLflow's app render
+    through the gate (its scripts, styles and ajax API); screenshots under tmp_path."""
+    from ..browser import Browser
+
+    with Browser(tmp_path / "browser") as browser:
+        browser.open(hub.gate_public + "/")
+        assert "/hub/login" in browser.url()
+        browser.screenshot(tmp_path / "1-hub-login.png")
+        browser.fill_and_submit({"#username_input": USER, "#password_input": "any"})
+        browser.wait_for(f"location.pathname === {PREFIX + '/'!r}")
+        # the React app rendered its home page, which lists experiments from the ajax API
+        browser.wait_for(
+            "document.querySelector('#root') && "
+            "document.querySelector('#root').innerText.includes('Experiments')",
+            timeout=60,
+        )
+        browser.wait_for("document.querySelector('#root').innerText.includes('Default')", 60)
+        shot = browser.screenshot(tmp_path / "2-mlflow-ui.png")
+        assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+        assert not browser.errors, browser.errors
+
+
 def raw_request(port: int, head: str) -> tuple[int, bytes]:
     """Send ``head`` as it is (no client-side path normalisation); the status and body."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -515,6 +586,128 @@ def test_paths_escaping_the_prefix_and_huge_headers_are_refused(hub: Hub) -> Non
         timeout=10,
     )
     assert ok.status_code == 200
+
+
+def wait_for(what: str, check: Any, seconds: float, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready after {seconds:.0f} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)
+
+
+def run_in_kernel(hub: Hub, user: str, token: str, code: str, seconds: float = 180) -> str:
+    """Run ``code`` in a new python3 kernel of ``user``'s single-user server (its REST API
+    and kernel websocket, through the hub's proxy); what it printed. A raised error fails."""
+    import json
+
+    import websocket
+
+    base = f"{hub.public_url}/user/{user}"
+    auth = {"Authorization": f"token {token}"}
+    kernel = httpx.post(f"{base}/api/kernels", json={"name": "python3"}, headers=auth, timeout=30)
+    assert kernel.status_code == 201, kernel.text
+    kernel_id = kernel.json()["id"]
+    ws_url = base.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+    ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=30)
+    msg_id, output = uuid.uuid4().hex, []
+    try:
+        ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": user,
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                    "channel": "shell",
+                    "buffers": [],
+                }
+            )
+        )
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                output.append(content["text"])
+            elif kind == "error":
+                pytest.fail("the kernel raised:\n" + "\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
+                return "".join(output)
+        pytest.fail(f"the kernel did not finish in {seconds:.0f} s: {''.join(output)}")
+    finally:
+        ws.close()
+        httpx.delete(f"{base}/api/kernels/{kernel_id}", headers=auth, timeout=30)
+
+
+@pytest.mark.slow
+def test_a_notebook_logs_to_mlflow_with_its_server_token(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform's way: a single-user server's JUPYTERHUB_API_TOKEN as MLflow's token,
+    the managed gate (`analoglab tracking gate`, with its own MLflow) at /services/mlflow/."""
+    if not TEMP_MANAGED:
+        pytest.skip("`analoglab tracking gate` lands with the CLI package")
+    managed = f"{hub.public_url}/services/{MANAGED}"
+    wait_for(
+        "the managed gate's MLflow",
+        lambda: httpx.get(managed + "/health", timeout=5).status_code == 200,
+        120,
+        hub.log,
+    )
+    hub.api("POST", f"/users/{USER}/server")
+    wait_for(
+        f"{USER}'s server",
+        lambda: hub.api("GET", f"/users/{USER}")["servers"].get("", {}).get("ready"),
+        90,
+        hub.log,
+    )
+    token = hub.token(USER)
+    try:
+        experiment = f"notebook-{uuid.uuid4().hex[:8]}"
+        printed = run_in_kernel(
+            hub,
+            USER,
+            token,
+            "import os\n"
+            f"os.environ['MLFLOW_TRACKING_URI'] = {managed + '/'!r}\n"
+            "os.environ['MLFLOW_TRACKING_TOKEN'] = os.environ['JUPYTERHUB_API_TOKEN']\n"
+            "import mlflow\n"
+            f"mlflow.set_experiment({experiment!r})\n"
+            "with mlflow.start_run() as run:\n"
+            "    mlflow.log_metric('loss', 0.125)\n"
+            "print('RUN', run.info.run_id)\n",
+        )
+        run_id = printed.split("RUN ", 1)[1].split()[0]
+        from mlflow.tracking import MlflowClient
+
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+        back = MlflowClient(tracking_uri=managed + "/").get_run(run_id)
+        assert back.data.metrics["loss"] == 0.125
+        # and without a token, the same MLflow is closed
+        resp = httpx.get(f"{managed}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10)
+        assert resp.status_code == 401
+    finally:
+        httpx.delete(
+            f"{hub.api_url}/users/{USER}/server",
+            headers={"Authorization": f"token {hub.admin_token}"},
+            timeout=60,
+        )
 
 
 # -- what is forwarded, seen by an echo server standing in for MLflow -------------------------
@@ -640,3 +833,70 @@ async def test_requests_and_answers_are_forwarded_streamed_and_cleaned(hub: Hub)
         assert resp.status_code == 503 and resp.headers["retry-after"] == "5"
         assert "not reachable" in resp.json()["message"]
     await gate.aclose()
+
+
+# -- the supervisor of the MLflow child --------------------------------------------------------
+
+
+def test_the_supervisor_restarts_mlflow_then_gives_up_clearly() -> None:
+    import asyncio
+
+    from analoglab.tracking.server import MlflowSupervisor
+
+    exits = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    supervisor = MlflowSupervisor(exits, "http://127.0.0.1:9", max_restarts=2, window=60)
+    stopped: list[bool] = []
+
+    async def run() -> None:
+        supervisor.start()
+        await asyncio.wait_for(supervisor.watch(lambda: stopped.append(True), 0.05), 30)
+
+    asyncio.run(run())
+    assert stopped == [True]
+    assert supervisor.failure == (
+        "MLflow exited 3 times within 60 s (last with status 3); its output is above"
+    )
+    assert supervisor.proc is None
+
+
+def test_the_supervisors_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """Killed outright (no chance to stop MLflow), the service still leaves nothing behind."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from analoglab.tracking.server import MlflowSupervisor\n"
+            "s = MlflowSupervisor([sys.executable, '-c', 'import time; time.sleep(120)'], 'x')\n"
+            "s.start()\n"
+            f"open({str(pid_file)!r}, 'w').write(str(s.proc.pid))\n"
+            "time.sleep(120)\n",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        os.kill(child, 0)  # running
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            # reaped by init once it exits; a zombie still answers kill(0)
+            with contextlib.suppress(FileNotFoundError):
+                if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                    break
+            assert time.monotonic() < deadline, "the child outlived its parent"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        if pid_file.is_file() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -191,8 +191,8 @@ class MlflowSupervisor:
             self.stop()  # whatever of its group is left
             if len(self._restarts) >= self.max_restarts:
                 self.failure = (
-                    f"MLflow exited with status {code} {len(self._restarts) + 1} times within "
-                    f"{self.window:.0f} s; its output is above"
+                    f"MLflow exited {len(self._restarts) + 1} times within {self.window:.0f} s "
+                    f"(last with status {code}); its output is above"
                 )
                 log.error("%s: stopping the service", self.failure)
                 on_failure()
