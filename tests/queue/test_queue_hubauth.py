@@ -550,6 +550,13 @@ def test_browsers_sign_in_to_the_review_pages_with_the_hubs_oauth(hub: Hub) -> N
         assert page.status_code == 200, page.text[-2000:]
         assert str(page.url) == review
         assert "signed in as <b>rita</b>" in page.text and "Lab lab-a" in page.text
+        callback = [r for r in page.history if r.url.path.endswith("/oauth_callback")]
+        assert len(callback) == 1
+        set_cookie = [h for h in callback[0].headers.get_list("set-cookie") if COOKIE in h]
+        assert len(set_cookie) == 1 and "HttpOnly" in set_cookie[0]
+        assert "SameSite=lax" in set_cookie[0] and f"Path=/services/{SERVICE}/review" in (
+            set_cookie[0]
+        )
         cookie = browser.cookies.get(COOKIE)
         assert cookie and "." in cookie
         # the session cookie is no hub token: the API refuses it

@@ -201,7 +201,7 @@ def test_login_sets_the_cookie_and_the_cookie_signs_in(pages: TestClient) -> Non
     assert resp.status_code == 303 and resp.headers["location"] == "/review"
     set_cookie = resp.headers["set-cookie"]
     assert set_cookie.startswith(f"{COOKIE}=") and "page-rita" not in set_cookie
-    assert "HttpOnly" in set_cookie and "SameSite=lax" in set_cookie
+    assert "HttpOnly" in set_cookie and "SameSite=strict" in set_cookie  # no hub
     assert "Path=/review" in set_cookie and "Max-Age=28800" in set_cookie
     assert "Secure" not in set_cookie  # plain http here: see the https test
     # the browser's cookie now opens the pages (and not the API)

@@ -17,7 +17,8 @@ authorize URL; the hub sends it back to ``<prefix>/oauth_callback`` with a code,
 whose identity and roles are resolved as for API tokens. Without a hub, ``/review/login`` takes
 a pasted queue token instead. Either way the browser gets a session (:mod:`.sessions`): the
 ``analoglab_session`` cookie holds a signed random id, never a token; it is HttpOnly,
-``SameSite=Lax`` (the hub's redirect back must carry the OAuth state cookie), ``Secure`` when
+``SameSite=Lax`` with the hub (its redirect back must carry the OAuth state cookie) and
+``Strict`` without, ``Secure`` when
 the request came over https (uvicorn reads ``X-Forwarded-Proto`` from trusted proxies), scoped
 to ``<prefix>/review``; ``POST /review/logout`` ends the session in the database. Scripts and
 tests may also send ``Authorization: Bearer <token>``. Every form carries a CSRF token, an HMAC
@@ -338,11 +339,13 @@ def _form_kind(sess: PageSession, job: Job) -> str | None:
 
 
 def _cookie_args(request: Request, path: str, max_age: int) -> dict[str, Any]:
+    """HttpOnly; Secure over https; ``SameSite=Lax`` where the hub signs users in (its
+    redirect back must carry the cookies), else ``Strict``."""
     return {
         "max_age": max_age,
         "path": path,
         "httponly": True,
-        "samesite": "lax",
+        "samesite": "lax" if _sign_in(request) is not None else "strict",
         "secure": _https(request),
     }
 
