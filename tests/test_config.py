@@ -3,11 +3,19 @@ secrets masked (URIs with passwords, secret settings)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
-from analoglab.config import Settings, explain, get_settings, mask_uri, redact_text
+from analoglab.config import (
+    Settings,
+    explain,
+    get_settings,
+    mask_uri,
+    read_secret,
+    redact_text,
+)
 from analoglab.errors import ConfigError
 
 
@@ -100,3 +108,18 @@ def test_explain_shows_no_secret(home: Settings, monkeypatch: pytest.MonkeyPatch
     assert rows["queue_page_secret"].source == "env ANALOGLAB_QUEUE_PAGE_SECRET"
     shown = repr([r.value for r in rows.values()])
     assert "hunter" not in shown and "a-page-secret" not in shown
+
+
+def test_read_secret_from_a_file_or_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("  s3cret-token\n")
+    assert read_secret(secret) == "s3cret-token"
+    monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin\n"))
+    assert read_secret("-") == "from-stdin"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_secret(tmp_path / "empty", what="the token")
+    with pytest.raises(ConfigError, match="cannot read the token from"):
+        read_secret(tmp_path / "missing", what="the token")

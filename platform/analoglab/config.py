@@ -10,13 +10,15 @@ lab sites, foundry work, caches) default to sub-folders of it and can each be mo
 Secrets are never shown: :func:`mask_uri` hides a URI's password (and secret-looking query
 parameters), :func:`redact_text` does it for every URI inside a message, and :func:`explain`
 (``analoglab config show``) prints secret settings as ``***``. Use them wherever a URI or a
-setting is printed or logged.
+setting is printed or logged. :func:`read_secret` reads a secret from a file or standard
+input, so that it never sits on a command line (where ``ps`` shows it to everyone).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,32 @@ def redact(name: str, value: Any) -> Any:
         return MASK
     if isinstance(value, str):
         return redact_text(value)
+    return value
+
+
+def read_secret(source: str | Path, *, what: str = "the secret") -> str:
+    """A secret from ``source`` without putting it on a command line: ``-`` reads standard
+    input (a prompt without echo on a terminal), anything else is a file (a warning-worthy
+    mode is the caller's business). Surrounding whitespace is dropped; empty is an error."""
+    if str(source) == "-":
+        if sys.stdin.isatty():
+            import getpass
+
+            value = getpass.getpass(f"{what}: ")
+        else:
+            value = sys.stdin.read()
+        where = "standard input"
+    else:
+        path = Path(source).expanduser()
+        try:
+            value = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise ConfigError(f"cannot read {what} from {path}: {reason}") from exc
+        where = str(path)
+    value = value.strip()
+    if not value:
+        raise ConfigError(f"{what} from {where} is empty")
     return value
 
 
