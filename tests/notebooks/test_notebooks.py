@@ -2,8 +2,9 @@
 run from top to bottom in a real Jupyter kernel on the tiny build.
 
 The kernel inherits the test's environment, as a notebook on the platform inherits the
-single-user server's: ``ANALOGLAB_HOME`` names the data folder, ``ANALOG`` / ``FRONTIER``
-pick the tiny build's models instead of the demo ones. 02 runs in
+single-user server's: a data folder of its own (``ANALOGLAB_HOME``) with the tiny build's
+model store, catalog and lab sites, only read; ``ANALOG`` / ``FRONTIER`` pick the tiny build's
+models instead of the demo ones. 02 runs in
 ``tests/activations/test_notebook.py``, 03 against the real services in
 ``tests/lab/test_end_to_end.py``.
 """
@@ -23,13 +24,28 @@ FOLDER = Path(__file__).parents[2] / "shared-notebooks"
 NOTEBOOKS = sorted(FOLDER.glob("*.ipynb"))
 
 
+@pytest.fixture
+def reader(tiny_home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A researcher's data folder in tmp whose models are the tiny build's (never written)."""
+    for name, folder in {
+        "HOME": tmp_path / "home",
+        "MODEL_STORE": tiny_home.models_path,
+        "CATALOG_DIR": tiny_home.catalog_path,
+        "LAB_SITES_DIR": tiny_home.lab_sites_path,
+    }.items():
+        monkeypatch.setenv(f"ANALOGLAB_{name}", str(folder))
+    return Settings()
+
+
 def execute(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
     """Run ``shared-notebooks/<name>`` in a fresh python3 kernel; the executed notebook."""
     for key, value in {"OMP_NUM_THREADS": "1", **env}.items():
         monkeypatch.setenv(key, value)
+    work = tmp_path / "work"  # the kernel's working folder
+    work.mkdir(exist_ok=True)
     nb = nbformat.read(FOLDER / name, as_version=4)
     NotebookClient(
-        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(work)}}
     ).execute()
     return nb
 
@@ -71,7 +87,7 @@ def test_every_notebook_is_stored_without_outputs(path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_quickstart_runs(
-    use_tiny_home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nb = execute("01-quickstart.ipynb", tmp_path, monkeypatch, ANALOG="tiny-analog-s")
     text = text_of(nb)
@@ -81,3 +97,43 @@ def test_the_quickstart_runs(
     assert "64 reviews × 2 hook points" in text
     assert "PC 1 separates the two sentiments" in text
     assert images_of(nb) == 1
+
+
+@pytest.mark.slow
+def test_steering_and_probes_run_and_land_in_mlflow(
+    reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    # MLflow's own variable, as the platform may set it for single-user servers.
+    uri = f"sqlite:///{tmp_path / 'tracking.db'}"
+    nb = execute(
+        "04-steering-and-probes.ipynb", tmp_path, monkeypatch,
+        ANALOG="tiny-analog-s", MLFLOW_TRACKING_URI=uri,
+    )
+    text = text_of(nb)
+    assert f"MLflow: {uri}" in text
+    assert "sentiment vector at blocks." in text and "scale +4: P(' good')" in text
+    p_good = {  # P(' good') at each steering scale, as printed
+        int(line.split(":")[0].split()[1]): float(line.split("P(' good')")[1].split()[0])
+        for line in text.splitlines()
+        if line.startswith("scale ") and "P(' good')" in line
+    }
+    assert p_good[4] > p_good[0] > p_good[-4]  # the direction steers
+    assert "the probe beats its control by" in text
+    assert images_of(nb) == 2
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`analoglab.model` = 'tiny-analog-s'",
+    )
+    by_name = {r.data.params["name"]: r for r in runs}
+    assert set(by_name) == {
+        "sentiment steering", "city → country", "city → country (shuffled labels)"
+    }
+    assert all(r.info.status == "FINISHED" for r in runs)
+    probe = by_name["city → country"].data.metrics
+    control = by_name["city → country (shuffled labels)"].data.metrics
+    assert probe["accuracy"] > control["accuracy"]  # the tiny analog knows its cities
+    assert "effect" in by_name["sentiment steering"].data.metrics
+    assert not (reader.home / "mlflow" / "mlflow.db").exists()  # the platform's store only

@@ -28,9 +28,12 @@ def progress_bar(description: str, **tqdm_kwargs: Any) -> Iterator[ProgressCallb
     except ImportError:
         from tqdm.std import tqdm  # type: ignore[import-untyped]
 
-    bar = tqdm(desc=description, total=None, dynamic_ncols=True, **tqdm_kwargs)
+    bars: list[Any] = []  # drawn at the first report, when the total is known
 
     def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc=description, total=total, dynamic_ncols=True, **tqdm_kwargs))
+        bar = bars[0]
         if bar.total != total:
             bar.total = total
             bar.refresh()
@@ -39,4 +42,5 @@ def progress_bar(description: str, **tqdm_kwargs: Any) -> Iterator[ProgressCallb
     try:
         yield update
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
