@@ -5,12 +5,16 @@ full tamper matrix is in test_queue_evidence)."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, delete, text, update
+from typer.testing import CliRunner
 
+from analoglab.cli import app
 from analoglab.config import Settings
 from analoglab.queue import audit
 from analoglab.queue.auth import hash_token
@@ -20,6 +24,7 @@ from analoglab.queue.head import check_signature, parse_head
 from analoglab.queue.jobs import JobQueue
 from analoglab.queue.models import AuditEntry
 from analoglab.queue.service import create_app
+from analoglab.signing import public_key_text
 
 from ..conftest import serve_app
 from .conftest import probe_spec, result_for
@@ -193,3 +198,88 @@ def test_hubs_on_one_home_keep_one_record_per_database(
             assert c.get("/api/audit/verify", headers=root).json()["ok"]
     assert [h["seq"] for h in heads] == [1, 0]
     assert heads[0]["public_key"] == heads[1]["public_key"]  # one key per hub's home
+
+
+# -- the CLI: analoglab queue audit head | verify [--head FILE --public-key KEY] ----------------
+
+runner = CliRunner()
+
+
+def _cli(url: str, who: str, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["queue", "audit", *args, "--url", url, "--token", f"tok-{who}"])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_the_cli_publishes_heads_and_reports_every_finding(
+    sqlite_url: str, catalog_home: Settings, tmp_path: Path
+) -> None:
+    raw = create_engine(sqlite_url)
+    with serve_app(create_app(sqlite_url, catalog_home, TOKENS)) as url:
+        alice, rita, agent = (_client(url, w) for w in ("alice", "rita", "agent"))
+        released = alice.submit(probe_spec(), "frontier-a")
+        rita.review(released["id"], "approve", "fine")
+        claim = agent.claim("lab-a")
+        assert claim is not None
+        agent.post_result(released["id"], result_for(claim["job"]), claim["lease_id"])
+        rita.release(released["id"], "release", "ok")
+        rejected = alice.submit(probe_spec(4), "frontier-a")
+        rita.review(rejected["id"], "reject", "no")
+
+        code, text_out, _ = _cli(url, "alice", "head")
+        assert code == 0 and "entry 7" in text_out and "ed25519:" in text_out
+        code, published, _ = _cli(url, "alice", "head", "--json")
+        assert code == 0
+        head_file = tmp_path / "published" / "head.json"
+        head_file.parent.mkdir()
+        head_file.write_text(published)
+        key = json.loads(published)["public_key"]
+
+        code, text_out, _ = _cli(url, "root", "verify")
+        assert code == 0 and "audit log ok: 7 entries, 2 jobs" in text_out
+        code, text_out, errors = _cli(
+            url, "root", "verify", "--head", str(head_file), "--public-key", key
+        )
+        assert code == 0, errors
+
+        # A pinned key that is not the hub's; a malformed key; a head file that is not one.
+        stranger = public_key_text(Ed25519PrivateKey.generate())
+        code, _, errors = _cli(
+            url, "root", "verify", "--head", str(head_file), "--public-key", stranger
+        )
+        assert code == 1 and "not the pinned key" in errors
+        code, _, errors = _cli(url, "root", "verify", "--public-key", "ed25519:nope")
+        assert code == 1 and len(errors.strip().splitlines()) == 1 and "Traceback" not in errors
+        code, _, errors = _cli(url, "root", "verify", "--head", str(tmp_path / "none.json"))
+        assert code == 1 and "no signed head" in errors and len(errors.strip().splitlines()) == 1
+
+        # Behind the service's back: a state, a review, a result's numbers; then truncation.
+        stored = QueueClient(url, "tok-rita").result(released["id"])
+        forged = {**stored, "metrics": {"accuracy": 1.0, "effect": 1.0}}
+        with raw.begin() as conn:
+            conn.execute(
+                text("UPDATE jobs SET state = 'cancelled' WHERE id = :i"), {"i": rejected["id"]}
+            )
+            conn.execute(
+                text("UPDATE reviews SET decision = 'approve' WHERE job_id = :i"),
+                {"i": rejected["id"]},
+            )
+            conn.execute(
+                text("UPDATE jobs SET result = :r WHERE id = :i"),
+                {"r": json.dumps(forged), "i": released["id"]},
+            )
+        code, _, errors = _cli(url, "root", "verify")
+        lines = errors.strip().splitlines()
+        assert code == 1
+        assert lines[0].startswith(f"result: job {released['id']}: the stored result hashes")
+        assert lines[1].startswith(f"state: job {rejected['id']}: state is cancelled")
+        assert lines[2].startswith(f"review: job {rejected['id']}: review")
+        assert lines[3] == "audit log: 3 finding(s)"
+        with raw.begin() as conn:
+            conn.execute(text("DELETE FROM audit_log WHERE seq > 5"))
+        code, report_out, _ = _cli(
+            url, "root", "verify", "--head", str(head_file), "--public-key", key, "--json"
+        )
+        report = json.loads(report_out)
+        assert code == 1 and not report["ok"]
+        assert {"signed_head", "published_head"} <= {f["check"] for f in report["findings"]}
+    raw.dispose()

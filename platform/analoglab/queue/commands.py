@@ -1,5 +1,5 @@
 """``analoglab queue``: serve the gated queue, hash tokens, and talk to a running queue
-(submit, list, show, review, release, ``audit verify``) with its client.
+(submit, list, show, review, release, ``audit head|verify``) with its client.
 
 The queue never imports torch; neither does this module.
 """
@@ -94,7 +94,10 @@ def queue_hash_token(token: Annotated[str, typer.Argument(help="A token to hash.
 
 # The queue's client commands talk to a running service with QueueClient.
 
-audit_app = typer.Typer(help="The queue's audit log (admin).", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The queue's audit log: its signed head, and verifying it as evidence.",
+    no_args_is_help=True,
+)
 queue_app.add_typer(audit_app, name="audit")
 
 UrlOption = Annotated[
@@ -339,21 +342,85 @@ def queue_release(
         _print_job_line(job)
 
 
+@audit_app.command("head")
+@handles_errors
+def queue_audit_head(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The audit log's head, signed by the hub (any signed-in user): publish it elsewhere, e.g.
+    hourly 'analoglab queue audit head --json > published/head-$(date -u +%Y%m%dT%H%M).json'."""
+    with queue_client(url, token) as client:
+        head = _queue_call(client.audit_head)
+    if as_json:
+        print_json(head)
+        return
+    out.print(f"entry {head['seq']}  hash {head['hash']}")
+    out.print(f"signed {escape(head['at'])} by key {escape(head['key_id'])}")
+    out.print(f"public key {escape(head['public_key'])}")
+
+
+HeadFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--head",
+        help="A signed head published earlier (from 'audit head --json'): the log must still "
+        "hold it, and its signature must verify.",
+    ),
+]
+PublicKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--public-key",
+        help="The hub's pinned public key (ed25519:<base64>): the head, and the hub, must sign "
+        "with it.",
+    ),
+]
+
+
 @audit_app.command("verify")
 @handles_errors
 def queue_audit_verify(
     url: UrlOption = None,
     token: TokenOption = None,
+    head_file: HeadFileOption = None,
+    public_key: PublicKeyOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Walk the audit log's hash chain (admin); exit 1 when it is broken."""
+    """Check the audit log as evidence (admin): its hash chain, its replay against the jobs,
+    reviews and results, and the signed heads; one line per finding, exit 1 on any."""
+    from analoglab.queue.head import HeadError, check_signature, read_head
+    from analoglab.signing import parse_public_key
+
+    if public_key is not None:
+        parse_public_key(public_key.strip())  # a malformed key: one line, exit 1
+        public_key = public_key.strip()
+    published = read_head(head_file) if head_file is not None else None
+    local: list[dict[str, Any]] = []
+    if published is not None:
+        try:  # checked here too: a hub is not trusted to vouch for its own head
+            check_signature(published, public_key)
+        except HeadError as exc:
+            message = f"the published head: {exc}"
+            local.append({"check": "published_head", "message": message, "seq": published.seq})
+    head_data = published.model_dump() if published is not None else None
     with queue_client(url, token) as client:
-        check = _queue_call(client.verify_audit)
+        check = _queue_call(lambda: client.verify_audit(head_data, public_key))
+    seen = {(f["check"], f["message"]) for f in check["findings"]}
+    extra = [f for f in local if (f["check"], f["message"]) not in seen]
+    check = {**check, "ok": check["ok"] and not extra, "findings": extra + check["findings"]}
     if as_json:
         print_json(check)
     elif check["ok"]:
-        out.print("audit log ok: the hash chain holds")
+        signed = check.get("head") or {}
+        out.print(
+            f"audit log ok: {check['entries']} entries, {check['jobs']} jobs; the chain, the "
+            f"tables and the signed head (entry {signed.get('seq', 0)}) agree"
+        )
     else:
-        err.print(f"[red]audit log broken[/red] at entry {check['first_broken_seq']}")
+        for finding in check["findings"]:
+            err.print(escape(f"{finding['check']}: {finding['message']}"), soft_wrap=True)
+        err.print(f"[red]audit log: {len(check['findings'])} finding(s)[/red]")
     if not check["ok"]:
         raise typer.Exit(1)
