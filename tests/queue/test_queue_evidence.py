@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,21 @@ def test_a_policy_edited_in_the_database_is_found(
         "frontier frontier-a: the policy differs" in m and m.endswith("human_review") for m in found
     )
     assert "frontier frontier-b: a policy override the log never recorded" in found
+
+
+def test_concurrent_commits_end_signed(queue: JobQueue, notary: Notary) -> None:
+    """Writers racing: each commit signs or leaves it to the thread already signing, which
+    signs again before it stops; the last head vouches for the last entry."""
+
+    def work(i: int) -> None:
+        job = queue.submit(f"user{i}", "frontier-b", probe_spec(4 + i % 3))
+        claimed = queue.claim("lab-b", f"agent{i}")
+        assert claimed is not None
+        queue.give_back(claimed.id, claimed.lease_id, f"agent{i}", "done")
+        assert job.id
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(work, range(12)))
+    rep = report(queue, notary)
+    assert rep.ok, rep.findings
+    assert rep.head is not None and rep.head.seq == rep.entries == 36
