@@ -99,12 +99,12 @@ class Hub:
     log: Path
     tokens: dict[str, str] = field(default_factory=dict)  # matrix identity -> token
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+    def api(self, method: str, path: str, timeout: float = 10, **kwargs: Any) -> Any:
         resp = httpx.request(
             method,
             self.api_url + path,
             headers={"Authorization": f"token {self.admin_token}"},
-            timeout=10,
+            timeout=timeout,
             **kwargs,
         )
         assert resp.status_code < 300, resp.text
@@ -486,7 +486,8 @@ def test_notebook_server_tokens_carry_the_queue_scopes(hub: Hub) -> None:
     scopes = {}
     for who in ("both", "researcher"):
         user = HUB_USERS[who][0]
-        hub.api("POST", f"/users/{user}/server")
+        # the hub answers once the server is up or after its slow_spawn_timeout (10 s)
+        hub.api("POST", f"/users/{user}/server", timeout=60)
         tokens = hub.api("GET", f"/users/{user}/tokens")["api_tokens"]
         server = [t for t in tokens if str(t.get("note", "")).startswith("Server at")]
         assert len(server) == 1, tokens
