@@ -137,3 +137,22 @@ def test_steering_and_probes_run_and_land_in_mlflow(
     assert probe["accuracy"] > control["accuracy"]  # the tiny analog knows its cities
     assert "effect" in by_name["sentiment steering"].data.metrics
     assert not (reader.home / "mlflow" / "mlflow.db").exists()  # the platform's store only
+
+
+@pytest.mark.slow
+def test_analog_fidelity_runs(
+    reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nb = execute("05-analog-fidelity.ipynb", tmp_path, monkeypatch, FRONTIER="tiny-frontier")
+    text = text_of(nb)
+    html = "".join(
+        out.get("data", {}).get("text/html", "")
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+    )
+    assert "tiny-analog-m" in html and "tiny-analog-s" in html and "KL" in html  # the cards
+    assert "KL (card)" in text and "CKA (mean)" in text  # the cards checked here
+    for name in ("tiny-analog-m", "tiny-analog-s"):
+        assert f"{name}: transfer score" in text
+    assert text.count("highest ") == 2
+    assert images_of(nb) == 1
