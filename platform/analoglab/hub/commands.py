@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,8 +116,11 @@ def up(
         notebooks=notebooks,
     )
     status = run_up(get_settings(), options, _say)
-    if status:
-        raise typer.Exit(status)
+    # Everything is stopped and the lock released: exit now rather than wait seconds for the
+    # interpreter to tear down what the hub's imports left behind.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @_handles_errors

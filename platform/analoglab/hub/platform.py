@@ -209,6 +209,23 @@ def check_port(ip: str, port: int) -> None:
             ) from None
 
 
+def blocked_for_others(*paths: Path) -> Path | None:
+    """The first folder (or file) on the way to ``paths`` that other OS users cannot pass
+    (no ``o+x``); None when they can reach and run them all."""
+    import stat
+
+    for path in paths:
+        real = path.resolve()
+        for step in [*reversed(real.parents), real]:
+            try:
+                mode = step.stat().st_mode
+            except OSError:
+                return step
+            if not mode & stat.S_IXOTH:
+                return step
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,6 +348,13 @@ def sweep(platform_id: str, deadline: float) -> list[int]:
     return pids
 
 
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=False))
+    except psutil.Error:
+        return []
+
+
 def _answers(url: str, timeout: float = 2.0) -> bool:
     try:
         return httpx.get(url, timeout=timeout).status_code < 500
@@ -381,6 +405,15 @@ class Platform:
         o, layout = self.options, self.layout
         as_root = os.geteuid() == 0
         mode: Mode = "per-user" if as_root and not o.single_os_user else "single-user"
+        if mode == "per-user":
+            blocked = blocked_for_others(Path(sys.executable), Path(sys.prefix))
+            if blocked is not None:
+                self.say(
+                    f"warning: other OS users cannot run this Python ({blocked} is closed to "
+                    "them), so every server runs as root: single-OS-user mode. Install the "
+                    "virtualenv from a Python outside /root for one OS user each"
+                )
+                mode = "single-user"
         creds = admin_credentials(layout, o.admin, o.dev)
         check_port(o.ip, o.port)
         ports = Ports(o.port, *(free_port() for _ in range(5)))
@@ -579,6 +612,12 @@ class Platform:
         hub = self.hub
         if hub is not None and hub.poll() is None:
             hub.send_signal(signal.SIGTERM)
+            # The hub stops its services one after the other (each may take seconds): stop
+            # them all at once; it then finds them gone. The proxy it stops itself.
+            for child in _children(hub.pid):
+                with contextlib.suppress(psutil.Error):
+                    if not any("configurable-http-proxy" in part for part in child.cmdline()):
+                        child.terminate()
             try:
                 hub.wait(max(0.1, min(HUB_GRACE, deadline - time.monotonic() - 2)))
             except subprocess.TimeoutExpired:

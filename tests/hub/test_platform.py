@@ -1,0 +1,334 @@
+"""``analoglab up`` for real: the whole platform as a subprocess on free loopback ports.
+
+One platform per module, in a fresh data folder holding the tiny preset's models (copied from
+the session's ``tiny_build``). Checked, in order: a second ``up`` exits 1; ``status --json``;
+the admin signs in through nativeauthenticator's login form; ``users add`` makes a researcher
+and a reviewer (as root: OS accounts, deleted afterwards); the researcher's server starts as
+its own OS user with the shared notebooks and the platform's environment; the queue answers
+through the proxy with the right roles; MLflow is never reachable unauthenticated through the
+proxy; SIGINT stops every process of the platform within 10 s; a restart keeps the users.
+
+The data folder lives under ``/tmp`` (mode 0755), not pytest's 0700 temp folder, so that the
+users' OS accounts can reach the model store. Needs configurable-http-proxy (``make pytest``
+installs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from analoglab.config import Settings
+from analoglab.foundry.build import BuildResult
+from analoglab.hub.platform import blocked_for_others
+
+from ..conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+READY = "Analog Lab is running at"
+AS_ROOT = os.geteuid() == 0
+# One OS user per hub user needs root and a Python that other users may run.
+PER_USER = AS_ROOT and blocked_for_others(Path(sys.executable), Path(sys.prefix)) is None
+
+
+def proxy_path() -> str:
+    path = Path(
+        os.environ.get("CONFIGURABLE_HTTP_PROXY")
+        or REPO / ".venv/node/node_modules/.bin/configurable-http-proxy"
+    )
+    if not path.is_file():
+        pytest.fail(f"configurable-http-proxy not found at {path}: run `make pytest`")
+    return str(path)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "analoglab.hub.commands", *args]
+
+
+@dataclass
+class Running:
+    data: Path
+    url: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    output: Path
+    users: dict[str, str] = field(default_factory=dict)  # name -> password
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cli(*args), env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads((self.data / "hub/platform.json").read_text())
+        return state
+
+    def hub_api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        token = (self.data / "hub/secrets/analoglab-cli.token").read_text().strip()
+        return httpx.request(
+            method,
+            self.state()["hub_api_url"] + path,
+            headers={"Authorization": f"token {token}"},
+            timeout=30,
+            **kwargs,
+        )
+
+    def user_token(self, name: str) -> str:
+        resp = self.hub_api("POST", f"/users/{name}/tokens", json={"note": "test"})
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["token"])
+
+
+def start(data: Path, env: dict[str, str], port: int, timeout: float = 240) -> Running:
+    output = data.parent / f"up-{time.monotonic_ns()}.log"
+    with output.open("wb") as out:
+        proc = subprocess.Popen(
+            cli("up", "--port", str(port), "--preset", "tiny", "--cull-every", "60"),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while READY not in output.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            hub_log = data / "hub/logs/jupyterhub.log"
+            tail = hub_log.read_text()[-3000:] if hub_log.is_file() else ""
+            pytest.fail(f"up did not get ready:\n{output.read_text()[-3000:]}\n{tail}")
+        time.sleep(0.3)
+    return Running(data, f"http://127.0.0.1:{port}", env, proc, output)
+
+
+def stop(running: Running) -> float:
+    started = time.monotonic()
+    running.proc.send_signal(signal.SIGINT)
+    try:
+        running.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        running.proc.kill()
+        running.proc.wait(10)
+    return time.monotonic() - started
+
+
+def platform_processes(platform_id: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.environ().get("ANALOGLAB_PLATFORM_ID") == platform_id:
+                found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="module")
+def platform(tiny_build: tuple[Settings, BuildResult]) -> Iterator[Running]:
+    data = Path(tempfile.mkdtemp(prefix="analoglab-hubtest-")) / "home"
+    data.parent.chmod(0o755)
+    shutil.copytree(tiny_build[0].home, data, symlinks=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "ANALOGLAB_"))}
+    env.update(
+        {
+            "ANALOGLAB_HOME": str(data),
+            "CONFIGURABLE_HTTP_PROXY": proxy_path(),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    running = start(data, env, free_port())
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            stop(running)
+        for name in running.users:  # the OS accounts `users add` made
+            if AS_ROOT:
+                subprocess.run(["userdel", name], capture_output=True, check=False)
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
+def login(url: str, name: str, password: str) -> httpx.Client:
+    """A browser-like session signed in through the login form (with its _xsrf field)."""
+    client = httpx.Client(base_url=url, follow_redirects=True, timeout=30)
+    form = client.get("/hub/login")
+    assert form.status_code == 200, form.text
+    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', form.text)
+    assert xsrf, form.text[:2000]
+    resp = client.post(
+        "/hub/login",
+        data={"username": name, "password": password, "_xsrf": xsrf.group(1)},
+    )
+    assert resp.status_code == 200, resp.text[:2000]
+    return client
+
+
+def test_a_second_up_says_it_runs_and_exits_1(platform: Running) -> None:
+    second = platform.run("up", "--port", str(free_port()), "--no-build")
+    assert second.returncode == 1
+    assert "already runs" in second.stderr and platform.url in second.stderr
+
+
+def test_status_shows_what_runs_and_where(platform: Running) -> None:
+    done = platform.run("status", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["running"] and info["url"] == platform.url
+    assert info["mode"] == ("per-user" if PER_USER else "single-user")
+    commands = " ".join(p["command"] for p in info["processes"])
+    for part in ("jupyterhub", "configurable-http-proxy", "queue serve", "lab agent", "mlflow"):
+        assert part in commands, commands
+    assert info["labs"] == ["tiny-lab"]
+    creds = Path(info["credentials"])
+    assert creds.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_admin_signs_in(platform: Running) -> None:
+    creds = dict(
+        line.split(": ", 1)
+        for line in (platform.data / "hub/admin-credentials.txt").read_text().splitlines()
+        if ": " in line
+    )
+    with login(platform.url, "admin", creds["password"]) as browser:
+        home = browser.get("/hub/home")
+        assert home.status_code == 200 and "admin" in home.text
+        assert browser.get("/hub/admin").status_code == 200
+    # a wrong password does not sign in
+    with httpx.Client(base_url=platform.url, timeout=30) as other:
+        form = other.get("/hub/login")
+        xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', form.text)
+        assert xsrf
+        bad = other.post(
+            "/hub/login", data={"username": "admin", "password": "wrong", "_xsrf": xsrf.group(1)}
+        )
+        assert bad.status_code == 403
+
+
+def test_users_add_a_researcher_and_a_reviewer(platform: Running) -> None:
+    tag = secrets.token_hex(3)
+    for name, extra in ((f"r{tag}", []), (f"v{tag}", ["--reviewer", "tiny-lab"])):
+        done = platform.run("users", "add", name, *extra, "--json")
+        assert done.returncode == 0, done.stderr
+        added = json.loads(done.stdout)
+        platform.users[name] = added["password"]
+        assert added["os_user_created"] is PER_USER
+    researcher, reviewer = platform.users
+    assert platform.run("users", "add", "Not A Name").returncode == 1
+    bad_lab = platform.run("users", "add", f"x{tag}", "--reviewer", "no-such-lab")
+    assert bad_lab.returncode == 1 and "no lab 'no-such-lab'" in bad_lab.stderr
+    listed = json.loads(platform.run("users", "list", "--json").stdout)
+    groups = {u["name"]: u["groups"] for u in listed["users"]}
+    assert groups[researcher] == ["researchers"]
+    assert groups[reviewer] == ["reviewers-tiny-lab"]
+    with login(platform.url, researcher, platform.users[researcher]) as browser:
+        assert browser.get("/hub/home").status_code == 200
+
+
+def test_the_queue_answers_through_the_proxy_with_hub_roles(platform: Running) -> None:
+    researcher, reviewer = list(platform.users)[:2]
+    queue = platform.url + "/services/queue"
+    r_token, v_token = platform.user_token(researcher), platform.user_token(reviewer)
+
+    def get(path: str, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(queue + path, headers=headers, timeout=30).status_code
+
+    assert get("/health", None) == 200
+    assert get("/api/jobs", None) == 401
+    assert get("/api/jobs", r_token) == 200
+    assert get("/api/labs/tiny-lab/queue", v_token) == 200
+    assert get("/api/labs/tiny-lab/queue", r_token) == 403
+    frontiers = httpx.get(
+        queue + "/api/frontiers", headers={"Authorization": f"Bearer {r_token}"}, timeout=30
+    )
+    if frontiers.status_code == 200:  # the demo lab's frontier is registered
+        assert "tiny-frontier" in frontiers.text
+
+
+def test_mlflow_is_never_open_through_the_proxy(platform: Running) -> None:
+    resp = httpx.get(
+        platform.url + "/services/mlflow/api/2.0/mlflow/experiments/search", timeout=30
+    )
+    assert resp.status_code in (401, 403, 404), resp.text[:500]
+    state = platform.state()
+    if state["services"]["mlflow"]["gated"]:
+        researcher = next(iter(platform.users))
+        token = platform.user_token(researcher)
+        ok = httpx.get(
+            platform.url + "/services/mlflow/api/2.0/mlflow/experiments/search?max_results=1",
+            headers={"Authorization": f"token {token}"},
+            timeout=60,
+        )
+        assert ok.status_code in (200, 503), ok.text[:500]  # 503: MLflow still starting
+
+
+def test_a_researchers_server_starts_with_the_platform_around_it(platform: Running) -> None:
+    researcher = next(iter(platform.users))
+    token = platform.user_token(researcher)
+    headers = {"Authorization": f"token {token}"}
+    api = platform.url + "/hub/api"
+    resp = httpx.post(f"{api}/users/{researcher}/server", headers=headers, timeout=60)
+    assert resp.status_code in (201, 202), resp.text
+    deadline = time.monotonic() + 180
+    while True:
+        model = httpx.get(f"{api}/users/{researcher}", headers=headers, timeout=30).json()
+        if (model.get("servers") or {}).get("", {}).get("ready"):
+            break
+        assert time.monotonic() < deadline, model
+        time.sleep(1)
+    lab = httpx.get(f"{platform.url}/user/{researcher}/api/status", headers=headers, timeout=30)
+    assert lab.status_code == 200, lab.text
+    server = next(
+        p
+        for p in psutil.process_iter(["cmdline", "username"])
+        if any("jupyterhub-singleuser" in part for part in p.info["cmdline"] or [])
+        and p.environ().get("JUPYTERHUB_USER") == researcher
+    )
+    env = server.environ()
+    assert env["ANALOGLAB_QUEUE_URL"] == platform.url + "/services/queue"
+    assert env["ANALOGLAB_MODEL_STORE"] == str(platform.data / "models")
+    assert env["MLFLOW_TRACKING_TOKEN"] == env["JUPYTERHUB_API_TOKEN"]
+    home = Path(env["HOME"])
+    if PER_USER:
+        assert server.info["username"] == researcher  # its own OS user
+        assert home.stat().st_uid == server.uids().real
+        assert home.stat().st_mode & 0o077 == 0  # other users cannot read it
+    notebooks = sorted(p.name for p in (REPO / "shared-notebooks").glob("*.ipynb"))
+    assert sorted(p.name for p in (home / "shared-notebooks").glob("*.ipynb")) == notebooks
+
+
+def test_sigint_stops_everything_and_a_restart_keeps_the_users(platform: Running) -> None:
+    state = platform.state()
+    pids = [p.pid for p in psutil.Process(state["pid"]).children(recursive=True)]
+    assert len(pids) >= 5
+    seconds = stop(platform)
+    assert platform.proc.returncode == 0, platform.output.read_text()[-2000:]
+    assert seconds < 10, platform.output.read_text()[-2000:]
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert platform_processes(state["platform_id"]) == []
+    assert platform.run("status").returncode == 1
+
+    again = start(platform.data, platform.env, free_port())
+    try:
+        listed = json.loads(again.run("users", "list", "--json").stdout)
+        assert set(platform.users) <= {u["name"] for u in listed["users"]}
+        researcher = next(iter(platform.users))
+        with login(again.url, researcher, platform.users[researcher]) as browser:
+            assert browser.get("/hub/home").status_code == 200
+    finally:
+        assert stop(again) < 10
