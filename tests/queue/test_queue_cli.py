@@ -1,7 +1,9 @@
-"""``analoglab queue serve`` runs the service as a real process; ``hash-token`` hashes."""
+"""``analoglab queue serve`` runs the service as a real process; ``hash-token`` hashes a token
+read from stdin or a file; client commands read their token from a file."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,11 +11,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from analoglab.config import Settings
 from analoglab.queue.auth import hash_token
 
-from ..conftest import free_port
+from ..conftest import free_port, serve_app
 
 
 def test_serve_answers_and_authenticates(home: Settings, tmp_path: Path) -> None:
@@ -55,14 +58,48 @@ def test_serve_answers_and_authenticates(home: Settings, tmp_path: Path) -> None
         proc.wait(timeout=20)
 
 
-def test_hash_token_prints_the_sha256() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "analoglab", "queue", "hash-token", "abc"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    assert out == hash_token("abc")
+def test_hash_token_reads_the_token_from_stdin_or_a_file(tmp_path: Path) -> None:
+    """Never from argv, where ``ps`` shows it to every user of the machine."""
+    command = [sys.executable, "-m", "analoglab", "queue", "hash-token"]
+    done = subprocess.run(command, input="abc\n", capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == hash_token("abc")
+    secret = tmp_path / "token"
+    secret.write_text("abc\n")
+    done = subprocess.run(
+        [*command, "--from-file", str(secret)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == hash_token("abc")
+    argv = subprocess.run([*command, "abc"], capture_output=True, text=True, check=False)
+    assert argv.returncode == 2 and hash_token("abc") not in argv.stdout
+    empty = subprocess.run(command, input="", capture_output=True, text=True, check=False)
+    assert empty.returncode == 1 and "empty" in empty.stderr
+
+
+def test_client_commands_read_the_token_from_a_file(
+    sqlite_url: str, catalog_home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from analoglab.cli import app
+    from analoglab.queue.service import create_app
+
+    for env in ("JUPYTERHUB_API_TOKEN", "ANALOGLAB_QUEUE_TOKEN"):
+        monkeypatch.delenv(env, raising=False)
+    tokens = {hash_token("file-token"): {"name": "ada", "roles": ["researcher"]}}
+    secret = tmp_path / "queue-token"
+    secret.write_text("file-token\n")
+    with serve_app(create_app(sqlite_url, catalog_home, tokens)) as url:
+        listing = ["queue", "list", "--url", url, "--json"]
+        result = CliRunner().invoke(app, [*listing, "--token-file", str(secret)])
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["jobs"] == []
+        monkeypatch.setenv("ANALOGLAB_QUEUE_TOKEN_FILE", str(secret))
+        assert CliRunner().invoke(app, listing).exit_code == 0
+        monkeypatch.delenv("ANALOGLAB_QUEUE_TOKEN_FILE")
+        refused = CliRunner().invoke(app, listing)
+        assert refused.exit_code == 1 and "401" in refused.stderr + refused.stdout
+        missing = CliRunner().invoke(app, [*listing, "--token-file", str(tmp_path / "none")])
+        assert missing.exit_code == 1 and "cannot read the queue token" in missing.stderr
 
 
 def test_serve_needs_tokens_or_a_hub(home: Settings) -> None:

@@ -157,7 +157,19 @@ def transfer_command(
         str | None, typer.Option("--url", help="With --via-queue: the queue's URL.")
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", help="With --via-queue: the queue token.")
+        str | None,
+        typer.Option(
+            "--token",
+            help="With --via-queue: the queue token (the process list shows it: prefer "
+            "--token-file or $ANALOGLAB_QUEUE_TOKEN).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="With --via-queue: read the queue token from this file ('-': stdin).",
+        ),
     ] = None,
 ) -> None:
     """Run a spec on an analog and on its frontier, here, and report how well it transfers.
@@ -172,7 +184,11 @@ def transfer_command(
     spec = load_spec(spec_file)
     settings = get_settings()
     if via_queue:
+        from analoglab.config import read_secret
         from analoglab.loop import transfer_check
+
+        if token is None and token_file is not None:
+            token = read_secret(token_file, what="the queue token")
 
         report = transfer_check(
             spec,

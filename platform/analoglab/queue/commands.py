@@ -85,11 +85,23 @@ def queue_serve(
 
 @queue_app.command("hash-token")
 @handles_errors
-def queue_hash_token(token: Annotated[str, typer.Argument(help="A token to hash.")]) -> None:
-    """Print the sha256 of a token, as the tokens file stores it."""
+def queue_hash_token(
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-file",
+            help="Read the token from this file; default: standard input (a prompt without "
+            "echo on a terminal).",
+        ),
+    ] = None,
+) -> None:
+    """Print the sha256 of a token, as the tokens file stores it.
+
+    Reads the token from stdin or --from-file, never from argv (ps shows argv to everyone)."""
+    from analoglab.config import read_secret
     from analoglab.queue.auth import hash_token
 
-    out.print(hash_token(token))
+    out.print(hash_token(read_secret(from_file or "-", what="the token")))
 
 
 # The queue's client commands talk to a running service with QueueClient.
@@ -108,15 +120,32 @@ TokenOption = Annotated[
     str | None,
     typer.Option(
         "--token",
-        help="Queue token; default: $JUPYTERHUB_API_TOKEN, then $ANALOGLAB_QUEUE_TOKEN.",
+        help="Queue token (the process list shows it: prefer --token-file or the "
+        "environment); default: --token-file, $JUPYTERHUB_API_TOKEN, $ANALOGLAB_QUEUE_TOKEN, "
+        "then the file named by $ANALOGLAB_QUEUE_TOKEN_FILE.",
+    ),
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file", help="Read the queue token from this file ('-': standard input)."
     ),
 ]
 JobIdArg = Annotated[int, typer.Argument(help="The job's id.")]
 
 
-def queue_client(url: str | None, token: str | None) -> Any:
+def queue_client(url: str | None, token: str | None, token_file: Path | None = None) -> Any:
+    import os
+
+    from analoglab.config import read_secret
     from analoglab.errors import ConfigError
-    from analoglab.queue.client import QueueClient
+    from analoglab.queue.client import TOKEN_ENVS, QueueClient
+
+    if token is None and token_file is not None:
+        token = read_secret(token_file, what="the queue token")
+    named = os.environ.get("ANALOGLAB_QUEUE_TOKEN_FILE")
+    if token is None and named and not any(os.environ.get(e) for e in TOKEN_ENVS):
+        token = read_secret(named, what="the queue token")
 
     url = url or get_settings().queue_url
     if not url:
@@ -194,13 +223,14 @@ def queue_submit(
     ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit a spec to a frontier's gated queue; it is vetted at once."""
     from analoglab.experiments.spec import load_spec, spec_to_dict
 
     spec = spec_to_dict(load_spec(spec_file))
-    with queue_client(url, token) as client:
+    with queue_client(url, token, token_file) as client:
         job = _queue_call(
             lambda: client.submit(
                 spec,
@@ -230,10 +260,11 @@ def queue_list(
     ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Your jobs (or a lab's queue with --lab), newest first, a page at a time."""
-    with queue_client(url, token) as client:
+    with queue_client(url, token, token_file) as client:
         if lab is not None:
             page = _queue_call(
                 lambda: client.lab_queue(lab, state=state, limit=limit, cursor=cursor)
@@ -274,10 +305,11 @@ def queue_show(
     job_id: JobIdArg,
     url: UrlOption = None,
     token: TokenOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """One job: its state, spec and reviews."""
-    with queue_client(url, token) as client:
+    with queue_client(url, token, token_file) as client:
         job = _queue_call(lambda: client.get(job_id))
     if as_json:
         print_json(job)
@@ -297,6 +329,7 @@ def queue_review(
     ] = False,
     url: UrlOption = None,
     token: TokenOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Decide on a job awaiting review (reviewers of its lab)."""
@@ -311,7 +344,7 @@ def queue_review(
     ]
     if len(chosen) != 1:
         raise typer.BadParameter("give exactly one of --approve, --reject, --request-changes")
-    with queue_client(url, token) as client:
+    with queue_client(url, token, token_file) as client:
         job = _queue_call(lambda: client.review(job_id, chosen[0], comment))
     if as_json:
         print_json(job)
@@ -328,13 +361,14 @@ def queue_release(
     withhold: Annotated[bool, typer.Option("--withhold", help="Withhold the result.")] = False,
     url: UrlOption = None,
     token: TokenOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Release or withhold a posted result (reviewers of the job's lab)."""
     if release == withhold:
         raise typer.BadParameter("give exactly one of --release, --withhold")
     decision = "release" if release else "withhold"
-    with queue_client(url, token) as client:
+    with queue_client(url, token, token_file) as client:
         job = _queue_call(lambda: client.release(job_id, decision, reason))
     if as_json:
         print_json(job)
@@ -347,11 +381,12 @@ def queue_release(
 def queue_audit_head(
     url: UrlOption = None,
     token: TokenOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The audit log's head, signed by the hub (any signed-in user): publish it elsewhere, e.g.
     hourly 'analoglab queue audit head --json > published/head-$(date -u +%Y%m%dT%H%M).json'."""
-    with queue_client(url, token) as client:
+    with queue_client(url, token, token_file) as client:
         head = _queue_call(client.audit_head)
     if as_json:
         print_json(head)
@@ -384,6 +419,7 @@ PublicKeyOption = Annotated[
 def queue_audit_verify(
     url: UrlOption = None,
     token: TokenOption = None,
+    token_file: TokenFileOption = None,
     head_file: HeadFileOption = None,
     public_key: PublicKeyOption = None,
     as_json: JsonFlag = False,
@@ -405,7 +441,7 @@ def queue_audit_verify(
             message = f"the published head: {exc}"
             local.append({"check": "published_head", "message": message, "seq": published.seq})
     head_data = published.model_dump() if published is not None else None
-    with queue_client(url, token) as client:
+    with queue_client(url, token, token_file) as client:
         check = _queue_call(lambda: client.verify_audit(head_data, public_key))
     seen = {(f["check"], f["message"]) for f in check["findings"]}
     extra = [f for f in local if (f["check"], f["message"]) not in seen]
