@@ -61,7 +61,7 @@ def proxy_path() -> str:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "analoglab.hub.commands", *args]
+    return [sys.executable, "-m", "analoglab", *args]
 
 
 @dataclass

@@ -11,6 +11,7 @@ Command groups, each declared beside the area it drives:
 - ``queue`` (the gated queue, and ``queue audit``): :mod:`analoglab.queue.commands`
 - ``lab`` (a lab site's agent): :mod:`analoglab.lab.commands`
 - ``tracking`` (MLflow: analog cards, the tracking server): :mod:`analoglab.tracking.commands`
+- ``up`` (the platform on this machine), ``status``, ``users``: :mod:`analoglab.hub.commands`
 
 Shared helpers (``handles_errors``, ``print_json``, ``JsonFlag``, the consoles) are in
 :mod:`analoglab.cli.common`. Every command that lists or shows something takes ``--json``
@@ -69,6 +70,7 @@ def _assembled() -> typer.Typer:
     from analoglab.cli.config import config_app, doctor
     from analoglab.experiments.commands import run_command, spec_app, transfer_command
     from analoglab.foundry.commands import foundry_app
+    from analoglab.hub.commands import register as register_platform
     from analoglab.lab.commands import lab_app
     from analoglab.models.commands import models_app
     from analoglab.queue.commands import queue_app
@@ -88,6 +90,7 @@ def _assembled() -> typer.Typer:
         ("tracking", tracking_app),
     ):
         _root.add_typer(group, name=name)
+    register_platform(_root)  # up, status, users
     return _root
 
 

@@ -7,40 +7,21 @@ stderr and exit status 1 (a second ``up`` on a running data folder included).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from analoglab.cli.common import JsonFlag, handles_errors
 from analoglab.config import get_settings
-from analoglab.errors import AnalogLabError
 
-F = TypeVar("F", bound=Callable[..., Any])
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 users_app = typer.Typer(
     help="The platform's users: add (researchers, reviewers, admins), list, remove.",
     no_args_is_help=True,
 )
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _handles_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except AnalogLabError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _say(line: str) -> None:
@@ -48,7 +29,7 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-@_handles_errors
+@handles_errors
 def up(
     port: Annotated[int, typer.Option(help="The one public port (the hub's proxy).")] = 8000,
     ip: Annotated[
@@ -123,7 +104,7 @@ def up(
     os._exit(status)
 
 
-@_handles_errors
+@handles_errors
 def status(as_json: JsonFlag = False) -> None:
     """What the platform runs and where: URL, ports, processes. Exit 1 when it is not running."""
     from analoglab.hub.layout import Layout
@@ -147,7 +128,7 @@ def status(as_json: JsonFlag = False) -> None:
 
 
 @users_app.command("add")
-@_handles_errors
+@handles_errors
 def users_add(
     name: Annotated[str, typer.Argument(help="The user's name (also their OS account's).")],
     reviewer: Annotated[
@@ -176,7 +157,7 @@ def users_add(
 
 
 @users_app.command("list")
-@_handles_errors
+@handles_errors
 def users_list(as_json: JsonFlag = False) -> None:
     """The users, their groups and servers, and sign-ups awaiting approval."""
     from analoglab.hub.layout import Layout
@@ -194,7 +175,7 @@ def users_list(as_json: JsonFlag = False) -> None:
 
 
 @users_app.command("remove")
-@_handles_errors
+@handles_errors
 def users_remove(
     name: Annotated[str, typer.Argument(help="The user to remove.")],
     delete_os_user: Annotated[
@@ -216,15 +197,3 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.add_typer(users_app, name="users")
 
-
-def main() -> None:
-    """``python -m analoglab.hub.commands``: these commands alone."""
-    standalone = typer.Typer(
-        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
-    )
-    register(standalone)
-    standalone()
-
-
-if __name__ == "__main__":
-    main()
