@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: up test lint typecheck docs pytest bench clean help
 
 help:
-	@echo "make up     build the demo lab's models (if missing) and show the catalog"
+	@echo "make up     run the platform: JupyterHub, the queue, MLflow, the demo lab (Ctrl-C stops)"
 	@echo "make test   ruff, mypy, the docs build and the whole pytest suite"
 	@echo "make bench  the benchmarks under benchmarks/ (figures in docs/performance.md)"
 
@@ -36,10 +36,6 @@ comma := ,
 RUNTIME := $(VENV)/.stamp-all-$(PYPROJECT_HASH)
 DEV := $(VENV)/.stamp-all+dev-$(PYPROJECT_HASH)
 
-up: $(RUNTIME)
-	$(BIN)/analoglab doctor
-	$(BIN)/analoglab models build
-
 lint: $(DEV)
 	$(BIN)/ruff check platform tests benchmarks
 
@@ -49,7 +45,7 @@ typecheck: $(DEV)
 docs: $(DEV)
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
-# JupyterHub's proxy, for the queue's tests against a real hub (npm; stamped, so run once).
+# JupyterHub's proxy, for the platform and the tests against a real hub (npm; stamped).
 CHP_VERSION := 5
 CHP_STAMP := $(VENV)/node/.stamp-chp-$(CHP_VERSION)
 export CONFIGURABLE_HTTP_PROXY := $(CURDIR)/$(VENV)/node/node_modules/.bin/configurable-http-proxy
@@ -59,6 +55,12 @@ $(CHP_STAMP): | $(BIN)/python
 		configurable-http-proxy@$(CHP_VERSION)
 	test -x $(CONFIGURABLE_HTTP_PROXY)
 	touch $@
+
+# The platform in the foreground (Ctrl-C stops it): JupyterHub and every service on
+# http://127.0.0.1:8000; the first run builds the demo models. UP_ARGS="--port 9000 --dev" ...
+up: $(RUNTIME) $(CHP_STAMP)
+	$(BIN)/analoglab doctor
+	$(BIN)/analoglab up $(UP_ARGS)
 
 pytest: $(DEV) $(CHP_STAMP)
 	$(BIN)/python -m pytest
