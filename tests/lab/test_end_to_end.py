@@ -330,12 +330,13 @@ def test_the_transfer_notebook_runs_against_the_platform(
         platform.start_agent()
     with platform.client("ada") as ada:
         before = {j["id"] for j in ada.list()["jobs"]}
-    # The kernel inherits this environment, as a hub notebook inherits the hub's.
+    # The kernel inherits this environment, as a hub notebook inherits the hub's (the
+    # notebook's env contract: its second cell).
     for key, value in {
         "ANALOGLAB_HOME": str(platform.settings.home),
         "ANALOGLAB_QUEUE_URL": platform.queue_url,
-        "ANALOGLAB_MLFLOW_TRACKING_URI": platform.mlflow_url,
-        "ANALOGLAB_QUEUE_TOKEN": "tok-ada",
+        "MLFLOW_TRACKING_URI": platform.mlflow_url,
+        "JUPYTERHUB_API_TOKEN": "tok-ada",
         "ANALOG": "tiny-analog-s",
         "OMP_NUM_THREADS": "1",
     }.items():
@@ -350,6 +351,7 @@ def test_the_transfer_notebook_runs_against_the_platform(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
     )
     assert "tiny-analog-s → tiny-frontier" in text
+    assert f"queue:  {platform.queue_url}" in text and f"MLflow: {platform.mlflow_url}" in text
     assert "verdict:" in text and "same report:" in text
     with platform.client("ada") as ada:
         new = [j for j in ada.list()["jobs"] if j["id"] not in before]

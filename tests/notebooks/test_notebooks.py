@@ -17,6 +17,7 @@ from typing import Any
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 from analoglab.config import Settings
 
@@ -156,3 +157,16 @@ def test_analog_fidelity_runs(
         assert f"{name}: transfer score" in text
     assert text.count("highest ") == 2
     assert images_of(nb) == 1
+
+
+@pytest.mark.slow
+def test_checking_transfer_without_a_queue_says_what_to_set(
+    reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 03 runs end to end against real services in tests/lab/test_end_to_end.py; here, the
+    # same notebook opened where no queue is configured stops at once with what to do.
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    with pytest.raises(CellExecutionError) as failed:
+        execute("03-checking-transfer.ipynb", tmp_path, monkeypatch, ANALOG="tiny-analog-s")
+    assert "no queue is configured" in str(failed.value)
+    assert "ANALOGLAB_QUEUE_URL" in str(failed.value)
