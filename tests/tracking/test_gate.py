@@ -56,7 +56,6 @@ GATE = "mlflow-gate"
 PREFIX = f"/services/{GATE}"
 ACCESS = f"access:services!service={GATE}"
 USER, OUTSIDER = "ada", "nobody"
-TEMP_MANAGED = False
 MANAGED = "mlflow"  # `analoglab tracking gate` as the hub runs it
 MANAGED_ACCESS = f"access:services!service={MANAGED}"
 
@@ -171,12 +170,12 @@ class Hub:
     gate_url: str
     log: Path
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+    def api(self, method: str, path: str, timeout: float = 10, **kwargs: Any) -> Any:
         resp = httpx.request(
             method,
             self.api_url + path,
             headers={"Authorization": f"token {self.admin_token}"},
-            timeout=10,
+            timeout=timeout,
             **kwargs,
         )
         assert resp.status_code < 300, resp.text
@@ -224,24 +223,23 @@ def hub_config(work: Path, ports: dict[str, int], tokens: dict[str, str], gate_u
         {"name": "tester", "api_token": tokens["tester"]},
         {"name": GATE, "url": gate_url, "api_token": tokens["gate"], "oauth_no_confirm": True},
     ]
-    if TEMP_MANAGED:
-        services.append(
-            {  # as `analoglab up` runs it: the gate and its own MLflow, one managed service
-                "name": MANAGED,
-                "url": f"http://127.0.0.1:{ports['managed']}",
-                "command": [
-                    sys.executable,
-                    "-m",
-                    "analoglab",
-                    "tracking",
-                    "gate",
-                    "--mlflow-port",
-                    str(ports["mlflow"]),
-                ],
-                "environment": {"ANALOGLAB_HOME": str(work / "mlflow-home")},
-                "oauth_no_confirm": True,
-            }
-        )
+    services.append(
+        {  # as `analoglab up` runs it: the gate and its own MLflow, one managed service
+            "name": MANAGED,
+            "url": f"http://127.0.0.1:{ports['managed']}",
+            "command": [
+                sys.executable,
+                "-m",
+                "analoglab",
+                "tracking",
+                "gate",
+                "--mlflow-port",
+                str(ports["mlflow"]),
+            ],
+            "environment": {"ANALOGLAB_HOME": str(work / "mlflow-home")},
+            "oauth_no_confirm": True,
+        }
+    )
     # a notebook server's token may reach the MLflow services (the default `server` role
     # may not reach any service)
     server_scopes = ["users:activity!user", "access:servers!server", ACCESS, MANAGED_ACCESS]
@@ -661,8 +659,6 @@ def test_a_notebook_logs_to_mlflow_with_its_server_token(
 ) -> None:
     """The platform's way: a single-user server's JUPYTERHUB_API_TOKEN as MLflow's token,
     the managed gate (`analoglab tracking gate`, with its own MLflow) at /services/mlflow/."""
-    if not TEMP_MANAGED:
-        pytest.skip("`analoglab tracking gate` lands with the CLI package")
     managed = f"{hub.public_url}/services/{MANAGED}"
     wait_for(
         "the managed gate's MLflow",
@@ -670,7 +666,7 @@ def test_a_notebook_logs_to_mlflow_with_its_server_token(
         120,
         hub.log,
     )
-    hub.api("POST", f"/users/{USER}/server")
+    hub.api("POST", f"/users/{USER}/server", timeout=60)  # 202 once the spawn takes long
     wait_for(
         f"{USER}'s server",
         lambda: hub.api("GET", f"/users/{USER}")["servers"].get("", {}).get("ready"),

@@ -110,3 +110,56 @@ def tracking_server(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
+
+
+@tracking_app.command("gate")
+@handles_errors
+def tracking_gate(
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="An MLflow server already running (http://127.0.0.1:PORT) to put behind the "
+            "gate; default: start one (the data folder's store, loopback only) and supervise it."
+        ),
+    ] = None,
+    mlflow_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the MLflow server it starts; default: a free one."),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface; default: from JUPYTERHUB_SERVICE_URL.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port; default: from JUPYTERHUB_SERVICE_URL, else 8766.")
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="URL prefix; default: JUPYTERHUB_SERVICE_PREFIX, else /services/mlflow."),
+    ] = None,
+    cache_seconds: Annotated[
+        int, typer.Option(min=0, help="How long the hub's answer about a token is reused.")
+    ] = 60,
+) -> None:
+    """Serve MLflow behind the hub's sign-in: run as the JupyterHub service `mlflow`.
+
+    Browsers sign in with the hub's OAuth; programs send a hub token (MLFLOW_TRACKING_TOKEN).
+    Without --upstream it also starts `mlflow server` on a private loopback port and stops it
+    on SIGTERM/Ctrl-C (see docs/tracking.md)."""
+    import socket
+
+    from analoglab.tracking.gate import GateConfig, service_binding
+    from analoglab.tracking.server import ServerOptions, serve_behind_hub, server_url
+
+    settings = get_settings()
+    bind_host, bind_port, url_prefix = service_binding(host, port, prefix)
+    mlflow = None
+    if upstream is None:
+        if mlflow_port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                mlflow_port = int(s.getsockname()[1])
+        mlflow = ServerOptions(host="127.0.0.1", port=mlflow_port)
+        upstream = server_url("127.0.0.1", mlflow_port)
+    gate = GateConfig(upstream=upstream, prefix=url_prefix, cache_seconds=cache_seconds)
+    err.print(f"MLflow gate at {bind_host}:{bind_port}{url_prefix}/ in front of {upstream}")
+    serve_behind_hub(settings, gate, host=bind_host, port=bind_port, mlflow=mlflow)

@@ -207,6 +207,11 @@ class MlflowGate:
                 "the MLflow gate needs the hub's service environment (JUPYTERHUB_API_TOKEN, "
                 f"JUPYTERHUB_CLIENT_ID): run it as a JupyterHub service ({exc})"
             ) from None
+        if not self.hub.api_token or not self.hub.oauth_client_id:
+            raise TrackingError(
+                "the MLflow gate needs the hub's service environment (JUPYTERHUB_API_TOKEN, "
+                "JUPYTERHUB_CLIENT_ID): run it as a JupyterHub service"
+            )
         if not self.hub.access_scopes:
             raise TrackingError(
                 "the MLflow gate needs the scope that grants access to it: run it as a "
