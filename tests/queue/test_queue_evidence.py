@@ -10,6 +10,7 @@ an untouched database verifies clean.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,10 +37,11 @@ from .conftest import probe_spec, result_for
 
 
 @pytest.fixture
-def notary(queue: JobQueue, tmp_path: Path) -> Notary:
+def notary(queue: JobQueue, tmp_path: Path) -> Iterator[Notary]:
     n = Notary(tmp_path / "keys" / "audit-signing-key.pem", str(queue.engine.url))
     n.attach(queue.sessions)
-    return n
+    yield n
+    n.close()
 
 
 @pytest.fixture
@@ -78,6 +80,7 @@ def raw(db_url: str) -> Iterator[Engine]:
 
 
 def report(queue: JobQueue, notary: Notary, **kw: Any) -> evidence.AuditReport:
+    notary.flush()  # as the service does before it verifies
     with queue.sessions() as session:
         return evidence.verify(session, notary, **kw)
 
@@ -305,3 +308,15 @@ def test_concurrent_commits_end_signed(queue: JobQueue, notary: Notary) -> None:
     rep = report(queue, notary)
     assert rep.ok, rep.findings
     assert rep.head is not None and rep.head.seq == rep.entries == 36
+
+
+def test_commits_are_signed_in_the_background(queue: JobQueue, notary: Notary) -> None:
+    queue.submit("alice", "frontier-a", probe_spec())
+    queue.submit("bob", "frontier-a", probe_spec())
+    deadline = time.monotonic() + 10
+    while (last := notary.last()) is None or last.seq < 2:
+        assert time.monotonic() < deadline, "the background signer did not sign the commits"
+        time.sleep(0.02)
+    with queue.sessions() as session:
+        newest = audit.head(session)
+    assert newest is not None and (last.seq, last.hash) == (2, newest.hash)

@@ -26,8 +26,8 @@ from analoglab.queue.models import AuditEntry, utcnow
 GENESIS = "0" * 64
 # The key of the PostgreSQL advisory lock that serialises appends (any constant will do).
 _LOCK_KEY = 0x616E616C6F67
-#: Set in ``session.info`` when a transaction appended entries (the :class:`~.head.Notary`
-#: signs a new head after such a commit).
+#: In ``session.info``: ``(seq, prev_hash, hash)`` of each entry the transaction appended (the
+#: :class:`~.head.Notary` signs a new head after such a commit).
 APPENDED = "analoglab.audit.appended"
 
 
@@ -100,7 +100,7 @@ def append(
     entry.hash = entry_hash(entry.prev_hash, payload_of(entry))
     session.add(entry)
     session.flush()
-    session.info[APPENDED] = True
+    session.info.setdefault(APPENDED, []).append((entry.seq, entry.prev_hash, entry.hash))
     return entry
 
 

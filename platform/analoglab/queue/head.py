@@ -13,11 +13,12 @@ vouches for the whole log up to its seq: whoever holds one can show that the log
 that prefix, unchanged (:func:`log_problems`).
 
 The :class:`Notary` is the hub's signer. Attached to the queue's sessions, it signs the head
-after every commit that appended audit entries and keeps the last signed head in a file next to
-the key, one per database (:func:`head_file`, written with :func:`~analoglab.files.atomic_write`).
-It signs a new head only when the log *extends* the last one (same hash at the last signed
-seq, an intact chain after it), so a log rewritten and re-chained in the database without the
-key is never signed, and :func:`~.evidence.verify` reports it.
+(in a background thread) after every commit that appended audit entries, and keeps the last
+signed head in a file next to the key, one per database (:func:`head_file`, written with
+:func:`~analoglab.files.atomic_write`). It signs a new head only when the log *extends* the
+last one (the same hash at the last signed seq, an intact chain after it), so a log rewritten
+and re-chained in the database without the key is never signed (:func:`~.evidence.verify`
+reports it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import json
 import logging
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +195,14 @@ class Notary:
         self.public_key = signing.public_key_text(self._key)
         self.key_id = signing.key_id(self.public_key)
         self._clock = clock
-        self._lock = threading.Lock()
-        self._dirty = False
+        self._lock = threading.Lock()  # held while signing
+        self._wake = threading.Event()
+        self._closed = False
         self._sessions: sessionmaker[Session] | None = None
+        self._signed: SignedHead | None = None  # the last head signed or read, under _lock
+        # (prev_hash, hash) by seq of entries committed in this process, not yet signed.
+        self._seen: dict[int, tuple[str, str]] = {}
+        self._seen_lock = threading.Lock()
         # A new key starts its record now; an old key without its record lost it (see last()).
         self._fresh = created and not self.head_path.exists()
 
@@ -218,6 +225,16 @@ class Notary:
         check_signature(head, self.public_key)
         return head
 
+    def _write(self, seq: int, hash_: str) -> SignedHead:
+        head = sign_head(self._key, seq, hash_, self._clock())
+        atomic_write(self.head_path, head.model_dump_json(indent=1).encode() + b"\n", perms=0o644)
+        self._fresh = False
+        self._signed = head
+        with self._seen_lock:
+            for done in [k for k in self._seen if k <= seq]:
+                del self._seen[done]
+        return head
+
     def sign(self, session: Session) -> SignedHead:
         """Sign the log's head in ``session`` and keep it; :class:`HeadError` (nothing signed)
         when the log does not extend the last signed head."""
@@ -236,37 +253,77 @@ class Notary:
                     f"(entry {last.seq}): {problems[0]}; not signing it"
                 )
             if last.seq == seq:
+                self._signed = last
                 return last
-        head = sign_head(self._key, seq, hash_, self._clock())
-        atomic_write(self.head_path, head.model_dump_json(indent=1).encode() + b"\n", perms=0o644)
-        self._fresh = False
-        return head
+        return self._write(seq, hash_)
 
-    # -- signing after every commit ----------------------------------------------------------
+    def _sign_seen(self) -> None:
+        """Sign the entries this process committed when they extend the last head (no read of
+        the database); otherwise (the first time, or entries committed elsewhere or in another
+        order) read the log and sign its head."""
+        last = self._signed
+        if last is not None:
+            with self._seen_lock:
+                seq, hash_ = last.seq, last.hash
+                while (nxt := self._seen.get(seq + 1)) is not None and nxt[0] == hash_:
+                    seq, hash_ = seq + 1, nxt[1]
+                rest = any(k > seq for k in self._seen)
+            if seq > last.seq:
+                self._write(seq, hash_)
+            if not rest:
+                return
+        assert self._sessions is not None
+        with self._sessions() as session:
+            self._sign(session)
+
+    # -- signing after every commit, in the background --------------------------------------
 
     def attach(self, sessions: sessionmaker[Session]) -> None:
-        """Sign after each commit of ``sessions`` that appended audit entries, and now."""
+        """Sign the log's head now, and after each commit of ``sessions`` that appended audit
+        entries (in a background thread: a commit never waits for a signature)."""
         self._sessions = sessions
         event.listen(sessions, "after_commit", self._after_commit)
-        self._kick()
+        event.listen(sessions, "after_rollback", self._after_rollback)
+        self.flush()
+        thread = threading.Thread(
+            target=_signer, args=(weakref.ref(self), self._wake), name="audit-notary", daemon=True
+        )
+        thread.start()
 
-    def _after_commit(self, session: Session) -> None:
-        if session.info.pop(audit.APPENDED, False):
-            self._kick()
-
-    def _kick(self) -> None:
-        """Sign the current head; a commit that finds another thread signing leaves it to that
-        thread, which signs again before it stops."""
-        self._dirty = True
-        while self._dirty:
-            if not self._lock.acquire(blocking=False):
-                return
+    def flush(self) -> None:
+        """Sign what was committed and not signed yet, now (before reading the record)."""
+        with self._lock:
             try:
-                self._dirty = False
-                assert self._sessions is not None
-                with self._sessions() as session:
-                    self._sign(session)
+                self._sign_seen()
             except Exception as exc:  # the commit is done: report, never fail the caller
                 log.error("audit head not signed: %s", exc)
-            finally:
-                self._lock.release()
+
+    def close(self) -> None:
+        """Stop the background signer (it also stops once the notary is gone)."""
+        self._closed = True
+        self._wake.set()
+
+    def _after_commit(self, session: Session) -> None:
+        appended = session.info.pop(audit.APPENDED, None)
+        if appended:
+            with self._seen_lock:
+                for seq, prev_hash, hash_ in appended:
+                    self._seen[seq] = (prev_hash, hash_)
+            self._wake.set()
+
+    def _after_rollback(self, session: Session) -> None:
+        session.info.pop(audit.APPENDED, None)
+
+
+def _signer(ref: weakref.ref[Notary], wake: threading.Event) -> None:
+    """The background signer: woken by commits, it signs what they appended (one signature
+    for however many commits came while it was busy)."""
+    while True:
+        woken = wake.wait(timeout=2.0)
+        notary = ref()
+        if notary is None or notary._closed:
+            return
+        if woken:
+            wake.clear()
+            notary.flush()
+        del notary

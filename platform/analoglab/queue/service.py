@@ -285,6 +285,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await aclose(authenticator)
+            notary.close()
             engine.dispose()
 
     app = FastAPI(
@@ -535,6 +536,7 @@ def create_app(
         """As ``GET``, and against a head published earlier, signed by the pinned key."""
         if not ident.is_admin:
             raise Forbidden("only admins verify the audit log")
+        notary.flush()  # sign what was committed, then read the record
         with queue.sessions() as session:
             return verify_evidence(session, notary, body.head, body.public_key)
 
