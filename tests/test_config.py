@@ -101,7 +101,9 @@ def test_explain_shows_no_secret(home: Settings, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("ANALOGLAB_MLFLOW_TRACKING_URI", "postgresql://ml:hunter2@db/mlflow")
     monkeypatch.setenv("ANALOGLAB_QUEUE_URL", "https://bot:hunter3@queue.example")
     monkeypatch.setenv("ANALOGLAB_QUEUE_PAGE_SECRET", "a-page-secret-of-the-replicas")
+    monkeypatch.setenv("ANALOGLAB_QUEUE_DATABASE_URL", "postgresql+psycopg://q:hunter4@db/q")
     rows = {r.name: r for r in explain(get_settings())}
+    assert rows["queue_database_url"].value == "postgresql+psycopg://q:***@db/q"
     assert rows["mlflow_tracking_uri"].value == "postgresql://ml:***@db/mlflow"
     assert rows["queue_url"].value == "https://bot:***@queue.example"
     assert rows["queue_page_secret"].value == "***"
@@ -123,3 +125,14 @@ def test_read_secret_from_a_file_or_stdin(
         read_secret(tmp_path / "empty", what="the token")
     with pytest.raises(ConfigError, match="cannot read the token from"):
         read_secret(tmp_path / "missing", what="the token")
+
+
+def test_the_queue_database_url_comes_from_the_environment(
+    home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL with a password need not be on `queue serve`'s command line."""
+    from analoglab.queue.db import default_url
+
+    assert default_url(get_settings()) == f"sqlite:///{home.home / 'queue.db'}"
+    monkeypatch.setenv("ANALOGLAB_QUEUE_DATABASE_URL", "postgresql+psycopg://q:pw@db/q")
+    assert default_url(get_settings()) == "postgresql+psycopg://q:pw@db/q"

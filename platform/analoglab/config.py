@@ -105,6 +105,8 @@ def redact(name: str, value: Any) -> Any:
     """A setting's value as it may be shown: secrets as ``***``, URIs masked."""
     if value is None:
         return None
+    if isinstance(value, SecretStr) and _URI_IN_TEXT.fullmatch(value.get_secret_value()):
+        return mask_uri(value.get_secret_value())  # a URI: its password masked, the rest shown
     if isinstance(value, SecretStr) or _SECRET_SETTING.search(name):
         return MASK
     if isinstance(value, str):
@@ -194,6 +196,11 @@ class Settings(BaseSettings):
     queue_url: str | None = Field(
         default=None,
         description="URL of the gated queue service, where one is configured (checked by doctor).",
+    )
+    queue_database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the queue's database (it may hold a password: set it "
+        "here or in the environment, not on a command line). Unset: sqlite:///<home>/queue.db.",
     )
     queue_page_secret: SecretStr | None = Field(
         default=None,

@@ -35,7 +35,12 @@ def queue_serve(
     ] = None,
     database_url: Annotated[
         str | None,
-        typer.Option("--database-url", help="SQLAlchemy URL; default sqlite:///<home>/queue.db."),
+        typer.Option(
+            "--database-url",
+            help="SQLAlchemy URL; default: the queue_database_url setting "
+            "(ANALOGLAB_QUEUE_DATABASE_URL: use it for a URL with a password, which ps would "
+            "show here), else sqlite:///<home>/queue.db.",
+        ),
     ] = None,
     host: Annotated[
         str | None,

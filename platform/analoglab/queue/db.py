@@ -21,7 +21,10 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def default_url(settings: Settings) -> str:
-    """``sqlite:///<home>/queue.db``: the queue's database on one machine."""
+    """The ``queue_database_url`` setting, else ``sqlite:///<home>/queue.db``: the queue's
+    database on one machine."""
+    if settings.queue_database_url is not None:
+        return settings.queue_database_url.get_secret_value()
     return f"sqlite:///{settings.home.expanduser() / 'queue.db'}"
 
 
