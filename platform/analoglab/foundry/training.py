@@ -3,6 +3,10 @@
 Both loops checkpoint atomically every few steps and resume from the last checkpoint with the
 same batches they would have drawn (a batch is a function of the seed and the step), so an
 interrupted build picks up where it stopped. Progress goes to a callback.
+
+A checkpoint holds plain data only (tensors, dicts, lists, numbers, strings) and is read back
+with ``torch.load(..., weights_only=True)``: a planted file that would run code when unpickled
+is refused (:class:`~analoglab.errors.FoundryError`), never executed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from analoglab.errors import FoundryError
+from analoglab.files import atomic_writer
 
 ProgressCallback = Callable[[int, dict[str, float]], None]  # (steps done, latest numbers)
 
@@ -70,10 +77,25 @@ def lr_at(step: int, total: int, peak: float, warmup: int, hold: float = 0.0) ->
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_writer(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A training checkpoint, read as plain data only (never code from the pickle)."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FoundryError(
+            f"the checkpoint {path} holds more than plain tensors and numbers (or is damaged) "
+            f"and was not loaded: {first}; delete it to train from the start"
+        ) from None
+    if not isinstance(state, dict):
+        raise FoundryError(f"the checkpoint {path} is not a training checkpoint")
+    return state
 
 
 def _set_lr(optim: torch.optim.Optimizer, lr: float) -> None:
@@ -111,7 +133,7 @@ def train_lm(
     )
     log, start = TrainLog(), 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, device)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         log, start = TrainLog.from_dict(state["log"]), int(state["step"])
@@ -241,7 +263,7 @@ def train_students(
     logs = {s.name: TrainLog() for s in students}
     start = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, device)
         for s in students:
             s.model.load_state_dict(state["students"][s.name]["model"])
             if s.projections is not None:
