@@ -161,3 +161,9 @@ def test_config_show_and_doctor_mask_passwords(
         assert code == 1  # the queue does not answer
         assert "http://bot:***@127.0.0.1:9" in out and "postgresql://ml:***@" in out
         assert "hunter" not in out + err
+
+
+def test_error_messages_mask_passwords(home: Settings) -> None:
+    code, out, err = run("queue", "list", "--url", "http://u:hunter5@127.0.0.1:9", "--token", "x")
+    assert code == 1 and "http://u:***@127.0.0.1:9" in err
+    assert "hunter5" not in out + err

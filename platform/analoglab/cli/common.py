@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from analoglab.config import redact_text
 from analoglab.errors import AnalogLabError
 
 # Piped output gets 120 columns rather than rich's 80, so tables stay readable in logs.
@@ -36,7 +37,8 @@ def handles_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except AnalogLabError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
+            # URIs in messages lose their passwords (config.redact_text)
+            err.print(f"[red]error:[/red] {escape(redact_text(str(exc)))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted; run the command again to resume")
