@@ -91,6 +91,8 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result_hash: Mapped[str | None] = mapped_column(String(64))
     result_size: Mapped[int | None] = mapped_column(Integer)
+    result_signature: Mapped[str | None] = mapped_column(String(200))  # the lab's, base64
+    result_key_id: Mapped[str | None] = mapped_column(String(32))  # the lab key that signed
     release_decision: Mapped[str | None] = mapped_column(String(32))
     release_reason: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
