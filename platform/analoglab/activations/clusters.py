@@ -4,7 +4,8 @@
   ``gateway.address`` in the Dask configuration, as on the hosted hub), a new Gateway cluster
   is started and scaled (or made adaptive) and its client returned.
 - Otherwise a ``LocalCluster`` sized to this machine: one single-threaded worker process per
-  CPU core (up to 8), sharing 80% of the memory, listening on 127.0.0.1 only.
+  CPU core (up to 8), sharing 80% of the memory, listening on 127.0.0.1 only. On the platform,
+  a user's ``CPU_LIMIT`` and ``MEM_LIMIT`` (set by JupyterHub) bound the cores and memory.
 
 Either way the client becomes the default scheduler, so the analyses run on it unchanged, and
 the dashboard link is printed (:func:`dashboard_link`; a local dashboard needs bokeh).
@@ -13,6 +14,7 @@ the dashboard link is printed (:func:`dashboard_link`; a local dashboard needs b
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Any
@@ -37,13 +39,19 @@ def gateway_address() -> str | None:
 def local_size(
     n_workers: int | None, threads_per_worker: int | None, memory_limit: str | int | None
 ) -> tuple[int, int, str | int]:
-    """Workers, threads per worker and memory per worker for this machine."""
+    """Workers, threads per worker and memory per worker for this machine, or for the
+    ``CPU_LIMIT`` / ``MEM_LIMIT`` (bytes) that JupyterHub gives a user's server."""
     import psutil
 
     cores = os.cpu_count() or 1
+    total = psutil.virtual_memory().total
+    with contextlib.suppress(ValueError):
+        cores = min(cores, max(1, int(float(os.environ.get("CPU_LIMIT") or cores))))
+    with contextlib.suppress(ValueError):
+        total = min(total, int(os.environ.get("MEM_LIMIT") or total))
     workers = n_workers or max(1, min(cores, MAX_LOCAL_WORKERS))
     threads = threads_per_worker or max(1, cores // workers)
-    memory = memory_limit or int(psutil.virtual_memory().total * 0.8 / workers)
+    memory = memory_limit or int(total * 0.8 / workers)
     return workers, threads, memory
 
 
