@@ -15,6 +15,7 @@ from analoglab.config import (
     mask_uri,
     read_secret,
     redact_text,
+    without_credentials,
 )
 from analoglab.errors import ConfigError
 
@@ -136,3 +137,14 @@ def test_the_queue_database_url_comes_from_the_environment(
     assert default_url(get_settings()) == f"sqlite:///{home.home / 'queue.db'}"
     monkeypatch.setenv("ANALOGLAB_QUEUE_DATABASE_URL", "postgresql+psycopg://q:pw@db/q")
     assert default_url(get_settings()) == "postgresql+psycopg://q:pw@db/q"
+
+
+def test_links_carry_no_credentials(home: Settings) -> None:
+    """A run's MLflow link is shown and stored (model versions keep it): no password in it."""
+    from analoglab.tracking.store import TrackingStore
+
+    assert without_credentials("https://u:pw@mlflow.example/x") == "https://mlflow.example/x"
+    assert without_credentials("https://mlflow.example/u/@me") == "https://mlflow.example/u/@me"
+    store = TrackingStore(uri="https://ml:hunter7@mlflow.example/", settings=home, client=None)
+    assert store.run_url("1", "abc") == "https://mlflow.example/#/experiments/1/runs/abc"
+    assert store.model_url("m") == "https://mlflow.example/#/models/m"

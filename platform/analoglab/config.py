@@ -96,6 +96,20 @@ def mask_uri(uri: str) -> str:
     return f"{scheme}://{rest}"
 
 
+def without_credentials(uri: str) -> str:
+    """``uri`` without its user and password: for links that others see (a run's page)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return uri
+    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, authority_end)
+    if at < 0:
+        at = rest.rfind("@")  # a password holding / ? or # unencoded
+        if at < 0 or ":" not in rest[:at]:
+            return uri
+    return f"{scheme}://{rest[at + 1 :]}"
+
+
 def redact_text(text: str) -> str:
     """``text`` with every URI in it masked (:func:`mask_uri`): for messages and logs."""
     return _URI_IN_TEXT.sub(lambda m: mask_uri(m.group(0)), text)

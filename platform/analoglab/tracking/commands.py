@@ -19,7 +19,7 @@ from analoglab.cli.common import (
     out,
     print_json,
 )
-from analoglab.config import get_settings
+from analoglab.config import get_settings, mask_uri
 
 tracking_app = typer.Typer(
     help="Shared results in MLflow: analog cards, the tracking server.", no_args_is_help=True
@@ -34,7 +34,7 @@ def track_result(spec: Any, result: Any, model: str) -> None:
     run_id = log_result(spec, result, model=model, settings=settings)
     store = TrackingStore.open(settings)
     url = store.run_url(store.experiment_id(), run_id)
-    err.print(f"logged to MLflow: run {run_id} ({url or store.uri})")
+    err.print(f"logged to MLflow: run {run_id} ({url or mask_uri(store.uri)})")
 
 
 @tracking_app.command("register-analogs")
@@ -48,7 +48,7 @@ def tracking_register_analogs(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(
             {
-                "tracking_uri": TrackingStore.open(settings).uri,
+                "tracking_uri": mask_uri(TrackingStore.open(settings).uri),
                 "analogs": [r.to_dict() for r in done],
             }
         )

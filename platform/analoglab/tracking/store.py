@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analoglab.config import Settings, get_settings
+from analoglab.config import Settings, get_settings, without_credentials
 from analoglab.tracking.errors import TrackingError, mlflow_errors
 
 if TYPE_CHECKING:
@@ -158,13 +158,15 @@ class TrackingStore:
         """The run's page in the MLflow UI, where the URI is a server's; else None."""
         if not is_server(self.uri):
             return None
-        return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        base = without_credentials(self.uri).rstrip("/")  # links are shown and stored
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def model_url(self, name: str) -> str | None:
         """A registered model's page in the MLflow UI, where the URI is a server's."""
         if not is_server(self.uri):
             return None
-        return f"{self.uri.rstrip('/')}/#/models/{urllib.parse.quote(name)}"
+        base = without_credentials(self.uri).rstrip("/")
+        return f"{base}/#/models/{urllib.parse.quote(name)}"
 
 
 # MLflow reports on stdout and stderr as it works: a run's URL on stdout after each run ends
