@@ -61,10 +61,11 @@ def test_idempotent_claims_through_the_api(sqlite_url: str, catalog_home: Settin
             c.post("/api/jobs", json={"frontier": "frontier-b", "spec": probe_spec(n=n)},
                    headers={"Authorization": "Bearer r"})
         bot = {"Authorization": "Bearer a"}
-        url = f"/api/labs/lab-b/claim?lease_id={KEY}&frontier=frontier-b"
-        one, two = c.post(url, headers=bot), c.post(url, headers=bot)
+        url = "/api/labs/lab-b/claim?frontier=frontier-b"
+        body = {"lease_id": KEY}
+        one, two = c.post(url, json=body, headers=bot), c.post(url, json=body, headers=bot)
         assert one.status_code == two.status_code == 200
         assert one.json()["job"]["id"] == two.json()["job"]["id"]
         assert one.json()["lease_id"] == KEY
-        bad = c.post("/api/labs/lab-b/claim?lease_id=short", headers=bot)
+        bad = c.post("/api/labs/lab-b/claim", json={"lease_id": "short"}, headers=bot)
         assert bad.status_code == 422 and "32 to 64" in bad.text

@@ -54,7 +54,8 @@ def test_full_path_with_human_release(queue: JobQueue) -> None:
     assert claimed is not None and claimed.id == job.id and claimed.state == "running"
     assert claimed.lease_id
     done = queue.post_result(job.id, claimed.lease_id, "agent-1", result_for(claimed))
-    assert done.state == "awaiting_release" and done.result_size and done.lease_id is None
+    assert done.state == "awaiting_release" and done.result_size
+    assert done.lease_holder is None and done.lease_expires_at is None  # the lease ended
     released = queue.release(job.id, "rita", "release", "aggregate numbers only")
     assert released.state == "released" and released.release_reason == "aggregate numbers only"
     assert queue.verify_audit() is None

@@ -214,14 +214,17 @@ class QueueClient:
                 "wait": wait,
                 "lease_seconds": lease_seconds,
                 "frontier": None if frontiers is None else [*frontiers],
-                "lease_id": lease_id,
             },
+            json={"lease_id": lease_id} if lease_id is not None else None,
             timeout=wait + 30.0,
         )
         return out
 
     def heartbeat(self, job_id: int, lease_id: str, lease_seconds: int | None = None) -> Job:
-        body = {"lease_id": lease_id, "lease_seconds": lease_seconds}
+        """Extend the lease: by ``lease_seconds`` from now, or by its current length."""
+        body: dict[str, Any] = {"lease_id": lease_id}
+        if lease_seconds is not None:
+            body["lease_seconds"] = lease_seconds
         job: Job = self._call("POST", f"/api/jobs/{job_id}/heartbeat", json=body)
         return job
 

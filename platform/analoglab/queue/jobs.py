@@ -108,6 +108,25 @@ def prepare_spec(spec: dict[str, Any]) -> AnySpec:
         return parsed  # vetting reports it as not self-contained
 
 
+def lease_held(lease_id: str | None, agent: str | None, now: dt.datetime) -> list[Any]:
+    """The conditions under which an agent's write lands: ``lease_id`` is the job's current
+    lease, held by ``agent`` (when given), and not expired at ``now``. They go into the write's
+    own UPDATE (compare-and-set), so a lease that ends between a check and the write still
+    refuses it. A missing lease id refuses every write."""
+    if lease_id is None:
+        raise LeaseLost("no lease id given: only the agent holding the job's lease writes to it")
+    conds: list[Any] = [Job.lease_id == lease_id, Job.lease_expires_at > now]
+    if agent is not None:
+        conds.append(Job.lease_holder == agent)
+    return conds
+
+
+LEASE_REASON = (
+    "the caller does not hold the job's current lease (it expired, was given back, was "
+    "reclaimed by another agent, or was never the caller's): stop working on it"
+)
+
+
 def _hand_in(
     session: Session,
     job_id: int,
@@ -117,7 +136,8 @@ def _hand_in(
     values: dict[str, Any],
     now: dt.datetime,
 ) -> None:
-    """running → awaiting_release under the caller's lease (if given), clearing the lease."""
+    """running → awaiting_release under the caller's live lease. The lease ends (no holder,
+    no expiry) but its id stays on the job, so the same agent's retried post is recognised."""
     transition(
         session,
         job_id,
@@ -126,9 +146,9 @@ def _hand_in(
         actor=agent,
         action="result",
         detail=detail,
-        values={**values, "lease_holder": None, "lease_id": None, "lease_expires_at": None},
-        where=[Job.lease_id == lease_id] if lease_id is not None else [],
-        where_reason="the lease is not the caller's (it expired and was reclaimed?)",
+        values={**values, "lease_holder": None, "lease_expires_at": None},
+        where=lease_held(lease_id, agent, now),
+        where_reason=LEASE_REASON,
         now=now,
     )
 
@@ -432,7 +452,9 @@ class JobQueue:
                 raise Invalid("a lease id is 32 to 64 characters of [A-Za-z0-9_-]")
             with self.sessions() as session:
                 taken = session.execute(
-                    select(Job).where(Job.lease_id == lease_id, Job.lab == lab)
+                    select(Job).where(
+                        Job.lease_id == lease_id, Job.lab == lab, Job.state == State.RUNNING.value
+                    )
                 ).scalar_one_or_none()
             if taken is not None:  # (a lease that ended is cleared: its id claims afresh)
                 if taken.lease_holder != agent:
@@ -474,31 +496,43 @@ class JobQueue:
             )
         return self.get(job_id)
 
-    def heartbeat(self, job_id: int, lease_id: str, lease_seconds: int | None = None) -> Job:
-        """Extend a live lease; :class:`LeaseLost` when it expired or is not the caller's."""
-        seconds = self._lease_seconds(lease_seconds)
+    def heartbeat(
+        self,
+        job_id: int,
+        lease_id: str | None,
+        lease_seconds: int | None = None,
+        agent: str | None = None,
+    ) -> Job:
+        """Extend a live lease by ``lease_seconds`` from now, or, when omitted, by the lease's
+        current duration (the seconds asked at the claim or the last heartbeat); raises
+        :class:`LeaseLost` when the lease expired or is not the caller's."""
+        if lease_seconds is not None:
+            self._lease_seconds(lease_seconds)
         now = self.clock()
+        conds = lease_held(lease_id, agent, now)
         with self.sessions.begin() as session:
+            job = session.execute(
+                select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+            ).scalar_one_or_none()
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            if lease_seconds is not None:
+                duration = dt.timedelta(seconds=lease_seconds)
+            elif job.lease_expires_at is not None:
+                # claims and heartbeats set updated_at and the expiry together
+                duration = job.lease_expires_at - job.updated_at
+            else:
+                duration = dt.timedelta(seconds=self.settings.lease_seconds)
             stmt = (
                 update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.state == State.RUNNING.value,
-                    Job.lease_id == lease_id,
-                    Job.lease_expires_at > now,
-                )
-                .values(lease_expires_at=now + dt.timedelta(seconds=seconds), updated_at=now)
+                .where(Job.id == job_id, Job.state == State.RUNNING.value, *conds)
+                .values(lease_expires_at=now + duration, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             result = session.execute(stmt)
             assert isinstance(result, CursorResult)
             if result.rowcount != 1:
-                if session.get(Job, job_id) is None:
-                    raise NotFound(f"no job {job_id}")
-                raise LeaseLost(
-                    f"the lease on job {job_id} was lost (expired, given back or not yours): "
-                    "stop working on it"
-                )
+                raise LeaseLost(f"the lease on job {job_id} was lost: {LEASE_REASON}")
         return self.get(job_id)
 
     def post_result(
@@ -515,8 +549,10 @@ class JobQueue:
         stored = result.model_dump(mode="json")
         digest, size = canonical_hash(stored)
         if job.result_hash is not None:
+            if lease_id is None or job.lease_id != lease_id:
+                raise LeaseLost(f"job {job_id} already has a result: {LEASE_REASON}")
             if job.result_hash == digest:
-                return job
+                return job  # the same agent's retried post: stored once
             raise Conflict(f"job {job_id} already has a different result")
         frontier = self.frontier(job.frontier)
         with self.sessions() as session:
@@ -545,7 +581,7 @@ class JobQueue:
                 )
             except TransitionRefused as exc:
                 again = session.get(Job, job_id, populate_existing=True)
-                if again is not None and again.result_hash == digest:
+                if again is not None and again.result_hash == digest and again.lease_id == lease_id:
                     return again  # the same result, posted twice at once
                 raise LeaseLost(str(exc)) from exc
             if not pol.human_release:
@@ -562,22 +598,29 @@ class JobQueue:
                 )
         return self.get(job_id)
 
-    def withhold(self, job_id: int, lease_id: str, agent: str, reason: str) -> Job:
+    def withhold(self, job_id: int, lease_id: str | None, agent: str, reason: str) -> Job:
         """The lab's own release checks failed a result: it stays in the lab, the job ends
         ``withheld`` with ``reason`` (running → awaiting_release → withheld). Idempotent."""
         reason = reason.strip()
         if not reason:
             raise Invalid("a withheld result needs the reason the lab's checks gave")
         job = self.get(job_id)
-        if job.state == State.WITHHELD.value and job.release_reason == reason:
-            return job  # the same decision, posted twice
+        if (
+            job.state == State.WITHHELD.value
+            and job.release_reason == reason
+            and lease_id is not None
+            and job.lease_id == lease_id
+        ):
+            return job  # the same decision, posted twice by the same lease
         now = self.clock()
         with self.sessions.begin() as session:
             try:
                 _hand_in(session, job_id, lease_id, agent, {"withheld": reason}, {}, now)
             except TransitionRefused as exc:
                 again = session.get(Job, job_id, populate_existing=True)
-                if again is not None and again.release_reason == reason:
+                if again is not None and again.release_reason == reason and (
+                    again.lease_id == lease_id
+                ):
                     return again
                 raise LeaseLost(str(exc)) from exc
             transition(
@@ -596,11 +639,17 @@ class JobQueue:
     def give_back(
         self, job_id: int, lease_id: str | None, agent: str, reason: str = "", error: bool = False
     ) -> Job:
-        """Return a running job to ``approved``; ``error`` counts an attempt (→ failed at max)."""
-        job = self.get(job_id)
-        attempts = job.attempts + (1 if error else 0)
-        target = State.FAILED if attempts >= self.settings.max_attempts else State.APPROVED
+        """Return a running job to ``approved`` under the caller's live lease; ``error`` counts
+        an attempt (→ ``failed`` at the maximum)."""
+        now = self.clock()
+        conds = lease_held(lease_id, agent, now)
         with self.sessions.begin() as session:
+            audit.lock(session)
+            job = session.get(Job, job_id, populate_existing=True)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            attempts = job.attempts + (1 if error else 0)
+            target = State.FAILED if attempts >= self.settings.max_attempts else State.APPROVED
             try:
                 transition(
                     session,
@@ -616,9 +665,9 @@ class JobQueue:
                         "lease_id": None,
                         "lease_expires_at": None,
                     },
-                    where=[Job.lease_id == lease_id] if lease_id is not None else [],
-                    where_reason="the lease is not the caller's",
-                    now=self.clock(),
+                    where=[*conds, Job.attempts == job.attempts],
+                    where_reason=LEASE_REASON,
+                    now=now,
                 )
             except TransitionRefused as exc:
                 raise LeaseLost(str(exc)) from exc

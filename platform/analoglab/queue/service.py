@@ -120,13 +120,35 @@ class ClaimOut(BaseModel):
     lease_expires_at: dt.datetime
 
 
+LeaseId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="the lease id the claim answered with (the agent's proof it holds the job)",
+    ),
+]
+
+
+class ClaimIn(BaseModel):
+    lease_id: str | None = Field(
+        None,
+        description="chosen by the agent (32 to 64 characters of [A-Za-z0-9_-]): a retried "
+        "claim with the same id returns the same job (idempotent)",
+    )
+
+
 class HeartbeatIn(BaseModel):
-    lease_id: str
-    lease_seconds: int | None = None
+    lease_id: LeaseId
+    lease_seconds: int | None = Field(
+        None,
+        description="the lease's new length from now; omitted: the lease's current length "
+        "(the seconds asked at the claim or at the last heartbeat)",
+    )
 
 
 class ResultIn(BaseModel):
-    lease_id: str | None = None
+    lease_id: LeaseId
     result: dict[str, Any] | None = Field(None, description="an ExperimentResult")
     withheld: str | None = Field(
         None,
@@ -140,13 +162,11 @@ class ResultIn(BaseModel):
     def _one_of(self) -> ResultIn:
         if (self.result is None) == (self.withheld is None):
             raise ValueError("give either a result or the reason it was withheld, not both")
-        if self.withheld is not None and self.lease_id is None:
-            raise ValueError("withholding ends the job: it needs the lease of the run")
         return self
 
 
 class GiveBackIn(BaseModel):
-    lease_id: str | None = None
+    lease_id: LeaseId
     reason: str = Field("", max_length=10_000)
     error: bool = Field(False, description="the run failed: count an attempt")
 
@@ -477,14 +497,12 @@ def create_app(
             list[str] | None,
             Query(description="only jobs for these frontiers (the ones this site serves)"),
         ] = None,
-        lease_id: Annotated[
-            str | None,
-            Query(description="chosen by the agent: a retried claim with the same id returns "
-                  "the same job (idempotent)"),
-        ] = None,
+        body: ClaimIn | None = None,
     ) -> ClaimOut | Response:
-        """The next approved job of the lab under a lease; waits up to ``wait`` seconds."""
+        """The next approved job of the lab under a lease; waits up to ``wait`` seconds. The
+        lease id (chosen by the agent, or by the queue) travels in the body, never the URL."""
         need_agent(ident, lab)
+        lease_id = body.lease_id if body is not None else None
         deadline = time.monotonic() + wait
         while True:
             job = await run_in_threadpool(
@@ -505,7 +523,7 @@ def create_app(
         """Extend the lease; 409 when it was lost (stop working on the job)."""
         job = visible_job(job_id, ident)
         need_agent(ident, job.lab)
-        return job_out(queue.heartbeat(job_id, body.lease_id, body.lease_seconds))
+        return job_out(queue.heartbeat(job_id, body.lease_id, body.lease_seconds, ident.name))
 
     @app.post("/api/jobs/{job_id}/result", tags=["agent"])
     def post_result(job_id: int, body: ResultIn, ident: Caller) -> JobOut:
@@ -514,7 +532,6 @@ def create_app(
         job = visible_job(job_id, ident)
         need_agent(ident, job.lab)
         if body.withheld is not None:
-            assert body.lease_id is not None  # the model requires it with withheld
             return full(queue.withhold(job_id, body.lease_id, ident.name, body.withheld))
         assert body.result is not None
         return full(queue.post_result(job_id, body.lease_id, ident.name, body.result))
