@@ -427,3 +427,13 @@ def test_cookies_are_secure_over_https(sqlite_url: str, catalog_home: Settings) 
                     h for h in resp.headers.get_list("set-cookie") if h.startswith(COOKIE)
                 ]
                 assert session and ("Secure" in session[0]) is secure, session
+
+
+def test_cookies_are_secure_behind_a_hub_served_over_https(
+    pages: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS may end before the hub's proxy, which forwards plain http: the hub's public URL
+    (JUPYTERHUB_PUBLIC_URL, set for its services) says the browser sees https."""
+    monkeypatch.setenv("JUPYTERHUB_PUBLIC_URL", "https://hub.example.org/")
+    form = pages.get("/review/login")
+    assert "Secure" in form.headers["set-cookie"]

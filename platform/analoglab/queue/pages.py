@@ -19,7 +19,8 @@ a pasted queue token instead. Either way the browser gets a session (:mod:`.sess
 ``analoglab_session`` cookie holds a signed random id, never a token; it is HttpOnly,
 ``SameSite=Lax`` with the hub (its redirect back must carry the OAuth state cookie) and
 ``Strict`` without, ``Secure`` when
-the request came over https (uvicorn reads ``X-Forwarded-Proto`` from trusted proxies), scoped
+the request came over https (uvicorn reads ``X-Forwarded-Proto`` from trusted proxies) or the
+hub's public URL (``JUPYTERHUB_PUBLIC_URL``) is https, scoped
 to ``<prefix>/review``; ``POST /review/logout`` ends the session in the database. Scripts and
 tests may also send ``Authorization: Bearer <token>``. Every form carries a CSRF token, an HMAC
 of the session's id (or the bearer token) under the app's secret (``app.state.page_secret``),
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import secrets
 import unicodedata
 from collections.abc import Callable, Coroutine
@@ -158,7 +160,11 @@ def _base(request: Request) -> str:
 
 
 def _https(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """Whether browsers reach the pages over TLS: the request came over https (uvicorn reads
+    ``X-Forwarded-Proto`` from trusted proxies), or the hub's public URL is https (TLS ended
+    before the hub's proxy, which then forwards plain http)."""
+    public = os.environ.get("JUPYTERHUB_PUBLIC_URL", "")
+    return request.url.scheme == "https" or public.startswith("https://")
 
 
 def _sessions(request: Request) -> SessionStore:
