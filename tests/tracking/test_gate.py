@@ -538,12 +538,17 @@ def test_the_mlflow_ui_renders_in_a_real_browser(hub: Hub, tmp_path: Path) -> No
 
 
 def raw_request(port: int, head: str) -> tuple[int, bytes]:
-    """Send ``head`` as it is (no client-side path normalisation); the status and body."""
+    """Send ``head`` as it is (no client-side path normalisation); the status and body
+    (status 0: the server closed the connection without an answer)."""
+    data = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head.encode("latin-1"))
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        try:
+            sock.sendall(head.encode("latin-1"))
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            if not data:
+                return 0, b""
     status = int(data.split(b" ", 2)[1])
     return status, data.partition(b"\r\n\r\n")[2]
 
@@ -554,29 +559,38 @@ def test_paths_escaping_the_prefix_and_huge_headers_are_refused(hub: Hub) -> Non
     public_port = httpx.URL(hub.public_url).port
     gate_port = httpx.URL(hub.gate_url).port
     assert public_port and gate_port
+    for path in (
+        f"{PREFIX}/../../hub/api/user",
+        f"{PREFIX}/%2e%2e/%2e%2e/hub/api/user",
+        f"{PREFIX}/ajax-api/../../../hub/api/user",
+        f"{PREFIX}/api/2.0/mlflow/../../../../../etc/passwd",
+    ):  # at the gate itself, even with a token that may use MLflow
+        status, body = raw_request(
+            gate_port,
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {token}\r\n"
+            "Connection: close\r\n\r\n",
+        )
+        assert status == 400 and b"dot segments" in body, (path, status, body[:300])
+    for path in (  # through the proxy, dot tricks still meet the gate's checks
+        f"{PREFIX}/../{GATE}/api/2.0/mlflow/experiments/search",
+        f"/services/other/../{GATE}/api/2.0/mlflow/experiments/search",
+        f"{PREFIX}/%2e%2e/{GATE}/api/2.0/mlflow/experiments/search",
+        f"/hub/../services/{GATE}/api/2.0/mlflow/experiments/search",
+    ):
+        status, body = raw_request(
+            public_port,
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+        assert status in (400, 401, 404), (path, status, body[:300])
+        assert b"experiments" not in body
     for port in (public_port, gate_port):
-        for path in (
-            f"{PREFIX}/../../hub/api/user",
-            f"{PREFIX}/%2e%2e/%2e%2e/hub/api/user",
-            f"{PREFIX}/ajax-api/../../../hub/api/user",
-        ):
-            status, body = raw_request(
-                port,
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {token}\r\n"
-                "Connection: close\r\n\r\n",
-            )
-            # never the hub's API answering with the token's owner (nor MLflow's content)
-            assert status >= 400 or b'"name"' not in body, (port, path, status, body[:300])
-            assert b'"name": "ada"' not in body and b'"name":"ada"' not in body
-            if port == gate_port:
-                assert status == 400, (path, status, body[:300])
-        for size in (40_000, 200_000):
+        for size in (40_000, 200_000):  # refused with a 4xx, or the connection dropped
             status, _ = raw_request(
                 port,
                 f"GET {PREFIX}/api/2.0/mlflow/experiments/search HTTP/1.1\r\n"
                 f"Host: 127.0.0.1\r\nX-Big: {'a' * size}\r\nConnection: close\r\n\r\n",
             )
-            assert 400 <= status < 500, (port, size, status)
+            assert status == 0 or 400 <= status < 500, (port, size, status)
     # and the gate still serves
     ok = httpx.get(
         hub.gate_public + "/api/2.0/mlflow/experiments/search?max_results=1",

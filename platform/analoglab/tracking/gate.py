@@ -198,6 +198,8 @@ class MlflowGate:
         ):
             if value:
                 options[name] = value
+        if not config.callback_url and not os.environ.get("JUPYTERHUB_OAUTH_CALLBACK_URL"):
+            options["oauth_redirect_uri"] = self.prefix + "/oauth_callback"
         if config.access_scopes is not None:
             options["access_scopes"] = set(config.access_scopes)
         try:
