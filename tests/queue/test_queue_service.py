@@ -25,6 +25,7 @@ ROLES = {
     "agent_a": ["agent:lab-a"],
     "agent_b": ["agent:lab-b"],
     "admin": ["admin"],
+    "both_a": ["researcher", "reviewer:lab-a"],  # submits, and reviews lab-a: four eyes
 }
 TOKENS = {hash_token(f"tok-{n}"): {"name": n, "roles": r} for n, r in ROLES.items()}
 
@@ -34,20 +35,30 @@ def auth(who: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def client(sqlite_url: str, catalog_home: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(sqlite_url, catalog_home, TOKENS)) as c:
+def client(db_url: str, catalog_home: Settings) -> Iterator[TestClient]:
+    """The service on SQLite and on PostgreSQL."""
+    with TestClient(create_app(db_url, catalog_home, TOKENS)) as c:
         yield c
 
 
-WHO = ["researcher", "reviewer_a", "reviewer_b", "agent_a", "agent_b", "admin", "anonymous"]
+WHO = [
+    "researcher",
+    "reviewer_a",
+    "reviewer_b",
+    "agent_a",
+    "agent_b",
+    "admin",
+    "both_a",
+    "anonymous",
+]
 
 
-def _job(c: TestClient, state: str) -> dict[str, Any]:
+def _job(c: TestClient, state: str, submitter: str = "researcher") -> dict[str, Any]:
     """A job on frontier-a (lab-a) brought to ``state``; with ``lease_id`` when running."""
     job = c.post(
         "/api/jobs",
         json={"frontier": "frontier-a", "spec": probe_spec()},
-        headers=auth("researcher"),
+        headers=auth(submitter),
     ).json()
     if state == "awaiting_review":
         return job
@@ -273,6 +284,26 @@ MATRIX: list[tuple[str, str, str | None, Any, dict[str, int]]] = [
 ]
 
 
+#: What ``both_a`` (researcher and reviewer of lab-a) gets on another researcher's job.
+BOTH_A = {
+    ("POST", "/api/jobs"): 201,
+    ("POST", "/api/jobs/{id}/cancel"): 403,
+    ("POST", "/api/jobs/{id}/resubmit"): 403,
+    ("GET", "/api/jobs/{id}/result"): 200,
+    ("GET", "/api/labs/lab-a/queue"): 200,
+    ("POST", "/api/jobs/{id}/review"): 200,
+    ("POST", "/api/jobs/{id}/release"): 200,
+    ("PUT", "/api/frontiers/frontier-a/policy"): 200,
+}
+for _method, _path, _state, _body, _expected in MATRIX:
+    if (_method, _path) in BOTH_A:
+        _expected["both_a"] = BOTH_A[(_method, _path)]
+    elif "both_a" not in _expected:
+        _expected["both_a"] = _expected["researcher"]
+    if _path == "/api/jobs/{id}" and _method == "GET":
+        _expected["both_a"] = 200
+
+
 @pytest.mark.parametrize(
     ("method", "path", "state", "body", "expected"), MATRIX, ids=[f"{m} {p}" for m, p, *_ in MATRIX]
 )
@@ -296,6 +327,27 @@ def test_authorisation_matrix(
         if resp.status_code != 204:
             assert "detail" in resp.json() or resp.status_code < 300
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "state", "body"),
+    [
+        ("review", "awaiting_review", {"decision": "approve"}),
+        ("review", "awaiting_review", {"decision": "reject"}),
+        ("review", "awaiting_review", {"decision": "request_changes"}),
+        ("release", "awaiting_release", {"decision": "release"}),
+        ("release", "awaiting_release", {"decision": "withhold"}),
+    ],
+)
+def test_no_reviewer_passes_their_own_job(
+    client: TestClient, path: str, state: str, body: dict[str, Any]
+) -> None:
+    job = _job(client, state, submitter="both_a")
+    url = f"/api/jobs/{job['id']}/{path}"
+    res = client.post(url, json=body, headers=auth("both_a"))
+    assert res.status_code == 403 and "submitted" in res.json()["detail"]
+    assert client.get(f"/api/jobs/{job['id']}", headers=auth("both_a")).json()["state"] == state
+    assert client.post(url, json=body, headers=auth("reviewer_a")).status_code == 200
 
 
 def test_bad_input_is_a_4xx_with_a_reason(client: TestClient) -> None:

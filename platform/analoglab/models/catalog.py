@@ -44,6 +44,11 @@ class FrontierPolicy(_Strict):
     daily_quota_per_user: int = Field(20, description="submissions per user per day")
     human_review: bool = Field(True, description="a reviewer approves each job")
     human_release: bool = Field(False, description="a reviewer releases each result")
+    allow_self_review: bool = Field(
+        False,
+        description="whether a reviewer may review or release a job they submitted themselves "
+        "(separation of duties: off unless the lab turns it on)",
+    )
 
 
 class FrontierModel(_Strict):

@@ -35,7 +35,14 @@ from analoglab.experiments.spec import (
 from analoglab.models.catalog import Catalog, FrontierModel, FrontierPolicy
 from analoglab.queue import audit, policy
 from analoglab.queue.db import make_sessionmaker
-from analoglab.queue.errors import Conflict, Invalid, LeaseLost, NotFound, TransitionRefused
+from analoglab.queue.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    LeaseLost,
+    NotFound,
+    TransitionRefused,
+)
 from analoglab.queue.models import AuditEntry, Job, Review, utcnow
 from analoglab.queue.states import FINAL, State, check, transition
 from analoglab.queue.vetting import Finding, VettingLimits, usage, vet
@@ -375,12 +382,29 @@ class JobQueue:
 
     # -- reviewer -----------------------------------------------------------------------------
 
+    def _four_eyes(self, session: Session, job_id: int, reviewer: str, what: str) -> None:
+        """Separation of duties: a job's submitter does not review or release it, unless the
+        frontier's policy says ``allow_self_review``."""
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if job.submitter != reviewer:
+            return
+        if policy.effective_policy(session, self.frontier(job.frontier)).allow_self_review:
+            return
+        raise Forbidden(
+            f"{reviewer!r} submitted job {job_id} and may not {what} it: another reviewer of "
+            f"lab {job.lab!r} must (the frontier's policy does not set allow_self_review)"
+        )
+
     def review(self, job_id: int, reviewer: str, decision: str, comment: str = "") -> Job:
         target = _REVIEW_TARGET.get(decision)
         if target is None:
             raise Invalid(f"decision must be one of {', '.join(_REVIEW_TARGET)}, not {decision!r}")
         now = self.clock()
         with self.sessions.begin() as session:
+            audit.lock(session)
+            self._four_eyes(session, job_id, reviewer, "review")
             transition(
                 session,
                 job_id,
@@ -407,6 +431,8 @@ class JobQueue:
         if target is None:
             raise Invalid(f"decision must be release or withhold, not {decision!r}")
         with self.sessions.begin() as session:
+            audit.lock(session)
+            self._four_eyes(session, job_id, reviewer, "release or withhold")
             transition(
                 session,
                 job_id,
