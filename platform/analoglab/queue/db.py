@@ -1,6 +1,7 @@
 """The queue's database connection: one engine factory for SQLite and PostgreSQL.
 
-``sqlite:///<path>`` gets WAL, a busy timeout and foreign keys on every connection, and each
+``sqlite:///<path>`` gets WAL with ``synchronous=FULL`` (every commit synced to disk), a busy
+timeout and foreign keys on every connection, and each
 transaction starts with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the database
 lock instead of failing when they upgrade a read to a write. ``postgresql+psycopg://...`` is
 used as it is. The code above this module is the same for both.
@@ -49,7 +50,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before it returns (NORMAL in WAL mode may lose the last
+        # committed transitions and audit entries on a power cut).
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
