@@ -3,7 +3,8 @@
 - ``catalog_home``: a data folder with two labs: ``lab-a`` (frontier ``frontier-a``: human
   review and human release) and ``lab-b`` (``frontier-b``: neither) (``write_catalog``).
 - ``db_url`` (parametrized ``sqlite`` / ``postgresql``): an empty database of its own; the
-  PostgreSQL one is created on 127.0.0.1:5432 and dropped after (skipped when unreachable).
+  PostgreSQL one is created on 127.0.0.1:5432 and dropped after (skipped when unreachable,
+  except under ``CI=true``, where an unreachable PostgreSQL fails the test).
 - ``sqlite_url``: an empty SQLite database only.
 - ``clock``: a settable clock; ``queue``: a migrated :class:`JobQueue` on ``db_url``.
 - ``no_hub_env`` (autouse): no ``JUPYTERHUB_*`` variable (a notebook's) turns on hub tokens.
@@ -111,6 +112,8 @@ def _pg_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and PostgreSQL is not reachable at {PG_ADMIN}: {exc}")
         pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
     name = f"analoglab_queue_{uuid.uuid4().hex[:12]}"
     with admin:
