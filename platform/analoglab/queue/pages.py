@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 import secrets
 import unicodedata
@@ -73,6 +74,8 @@ MAX_TEXT = 10_000
 MAX_SHOWN_RESULT = 100_000
 LIST_LIMIT = 200
 OAUTH_STATE_SECONDS = 600
+CALLBACK = "/oauth_callback"
+log = logging.getLogger(__name__)
 
 _HEADERS = {
     "Content-Security-Policy": (
@@ -190,6 +193,14 @@ def _sign_in(request: Request) -> HubSignIn | None:
     state = request.app.state
     if not hasattr(state, "hub_sign_in"):
         state.hub_sign_in = hub_sign_in(state.authenticator)
+        expected = _prefix(request) + CALLBACK
+        if state.hub_sign_in is not None and state.hub_sign_in.callback_path != expected:
+            log.warning(
+                "the hub sends browsers back to %s, but the review pages' OAuth callback is %s: "
+                "set the service's oauth_redirect_uri to it",
+                state.hub_sign_in.callback_path,
+                expected,
+            )
     found: HubSignIn | None = state.hub_sign_in
     return found
 
@@ -579,7 +590,7 @@ async def login(request: Request) -> Response:
     return response
 
 
-@router.get("/oauth_callback", include_in_schema=False)
+@router.get(CALLBACK, include_in_schema=False)
 async def oauth_callback(
     request: Request,
     code: str | None = None,
