@@ -162,9 +162,9 @@ class Browser:
 
     def open(self, url: str) -> None:
         """Go to ``url`` and wait until the page (after any redirects) has loaded."""
+        before = self.evaluate("performance.timeOrigin")
         self.send("Page.navigate", url=url)
-        time.sleep(0.2)
-        self.wait_for("document.readyState === 'complete'")
+        self._wait_for_new_document(before)
 
     def url(self) -> str:
         return str(self.evaluate("location.href"))
@@ -179,9 +179,16 @@ class Browser:
             for sel, value in fields.items()
         )
         first = json.dumps(next(iter(fields)))
+        before = self.evaluate("performance.timeOrigin")
         self.evaluate(f"{script} document.querySelector({first}).form.submit(); true")
-        time.sleep(0.5)
-        self.wait_for("document.readyState === 'complete'")
+        self._wait_for_new_document(before)
+
+    def _wait_for_new_document(self, before: Any) -> None:
+        """Wait until another document than the one started at ``before`` has loaded (each
+        document has its own ``performance.timeOrigin``)."""
+        self.wait_for(
+            f"performance.timeOrigin !== {json.dumps(before)} && document.readyState === 'complete'"
+        )
 
     def wait_for(self, condition: str, timeout: float | None = None) -> None:
         """Wait until the JavaScript ``condition`` holds; else save a screenshot and fail."""

@@ -6,7 +6,9 @@
   transfer report; found again by its tags, so a restarted check resumes;
 - :func:`register_analogs` — analog cards in the model registry with their lineage;
 - :mod:`.store` — where: ``Settings.mlflow_tracking_uri``, else a SQLite store in the data
-  folder; :mod:`.server` — the ``mlflow server`` of the one-machine platform.
+  folder; :mod:`.server` — the ``mlflow server`` of the one-machine platform;
+- :mod:`.gate` — MLflow behind the hub's sign-in (OAuth for browsers, hub tokens for
+  programs), forwarding as :mod:`.proxy` decides.
 
 Nothing here imports mlflow until it is called (its import takes seconds), and nothing
 changes MLflow's global tracking URI: each call builds its own client.
