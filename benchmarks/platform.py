@@ -19,6 +19,13 @@ Single-OS-user mode (``--single-os-user``) so that it runs anywhere without OS a
 
 from __future__ import annotations
 
+import sys
+
+# This file is named platform.py: keep its folder off the path, or `import platform` (by
+# this script and by the libraries it imports) would find it instead of the standard library.
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    del sys.path[0]
+
 import argparse
 import json
 import os
@@ -27,7 +34,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -159,6 +165,7 @@ def spawn(up: Up) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, required=True, help="a data folder with models")
+    parser.add_argument("--note", default="", help="what was built there (for the record)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -166,12 +173,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="analoglab-bench-platform-"))
     data = work / "home"
     for part in ("models", "catalog", "lab-sites"):
-        shutil.copytree(args.home / part, data / part, symlinks=True)
+        if (args.home / part).is_dir():
+            shutil.copytree(args.home / part, data / part, symlinks=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "ANALOGLAB_"))}
     env["ANALOGLAB_HOME"] = str(data)
     results: dict[str, Any] = {
         "machine": f"{host.node()} {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, load {os.getloadavg()[0]:.1f}",
+        "data": args.note or str(args.home),
+        "labs": sorted(p.parent.name for p in (data / "lab-sites").glob("*/lab.toml")),
     }
     try:
         cold = Up(data, env)
