@@ -720,6 +720,43 @@ def test_a_notebook_logs_to_mlflow_with_its_server_token(
         )
 
 
+@pytest.mark.slow
+def test_the_command_fronts_a_running_mlflow_and_stops_on_sigterm(mlflow_server: str) -> None:
+    """``analoglab tracking gate --upstream`` (how `analoglab up` may run it, beside its own
+    MLflow service): the service environment is all it needs; SIGTERM stops it at once."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "MLFLOW_"))}
+    env.update(
+        JUPYTERHUB_SERVICE_NAME="mlflow",
+        JUPYTERHUB_API_TOKEN=secrets.token_hex(16),
+        JUPYTERHUB_CLIENT_ID="service-mlflow",
+        JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}",
+        JUPYTERHUB_SERVICE_PREFIX="/services/mlflow/",
+        JUPYTERHUB_API_URL=f"http://127.0.0.1:{free_port()}/hub/api",
+    )
+    command = [sys.executable, "-m", "analoglab", "tracking", "gate", "--upstream", mlflow_server]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/services/mlflow"
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open(port):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.1)
+        assert httpx.get(base + "/health", timeout=10).text.strip() == "OK"
+        closed = httpx.get(base + "/api/2.0/mlflow/experiments/search", timeout=10)
+        assert closed.status_code == 401
+        page = httpx.get(base + "/", timeout=10)
+        assert page.status_code == 302 and "client_id=service-mlflow" in page.headers["location"]
+        assert page.headers["location"].startswith("/hub/api/oauth2/authorize?")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert httpx.get(mlflow_server + "/health", timeout=10).status_code == 200  # left alone
+
+
 # -- what is forwarded, seen by an echo server standing in for MLflow -------------------------
 
 
