@@ -555,11 +555,20 @@ def test_browsers_sign_in_to_the_review_pages_with_the_hubs_oauth(hub: Hub) -> N
         assert len(callback) == 1
         set_cookie = [h for h in callback[0].headers.get_list("set-cookie") if COOKIE in h]
         assert len(set_cookie) == 1 and "HttpOnly" in set_cookie[0]
-        assert "SameSite=lax" in set_cookie[0] and f"Path=/services/{SERVICE}/review" in (
+        assert "SameSite=lax" in set_cookie[0] and f"Path=/services/{SERVICE}/;" in (
             set_cookie[0]
         )
         cookie = browser.cookies.get(COOKIE)
         assert cookie and "." in cookie
+        # a stale sign-in (another tab's) finishing now: already signed in, back to the pages
+        stale = browser.get(
+            hub.service_url + "/oauth_callback",
+            params={"code": "x", "state": "stale"},
+            follow_redirects=False,
+        )
+        assert stale.status_code == 303 and stale.headers["location"] == (
+            f"/services/{SERVICE}/review"
+        )
         # the session cookie is no hub token: the API refuses it
         api = httpx.get(hub.service_url + "/api/jobs", headers=bearer(cookie), timeout=10)
         assert api.status_code == 401
@@ -599,6 +608,7 @@ def test_the_oauth_state_is_checked(hub: Hub) -> None:
         assert start.status_code == 302
         wrong = browser.get(callback, params={"code": "x", "state": "not-the-state"})
         assert wrong.status_code == 403 and "state" in wrong.text
+        assert f'href="/services/{SERVICE}/review/login"' in wrong.text  # a way back
     bare = httpx.get(callback, params={"code": "x", "state": "y"}, timeout=10)
     assert bare.status_code == 403 and COOKIE not in bare.headers.get("set-cookie", "")
     missing = httpx.get(callback, timeout=10)

@@ -202,7 +202,7 @@ def test_login_sets_the_cookie_and_the_cookie_signs_in(pages: TestClient) -> Non
     set_cookie = resp.headers["set-cookie"]
     assert set_cookie.startswith(f"{COOKIE}=") and "page-rita" not in set_cookie
     assert "HttpOnly" in set_cookie and "SameSite=strict" in set_cookie  # no hub
-    assert "Path=/review" in set_cookie and "Max-Age=28800" in set_cookie
+    assert "Path=/;" in set_cookie and "Max-Age=28800" in set_cookie
     assert "Secure" not in set_cookie  # plain http here: see the https test
     # the browser's cookie now opens the pages (and not the API)
     page = pages.get(path)
@@ -357,8 +357,11 @@ def test_csrf_tokens_belong_to_one_session(pages: TestClient) -> None:
     assert csrf_first != csrf_second
     refused = pages.post(f"{path}/review", data={"csrf_token": csrf_first, "decision": "approve"})
     assert refused.status_code == 403
-    pages.cookies.set(COOKIE, first)  # each session takes its own
-    done = pages.post(f"{path}/review", data={"csrf_token": csrf_first, "decision": "approve"})
+    done = pages.post(  # each session takes its own
+        f"{path}/review",
+        data={"csrf_token": csrf_first, "decision": "approve"},
+        headers={"Cookie": f"{COOKIE}={first}"},
+    )
     assert done.status_code == 303
 
 

@@ -18,13 +18,13 @@ whose identity and roles are resolved as for API tokens. Without a hub, ``/revie
 a pasted queue token instead. Either way the browser gets a session (:mod:`.sessions`): the
 ``analoglab_session`` cookie holds a signed random id, never a token; it is HttpOnly,
 ``SameSite=Lax`` with the hub (its redirect back must carry the OAuth state cookie) and
-``Strict`` without, ``Secure`` when
-the request came over https (uvicorn reads ``X-Forwarded-Proto`` from trusted proxies) or the
-hub's public URL (``JUPYTERHUB_PUBLIC_URL``) is https, scoped
-to ``<prefix>/review``; ``POST /review/logout`` ends the session in the database. Scripts and
-tests may also send ``Authorization: Bearer <token>``. Every form carries a CSRF token, an HMAC
-of the session's id (or the bearer token) under the app's secret (``app.state.page_secret``),
-checked on each POST (403 without a valid one); the token form uses a double-submit cookie.
+``Strict`` without, ``Secure`` when the request came over https (uvicorn reads
+``X-Forwarded-Proto`` from trusted proxies) or the hub's public URL (``JUPYTERHUB_PUBLIC_URL``)
+is https, scoped to ``<prefix>/`` (the callback sees it too); ``POST /review/logout`` ends the
+session in the database. Scripts and tests may also send ``Authorization: Bearer <token>``.
+Every form carries a CSRF token, an HMAC of the session's id (or the bearer token) under the
+app's secret (``app.state.page_secret``), checked on each POST (403 without a valid one); the
+token form uses a double-submit cookie.
 
 Only reviewers of a job's lab may act on it; they and admins may read its page. Anyone else
 gets 404 for a job they could not see through the API, else 403. The pages call
@@ -160,6 +160,11 @@ def _prefix(request: Request) -> str:
 
 def _base(request: Request) -> str:
     return _prefix(request) + "/review"
+
+
+def _cookie_path(request: Request) -> str:
+    """The service's prefix: the pages and the OAuth callback (the API ignores the cookies)."""
+    return _prefix(request) + "/"
 
 
 def _https(request: Request) -> bool:
@@ -389,7 +394,7 @@ def start_oauth(request: Request, sign_in: HubSignIn, next_url: str | None) -> R
     response.set_cookie(
         STATE_COOKIE,
         _state_serializer(request).dumps(payload),
-        **_cookie_args(request, _prefix(request) + "/", OAUTH_STATE_SECONDS),
+        **_cookie_args(request, _cookie_path(request), OAUTH_STATE_SECONDS),
     )
     response.headers.update(_HEADERS)
     return response
@@ -413,7 +418,8 @@ class PageRoute(APIRoute):
                     if request.url.query:
                         target += "?" + request.url.query
                     return start_oauth(request, sign_in, target)
-                link = f"{_base(request)}/login" if exc.status == 401 else None
+                again = exc.status == 401 or request.url.path.endswith(CALLBACK)
+                link = f"{_base(request)}/login" if again else None
                 return render(
                     request,
                     "error.html",
@@ -553,10 +559,11 @@ def _login_page(request: Request, message: str = "", status: int = 200) -> Respo
 
 async def _signed_in(request: Request, ident: Identity, via: str, next_url: str) -> Response:
     """Start a session for ``ident`` and send the browser on with its cookie."""
-    started = await run_in_threadpool(_sessions(request).start, ident, via)
+    store = _sessions(request)
+    started = await run_in_threadpool(store.start, ident, via)
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(
-        COOKIE, started.cookie, **_cookie_args(request, _base(request), _sessions(request).seconds)
+        COOKIE, started.cookie, **_cookie_args(request, _cookie_path(request), store.seconds)
     )
     return response
 
@@ -614,13 +621,19 @@ async def oauth_callback(
     except BadSignature:
         saved = {}
     if not saved or not hmac.compare_digest(str(saved.get("state", "")), state):
+        # a second tab's older sign-in, finished after a newer one: already signed in is fine
+        cookie = request.cookies.get(COOKIE, "")
+        store = _sessions(request)
+        session_id = store.session_id(cookie) if cookie else None
+        if session_id and await run_in_threadpool(store.identity, session_id) is not None:
+            return RedirectResponse(_base(request), status_code=303)
         raise Forbidden("the OAuth state does not match this browser's: sign in again")
     token = await sign_in.token_for_code(code, str(saved["verifier"]))
     ident = await sign_in.identity(token)
     if ident is None:
         raise Forbidden("JupyterHub did not say who you are: sign in again")
     response = await _signed_in(request, ident, "hub", _safe_next(request, saved.get("next")))
-    response.delete_cookie(STATE_COOKIE, path=_prefix(request) + "/")
+    response.delete_cookie(STATE_COOKIE, path=_cookie_path(request))
     return response
 
 
@@ -631,7 +644,7 @@ async def logout(request: Request, sess: Session) -> Response:
     if sess.session_id is not None:
         await run_in_threadpool(_sessions(request).end, sess.session_id)
     response = RedirectResponse(f"{_base(request)}/signed-out", status_code=303)
-    response.delete_cookie(COOKIE, path=_base(request))
+    response.delete_cookie(COOKIE, path=_cookie_path(request))
     return response
 
 
