@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from analoglab.activations.errors import ActivationError
+from analoglab.files import atomic_write
 
 
 @runtime_checkable
@@ -40,12 +40,6 @@ class Artifact:
 
     npz: Path
     json: Path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_artifact(
@@ -94,8 +88,8 @@ def save_artifact(
         raise ActivationError(f"the artifact's info is not JSON: {exc}") from None
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(base.with_suffix(".npz"), payload)
-        _atomic_write(base.with_suffix(".json"), text.encode("utf-8"))
+        atomic_write(base.with_suffix(".npz"), payload)
+        atomic_write(base.with_suffix(".json"), text.encode("utf-8"))
     except OSError as exc:
         raise ActivationError(f"cannot write the artifact {base}: {exc.strerror or exc}") from None
     return Artifact(base.with_suffix(".npz"), base.with_suffix(".json"))

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analoglab.activations.errors import ActivationError, StoreMismatchError
 from analoglab.experiments.result import ModelIdentity
+from analoglab.files import fsync_dir
 
 if TYPE_CHECKING:
     import zarr
@@ -357,6 +358,7 @@ def _create(path: Path, meta: StoreMeta) -> None:
         if path.exists():  # an empty folder the user made for it
             path.rmdir()
         os.rename(tmp, path)
+        fsync_dir(parent)  # the new store's name survives a power loss
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ActivationError(f"cannot create the store {path}: {exc.strerror or exc}") from None

@@ -40,7 +40,9 @@ def spec_schema(
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out_path:
-        out_path.write_text(text)
+        from analoglab.files import atomic_write
+
+        atomic_write(out_path, text)
         err.print(f"wrote {out_path}")
     else:
         sys.stdout.write(text)

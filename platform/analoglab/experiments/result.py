@@ -75,10 +75,10 @@ class ExperimentResult(BaseModel):
         return res
 
     def save(self, path: str | Path) -> Path:
+        from analoglab.files import atomic_write
+
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write(path, self.model_dump_json(indent=2) + "\n")
         return path
 
     @classmethod

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analoglab.errors import CorruptModelError
+from analoglab.files import atomic_write
 
 CARD_FILE = "analog.json"
 README_FILE = "README.md"
@@ -118,9 +119,7 @@ def write_card(folder: Path, card: AnalogCard) -> None:
         (CARD_FILE, card.model_dump_json(indent=2) + "\n"),
         (README_FILE, render_readme(card)),
     ):
-        tmp = folder / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(folder / name)
+        atomic_write(folder / name, text)
 
 
 def render_readme(card: AnalogCard) -> str:

@@ -2,15 +2,20 @@
 
 A model folder is filled in a staging folder beside its target and renamed into place only
 when complete; an existing folder is replaced only after the new one is there, so readers
-never see a half-written model and a failure leaves the old one as it was.
+never see a half-written model and a failure leaves the old one as it was. Before the swap
+every file and folder of the staging folder is ``fsync``-ed, and after it the parent folder,
+so a power loss leaves the old folder or the complete new one, never empty files.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from analoglab.files import fsync_dir
 
 
 def staging_folder(target: Path) -> Path:
@@ -21,8 +26,25 @@ def staging_folder(target: Path) -> Path:
     return staging
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and every folder's entries to disk."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif path.is_dir():
+            fsync_dir(path)
+    fsync_dir(folder)
+
+
 def swap_into_place(staging: Path, target: Path) -> None:
-    """Rename the complete ``staging`` folder to ``target``, replacing any existing one."""
+    """Rename the complete ``staging`` folder to ``target``, replacing any existing one.
+
+    The staging folder's contents are made durable first, the parent's new entry after."""
+    sync_tree(staging)
     if target.exists():
         old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
         target.rename(old)
@@ -31,9 +53,11 @@ def swap_into_place(staging: Path, target: Path) -> None:
         except OSError:
             old.rename(target)
             raise
+        fsync_dir(target.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         staging.rename(target)
+        fsync_dir(target.parent)
 
 
 def write_folder(target: Path, fill: Callable[[Path], None]) -> None:
