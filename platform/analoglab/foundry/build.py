@@ -21,10 +21,12 @@ import numpy as np
 
 from analoglab.config import Settings, get_settings
 from analoglab.errors import FoundryError
+from analoglab.files import atomic_write, atomic_writer
 from analoglab.foundry import corpus as corpus_mod
 from analoglab.foundry import tasks as tasks_mod
 from analoglab.foundry.presets import AnalogRecipe, Preset, Shape
 from analoglab.foundry.world import World
+from analoglab.models.bundle import SITE_KEY
 from analoglab.models.card import (
     AnalogCard,
     Architecture,
@@ -38,6 +40,7 @@ from analoglab.models.card import (
 from analoglab.models.catalog import FrontierModel, FrontierPolicy, Lab, save_lab
 from analoglab.models.store import write_folder
 from analoglab.progress import Reporter, SilentReporter
+from analoglab.signing import load_or_create_private_key, public_key_text
 
 STAGES = ("corpus", "tokenizer", "frontier", "distill", "fidelity", "publish")
 CHOICE_TASKS = ("sentiment", "ioi", "facts", "truth")
@@ -57,9 +60,7 @@ class BuildResult:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def save_loss_curve(log: dict[str, Any], path: Path, title: str) -> None:
@@ -233,9 +234,7 @@ class FoundryBuild:
         heldout = list(corpus_mod.generate(p.heldout_documents, p.seed + 1000, self.world, mix))
         folder.mkdir(parents=True, exist_ok=True)
         for name, docs in (("train", train), ("heldout", heldout)):
-            tmp = folder / f"{name}.txt.tmp"
-            tmp.write_text("\n".join(docs) + "\n")
-            tmp.replace(folder / f"{name}.txt")
+            atomic_write(folder / f"{name}.txt", "\n".join(docs) + "\n")
         _write_json(
             folder / "manifest.json",
             {
@@ -265,8 +264,8 @@ class FoundryBuild:
         for split in ("train", "heldout"):
             docs = train if split == "train" else self._documents("heldout")
             ids = self.encode_documents(tokenizer, docs)
-            np.save(tokens_dir / f"{split}.tmp.npy", ids)
-            (tokens_dir / f"{split}.tmp.npy").replace(tokens_dir / f"{split}.npy")
+            with atomic_writer(tokens_dir / f"{split}.npy", "wb") as fh:
+                np.save(fh, ids)
         self._tokenizer = tokenizer
 
     @staticmethod
@@ -537,6 +536,8 @@ class FoundryBuild:
             name=f"Demo lab ({p.name} preset)",
             description="The foundry's miniature lab: its frontier stays on the lab site; "
             "its analogs are public.",
+            # The lab site's signing key stays on the site; the catalog carries its public half.
+            public_key=public_key_text(load_or_create_private_key(self.lab_site / SITE_KEY)),
             frontiers=[
                 FrontierModel(
                     id=p.frontier_name,
@@ -562,9 +563,7 @@ class FoundryBuild:
             "[executor]\n"
             'kind = "local"\n'
         )
-        tmp = self.lab_site / "lab.toml.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.lab_site / "lab.toml")
+        atomic_write(self.lab_site / "lab.toml", text)
 
 
 def _copy_folder(src: Path, dst: Path) -> None:

@@ -13,11 +13,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from analoglab.config import Settings, get_settings
 from analoglab.errors import CorruptModelError, ModelNotFoundError
+from analoglab.files import atomic_write
 from analoglab.models.card import NAME_PATTERN, AnalogCard, Architecture, read_card
+from analoglab.signing import SignatureError, parse_public_key
 
 DEFAULT_METHODS = [
     "activation_stats",
@@ -71,7 +73,22 @@ class Lab(_Strict):
     name: str
     description: str = ""
     url: str | None = None
+    public_key: str | None = Field(
+        None,
+        description="the lab site's Ed25519 public key, 'ed25519:<base64>': what the lab's "
+        "signed results and analog bundles are checked against",
+    )
     frontiers: list[FrontierModel] = Field(default_factory=list)
+
+    @field_validator("public_key")
+    @classmethod
+    def _a_public_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_public_key(value)
+            except SignatureError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 @dataclass(frozen=True)
@@ -175,10 +192,6 @@ class Catalog:
 def save_lab(lab: Lab, settings: Settings | None = None) -> Path:
     """Write a lab's catalog entry atomically."""
     settings = settings or get_settings()
-    folder = settings.catalog_path / "labs"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{lab.id}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(lab.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)
+    path = settings.catalog_path / "labs" / f"{lab.id}.json"
+    atomic_write(path, lab.model_dump_json(indent=2) + "\n")
     return path

@@ -189,13 +189,28 @@ def models_pack(
     out_path: Annotated[
         Path | None, typer.Option("--out", "-o", help="Archive path or folder.")
     ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key", help="The lab's signing key (PEM); default: <lab_sites>/<lab>/signing.key."
+        ),
+    ] = None,
+    unsigned: Annotated[
+        bool, typer.Option("--unsigned", help="Do not sign (a local build nobody else installs).")
+    ] = False,
 ) -> None:
-    """Write a release bundle of an analog: weights, tokenizer, card, sha256 manifest."""
-    from analoglab.models.bundle import pack, sha256_file
+    """Write a release bundle of an analog, signed by its lab: files, card, sha256 manifest."""
+    from analoglab.models.bundle import pack, sha256_file, signer
+    from analoglab.signing import load_private_key
 
-    path = pack(name, out_path, get_settings())
+    private = load_private_key(key) if key is not None else None
+    path = pack(name, out_path, get_settings(), key=private, unsigned=unsigned)
     out.print(f"packed {name} → {path}")
     out.print(f"sha256 {sha256_file(path)}")
+    if (key_id := signer(path)) is not None:
+        out.print(f"signed by key {key_id}")
+    else:
+        err.print("[yellow]warning:[/yellow] not signed: installs only with --allow-unsigned")
 
 
 @models_app.command("install")
@@ -203,8 +218,21 @@ def models_pack(
 def models_install(
     bundle: Annotated[Path, typer.Argument(help="A bundle written by `models pack`.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an installed analog.")] = False,
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="The lab's key, 'ed25519:<base64>'; default: the lab's key in the catalog.",
+        ),
+    ] = None,
+    allow_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsigned", help="Install an unsigned bundle (your own local build)."
+        ),
+    ] = False,
 ) -> None:
-    """Verify every checksum of a bundle, then install it into the model store."""
+    """Check a bundle's signature and every checksum, then install it into the model store."""
     from rich.progress import Progress
 
     from analoglab.errors import BundleError
@@ -216,6 +244,11 @@ def models_install(
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(f"verifying {bundle.name}", total=total)
         path = install(
-            bundle, get_settings(), force=force, progress=lambda n: progress.advance(task, n)
+            bundle,
+            get_settings(),
+            force=force,
+            progress=lambda n: progress.advance(task, n),
+            public_key=public_key,
+            allow_unsigned=allow_unsigned,
         )
     out.print(f"installed {path.name} → {path}")
