@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
 from analoglab.config import Settings, get_settings
 from analoglab.errors import AnalogLabError
 from analoglab.experiments.result import ExperimentResult
@@ -154,21 +156,36 @@ def _wait(
     changed: Callable[[dict[str, Any]], None],
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """``client.wait``, riding out the hub's restarts and blips (review can take days)."""
+    """``client.wait``, riding out the hub's restarts and blips (review can take days).
+
+    Unreachable or failing (5xx) is retried with waits doubling from ``poll`` to 60 s
+    (tenacity) until ``timeout``; any other refusal is raised at once."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = poll
-    while True:
+
+    def unreachable(exc: BaseException) -> bool:
+        return (
+            isinstance(exc, QueueError)
+            and (exc.status == 0 or exc.status >= 500)
+            and (deadline is None or time.monotonic() < deadline)
+        )
+
+    def tell(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        say(f"the queue is unreachable ({exc}); retrying in {delay:.0f} s")
+
+    def wait_once() -> dict[str, Any]:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return client.wait(job_id, poll=poll, timeout=left, on_change=changed)
-        except QueueError as exc:
-            if not (exc.status == 0 or exc.status >= 500):
-                raise
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-            say(f"the queue is unreachable ({exc}); retrying in {delay:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 60.0)
+        return client.wait(job_id, poll=poll, timeout=left, on_change=changed)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(unreachable),
+        wait=tenacity.wait_exponential(multiplier=poll, max=60.0),
+        before_sleep=tell,
+        reraise=True,
+    )
+    job: dict[str, Any] = retrying(wait_once)
+    return job
 
 
 def _why(job: dict[str, Any]) -> str:

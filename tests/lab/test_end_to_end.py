@@ -107,8 +107,10 @@ def platform(
     (folder / "agent.token").write_text("tok-bot\n")
     (folder / "agent.token").chmod(0o600)
     weights = tiny.lab_sites_path / "tiny-lab" / "models" / "tiny-frontier"
+    key = tiny.lab_sites_path / "tiny-lab" / "signing.key"  # the key the catalog vouches for
     (folder / "lab.toml").write_text(
-        f'lab = "tiny-lab"\n[models."tiny-frontier"]\npath = "{weights}"\n'
+        f'lab = "tiny-lab"\nsigning_key = "{key}"\n'
+        f'[models."tiny-frontier"]\npath = "{weights}"\n'
         '[executor]\nkind = "local"\nthreads = 1\n'
         "[agent]\nlease_seconds = 6\nheartbeat_seconds = 1\nwait_seconds = 1\n"
     )

@@ -11,8 +11,12 @@ counted) or when it is told to stop (no attempt counted).
   one model run back to back in one warm worker that loaded the weights once. Every held lease
   is renewed while any of them waits or runs.
 - **The hub unreachable** (connection errors, 5xx, 503 from a busy database): every call is
-  retried with exponential backoff (capped at ``agent.backoff_max_seconds``); a result is kept
-  until it is posted (posting is idempotent on the hub).
+  retried with exponential backoff (capped at ``agent.backoff_max_seconds``).
+- **Nothing lost.** A result that passed the release checks is written to the site's outbox
+  (:mod:`.outbox`) before it is posted and removed only once the hub has it (posting is
+  idempotent on the hub). On start the agent replays what a crash or a stop left there: under
+  the stored lease while it holds, else when it claims the same job (same spec hash) again —
+  the stored result is posted and the frontier is not run twice.
 - **A lost lease** (the hub answers 409: the lease expired and the job went to another agent):
   the agent stops the run and forgets the job; the hub has given it to someone else.
 - **Stopping** (SIGTERM/SIGINT, or :meth:`Agent.stop`): the running job is cancelled and given
@@ -21,6 +25,8 @@ counted) or when it is told to stop (no attempt counted).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import secrets
 import threading
@@ -30,13 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tenacity
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from analoglab.errors import ConfigError
+from analoglab.experiments.result import ExperimentResult
+from analoglab.files import atomic_write
 from analoglab.lab.config import LabConfig
 from analoglab.lab.executor import Executor, Outcome, Task
-from analoglab.lab.release import check_release
+from analoglab.lab.outbox import Entry, Outbox
+from analoglab.lab.release import check_release, sign_result
 from analoglab.models.catalog import FrontierPolicy
 from analoglab.queue.client import QueueClient
 from analoglab.queue.errors import QueueError
+from analoglab.signing import key_id, load_or_create_private_key, public_key_text
 
 log = logging.getLogger("analoglab.lab.agent")
 T = TypeVar("T")
@@ -45,6 +58,8 @@ T = TypeVar("T")
 REASON_CHARS = 500
 #: How long a stopping agent keeps trying to land a result or a give-back.
 STOP_GRACE_SECONDS = 20.0
+#: Job states in which an outbox entry may still be posted (after the job is claimed again).
+REPLAYABLE_STATES = frozenset({"approved", "running"})
 
 
 def _short(reason: str, limit: int = REASON_CHARS) -> str:
@@ -66,6 +81,8 @@ class AgentStats:
     failed: int = 0
     given_back: int = 0
     lost: int = 0
+    replayed: int = 0  # results posted from the outbox instead of running the frontier again
+    undeliverable: int = 0
     hub_retries: int = 0
     outcomes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -100,12 +117,23 @@ class Agent:
         executor: Executor,
         *,
         withheld_dir: Path | None = None,
+        outbox_dir: Path | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
         policy_ttl: float = 60.0,
     ) -> None:
+        """``outbox_dir`` defaults to ``outbox`` beside ``withheld_dir`` (the site's folder);
+        ``signing_key`` to the site's key (``signing_key`` in lab.toml, created on first use).
+        """
         self.config = config
         self.client = client
         self.executor = executor
         self.withheld_dir = withheld_dir
+        if outbox_dir is None and withheld_dir is not None:
+            outbox_dir = withheld_dir.parent / "outbox"
+        self.outbox = Outbox(outbox_dir) if outbox_dir is not None else None
+        if signing_key is None and config.signing_key is not None:
+            signing_key = load_or_create_private_key(config.signing_key)
+        self.signing_key = signing_key
         self.stats = AgentStats()
         self._stop = threading.Event()
         self._done = threading.Event()  # run() returned: heartbeats end
@@ -135,12 +163,19 @@ class Agent:
                 f"lab site {self.config.lab} serves no frontier: add [models.\"<id>\"] with its "
                 "weights to lab.toml"
             )
+        if self.signing_key is not None:
+            log.info(
+                "results are signed with key %s (%s): the hub's catalog must list it for lab %s",
+                key_id(self.signing_key), public_key_text(self.signing_key), self.config.lab,
+            )
         self._done.clear()
         beat = threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True)
         beat.start()
         idle_since = time.monotonic()
         done = 0
         try:
+            with contextlib.suppress(Stopping):
+                done += self._replay()
             while not self.stopping and (max_jobs is None or done < max_jobs):
                 room = cfg.batch if max_jobs is None else min(cfg.batch, max_jobs - done)
                 try:
@@ -170,32 +205,59 @@ class Agent:
     def _call(self, what: str, fn: Callable[[], T], *, must_land: bool = False) -> T:
         """``fn()`` retried with backoff while the hub is unreachable or failing.
 
-        A stop ends the retries (:class:`Stopping`), except for calls that ``must_land``
-        (a result, a give-back), which keep trying a little longer: the lease or
-        :data:`STOP_GRACE_SECONDS`, whichever is shorter.
+        The waits double from 0.5 s up to ``agent.backoff_max_seconds`` (tenacity). A stop
+        ends the retries (:class:`Stopping`), except for calls that ``must_land`` (a result, a
+        give-back), which keep trying a little longer, at most every 2 s: the lease or
+        :data:`STOP_GRACE_SECONDS`, whichever is shorter. Any other refusal is raised at once.
         """
-        delay = 0.5
-        give_up_at: float | None = None
-        while True:
-            try:
-                return fn()
-            except QueueError as exc:
-                if not _retryable(exc):
-                    raise
+        grace = min(float(self.config.agent.lease_seconds), STOP_GRACE_SECONDS)
+        give_up_at: list[float] = []  # set when the stop is first seen
+        backoff = tenacity.wait_exponential(
+            multiplier=0.5, max=self.config.agent.backoff_max_seconds
+        )
+
+        def retry_it(exc: BaseException) -> bool:
+            if isinstance(exc, QueueError) and _retryable(exc):
                 self.stats.hub_retries += 1
-                log.warning("%s: %s; retrying in %.1f s", what, exc, delay)
+                return True
+            return False
+
+        def stopped(state: tenacity.RetryCallState) -> bool:
+            if not self.stopping:
+                return False
+            if not must_land:
+                return True
+            if not give_up_at:
+                give_up_at.append(time.monotonic() + grace)
+            return time.monotonic() > give_up_at[0]
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            delay = backoff(state)
+            return min(delay, 2.0) if self.stopping else delay
+
+        def sleep(seconds: float) -> None:
             if self.stopping:
-                if not must_land:
-                    raise Stopping()
-                if give_up_at is None:
-                    grace = min(float(self.config.agent.lease_seconds), STOP_GRACE_SECONDS)
-                    give_up_at = time.monotonic() + grace
-                if time.monotonic() > give_up_at:
-                    raise Stopping()
-                time.sleep(min(delay, 2.0))
+                time.sleep(seconds)
             else:
-                self._stop.wait(delay)
-            delay = min(delay * 2, self.config.agent.backoff_max_seconds)
+                self._stop.wait(seconds)  # a stop cuts the wait short
+
+        def say(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s: %s; retrying in %.1f s", what, exc, delay)
+
+        def gave_up(state: tenacity.RetryCallState) -> T:
+            raise Stopping()
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(retry_it),
+            stop=stopped,
+            wait=wait,
+            sleep=sleep,
+            before_sleep=say,
+            retry_error_callback=gave_up,
+        )
+        return retrying(fn)
 
     def _claim_batch(self, wait: float, room: int) -> list[_Held]:
         cfg = self.config.agent
@@ -270,12 +332,111 @@ class Agent:
         self._policies[frontier] = (now, pol)
         return pol
 
+    # -- the outbox ---------------------------------------------------------------------------
+
+    def _replay(self) -> int:
+        """Deliver what a crash or a stop left in the outbox; how many results landed."""
+        if self.outbox is None:
+            return 0
+        landed = 0
+        for entry in self.outbox.pending():
+            if self.stopping:
+                break
+            log.info("job %s: replaying its finished result from %s", entry.job_id,
+                     self.outbox.folder)
+            held = _Held(self.outbox.job(entry), entry.lease_id, time.monotonic())
+            if self._deliver(held, entry, replay=True):
+                landed += 1
+        return landed
+
+    def _stored(self, held: _Held) -> Entry | None:
+        """The outbox's result for a claimed job, if it answers the same spec."""
+        if self.outbox is None:
+            return None
+        entry = self.outbox.get(held.id)
+        if entry is None:
+            return None
+        if entry.spec_hash != str(held.job["spec_hash"]):
+            self.outbox.undeliverable(entry, "the job now asks a different spec")
+            self.stats.undeliverable += 1
+            return None
+        return entry
+
+    def _post(self, entry: Entry) -> tuple[str, str]:
+        """Post an outbox entry under its lease: ``posted``, ``refused``, ``kept`` or ``lost``,
+        with the hub's answer.
+
+        ``refused`` (422: the hub's checks refused it) is left to the caller; ``kept`` means
+        the hub stayed unreachable while the agent stopped (the entry waits for the next
+        start); ``lost`` means the lease has gone (the entry waits for a re-claim of the same
+        job, or is moved aside when the job can no longer take it).
+        """
+        signed = sign_result(self.signing_key, entry.result) if self.signing_key else None
+        try:
+            out = self._call(
+                "post result",
+                lambda: self.client.post_result(
+                    entry.job_id,
+                    entry.result,
+                    lease_id=entry.lease_id,
+                    signature=signed.signature if signed else None,
+                    key_id=signed.key_id if signed else None,
+                ),
+                must_land=True,
+            )
+        except Stopping:
+            log.warning("job %s: the hub stayed unreachable; the result waits in the outbox "
+                        "for the agent's next start", entry.job_id)
+            return "kept", "the hub is unreachable"
+        except QueueError as exc:
+            if exc.status == 422:
+                return "refused", str(exc)
+            if exc.status not in (404, 409):
+                log.error("job %s: the hub refused the result (%s); it stays in the outbox",
+                          entry.job_id, exc)
+                return "kept", str(exc)
+            self._lease_gone(entry, exc)
+            return "lost", str(exc)
+        if self.outbox is not None:
+            self.outbox.done(entry.job_id)
+        self.stats.posted += 1
+        log.info("job %s: result posted; now %s", entry.job_id, out["state"])
+        return "posted", str(out["state"])
+
+    def _lease_gone(self, entry: Entry, why: QueueError) -> None:
+        """The hub took no result under the entry's lease: wait for a re-claim, or give up."""
+        if self.outbox is None:
+            return
+        try:
+            state = str(self._call("job state", lambda: self.client.get(entry.job_id))["state"])
+        except QueueError as exc:
+            if exc.status == 404:
+                self.outbox.undeliverable(entry, f"the hub does not know job {entry.job_id}")
+                self.stats.undeliverable += 1
+            return
+        except Stopping:
+            return
+        if state in REPLAYABLE_STATES:
+            log.warning("job %s: result not taken (%s); it stays in the outbox and is posted "
+                        "when this site claims the job again", entry.job_id, why)
+        else:
+            self.outbox.undeliverable(entry, f"the lease was lost and the job is {state}")
+            self.stats.undeliverable += 1
+
     # -- one job ------------------------------------------------------------------------------
 
     def _work(self, held: _Held) -> None:
         if held.lost.is_set():  # claimed ahead, and its lease went while it waited
             self.stats.lost += 1
             self._release_hold(held)
+            return
+        stored = self._stored(held)
+        if stored is not None:
+            log.info("job %s: its result is already in the outbox; posting it, no run", held.id)
+            stored.lease_id = held.lease_id
+            if self.outbox is not None:
+                self.outbox.put(stored)
+            self._deliver(held, stored, replay=True)
             return
         job = held.job
         frontier = str(job["frontier"])
@@ -313,23 +474,35 @@ class Agent:
         if not outcome.ok:
             self._fail(held, outcome.reason)
             return
+        assert outcome.result is not None
+        entry = Entry(
+            job_id=held.id,
+            spec_hash=str(job["spec_hash"]),
+            frontier=frontier,
+            lease_id=held.lease_id,
+            spec=job["spec"],
+            result=outcome.result,
+        )
         try:
-            self._deliver(held, outcome)
+            if self.outbox is not None:
+                self.outbox.put(entry)  # on disk before anything else: a crash loses nothing
+            self._deliver(held, entry)
         except Exception as exc:
             log.exception("job %s: delivering the result failed", held.id)
             self._fail(held, f"the lab agent could not deliver the result: {exc}")
             return
+        log.info("job %s: done in %.1f s", held.id, outcome.seconds)
         record["claim_to_done_seconds"] = round(time.monotonic() - held.claimed_at, 4)
 
-    def _deliver(self, held: _Held, outcome: Outcome) -> None:
-        assert outcome.result is not None
+    def _deliver(self, held: _Held, entry: Entry, *, replay: bool = False) -> bool:
+        """Check ``entry``'s result and post it (or withhold it); whether it was posted."""
         job = held.job
         try:
             pol = self.policy(str(job["frontier"]))
         except Stopping:
-            return  # given back as the agent stops
+            return False  # given back as the agent stops; the entry waits for the next start
         problems = check_release(
-            outcome.result,
+            entry.result,
             spec=job["spec"],
             spec_hash=str(job["spec_hash"]),
             policy=pol,
@@ -337,35 +510,32 @@ class Agent:
         )
         try:
             if problems:
-                self._withhold(held, outcome.result, "; ".join(problems))
-            else:
-                result = outcome.result
-                try:
-                    out = self._call(
-                        "post result",
-                        lambda: self.client.post_result(held.id, result, lease_id=held.lease_id),
-                        must_land=True,
-                    )
-                except QueueError as exc:
-                    if exc.status != 422:
-                        raise
-                    # The hub's own checks refused it: no rerun makes it pass; withhold it.
-                    self._withhold(held, result, f"the hub refused the result: {exc}")
-                else:
-                    self.stats.posted += 1
-                    log.info("job %s: result posted in %.1f s; now %s", held.id,
-                             outcome.seconds, out["state"])
+                self._withhold(held, entry.result, "; ".join(problems))
+                return False
+            # What the hub stores (defaults filled in): what is posted and signed.
+            entry.result = ExperimentResult.model_validate(entry.result).model_dump(mode="json")
+            posted, answer = self._post(entry)
+            if posted == "refused":
+                # The hub's own checks refused it: no rerun makes it pass; withhold it.
+                self._withhold(held, entry.result, f"the hub refused the result: {answer}")
+            elif posted == "posted":
+                if replay:
+                    self.stats.replayed += 1
+                return True
+            elif posted == "lost":
+                self.stats.lost += 1
         except Stopping:
             log.warning("job %s: the hub stayed unreachable; its lease will expire", held.id)
         except QueueError as exc:
-            if exc.status == 409:
+            if exc.status in (404, 409):
                 self.stats.lost += 1
-                log.warning("job %s: result not taken: %s", held.id, exc)
+                self._lease_gone(entry, exc)
             else:
                 log.error("job %s: the hub refused the result: %s", held.id, exc)
                 self._fail(held, f"the hub refused the result: {exc}")
-                return
-        self._release_hold(held)
+        finally:
+            self._release_hold(held)
+        return False
 
     def _withhold(self, held: _Held, result: dict[str, Any], reason: str) -> None:
         self._keep(held, result, reason)
@@ -375,6 +545,8 @@ class Agent:
             lambda: self.client.withhold(held.id, short, lease_id=held.lease_id),
             must_land=True,
         )
+        if self.outbox is not None:
+            self.outbox.done(held.id)  # kept among the withheld results instead
         self.stats.withheld += 1
         log.warning("job %s: withheld by the lab's release checks: %s", held.id, reason)
 
@@ -382,16 +554,9 @@ class Agent:
         """Keep a withheld result on the lab site, for the lab's own eyes."""
         if self.withheld_dir is None:
             return
-        import json
-        import os
-
         self.withheld_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.withheld_dir / f"job-{held.id}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"reason": reason, "result": result}, indent=2) + "\n")
-        tmp.replace(path)
+        text = json.dumps({"reason": reason, "result": result}, indent=2) + "\n"
+        atomic_write(self.withheld_dir / f"job-{held.id}.json", text, perms=0o600)
 
     def _fail(self, held: _Held, reason: str) -> None:
         self.stats.failed += 1

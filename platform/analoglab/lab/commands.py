@@ -1,5 +1,6 @@
-"""``analoglab lab agent``: the agent of a lab site, which runs approved jobs on the lab's
-frontier models and posts their checked results.
+"""``analoglab lab``: the agent of a lab site, which runs approved jobs on the lab's frontier
+models and posts their checked (and signed) results; ``verify-result``, which checks a
+released result against the lab's public key.
 
 The agent, its executors and torch load inside the command.
 """
@@ -14,6 +15,7 @@ import typer
 from analoglab.cli.common import (
     err,
     handles_errors,
+    out,
 )
 from analoglab.config import get_settings
 from analoglab.errors import AnalogLabError
@@ -90,7 +92,13 @@ def lab_agent(
     )
     executor = make_executor(cfg)
     client = QueueClient(url, token)
-    agent = Agent(cfg, client, executor, withheld_dir=config.parent / "withheld")
+    agent = Agent(
+        cfg,
+        client,
+        executor,
+        withheld_dir=config.parent / "withheld",
+        outbox_dir=config.parent / "outbox",
+    )
 
     def on_signal(*_: object) -> None:
         if agent.stopping:  # the second signal: do not wait for the hub any longer
@@ -112,5 +120,41 @@ def lab_agent(
         client.close()
     err.print(
         f"stopped: {stats.claimed} claimed, {stats.posted} posted, {stats.withheld} withheld, "
-        f"{stats.failed} failed, {stats.given_back} given back, {stats.lost} lost"
+        f"{stats.failed} failed, {stats.given_back} given back, {stats.lost} lost, "
+        f"{stats.replayed} replayed from the outbox"
     )
+    if agent.outbox is not None and (left := agent.outbox.pending()):
+        err.print(
+            f"{len(left)} finished result(s) wait in {agent.outbox.folder}: "
+            "posted at the next start"
+        )
+
+
+@lab_app.command("verify-result")
+@handles_errors
+def lab_verify_result(
+    path: Annotated[
+        Path, typer.Argument(help="A saved answer of GET /api/jobs/<id>/result (JSON).")
+    ],
+    lab: Annotated[
+        str | None, typer.Option("--lab", help="Check against this lab's key in the catalog.")
+    ] = None,
+    public_key: Annotated[
+        str | None, typer.Option("--public-key", help="The lab's key, 'ed25519:<base64>'.")
+    ] = None,
+) -> None:
+    """Check that a released result is signed by its lab (exit 1 if it is not)."""
+    from analoglab.lab.release import verify_result_file
+    from analoglab.models.catalog import Catalog
+
+    if (lab is None) == (public_key is None):
+        raise typer.BadParameter("give the lab (--lab) or its key (--public-key), one of them")
+    if public_key is None:
+        assert lab is not None
+        public_key = Catalog.load(get_settings()).lab(lab).public_key
+        if public_key is None:
+            raise AnalogLabError(
+                f"the catalog records no public key for lab {lab!r}; give --public-key"
+            )
+    key_id = verify_result_file(path, public_key)
+    out.print(f"ok: the result in {path} is signed by lab key {key_id}")

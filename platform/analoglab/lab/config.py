@@ -7,6 +7,7 @@ three lines for its lab)::
     lab = "demo-lab"
     hub = "http://127.0.0.1:8750"          # or --hub
     token_file = "agent.token"             # or --token-file
+    signing_key = "signing.key"            # the site's Ed25519 key, created on first use
 
     [models."demo-frontier"]
     path = "models/demo-frontier"          # relative to this file
@@ -36,6 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from analoglab.errors import ConfigError
 
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
+#: The site's signing key, beside lab.toml unless ``signing_key`` says otherwise.
+SIGNING_KEY = "signing.key"
 
 
 class _Strict(BaseModel):
@@ -138,6 +141,11 @@ class LabConfig(_Strict):
     hub: str | None = None
     token_file: Path | None = None
     name: str | None = Field(None, description="the agent's name in leases (default: host:pid)")
+    signing_key: Path | None = Field(
+        None,
+        description="the site's Ed25519 key (PEM, mode 600) that signs its results and "
+        "bundles, created on first use; default: signing.key beside lab.toml",
+    )
     models: dict[str, FrontierWeights] = Field(default_factory=dict)
     executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -172,6 +180,7 @@ def parse_lab_config(data: dict[str, Any], base: Path | None = None) -> LabConfi
         }
     if cfg.token_file is not None:
         update["token_file"] = _under(base, cfg.token_file)
+    update["signing_key"] = _under(base, cfg.signing_key or Path(SIGNING_KEY))
     if isinstance(cfg.executor, KubernetesExecutorConfig) and cfg.executor.kubeconfig:
         ex = cfg.executor.model_copy(update={"kubeconfig": _under(base, cfg.executor.kubeconfig)})
         update["executor"] = ex

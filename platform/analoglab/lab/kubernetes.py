@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import tenacity
+
 from analoglab.errors import ConfigError
 from analoglab.lab.config import KubernetesExecutorConfig
 from analoglab.lab.executor import MAX_RESULT_BYTES, Outcome, Task
@@ -691,29 +693,36 @@ class KubernetesExecutor:
         return data[:limit], len(data) >= limit
 
     def _delete(self, name: str) -> str | None:
-        """Delete the Job and (in the background) its pods; the error if that failed."""
-        error: str | None = None
-        for attempt in range(3):
-            try:
-                resp = self._call(
-                    lambda: self._batch.delete_namespaced_job(
-                        name,
-                        self.cfg.namespace,
-                        propagation_policy="Background",
-                        _preload_content=False,
-                        _request_timeout=self._timeout,
-                    )
+        """Delete the Job and (in the background) its pods; the error if that failed.
+
+        Three tries, 0.2 s then 0.4 s apart (tenacity), unless the API says retrying cannot
+        help; a Job already gone counts as deleted."""
+
+        def delete() -> None:
+            resp = self._call(
+                lambda: self._batch.delete_namespaced_job(
+                    name,
+                    self.cfg.namespace,
+                    propagation_policy="Background",
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
                 )
-                resp.release_conn()
-                return None
-            except _ApiError as exc:
-                if exc.status == 404:
-                    return None
-                error = str(exc)
-                if exc.permanent:
-                    break
-            time.sleep(0.2 * (attempt + 1))
-        return error
+            )
+            resp.release_conn()
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, _ApiError) and not exc.permanent and exc.status != 404
+            ),
+            stop=tenacity.stop_after_attempt(3),
+            wait=tenacity.wait_incrementing(start=0.2, increment=0.2),
+            reraise=True,
+        )
+        try:
+            retrying(delete)
+        except _ApiError as exc:
+            return None if exc.status == 404 else str(exc)
+        return None
 
     def _record_cleanup(self, name: str, details: dict[str, Any]) -> None:
         error = self._delete(name)

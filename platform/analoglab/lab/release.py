@@ -8,14 +8,24 @@ frontier's policy asks for human release, waits in ``awaiting_release``.
 The checks are :func:`analoglab.experiments.result.result_problems` (the hub runs the same on
 every posted result) with the lab's own caps on top: ``max_tensor_values`` (results are
 aggregates; a large array is how weights or activations would leak) and ``max_metrics``.
+
+A result that leaves the lab is signed with the lab site's Ed25519 key (:func:`sign_result`:
+the signature is over the result's canonical JSON, the bytes the hub hashes); anyone holding
+the lab's public key from the catalog checks a released result with :func:`verify_result`
+(``analoglab lab verify-result``), without trusting the hub's database.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+from analoglab import signing
 from analoglab.experiments.result import ExperimentResult, canonical_json, result_problems
 from analoglab.lab.config import ReleaseConfig
 from analoglab.models.catalog import FrontierPolicy
@@ -52,3 +62,53 @@ def check_release(
         max_tensor_values=config.max_tensor_values,
         max_metrics=config.max_metrics,
     )
+
+
+@dataclass(frozen=True)
+class ResultSignature:
+    """A lab's signature over one result, and the id of the key that made it."""
+
+    signature: str
+    key_id: str
+
+
+def signed_bytes(result: dict[str, Any]) -> bytes:
+    """What a result's signature covers: its canonical JSON, as the hub stores and hashes it."""
+    normal = ExperimentResult.model_validate(result).model_dump(mode="json")
+    return canonical_json(normal).encode()
+
+
+def sign_result(key: Ed25519PrivateKey, result: dict[str, Any]) -> ResultSignature:
+    """The lab's signature over ``result``."""
+    return ResultSignature(signing.sign(key, signed_bytes(result)), signing.key_id(key))
+
+
+def verify_result(result: dict[str, Any], signature: str | None, public_key: str) -> str:
+    """Check a result's signature against the lab's public key; the key id that signed it.
+
+    :class:`~analoglab.signing.SignatureError` says why it does not hold (unsigned, altered,
+    or signed by another key)."""
+    if not signature:
+        raise signing.SignatureError("the result carries no signature")
+    try:
+        data = signed_bytes(result)
+    except ValidationError as exc:
+        raise signing.SignatureError(f"not an ExperimentResult: {exc.errors()[0]['msg']}") from None
+    signing.verify(public_key, data, signature)
+    return signing.key_id(public_key)
+
+
+def verify_result_file(path: Path, public_key: str) -> str:
+    """Check a saved ``GET /api/jobs/{id}/result`` answer (``result``, ``signature``); the key id.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise signing.SignatureError(f"no file at {path}") from None
+    except (OSError, ValueError) as exc:
+        raise signing.SignatureError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("result"), dict):
+        raise signing.SignatureError(
+            f"{path} holds no result: save the answer of GET /api/jobs/<id>/result"
+        )
+    return verify_result(doc["result"], doc.get("signature"), public_key)

@@ -228,9 +228,19 @@ class QueueClient:
         job: Job = self._call("POST", f"/api/jobs/{job_id}/heartbeat", json=body)
         return job
 
-    def post_result(self, job_id: int, result: Any, lease_id: str | None = None) -> Job:
+    def post_result(
+        self,
+        job_id: int,
+        result: Any,
+        lease_id: str | None = None,
+        signature: str | None = None,
+        key_id: str | None = None,
+    ) -> Job:
+        """Hand in the result; ``signature``/``key_id``: the lab's signature over it."""
         data = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
-        body = {"lease_id": lease_id, "result": data}
+        body: dict[str, Any] = {"lease_id": lease_id, "result": data}
+        if signature is not None:
+            body |= {"signature": signature, "key_id": key_id}
         job: Job = self._call("POST", f"/api/jobs/{job_id}/result", json=body)
         return job
 
