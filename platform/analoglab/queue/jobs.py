@@ -34,6 +34,7 @@ from analoglab.experiments.spec import (
 )
 from analoglab.models.catalog import Catalog, FrontierModel, FrontierPolicy
 from analoglab.queue import audit, policy
+from analoglab.queue.bounds import MAX_REQUEST_BYTES, bools_read_as_numbers
 from analoglab.queue.db import make_sessionmaker
 from analoglab.queue.errors import (
     Conflict,
@@ -69,6 +70,7 @@ class QueueSettings:
     max_lease_seconds: int = 3600
     max_attempts: int = 3
     sweep_seconds: float = 30.0
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
 
 class CatalogFrontiers:
@@ -109,6 +111,11 @@ def prepare_spec(spec: dict[str, Any]) -> AnySpec:
         parsed = parse_spec(spec)
     except SpecError as exc:
         raise _vetting_failed([Finding("invalid_spec", str(exc))]) from exc
+    coerced = bools_read_as_numbers(spec, spec_to_dict(parsed))
+    if coerced:
+        raise _vetting_failed(
+            [Finding("invalid_spec", f"{p}: a number, not true or false") for p in coerced]
+        )
     try:
         return resolve_task_sets(parsed)
     except AnalogLabError:

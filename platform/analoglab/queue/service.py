@@ -22,16 +22,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from analoglab import __version__
 from analoglab.config import Settings, get_settings
+from analoglab.experiments.spec import METHODS
+from analoglab.models.card import NAME_PATTERN
 from analoglab.models.catalog import FrontierModel, FrontierPolicy
 from analoglab.queue.auth import (
     AnyAuthenticator,
@@ -41,6 +45,7 @@ from analoglab.queue.auth import (
     identify,
     load_tokens,
 )
+from analoglab.queue.bounds import MAX_ID, BodyLimit, FiniteJSON, Name, Text
 from analoglab.queue.db import default_url, make_engine
 from analoglab.queue.errors import Forbidden, NotAuthenticated, NotFound, QueueError
 from analoglab.queue.evidence import AuditReport, VerifyIn
@@ -57,6 +62,64 @@ MAX_WAIT_SECONDS = 60.0
 CLAIM_POLL_SECONDS = 0.25
 
 # -- shapes -----------------------------------------------------------------------------------
+
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a job's id")]
+Cursor = Annotated[
+    int | None, Query(ge=1, le=MAX_ID, description="the next_cursor of the previous page")
+]
+LabName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="a lab's id")]
+FrontierName = Annotated[str, PathParam(pattern=NAME_PATTERN, description="a frontier's id")]
+
+
+class ErrorOut(BaseModel):
+    """Every error's body: ``detail`` says why, in words; a failed vetting adds ``findings``
+    and a malformed request ``errors`` (each field's problem)."""
+
+    detail: str
+    findings: list[dict[str, Any]] | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+_WHY = {
+    401: "no token, or a token the queue does not know",
+    403: "the caller's roles do not allow this (or a job's submitter reviewing it)",
+    404: "no such job, frontier or lab (or not one the caller may see)",
+    409: "the job is not in a state for this, or the caller's lease is not the current one",
+    413: "the request body is over the queue's size limit",
+    422: "the request is malformed or its content is refused",
+    503: "the database or JupyterHub does not answer: retry shortly",
+}
+_AUTHED = (401, 403, 422, 503)
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route for OpenAPI: the ones every signed-in route may give,
+    and ``codes``."""
+    return {c: {"model": ErrorOut, "description": _WHY[c]} for c in sorted({*_AUTHED, *codes})}
+
+
+class _In(BaseModel):
+    """A request body: unknown fields refused, no coercion (``true`` is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PolicyIn(FrontierPolicy):
+    """A frontier's policy as a lab admin sends it: caps not negative, methods known."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PolicyIn:
+        for name, value in self.model_dump().items():
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{name} must not be negative")
+        unknown = sorted(set(self.allowed_methods) - set(METHODS))
+        if unknown:
+            raise ValueError(
+                f"unknown methods {', '.join(unknown)}: methods are {', '.join(METHODS)}"
+            )
+        return self
 
 
 class ReviewOut(BaseModel):
@@ -92,26 +155,26 @@ class JobPage(BaseModel):
     next_cursor: int | None = Field(None, description="pass as ?cursor= for the next page")
 
 
-class SubmitIn(BaseModel):
-    frontier: str = Field(description="id of the target frontier model")
-    spec: dict[str, Any] = Field(description="an ExperimentSpec")
-    analog_result_ref: str | None = Field(
+class SubmitIn(_In):
+    frontier: str = Field(pattern=NAME_PATTERN, description="id of the target frontier model")
+    spec: FiniteJSON = Field(description="an ExperimentSpec")
+    analog_result_ref: Name | None = Field(
         None, max_length=500, description="link to the analog run this checks (MLflow run)"
     )
 
 
-class ResubmitIn(BaseModel):
-    spec: dict[str, Any]
+class ResubmitIn(_In):
+    spec: FiniteJSON = Field(description="the new ExperimentSpec")
 
 
-class ReviewIn(BaseModel):
+class ReviewIn(_In):
     decision: Literal["approve", "reject", "request_changes"]
-    comment: str = Field("", max_length=10_000)
+    comment: Text = Field("", max_length=10_000)
 
 
-class ReleaseIn(BaseModel):
+class ReleaseIn(_In):
     decision: Literal["release", "withhold"]
-    reason: str = Field("", max_length=10_000)
+    reason: Text = Field("", max_length=10_000)
 
 
 class ClaimOut(BaseModel):
@@ -130,7 +193,7 @@ LeaseId = Annotated[
 ]
 
 
-class ClaimIn(BaseModel):
+class ClaimIn(_In):
     lease_id: str | None = Field(
         None,
         description="chosen by the agent (32 to 64 characters of [A-Za-z0-9_-]): a retried "
@@ -138,19 +201,19 @@ class ClaimIn(BaseModel):
     )
 
 
-class HeartbeatIn(BaseModel):
+class HeartbeatIn(_In):
     lease_id: LeaseId
-    lease_seconds: int | None = Field(
+    lease_seconds: StrictInt | None = Field(
         None,
         description="the lease's new length from now; omitted: the lease's current length "
         "(the seconds asked at the claim or at the last heartbeat)",
     )
 
 
-class ResultIn(BaseModel):
+class ResultIn(_In):
     lease_id: LeaseId
-    result: dict[str, Any] | None = Field(None, description="an ExperimentResult")
-    withheld: str | None = Field(
+    result: FiniteJSON | None = Field(None, description="an ExperimentResult")
+    withheld: Text | None = Field(
         None,
         min_length=1,
         max_length=2_000,
@@ -165,9 +228,9 @@ class ResultIn(BaseModel):
         return self
 
 
-class GiveBackIn(BaseModel):
+class GiveBackIn(_In):
     lease_id: LeaseId
-    reason: str = Field("", max_length=10_000)
+    reason: Text = Field("", max_length=10_000)
     error: bool = Field(False, description="the run failed: count an attempt")
 
 
@@ -223,17 +286,23 @@ def can_see(ident: Identity, job: Job) -> bool:
     )
 
 
+bearer = HTTPBearer(
+    auto_error=False,
+    description="a queue token (from the tokens file) or a JupyterHub API token",
+)
+
+
 async def current_identity(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Identity:
     """The caller, from ``Authorization: Bearer <token>``; 401 without a known token (403 for a
     hub token without queue scopes, 503 when the hub does not answer)."""
-    if not authorization:
-        raise NotAuthenticated("no token: send 'Authorization: Bearer <token>'")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if credentials is None or not credentials.credentials.strip():
+        if not request.headers.get("authorization"):
+            raise NotAuthenticated("no token: send 'Authorization: Bearer <token>'")
         raise NotAuthenticated("send the token as 'Authorization: Bearer <token>'")
-    ident = await identify(request.app.state.authenticator, token.strip())
+    ident = await identify(request.app.state.authenticator, credentials.credentials.strip())
     if ident is None:
         raise NotAuthenticated("unknown token")
     return ident
@@ -315,6 +384,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.queue = queue
+    app.add_middleware(BodyLimit, max_bytes=queue.settings.max_request_bytes)
     app.state.notary = notary
     app.state.authenticator = authenticator
     app.state.page_secret = page_secret or secrets.token_bytes(32)
@@ -380,11 +450,19 @@ def create_app(
     def health() -> Health:
         return Health(status="ok", version=__version__)
 
-    @app.post("/api/jobs", status_code=201, tags=["researcher"])
+    @app.post("/api/jobs", status_code=201, tags=["researcher"], responses=errors(404, 409, 413))
     def submit(
         body: SubmitIn,
         ident: Caller,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=200,
+                pattern=r"^[\x20-\x7e]+$",
+                description="a retried submit with the same key returns the first job",
+            ),
+        ] = None,
     ) -> JobOut:
         """Submit a spec to a frontier; it is vetted now (422 lists every reason it fails)."""
         if not ident.is_researcher:
@@ -398,38 +476,40 @@ def create_app(
         )
         return full(job)
 
-    @app.get("/api/jobs", tags=["researcher"])
+    @app.get("/api/jobs", tags=["researcher"], responses=errors())
     def list_jobs(
         ident: Caller,
         state: State | None = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        cursor: int | None = None,
+        cursor: Cursor = None,
     ) -> JobPage:
         """The caller's own jobs, newest first."""
         jobs, nxt = queue.list_jobs(submitter=ident.name, state=state, limit=limit, cursor=cursor)
         return JobPage(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
 
-    @app.get("/api/jobs/{job_id}", tags=["researcher"])
-    def get_job(job_id: int, ident: Caller) -> JobOut:
+    @app.get("/api/jobs/{job_id}", tags=["researcher"], responses=errors(404))
+    def get_job(job_id: JobId, ident: Caller) -> JobOut:
         return full(visible_job(job_id, ident))
 
-    @app.post("/api/jobs/{job_id}/cancel", tags=["researcher"])
-    def cancel(job_id: int, ident: Caller) -> JobOut:
+    @app.post("/api/jobs/{job_id}/cancel", tags=["researcher"], responses=errors(404, 409))
+    def cancel(job_id: JobId, ident: Caller) -> JobOut:
         job = visible_job(job_id, ident)
         if job.submitter != ident.name:
             raise Forbidden("only the job's submitter may cancel it")
         return full(queue.cancel(job_id, ident.name))
 
-    @app.post("/api/jobs/{job_id}/resubmit", tags=["researcher"])
-    def resubmit(job_id: int, body: ResubmitIn, ident: Caller) -> JobOut:
+    @app.post(
+        "/api/jobs/{job_id}/resubmit", tags=["researcher"], responses=errors(404, 409, 413)
+    )
+    def resubmit(job_id: JobId, body: ResubmitIn, ident: Caller) -> JobOut:
         """A new spec after the reviewers requested changes; back to review."""
         job = visible_job(job_id, ident)
         if job.submitter != ident.name:
             raise Forbidden("only the job's submitter may resubmit it")
         return full(queue.resubmit(job_id, ident.name, body.spec))
 
-    @app.get("/api/jobs/{job_id}/result", tags=["researcher"])
-    def get_result(job_id: int, ident: Caller) -> ResultOut:
+    @app.get("/api/jobs/{job_id}/result", tags=["researcher"], responses=errors(404, 409))
+    def get_result(job_id: JobId, ident: Caller) -> ResultOut:
         """The result: for the submitter once released; for the lab's reviewers once posted."""
         job = visible_job(job_id, ident)
         lab_side = ident.reviews(job.lab) or ident.is_admin
@@ -444,13 +524,13 @@ def create_app(
             job_id=job.id, state=State(job.state), result=job.result, size=job.result_size or 0
         )
 
-    @app.get("/api/labs/{lab}/queue", tags=["reviewer"])
+    @app.get("/api/labs/{lab}/queue", tags=["reviewer"], responses=errors())
     def lab_queue(
-        lab: str,
+        lab: LabName,
         ident: Caller,
         state: State | None = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        cursor: int | None = None,
+        cursor: Cursor = None,
     ) -> JobPage:
         """The lab's jobs, newest first (filter with ?state=awaiting_review)."""
         if not (ident.reviews(lab) or ident.is_admin):
@@ -458,38 +538,49 @@ def create_app(
         jobs, nxt = queue.list_jobs(lab=lab, state=state, limit=limit, cursor=cursor)
         return JobPage(jobs=[job_out(j) for j in jobs], next_cursor=nxt)
 
-    @app.post("/api/jobs/{job_id}/review", tags=["reviewer"])
-    def review(job_id: int, body: ReviewIn, ident: Caller) -> JobOut:
+    @app.post(
+        "/api/jobs/{job_id}/review", tags=["reviewer"], responses=errors(404, 409, 413)
+    )
+    def review(job_id: JobId, body: ReviewIn, ident: Caller) -> JobOut:
         job = visible_job(job_id, ident)
         need_reviewer(ident, job.lab)
         return full(queue.review(job_id, ident.name, body.decision, body.comment))
 
-    @app.post("/api/jobs/{job_id}/release", tags=["reviewer"])
-    def release(job_id: int, body: ReleaseIn, ident: Caller) -> JobOut:
+    @app.post(
+        "/api/jobs/{job_id}/release", tags=["reviewer"], responses=errors(404, 409, 413)
+    )
+    def release(job_id: JobId, body: ReleaseIn, ident: Caller) -> JobOut:
         job = visible_job(job_id, ident)
         need_reviewer(ident, job.lab)
         return full(queue.release(job_id, ident.name, body.decision, body.reason))
 
-    @app.get("/api/frontiers/{frontier_id}/policy", tags=["reviewer"])
-    def get_policy(frontier_id: str, ident: Caller) -> FrontierPolicy:
+    @app.get("/api/frontiers/{frontier_id}/policy", tags=["reviewer"], responses=errors(404))
+    def get_policy(frontier_id: FrontierName, ident: Caller) -> FrontierPolicy:
         """The effective policy (any signed-in user may read what a frontier allows)."""
         return queue.policy(frontier_id)
 
-    @app.put("/api/frontiers/{frontier_id}/policy", tags=["reviewer"])
-    def put_policy(frontier_id: str, body: FrontierPolicy, ident: Caller) -> FrontierPolicy:
+    @app.put(
+        "/api/frontiers/{frontier_id}/policy", tags=["reviewer"], responses=errors(404, 413)
+    )
+    def put_policy(frontier_id: FrontierName, body: PolicyIn, ident: Caller) -> FrontierPolicy:
+        """Replace the frontier's policy (fields left out take their defaults); audited."""
         frontier = queue.frontier(frontier_id)
         if not (ident.reviews(frontier.lab) or ident.is_admin):
             raise Forbidden(f"only admins of lab {frontier.lab!r} may change its policies")
-        return queue.set_policy(frontier_id, body, ident.name)
+        policy = FrontierPolicy.model_validate(body.model_dump())
+        return queue.set_policy(frontier_id, policy, ident.name)
 
     @app.post(
         "/api/labs/{lab}/claim",
         tags=["agent"],
-        responses={204: {"description": "no approved job within `wait` seconds"}},
+        responses={
+            204: {"description": "no approved job within `wait` seconds"},
+            **errors(409, 413),
+        },
         response_model=ClaimOut,
     )
     async def claim(
-        lab: str,
+        lab: LabName,
         ident: Caller,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0.0,
         lease_seconds: Annotated[int | None, Query(ge=1)] = None,
@@ -518,15 +609,17 @@ def create_app(
                 return Response(status_code=204)
             await asyncio.sleep(min(CLAIM_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
-    @app.post("/api/jobs/{job_id}/heartbeat", tags=["agent"])
-    def heartbeat(job_id: int, body: HeartbeatIn, ident: Caller) -> JobOut:
+    @app.post(
+        "/api/jobs/{job_id}/heartbeat", tags=["agent"], responses=errors(404, 409, 413)
+    )
+    def heartbeat(job_id: JobId, body: HeartbeatIn, ident: Caller) -> JobOut:
         """Extend the lease; 409 when it was lost (stop working on the job)."""
         job = visible_job(job_id, ident)
         need_agent(ident, job.lab)
         return job_out(queue.heartbeat(job_id, body.lease_id, body.lease_seconds, ident.name))
 
-    @app.post("/api/jobs/{job_id}/result", tags=["agent"])
-    def post_result(job_id: int, body: ResultIn, ident: Caller) -> JobOut:
+    @app.post("/api/jobs/{job_id}/result", tags=["agent"], responses=errors(404, 409, 413))
+    def post_result(job_id: JobId, body: ResultIn, ident: Caller) -> JobOut:
         """Post the ExperimentResult (or, with ``withheld``, why the lab's release checks kept
         it); the same result twice is stored once."""
         job = visible_job(job_id, ident)
@@ -536,8 +629,10 @@ def create_app(
         assert body.result is not None
         return full(queue.post_result(job_id, body.lease_id, ident.name, body.result))
 
-    @app.post("/api/jobs/{job_id}/give-back", tags=["agent"])
-    def give_back(job_id: int, body: GiveBackIn, ident: Caller) -> JobOut:
+    @app.post(
+        "/api/jobs/{job_id}/give-back", tags=["agent"], responses=errors(404, 409, 413)
+    )
+    def give_back(job_id: JobId, body: GiveBackIn, ident: Caller) -> JobOut:
         job = visible_job(job_id, ident)
         need_agent(ident, job.lab)
         return full(queue.give_back(job_id, body.lease_id, ident.name, body.reason, body.error))
