@@ -67,7 +67,7 @@ def test_rendered_config_loads_and_binds_as_planned(tmp_path: Path) -> None:
     assert c.JupyterHub.db_url == f"sqlite:///{tmp_path / 'data/hub/jupyterhub.sqlite'}"
     assert c.ConfigurableHTTPProxy.command == ["/chp"]
     assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:8001"
-    assert c.JupyterHub.authenticator_class == "native"
+    assert c.JupyterHub.authenticator_class == "analoglab.hub.auth.PlatformAuthenticator"
     assert c.JupyterHub.template_paths == [NATIVE_TEMPLATES]
     assert c.NativeAuthenticator.open_signup is False
     assert c.Authenticator.admin_users == ["admin"]

@@ -1,12 +1,15 @@
 """``analoglab up`` for real: the whole platform as a subprocess on free loopback ports.
 
-One platform per module, in a fresh data folder holding the tiny preset's models (copied from
-the session's ``tiny_build``). Checked, in order: a second ``up`` exits 1; ``status --json``;
+One platform per module, in a fresh data folder with a catalog of two labs (the queue tests'
+``lab-a``, reviewed by humans, and ``lab-b``) and a lab site for ``lab-a`` without weights, so
+no model is built. Checked, in order: a second ``up`` exits 1; ``status --json``;
 the admin signs in through nativeauthenticator's login form; ``users add`` makes a researcher
 and a reviewer (as root: OS accounts, deleted afterwards); the researcher's server starts as
 its own OS user with the shared notebooks and the platform's environment; the queue answers
 through the proxy with the right roles; MLflow is never reachable unauthenticated through the
-proxy; SIGINT stops every process of the platform within 10 s; a restart keeps the users.
+proxy; a job goes from a researcher through the lab's reviewer to the lab's agent (a hub
+service signed in with its hub token); SIGINT stops every process of the platform within
+10 s; a restart keeps the users.
 
 The data folder lives under ``/tmp`` (mode 0755), not pytest's 0700 temp folder, so that the
 users' OS accounts can reach the model store. Needs configurable-http-proxy (``make pytest``
@@ -36,10 +39,11 @@ import psutil
 import pytest
 
 from analoglab.config import Settings
-from analoglab.foundry.build import BuildResult
 from analoglab.hub.platform import blocked_for_others
+from analoglab.queue.client import QueueClient
 
 from ..conftest import free_port
+from ..queue.conftest import probe_spec, write_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +106,7 @@ def start(data: Path, env: dict[str, str], port: int, timeout: float = 240) -> R
     output = data.parent / f"up-{time.monotonic_ns()}.log"
     with output.open("wb") as out:
         proc = subprocess.Popen(
-            cli("up", "--port", str(port), "--preset", "tiny", "--cull-every", "60"),
+            cli("up", "--port", str(port), "--no-build", "--cull-every", "60"),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -138,11 +142,22 @@ def platform_processes(platform_id: str) -> list[psutil.Process]:
     return found
 
 
+def lab_site(data: Path, lab: str, frontier: str) -> None:
+    """A lab site whose frontier has no weights: its agent claims jobs and fails them."""
+    site = data / "lab-sites" / lab
+    site.mkdir(parents=True)
+    (site / "lab.toml").write_text(
+        f'lab = "{lab}"\n\n[models."{frontier}"]\npath = "models/{frontier}"\n\n'
+        '[executor]\nkind = "local"\ntimeout_seconds = 60\n'
+    )
+
+
 @pytest.fixture(scope="module")
-def platform(tiny_build: tuple[Settings, BuildResult]) -> Iterator[Running]:
+def platform() -> Iterator[Running]:
     data = Path(tempfile.mkdtemp(prefix="analoglab-hubtest-")) / "home"
     data.parent.chmod(0o755)
-    shutil.copytree(tiny_build[0].home, data, symlinks=True)
+    write_catalog(Settings(home=data))  # lab-a (human review), lab-b (auto-approved)
+    lab_site(data, "lab-a", "frontier-a")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "ANALOGLAB_"))}
     env.update(
         {
@@ -193,7 +208,7 @@ def test_status_shows_what_runs_and_where(platform: Running) -> None:
     commands = " ".join(p["command"] for p in info["processes"])
     for part in ("jupyterhub", "configurable-http-proxy", "queue serve", "lab agent", "mlflow"):
         assert part in commands, commands
-    assert info["labs"] == ["tiny-lab"]
+    assert info["labs"] == ["lab-a", "lab-b"]
     creds = Path(info["credentials"])
     assert creds.stat().st_mode & 0o777 == 0o600
 
@@ -216,12 +231,13 @@ def test_the_admin_signs_in(platform: Running) -> None:
         bad = other.post(
             "/hub/login", data={"username": "admin", "password": "wrong", "_xsrf": xsrf.group(1)}
         )
-        assert bad.status_code == 403
+        assert "Invalid username or password" in bad.text
+        assert other.get("/hub/home").status_code == 302  # to the login page
 
 
 def test_users_add_a_researcher_and_a_reviewer(platform: Running) -> None:
     tag = secrets.token_hex(3)
-    for name, extra in ((f"r{tag}", []), (f"v{tag}", ["--reviewer", "tiny-lab"])):
+    for name, extra in ((f"r{tag}", []), (f"v{tag}", ["--reviewer", "lab-a"])):
         done = platform.run("users", "add", name, *extra, "--json")
         assert done.returncode == 0, done.stderr
         added = json.loads(done.stdout)
@@ -234,7 +250,7 @@ def test_users_add_a_researcher_and_a_reviewer(platform: Running) -> None:
     listed = json.loads(platform.run("users", "list", "--json").stdout)
     groups = {u["name"]: u["groups"] for u in listed["users"]}
     assert groups[researcher] == ["researchers"]
-    assert groups[reviewer] == ["reviewers-tiny-lab"]
+    assert groups[reviewer] == ["reviewers-lab-a"]
     with login(platform.url, researcher, platform.users[researcher]) as browser:
         assert browser.get("/hub/home").status_code == 200
 
@@ -251,13 +267,32 @@ def test_the_queue_answers_through_the_proxy_with_hub_roles(platform: Running) -
     assert get("/health", None) == 200
     assert get("/api/jobs", None) == 401
     assert get("/api/jobs", r_token) == 200
-    assert get("/api/labs/tiny-lab/queue", v_token) == 200
-    assert get("/api/labs/tiny-lab/queue", r_token) == 403
-    frontiers = httpx.get(
-        queue + "/api/frontiers", headers={"Authorization": f"Bearer {r_token}"}, timeout=30
-    )
-    if frontiers.status_code == 200:  # the demo lab's frontier is registered
-        assert "tiny-frontier" in frontiers.text
+    assert get("/api/labs/lab-a/queue", v_token) == 200
+    assert get("/api/labs/lab-a/queue", r_token) == 403
+    assert get("/api/labs/lab-b/queue", v_token) == 403
+
+
+def test_a_job_goes_through_review_to_the_labs_agent(platform: Running) -> None:
+    """A researcher submits to lab-a's frontier, the lab's reviewer approves, and the lab's
+    agent (the hub service agent-lab-a, signed in with its hub token) claims it; with no
+    weights on this site, the job fails there."""
+    researcher, reviewer = list(platform.users)[:2]
+    queue = platform.url + "/services/queue"
+    with QueueClient(queue, platform.user_token(researcher)) as ada:
+        job = ada.submit(probe_spec(), "frontier-a")
+        assert job["submitter"] == researcher and job["state"] == "awaiting_review"
+        with QueueClient(queue, platform.user_token(reviewer)) as rita:
+            assert rita.review(job["id"], "approve", "fine")["state"] == "approved"
+    # the agent claims it with its hub token (the queue logs a 200 for lab-a's claim) ...
+    log = platform.data / "hub/logs/jupyterhub.log"
+    deadline = time.monotonic() + 180
+    while '/api/labs/lab-a/claim HTTP/1.1" 200' not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    assert "lab agent of lab-a" in log.read_text(errors="replace")
+    # ... and, without weights on this site, does not release a result
+    with QueueClient(queue, platform.user_token(researcher)) as ada:
+        assert ada.get(job["id"])["state"] not in ("awaiting_review", "released")
 
 
 def test_mlflow_is_never_open_through_the_proxy(platform: Running) -> None:

@@ -196,4 +196,3 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("status")(status)
     app.add_typer(users_app, name="users")
-

@@ -9,7 +9,8 @@ What it configures:
 
 - the proxy (configurable-http-proxy) on the one public address, the hub's API on loopback;
 - the authenticator: ``nativeauthenticator`` (sign-up held for an admin's approval, bcrypt
-  hashes, blocked after failed logins), or in dev mode JupyterHub's shared-password one;
+  hashes, blocked after failed logins; :mod:`.auth` makes it run on JupyterHub 6), or in dev
+  mode JupyterHub's shared-password one;
 - the spawner: one OS user per hub user (``LocalProcessSpawner``) or, where the platform does
   not run as root, one OS user for all (``SimpleLocalProcessSpawner``); the advisory memory and
   CPU limits (local spawners pass them on as ``MEM_LIMIT``/``CPU_LIMIT``, they do not enforce
@@ -420,7 +421,7 @@ def build_config(plan: Plan) -> dict[str, dict[str, Any]]:
         "Authenticator": {"admin_users": [plan.admin], "allow_all": True},
     }
     if plan.auth == "native":
-        hub["authenticator_class"] = "native"
+        hub["authenticator_class"] = "analoglab.hub.auth.PlatformAuthenticator"
         hub["template_paths"] = [Ref("analoglab.hub.spawn:NATIVE_TEMPLATES")]
         config["NativeAuthenticator"] = {
             "open_signup": False,  # a sign-up waits for an admin's approval

@@ -376,6 +376,7 @@ class Platform:
         self.stop_requested = threading.Event()
         self.plan: Plan | None = None
         self._log: IO[bytes] | None = None
+        self._log_start = 0
 
     # locking
 
@@ -407,11 +408,13 @@ class Platform:
         mode: Mode = "per-user" if as_root and not o.single_os_user else "single-user"
         if mode == "per-user":
             blocked = blocked_for_others(Path(sys.executable), Path(sys.prefix))
-            if blocked is not None:
+            store = blocked_for_others(self.settings.models_path)
+            if blocked is not None or store is not None:
+                what = "run this Python" if blocked is not None else "read the model store"
                 self.say(
-                    f"warning: other OS users cannot run this Python ({blocked} is closed to "
-                    "them), so every server runs as root: single-OS-user mode. Install the "
-                    "virtualenv from a Python outside /root for one OS user each"
+                    f"warning: other OS users cannot {what} ({blocked or store} is closed to "
+                    "them), so every server runs as root: single-OS-user mode. For one OS user "
+                    "each, use a Python and a data folder outside folders like /root"
                 )
                 mode = "single-user"
         creds = admin_credentials(layout, o.admin, o.dev)
@@ -466,6 +469,7 @@ class Platform:
         if plan.notebooks:
             env["ANALOGLAB_SHARED_NOTEBOOKS"] = str(plan.notebooks)
         self._log = layout.hub_log.open("ab")
+        self._log_start = self._log.tell()
         self._log.write(f"\n=== analoglab up {datetime.now(UTC).isoformat()} ===\n".encode())
         self._log.flush()
         old_umask = os.umask(0o077)  # what the services write (databases, tokens) is private
@@ -508,7 +512,11 @@ class Platform:
         timeout = self.options.ready_timeout
         hub_ok = self.wait_until(
             "the hub",
-            lambda: _answers(plan.hub_api_url + "/") and _answers(plan.internal_url + "/hub/api/"),
+            lambda: (
+                self.hub_says_running()
+                and _answers(plan.hub_api_url + "/")
+                and _answers(plan.internal_url + "/hub/api/")
+            ),
             timeout,
         )
         if not hub_ok:
@@ -543,6 +551,15 @@ class Platform:
 
         if not services.get("mlflow"):
             threading.Thread(target=watch, daemon=True, name="mlflow-ready").start()
+
+    def hub_says_running(self) -> bool:
+        """JupyterHub logs this once it has started every service (and handles SIGTERM)."""
+        try:
+            with self.layout.hub_log.open("rb") as log:
+                log.seek(self._log_start)
+                return b"JupyterHub is now running" in log.read()
+        except OSError:
+            return False
 
     def ensure_admin_password(self, plan: Plan) -> None:
         """The admin signs in with the password of the credentials file."""
