@@ -9,9 +9,10 @@ the job or entry and what differs:
   with its submission, and moves only as the state machine allows; its current ``state`` is
   where the log's last transition left it; its spec, frontier and submitter are the logged
   ones; each review row matches its ``review`` entry (reviewer, decision, comment); a stored
-  result's canonical-JSON hash is the hash the log recorded; the release decision and the
-  attempts are the logged ones; no entry or review names a job that does not exist
-  (``history``, ``state``, ``spec``, ``review``, ``result``, ``release``, ``attempts``);
+  result's canonical-JSON hash is the hash the log recorded, and its signer (the lab's key id)
+  the logged one; the release decision and the attempts are the logged ones; no entry or
+  review names a job that does not exist (``history``, ``state``, ``spec``, ``review``,
+  ``result``, ``release``, ``attempts``);
   each policy override is the policy its last ``policy_update`` entry recorded (``policy``);
 - ``signed_head``: the log does not hold the last head the hub signed (kept outside the
   database by the :class:`~.head.Notary`): truncated, emptied, or rewritten and re-chained
@@ -264,6 +265,13 @@ def _replay_result(job: Job, entries: list[AuditEntry]) -> list[AuditFinding]:
         return finding(
             f"the stored result hashes to {actual[:16]}…, the log recorded "
             f"{logged[:16]}… at entry {posted.seq}: the result was altered",
+            posted.seq,
+        )
+    detail = posted.detail or {}
+    if "signed_by" in detail and detail["signed_by"] != job.result_key_id:
+        return finding(
+            f"the result's signer is {job.result_key_id!r}, the log recorded "
+            f"{detail['signed_by']!r} at entry {posted.seq}",
             posted.seq,
         )
     if job.result_hash != logged:
