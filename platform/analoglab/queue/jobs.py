@@ -21,6 +21,7 @@ from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from analoglab import signing
 from analoglab.config import Settings
 from analoglab.errors import AnalogLabError, ModelNotFoundError
 from analoglab.experiments.result import ExperimentResult, canonical_json, result_problems
@@ -569,9 +570,20 @@ class JobQueue:
         return self.get(job_id)
 
     def post_result(
-        self, job_id: int, lease_id: str | None, agent: str, data: dict[str, Any]
+        self,
+        job_id: int,
+        lease_id: str | None,
+        agent: str,
+        data: dict[str, Any],
+        *,
+        signature: str | None = None,
+        key_id: str | None = None,
+        public_key: str | None = None,
     ) -> Job:
-        """Store a job's checked result and move the job on; the same result again is a no-op."""
+        """Store a job's checked result and move the job on; the same result again is a no-op.
+
+        ``signature``/``key_id``: the lab's signature over the result's canonical JSON, stored
+        with it; checked against the lab's ``public_key`` (from the catalog) when it has one."""
         job = self.get(job_id)
         try:
             result = ExperimentResult.model_validate(data)
@@ -581,6 +593,11 @@ class JobQueue:
             raise Invalid(f"not an ExperimentResult: {where}: {first['msg']}") from exc
         stored = result.model_dump(mode="json")
         digest, size = canonical_hash(stored)
+        if signature is not None and public_key is not None:
+            try:
+                signing.verify(public_key, canonical_json(stored).encode(), signature)
+            except signing.SignatureError as exc:
+                raise Invalid(f"result refused: the lab's signature does not hold: {exc}") from None
         if job.result_hash is not None:
             if lease_id is None or job.lease_id != lease_id:
                 raise LeaseLost(f"job {job_id} already has a result: {LEASE_REASON}")
@@ -608,8 +625,18 @@ class JobQueue:
                     job_id,
                     lease_id,
                     agent,
-                    detail={"result_hash": digest, "size": size},
-                    values={"result": stored, "result_hash": digest, "result_size": size},
+                    detail={
+                        "result_hash": digest,
+                        "size": size,
+                        "signed_by": key_id if signature is not None else None,
+                    },
+                    values={
+                        "result": stored,
+                        "result_hash": digest,
+                        "result_size": size,
+                        "result_signature": signature,
+                        "result_key_id": key_id if signature is not None else None,
+                    },
                     now=now,
                 )
             except TransitionRefused as exc:

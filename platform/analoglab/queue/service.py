@@ -34,9 +34,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from analoglab import __version__
 from analoglab.config import Settings, get_settings
+from analoglab.errors import ModelNotFoundError
 from analoglab.experiments.spec import METHODS
 from analoglab.models.card import NAME_PATTERN
-from analoglab.models.catalog import FrontierModel, FrontierPolicy
+from analoglab.models.catalog import Catalog, FrontierModel, FrontierPolicy
 from analoglab.queue.auth import (
     AnyAuthenticator,
     Identity,
@@ -220,6 +221,14 @@ class ResultIn(_In):
         description="instead of a result: why the lab's own release checks withheld it "
         "(the submitter reads it)",
     )
+    signature: str | None = Field(
+        None,
+        max_length=200,
+        description="the lab's Ed25519 signature (base64) over the result's canonical JSON",
+    )
+    key_id: str | None = Field(
+        None, max_length=32, description="the id of the lab key that made the signature"
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> ResultIn:
@@ -239,6 +248,10 @@ class ResultOut(BaseModel):
     state: State
     result: dict[str, Any]
     size: int
+    signature: str | None = Field(
+        None, description="the lab's signature over the result's canonical JSON (base64)"
+    )
+    key_id: str | None = Field(None, description="the lab key that signed it")
 
 
 class Health(BaseModel):
@@ -347,6 +360,14 @@ def create_app(
     engine = make_engine(url)
     queue = JobQueue(engine, frontiers or CatalogFrontiers(settings), queue_settings, clock)
     notary = Notary.for_settings(settings, url)  # signs the audit log's head after each commit
+
+    def lab_public_key(lab: str) -> str | None:
+        """The lab's public key in the catalog, what its results' signatures are checked by."""
+        try:
+            return Catalog.load(settings).lab(lab).public_key
+        except ModelNotFoundError:
+            return None
+
     notary.attach(queue.sessions)
     authenticator = _tokens(tokens)
     if tokens is None or isinstance(tokens, str | Path | Mapping):
@@ -521,7 +542,12 @@ def create_app(
         if State(job.state) not in readable or job.result is None:
             raise QueueError(f"job {job_id} is {job.state}: no released result", status=409)
         return ResultOut(
-            job_id=job.id, state=State(job.state), result=job.result, size=job.result_size or 0
+            job_id=job.id,
+            state=State(job.state),
+            result=job.result,
+            size=job.result_size or 0,
+            signature=job.result_signature,
+            key_id=job.result_key_id,
         )
 
     @app.get("/api/labs/{lab}/queue", tags=["reviewer"], responses=errors())
@@ -627,7 +653,17 @@ def create_app(
         if body.withheld is not None:
             return full(queue.withhold(job_id, body.lease_id, ident.name, body.withheld))
         assert body.result is not None
-        return full(queue.post_result(job_id, body.lease_id, ident.name, body.result))
+        return full(
+            queue.post_result(
+                job_id,
+                body.lease_id,
+                ident.name,
+                body.result,
+                signature=body.signature,
+                key_id=body.key_id,
+                public_key=lab_public_key(job.lab),
+            )
+        )
 
     @app.post(
         "/api/jobs/{job_id}/give-back", tags=["agent"], responses=errors(404, 409, 413)
