@@ -65,7 +65,7 @@ HUB_USERS = {
     "reviewer_b": ("bob", ["custom:analoglab:review:lab-b"]),
     "admin": ("olga", ["custom:analoglab:admin"]),
     "plain": ("nobody", []),
-    "both": ("rex", ["custom:analoglab:submit", "custom:analoglab:review:lab-a"]),
+    "both_a": ("rex", ["custom:analoglab:submit", "custom:analoglab:review:lab-a"]),
 }
 HUB_SERVICES = {
     "agent_a": ("lab-a-agent", ["custom:analoglab:agent:lab-a"]),
@@ -351,7 +351,7 @@ def test_token_scopes_not_the_owners_decide(hub: Hub, hub_client: TestClient) ->
     c = hub_client
     # rex submits and reviews lab-a, but a token that asked for fewer scopes gets fewer roles
     lab_queue = "/api/labs/lab-a/queue"
-    assert c.get(lab_queue, headers=bearer(hub.tokens["both"])).status_code == 200
+    assert c.get(lab_queue, headers=bearer(hub.tokens["both_a"])).status_code == 200
     narrow = hub.user_token("rex", ["custom:analoglab:submit"])["token"]
     assert c.get("/api/jobs", headers=bearer(narrow)).status_code == 200
     assert c.get(lab_queue, headers=bearer(narrow)).status_code == 403
@@ -484,7 +484,7 @@ def test_notebook_server_tokens_carry_the_queue_scopes(hub: Hub) -> None:
     """``c.Spawner.server_token_scopes`` as docs/queue.md has it: a notebook's
     JUPYTERHUB_API_TOKEN gets the queue scopes its user holds, and only those."""
     scopes = {}
-    for who in ("both", "researcher"):
+    for who in ("both_a", "researcher"):
         user = HUB_USERS[who][0]
         # the hub answers once the server is up or after its slow_spawn_timeout (10 s)
         hub.api("POST", f"/users/{user}/server", timeout=60)
@@ -492,9 +492,9 @@ def test_notebook_server_tokens_carry_the_queue_scopes(hub: Hub) -> None:
         server = [t for t in tokens if str(t.get("note", "")).startswith("Server at")]
         assert len(server) == 1, tokens
         scopes[who] = roles_from_scopes(server[0]["scopes"]), ACCESS in server[0]["scopes"]
-    assert scopes["both"] == ({"researcher", "reviewer:lab-a"}, True)
+    assert scopes["both_a"] == ({"researcher", "reviewer:lab-a"}, True)
     assert scopes["researcher"] == ({"researcher"}, True)
-    for who in ("both", "researcher"):  # stop the servers once up (the hub would, too)
+    for who in ("both_a", "researcher"):  # stop the servers once up (the hub would, too)
         user = HUB_USERS[who][0]
         deadline = time.monotonic() + 60
         while hub.api("GET", f"/users/{user}")["pending"] is not None:
