@@ -320,3 +320,16 @@ def test_commits_are_signed_in_the_background(queue: JobQueue, notary: Notary) -
     with queue.sessions() as session:
         newest = audit.head(session)
     assert newest is not None and (last.seq, last.hash) == (2, newest.hash)
+
+
+def test_a_rewritten_result_signer_is_found(queue: JobQueue, notary: Notary, raw: Engine) -> None:
+    job = queue.submit("alice", "frontier-b", probe_spec())
+    claimed = queue.claim("lab-b", "agent-b")
+    assert claimed is not None
+    queue.post_result(
+        job.id, claimed.lease_id, "agent-b", result_for(claimed), signature="c2ln", key_id="a" * 16
+    )
+    assert report(queue, notary).ok
+    sql(raw, "UPDATE jobs SET result_key_id = :k WHERE id = :id", k="b" * 16, id=job.id)
+    [finding] = report(queue, notary).findings
+    assert finding.check == "result" and "signer is 'bbbbbbbbbbbbbbbb'" in finding.message
