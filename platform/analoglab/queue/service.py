@@ -436,6 +436,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": bytes, not JSON
+            detail = f"invalid request: the body is not JSON in UTF-8 ({exc.detail})"
+            return JSONResponse({"detail": detail}, status_code=422)
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
 
     @app.exception_handler(OperationalError)
@@ -673,13 +676,13 @@ def create_app(
         need_agent(ident, job.lab)
         return full(queue.give_back(job_id, body.lease_id, ident.name, body.reason, body.error))
 
-    @app.get("/api/audit/verify", tags=["admin"])
+    @app.get("/api/audit/verify", tags=["admin"], responses=errors())
     def verify_audit(ident: Caller) -> AuditReport:
         """Check the audit log as evidence (docs/audit.md): its chain, its replay against the
         jobs, reviews and results, and the hub's last signed head; every finding."""
         return verify_audit_against(VerifyIn(), ident)
 
-    @app.post("/api/audit/verify", tags=["admin"])
+    @app.post("/api/audit/verify", tags=["admin"], responses=errors(413))
     def verify_audit_against(body: VerifyIn, ident: Caller) -> AuditReport:
         """As ``GET``, and against a head published earlier, signed by the pinned key."""
         if not ident.is_admin:
@@ -688,7 +691,7 @@ def create_app(
         with queue.sessions() as session:
             return verify_evidence(session, notary, body.head, body.public_key)
 
-    @app.get("/api/audit/head", tags=["service"])
+    @app.get("/api/audit/head", tags=["service"], responses=errors(409))
     def audit_head(ident: Caller) -> SignedHead:
         """The audit log's head signed by the hub (any signed-in caller): keep it elsewhere and
         pin its ``public_key``; 409 when the log does not extend the last signed head."""
