@@ -1,6 +1,6 @@
 """The hash-chained audit log: intact after work; an edited, removed or reordered row is found.
 Through the service: the signed head, and ``verify`` finding tampering behind its back (the
-full tamper matrix is in test_queue_evidence)."""
+full tamper matrix is in test_queue_audit_evidence)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from analoglab.signing import public_key_text
 
 from ..conftest import serve_app
 from .conftest import probe_spec, result_for
-from .test_queue_evidence import rechain
+from .test_queue_audit_evidence import rechain
 
 
 def _work(queue: JobQueue) -> None:
