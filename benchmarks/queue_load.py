@@ -1,7 +1,7 @@
 """The gated queue under load and under chaos, on loopback, against a real uvicorn server.
 
     python benchmarks/queue_load.py [--db sqlite postgresql] [--clients 50] [--seconds 10]
-        [--chaos-jobs 1000] [--agents 4] [--lease 2] [--kill-min 0.5] [--kill-max 2.5]
+        [--chaos-jobs 1000] [--agents 4] [--rogues 2] [--lease 2] [--kill-min 0.5] [--kill-max 2.5]
         [--chaos-timeout 300] [--seed 0] [--skip-load] [--skip-chaos] [--json OUT]
 
 **Load.** For each database (SQLite in a temporary folder; PostgreSQL in a fresh database on
@@ -22,6 +22,14 @@ every job is released or ``--chaos-timeout`` passes; the service sweeps expired 
 from the database and its audit log: lost jobs (not released at the end), duplicated jobs
 (more than one completion: more than one ``result`` or ``released`` entry), lease reclaims,
 kills; and the audit chain is verified. Goal: 0 lost, 0 duplicated.
+
+**Racing on purpose.** ``--rogues`` more agents of the same lab (never killed) each claim a job
+and then try every write the queue must refuse: a result under another lease id (409), a
+result without a lease id (422), a result, a withheld result, a heartbeat and a give-back under
+their own lease after it expired and before or after the sweep (409); and, with no job held,
+a lease-less result to a random job. Each attempt and its status are counted; any 2xx among
+them is a ``rogue write accepted`` (goal: 0). Their abandoned jobs go back through the sweep
+and are released by the honest agents.
 
 Figures: docs/performance.md ("The gated queue"). (The issue asked for
 ``benchmarks/queue.py``; a script of that name in this folder hides the standard library's
@@ -56,6 +64,7 @@ import httpx
 LAB = "bench-lab"
 FRONTIER = "bench-frontier"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+ROGUE_TOKENS = 16  # agent tokens beyond the honest agents', for --rogues
 
 
 # -- the parts that run as their own processes ------------------------------------------------
@@ -66,7 +75,7 @@ def tokens_for(clients: int, agents: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"admin": {"name": "admin", "roles": ["admin"]}}
     for i in range(clients):
         out[f"r{i}"] = {"name": f"researcher-{i}", "roles": ["researcher"]}
-    for i in range(max(clients, agents)):
+    for i in range(max(clients, agents) + ROGUE_TOKENS):
         out[f"a{i}"] = {"name": f"agent-{i}", "roles": [f"agent:{LAB}"]}
     return out
 
@@ -154,6 +163,43 @@ def agent(args: argparse.Namespace) -> None:
                 time.sleep(0.05)
 
 
+def rogue(args: argparse.Namespace) -> None:
+    """``_rogue``: an agent of the lab that tries the writes the queue must refuse; one line
+    of JSON per attempt on stdout: ``{"write": ..., "status": ...}``."""
+    from analoglab.queue.client import QueueClient
+    from analoglab.queue.errors import QueueError
+
+    rng = random.Random()
+
+    def attempt(write: str, call: Any, *call_args: Any, **kwargs: Any) -> None:
+        try:
+            call(*call_args, **kwargs)
+            status = 200
+        except QueueError as exc:
+            status = exc.status
+        print(json.dumps({"write": write, "status": status}), flush=True)
+
+    with QueueClient(args.url, args.token, timeout=30) as client:
+        raw = client._call  # for bodies the client would not send
+        while True:
+            claim = client.claim(LAB, wait=1, lease_seconds=args.lease)
+            if claim is None:
+                url = f"/api/jobs/{rng.randint(1, 10_000)}/result"
+                attempt("no_lease_no_job", raw, "POST", url, json={"result": {}})
+                continue
+            job_id, lease = claim["job"]["id"], claim["lease_id"]
+            result = result_for(claim["job"])
+            attempt("other_lease", client.post_result, job_id, result, "x" * 40)
+            attempt("no_lease", raw, "POST", f"/api/jobs/{job_id}/result", json={"result": result})
+            attempt("null_lease", raw, "POST", f"/api/jobs/{job_id}/give-back",
+                    json={"lease_id": None, "error": True})
+            time.sleep(args.lease + rng.uniform(0.05, 0.6))  # let it expire; the sweep may lag
+            attempt("expired_result", client.post_result, job_id, result, lease)
+            attempt("expired_withhold", client.withhold, job_id, "no", lease)
+            attempt("expired_heartbeat", client.heartbeat, job_id, lease)
+            attempt("expired_give_back", client.give_back, job_id, lease, error=True)
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -185,6 +231,7 @@ def server(db_url: str, home: Path, tokens_file: Path, lease: int, sweep: float)
     port = free_port()
     cmd = [
         sys.executable,
+        "-P",
         __file__,
         "_serve",
         "--db-url",
@@ -350,6 +397,7 @@ def chaos(kind: str, args: argparse.Namespace, folder: Path, tokens_file: Path) 
             return subprocess.Popen(
                 [
                     sys.executable,
+                    "-P",  # (a benchmarks/platform.py must not hide the standard library's)
                     __file__,
                     "_agent",
                     "--url",
@@ -369,6 +417,16 @@ def chaos(kind: str, args: argparse.Namespace, folder: Path, tokens_file: Path) 
                 return int(conn.execute(stmt).scalar_one())
 
         rng = random.Random(args.seed)
+        rogue_logs = [folder / f"rogue-{i}.jsonl" for i in range(args.rogues)]
+        rogues = [
+            subprocess.Popen(
+                [sys.executable, "-P", __file__, "_rogue", "--url", url, "--token",
+                 f"a{max(args.clients, args.agents) + i}", "--lease", str(args.lease)],
+                stdout=log.open("w"),
+                stderr=subprocess.DEVNULL,
+            )
+            for i, log in enumerate(rogue_logs)
+        ]
         agents = [start_agent(i) for i in range(args.agents)]
         kills = 0
         started = time.monotonic()
@@ -388,10 +446,20 @@ def chaos(kind: str, args: argparse.Namespace, folder: Path, tokens_file: Path) 
                     next_kill = time.monotonic() + rng.uniform(args.kill_min, args.kill_max)
                 time.sleep(0.05)
         finally:
-            for proc in agents:
+            for proc in agents + rogues:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
         elapsed = time.monotonic() - started
+        rogue_writes: dict[str, dict[str, int]] = {}
+        for log in rogue_logs:
+            for line in log.read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    by = rogue_writes.setdefault(rec["write"], {})
+                    by[str(rec["status"])] = by.get(str(rec["status"]), 0) + 1
+        accepted = sum(
+            n for by in rogue_writes.values() for code, n in by.items() if 200 <= int(code) < 300
+        )
 
         with engine.connect() as conn:
             by_state = select(Job.state, func.count()).group_by(Job.state)
@@ -428,13 +496,18 @@ def chaos(kind: str, args: argparse.Namespace, folder: Path, tokens_file: Path) 
         "duplicated": len(duplicated),
         "states": states,
         "audit_chain_ok": broken is None,
+        "rogues": args.rogues,
+        "rogue_writes": rogue_writes,
+        "rogue_writes_accepted": accepted,
         "seconds": round(elapsed, 1),
         "jobs_per_second": round(states.get("released", 0) / elapsed, 1),
     }
     print(
         f"  {kind:10} chaos: {row['released']}/{total} released in {row['seconds']} s, "
         f"{kills} kills, {reclaims} lease reclaims, lost {row['lost']}, "
-        f"duplicated {row['duplicated']}, audit chain ok: {row['audit_chain_ok']}",
+        f"duplicated {row['duplicated']}, audit chain ok: {row['audit_chain_ok']}, "
+        f"rogue writes {sum(sum(b.values()) for b in rogue_writes.values())} "
+        f"(accepted {accepted}): {rogue_writes}",
         flush=True,
     )
     return row
@@ -459,12 +532,14 @@ def table(load_rows: list[dict[str, Any]], chaos_rows: list[dict[str, Any]]) -> 
         lines += [
             "",
             "| database | jobs | kills | lease reclaims | released | lost | duplicated "
-            "| audit chain | seconds |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+            "| rogue writes (accepted) | audit chain | seconds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         lines += [
             f"| {r['db']} | {r['jobs']:,} | {r['kills']} | {r['lease_reclaims']} "
             f"| {r['released']:,} | {r['lost']} | {r['duplicated']} "
+            f"| {sum(sum(b.values()) for b in r['rogue_writes'].values())} "
+            f"({r['rogue_writes_accepted']}) "
             f"| {'ok' if r['audit_chain_ok'] else 'BROKEN'} | {r['seconds']} |"
             for r in chaos_rows
         ]
@@ -472,7 +547,7 @@ def table(load_rows: list[dict[str, Any]], chaos_rows: list[dict[str, Any]]) -> 
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("_serve", "_agent"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("_serve", "_agent", "_rogue"):
         sub = argparse.ArgumentParser()
         sub.add_argument("mode")
         sub.add_argument("--db-url")
@@ -486,6 +561,9 @@ def main() -> None:
         inner = sub.parse_args()
         if inner.mode == "_serve":
             serve(inner)
+        elif inner.mode == "_rogue":
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            rogue(inner)
         else:
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             agent(inner)
@@ -499,6 +577,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per load phase")
     parser.add_argument("--chaos-jobs", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument(
+        "--rogues", type=int, default=2, help="agents of the lab trying refused writes"
+    )
     parser.add_argument("--lease", type=int, default=2, help="lease seconds in the chaos run")
     parser.add_argument("--chaos-timeout", type=float, default=300.0)
     parser.add_argument(
@@ -542,7 +623,10 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if any(r["lost"] or r["duplicated"] or not r["audit_chain_ok"] for r in chaos_rows):
+    if any(
+        r["lost"] or r["duplicated"] or r["rogue_writes_accepted"] or not r["audit_chain_ok"]
+        for r in chaos_rows
+    ):
         sys.exit(1)
 
 
