@@ -140,3 +140,12 @@ def test_malformed_json_is_a_422_with_a_string_detail(api: TestClient) -> None:
     resp = api.post("/api/jobs", content=b"{not json",
                     headers={**R, "Content-Type": "application/json"})
     _refused(resp)
+
+
+def test_a_user_name_with_control_characters_is_refused(
+    sqlite_url: str, catalog_home: Settings
+) -> None:
+    tokens = {hash_token("x"): {"name": "admin\u202e", "roles": ["researcher"]}}
+    with TestClient(create_app(sqlite_url, catalog_home, tokens)) as c:
+        resp = c.get("/api/jobs", headers={"Authorization": "Bearer x"})
+        assert "printable" in _refused(resp, 403)
