@@ -708,10 +708,7 @@ def up(settings: Settings, options: UpOptions, say: Say) -> int:
     """Run the platform in the foreground until a signal; the exit status."""
     platform = Platform(settings, options, say)
     platform.acquire_lock()
-    previous = {
-        s: signal.signal(s, platform.request_stop)
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
+    previous: dict[int, Any] = {}
     status = 0
     try:
         if not is_loopback(options.ip) and not options.ssl_cert:
@@ -723,10 +720,11 @@ def up(settings: Settings, options: UpOptions, say: Say) -> int:
         layout = platform.layout
         preset = options.preset or settings.default_preset
         if options.build:
-            ensure_models(settings, preset, say)
+            ensure_models(settings, preset, say)  # Ctrl-C here: KeyboardInterrupt, resumable
         prepare(settings, layout)
-        if platform.stop_requested.is_set():
-            return 130
+        # From here on a signal stops the platform in order (see Platform.stop).
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, platform.request_stop)
         _set_subreaper()
         plan = platform.make_plan()
         platform.plan = plan
@@ -755,5 +753,5 @@ def up(settings: Settings, options: UpOptions, say: Say) -> int:
             extra = f" ({len(swept)} processes needed a push)" if swept else ""
             say(f"stopped in {time.monotonic() - started:.1f} s{extra}")
         platform.release_lock()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
