@@ -90,6 +90,10 @@ def test_the_hub_refuses_a_result_mis_signed_for_its_lab(
                           signature=forged.signature, key_id=forged.key_id)
         assert refused.value.status == 422 and "signature does not hold" in str(refused.value)
         assert c.get(second["id"])["state"] == "running"  # nothing changed
+        with pytest.raises(QueueError) as unsigned:  # the lab publishes a key: unsigned is out
+            c.post_result(second["id"], result, lease_id=claim["lease_id"])
+        assert unsigned.value.status == 422 and "must carry" in str(unsigned.value)
+        assert c.get(second["id"])["state"] == "running"
         good = sign_result(signing.load_private_key(site.signing_key), result)  # type: ignore[arg-type]
         done = c.post_result(second["id"], result, lease_id=claim["lease_id"],
                              signature=good.signature, key_id=good.key_id)

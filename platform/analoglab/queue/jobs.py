@@ -583,7 +583,8 @@ class JobQueue:
         """Store a job's checked result and move the job on; the same result again is a no-op.
 
         ``signature``/``key_id``: the lab's signature over the result's canonical JSON, stored
-        with it; checked against the lab's ``public_key`` (from the catalog) when it has one."""
+        with it; checked against the lab's ``public_key`` (from the catalog) when it has one, and
+        required then: a lab that publishes a key has every result it releases signed."""
         job = self.get(job_id)
         try:
             result = ExperimentResult.model_validate(data)
@@ -593,6 +594,11 @@ class JobQueue:
             raise Invalid(f"not an ExperimentResult: {where}: {first['msg']}") from exc
         stored = result.model_dump(mode="json")
         digest, size = canonical_hash(stored)
+        if public_key is not None and signature is None:
+            raise Invalid(
+                f"result refused: lab {job.lab!r} publishes a signing key, so its results must "
+                "carry the lab's signature (signature and key_id)"
+            )
         if signature is not None and public_key is not None:
             try:
                 signing.verify(public_key, canonical_json(stored).encode(), signature)
