@@ -78,6 +78,7 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/activations.py
 	$(BIN)/python benchmarks/queue_load.py
 	$(BIN)/python benchmarks/lab.py
+	$(BIN)/python benchmarks/platform_up.py --home $(ANALOGLAB_HOME)
 
 clean:
 	rm -rf $(VENV) site

@@ -397,7 +397,6 @@ def chaos(kind: str, args: argparse.Namespace, folder: Path, tokens_file: Path) 
             return subprocess.Popen(
                 [
                     sys.executable,
-                    "-P",  # (a benchmarks/platform.py must not hide the standard library's)
                     __file__,
                     "_agent",
                     "--url",

@@ -1,6 +1,6 @@
 """The platform on one machine: warm ``analoglab up`` to ready, a server spawn, idle memory.
 
-    python benchmarks/platform.py --home DATA_FOLDER [--runs 3] [--json out.json]
+    python benchmarks/platform_up.py --home DATA_FOLDER [--runs 3] [--json out.json]
 
 Copies the models, catalog and lab sites of ``--home`` (a data folder where the demo or tiny
 preset is built: ``analoglab models build``) into a temporary data folder, then:
