@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from analoglab import __version__
 from analoglab.cli import app
 from analoglab.config import Settings
+from analoglab.models.catalog import Catalog
 
 runner = CliRunner()
 
@@ -112,10 +113,16 @@ def test_pack_and_install_through_the_cli(
     code, out, _ = run("models", "pack", "tiny-analog-m", "--out", str(tmp_path))
     assert code == 0 and "sha256" in out
     bundle = tmp_path / "tiny-analog-m.analog.tar"
+    lab_key = Catalog.load(use_tiny_home).lab("tiny-lab").public_key
+    assert lab_key is not None
     monkeypatch.setenv("ANALOGLAB_HOME", str(tmp_path / "hub"))
-    code, out, _ = run("models", "install", str(bundle))
-    assert code == 0 and (tmp_path / "hub" / "models" / "tiny-analog-m" / "analog.json").is_file()
+    # A hub that does not know the lab cannot check its signature: refused, nothing installed.
     code, _, err = run("models", "install", str(bundle))
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "--public-key" in err
+    assert not (tmp_path / "hub" / "models" / "tiny-analog-m").exists()
+    code, out, _ = run("models", "install", str(bundle), "--public-key", lab_key)
+    assert code == 0 and (tmp_path / "hub" / "models" / "tiny-analog-m" / "analog.json").is_file()
+    code, _, err = run("models", "install", str(bundle), "--public-key", lab_key)
     assert code == 1 and "already installed" in err
 
 

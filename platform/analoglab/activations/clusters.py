@@ -87,13 +87,18 @@ def cluster(
     return client
 
 
+NO_DASHBOARD = "_analoglab_no_dashboard"
+
+
 def dashboard_link(client: Any) -> str | None:
-    """The client's dashboard URL; ``None`` for a local cluster where bokeh, which draws the
-    dashboard, is not installed."""
+    """The client's dashboard URL; ``None`` for a local cluster that runs no dashboard
+    (started with ``dashboard_address=None``, or bokeh, which draws it, is not installed)."""
     import importlib.util
 
     gateway = type(getattr(client, "cluster", None)).__module__.startswith("dask_gateway")
-    if not gateway and importlib.util.find_spec("bokeh") is None:
+    if not gateway and (
+        importlib.util.find_spec("bokeh") is None or getattr(client, NO_DASHBOARD, False)
+    ):
         return None
     link = getattr(client, "dashboard_link", None)
     return str(link) if link else None
@@ -110,19 +115,25 @@ def _local_client(
 
     distributed: Any = importlib.import_module("distributed")
     workers, threads, memory = local_size(n_workers, threads_per_worker, memory_limit)
+    # dashboard_address=None would still serve a dashboard on :8787 once bokeh is installed:
+    # without one, the scheduler's HTTP server takes a free port and serves no dashboard.
+    no_dashboard = dashboard_address is None
     try:
-        return distributed.Client(
+        client = distributed.Client(
             n_workers=workers,
             threads_per_worker=threads,
             memory_limit=memory,
             processes=processes,
             host="127.0.0.1",
-            dashboard_address=dashboard_address,
+            dashboard_address="127.0.0.1:0" if no_dashboard else dashboard_address,
+            scheduler_kwargs={"dashboard": False} if no_dashboard else None,
             silence_logs=logging.ERROR,
             set_as_default=True,
         )
     except Exception as exc:  # distributed raises many types when a cluster cannot start
         raise ActivationError(f"cannot start a local Dask cluster: {exc}") from exc
+    setattr(client, NO_DASHBOARD, no_dashboard)
+    return client
 
 
 def _gateway_client(
