@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from analoglab.foundry.build import BuildResult
 from analoglab.queue.client import QueueClient
 
 from ..conftest import free_port
-from .test_platform import proxy_path, start, stop
+from .test_platform import AS_ROOT, proxy_path, start, stop
 
 pytestmark = pytest.mark.slow
 
@@ -65,4 +66,7 @@ def test_the_demo_labs_agent_runs_a_reviewed_job(
     finally:
         if running.proc.poll() is None:
             assert stop(running) < 10
+        for name in running.users:  # the OS accounts `users add` made
+            if AS_ROOT:
+                subprocess.run(["userdel", name], capture_output=True, check=False)
         shutil.rmtree(data.parent, ignore_errors=True)
