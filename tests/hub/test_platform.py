@@ -284,7 +284,8 @@ def test_a_job_goes_through_review_to_the_labs_agent(platform: Running) -> None:
         with QueueClient(queue, platform.user_token(reviewer)) as rita:
             job = rita.review(job["id"], "approve", "fine")
             assert job["state"] == "approved"
-        # the agent claims it with its hub token: a claim counts an attempt and moves the job
+        # the lab's agent claims it with its hub token: the job leaves `approved`, or comes back
+        # to it with an attempt counted (attempts count failed runs and lost leases, not claims)
         deadline = time.monotonic() + 180
         while job["state"] == "approved" and not job.get("attempts"):
             assert time.monotonic() < deadline, job
