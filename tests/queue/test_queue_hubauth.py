@@ -15,15 +15,11 @@ The hub needs configurable-http-proxy: ``make pytest`` installs it under ``.venv
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
-import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -46,6 +42,7 @@ from analoglab.queue.service import create_app
 from analoglab.queue.vetting import VettingLimits
 
 from ..conftest import free_port
+from ..hubtools import base_config, running_hub
 from .conftest import probe_spec, result_for, write_catalog
 from .test_queue_service import MATRIX, WHO, matrix_body
 
@@ -74,21 +71,6 @@ HUB_SERVICES = {
 STATIC_AGENT = "static-agent-token"
 STATIC_TOKENS = {hash_token(STATIC_AGENT): {"name": "site-agent", "roles": ["agent:lab-a"]}}
 
-
-
-def chp_command() -> str:
-    path = Path(
-        os.environ.get("CONFIGURABLE_HTTP_PROXY")
-        or REPO / ".venv" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-    )
-    if not path.is_file():
-        pytest.fail(
-            f"configurable-http-proxy not found at {path}: JupyterHub needs it. Run "
-            "`make pytest` (it runs `npm install --prefix .venv/node configurable-http-proxy`) "
-            "or set CONFIGURABLE_HTTP_PROXY to its path",
-            pytrace=False,
-        )
-    return str(path)
 
 
 @dataclass
@@ -167,27 +149,12 @@ def hub_config(
         "custom:analoglab:submit",
         *(f"custom:analoglab:review:{lab}" for lab in LABS),
     ]
-    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
     return "\n".join(
         [
-            "c = get_config()  # noqa",
-            'c.JupyterHub.ip = "127.0.0.1"',
-            f"c.JupyterHub.port = {ports['public']}",
-            'c.JupyterHub.hub_ip = "127.0.0.1"',
-            f"c.JupyterHub.hub_port = {ports['hub']}",
-            f'c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports["proxy_api"]}"',
-            f"c.ConfigurableHTTPProxy.command = [{chp_command()!r}]",
-            f'c.JupyterHub.db_url = "sqlite:///{work / "hub.sqlite"}"',
-            f'c.JupyterHub.cookie_secret_file = "{work / "cookie_secret"}"',
-            'c.JupyterHub.authenticator_class = "dummy"',
-            "c.Authenticator.allow_all = True",
+            *base_config(work, ports),
             f"c.JupyterHub.custom_scopes = {custom!r}",
             f"c.JupyterHub.load_roles = {roles!r}",
             f"c.JupyterHub.services = {services!r}",
-            'c.JupyterHub.spawner_class = "simple"',
-            f"c.Spawner.cmd = [{str(singleuser)!r}]",
-            'c.Spawner.args = ["--allow-root"]',
-            f'c.Spawner.home_dir_template = "{work / "home"}/{{username}}"',
             f"c.Spawner.server_token_scopes = {server_scopes!r}",
         ]
     )
@@ -202,44 +169,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     )
     ports = {k: free_port() for k in ("public", "hub", "proxy_api", "queue")}
     tokens = {k: secrets.token_hex(16) for k in ("tester", *HUB_SERVICES)}
-    (work / "jupyterhub_config.py").write_text(hub_config(work, ports, tokens, queue_home))
-    log = work / "hub.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "ANALOGLAB_"))}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
-            cwd=work,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     api_url = f"http://127.0.0.1:{ports['hub']}/hub/api"
-    hub = Hub(api_url, f"http://127.0.0.1:{ports['public']}", tokens["tester"], log)
-    try:
-        deadline = time.monotonic() + 60
-        # "now running" comes once the services are started and the hub handles SIGTERM
-        # (stopped before that, it would leave the proxy and the service behind)
-        while b"JupyterHub is now running" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"JupyterHub did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.2)
+    config = hub_config(work, ports, tokens, queue_home)
+    with running_hub(work, config):
+        public = f"http://127.0.0.1:{ports['public']}"
+        hub = Hub(api_url, public, tokens["tester"], work / "hub.log")
         for who, (user, _) in HUB_USERS.items():
             hub.tokens[who] = hub.user_token(user)["token"]
         for who in HUB_SERVICES:
             hub.tokens[who] = tokens[who]
         yield hub
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        proxy_pid = work / "jupyterhub-proxy.pid"  # should the hub have left its proxy
-        if proxy_pid.is_file():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(proxy_pid.read_text().strip()), signal.SIGTERM)
 
 
 def hub_settings(catalog_home: Settings, hub: Hub, **extra: Any) -> Settings:

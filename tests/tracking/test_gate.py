@@ -49,7 +49,7 @@ from analoglab.tracking.proxy import (
 )
 
 from ..conftest import free_port, serve_app
-from ..queue.test_queue_hubauth import chp_command
+from ..hubtools import base_config, running_hub
 from .conftest import ServerProcess
 
 GATE = "mlflow-gate"
@@ -243,69 +243,15 @@ def hub_config(work: Path, ports: dict[str, int], tokens: dict[str, str], gate_u
     # a notebook server's token may reach the MLflow services (the default `server` role
     # may not reach any service)
     server_scopes = ["users:activity!user", "access:servers!server", ACCESS, MANAGED_ACCESS]
-    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
     return "\n".join(
         [
-            "c = get_config()  # noqa",
-            'c.JupyterHub.ip = "127.0.0.1"',
-            f"c.JupyterHub.port = {ports['public']}",
-            'c.JupyterHub.hub_ip = "127.0.0.1"',
-            f"c.JupyterHub.hub_port = {ports['hub']}",
-            f'c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports["proxy_api"]}"',
-            f"c.ConfigurableHTTPProxy.command = [{chp_command()!r}]",
-            f'c.JupyterHub.db_url = "sqlite:///{work / "hub.sqlite"}"',
-            f'c.JupyterHub.cookie_secret_file = "{work / "cookie_secret"}"',
-            'c.JupyterHub.authenticator_class = "dummy"',
-            "c.Authenticator.allow_all = True",
+            *base_config(work, ports),
             f"c.JupyterHub.load_roles = {roles!r}",
             f"c.JupyterHub.services = {services!r}",
-            'c.JupyterHub.spawner_class = "simple"',
-            f"c.Spawner.cmd = [{str(singleuser)!r}]",
-            'c.Spawner.args = ["--allow-root"]',
-            f'c.Spawner.home_dir_template = "{work / "home"}/{{username}}"',
             f"c.Spawner.server_token_scopes = {server_scopes!r}",
             'c.Spawner.environment = {"OMP_NUM_THREADS": "1"}',
         ]
     )
-
-
-@contextlib.contextmanager
-def running_hub(work: Path, config: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``jupyterhub`` with ``config`` in ``work`` until the block ends (then SIGTERM)."""
-    (work / "jupyterhub_config.py").write_text(config)
-    log = work / "hub.log"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JUPYTERHUB_", "ANALOGLAB_", "MLFLOW_"))
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
-            cwd=work,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while b"JupyterHub is now running" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"JupyterHub did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        proxy_pid = work / "jupyterhub-proxy.pid"  # should the hub have left its proxy
-        if proxy_pid.is_file():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(proxy_pid.read_text().strip()), signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
