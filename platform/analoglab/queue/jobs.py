@@ -599,11 +599,16 @@ class JobQueue:
                 f"result refused: lab {job.lab!r} publishes a signing key, so its results must "
                 "carry the lab's signature (signature and key_id)"
             )
-        if signature is not None and public_key is not None:
+        if public_key is None:
+            # Nothing to check a signature against: none is kept, so no result claims a signer
+            # that was never proven.
+            signature = key_id = None
+        elif signature is not None:
             try:
                 signing.verify(public_key, canonical_json(stored).encode(), signature)
             except signing.SignatureError as exc:
                 raise Invalid(f"result refused: the lab's signature does not hold: {exc}") from None
+            key_id = signing.key_id(public_key)  # the key it verified under, not the one claimed
         if job.result_hash is not None:
             if lease_id is None or job.lease_id != lease_id:
                 raise LeaseLost(f"job {job_id} already has a result: {LEASE_REASON}")
