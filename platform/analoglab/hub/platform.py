@@ -55,6 +55,7 @@ from analoglab.hub.config import (
 )
 from analoglab.hub.layout import Layout
 from analoglab.hub.status import read_state
+from analoglab.tracking.server import is_healthy
 
 STOP_SECONDS = 10.0  # everything is gone this long after the signal
 HUB_GRACE = 6.0  # of which JupyterHub gets this much to stop its own processes
@@ -534,7 +535,7 @@ class Platform:
         return {"hub": hub_ok, "queue": queue_ok, "mlflow": self.mlflow_ready(plan)}
 
     def mlflow_ready(self, plan: Plan) -> bool:
-        return _answers(plan.mlflow_server_url + "/health")
+        return is_healthy(plan.mlflow_server_url)  # MLflow's own check: a 200
 
     def watch_mlflow(self, plan: Plan, services: dict[str, bool]) -> None:
         """MLflow takes 10-15 s to start: say when it answers, without holding up ``up``."""

@@ -355,6 +355,9 @@ class MlflowGate:
         except HTTPError as exc:
             log.warning("JupyterHub check failed: %s", exc.log_message or exc)
             raise Refused(503, "JupyterHub cannot check the sign-in now: retry shortly") from None
+        except Exception as exc:  # a refused connection, an odd answer: still a 503, no trace
+            log.warning("JupyterHub check failed: %r", exc)
+            raise Refused(503, "JupyterHub cannot check the sign-in now: retry shortly") from None
 
     def _session_id(self, request: Request) -> str | None:
         cookie = request.cookies.get(SESSION_COOKIE)

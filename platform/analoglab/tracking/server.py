@@ -166,7 +166,8 @@ class MlflowSupervisor:
             proc.wait(self.grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(self.grace)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(self.grace)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # a worker that outlived its parent
 
