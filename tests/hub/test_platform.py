@@ -43,6 +43,7 @@ from analoglab.hub.platform import blocked_for_others
 from analoglab.queue.client import QueueClient
 
 from ..conftest import free_port
+from ..hubtools import chp_command
 from ..queue.conftest import probe_spec, write_catalog
 
 pytestmark = pytest.mark.slow
@@ -55,13 +56,8 @@ PER_USER = AS_ROOT and blocked_for_others(Path(sys.executable), Path(sys.prefix)
 
 
 def proxy_path() -> str:
-    path = Path(
-        os.environ.get("CONFIGURABLE_HTTP_PROXY")
-        or REPO / ".venv/node/node_modules/.bin/configurable-http-proxy"
-    )
-    if not path.is_file():
-        pytest.fail(f"configurable-http-proxy not found at {path}: run `make pytest`")
-    return str(path)
+    """configurable-http-proxy for ``up`` (the one lookup all hub tests share)."""
+    return chp_command()
 
 
 def cli(*args: str) -> list[str]:
