@@ -5,6 +5,7 @@ bounded policies, printable names. Error bodies are ``{"detail": "<string>"}`` e
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -149,3 +150,16 @@ def test_a_user_name_with_control_characters_is_refused(
     with TestClient(create_app(sqlite_url, catalog_home, tokens)) as c:
         resp = c.get("/api/jobs", headers={"Authorization": "Bearer x"})
         assert "printable" in _refused(resp, 403)
+
+
+def test_the_review_pages_refuse_such_a_name_too(sqlite_url: str, catalog_home: Settings) -> None:
+    # every way in passes one check: a page sign-in with the token gets no session either
+    tokens = {hash_token("x"): {"name": "rita\u202e", "roles": ["reviewer:lab-a"]}}
+    with TestClient(create_app(sqlite_url, catalog_home, tokens)) as c:
+        form = c.get("/review/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert csrf is not None
+        resp = c.post("/review/login", data={"token": "x", "csrf_token": csrf.group(1)},
+                      follow_redirects=False)
+        assert resp.status_code == 403 and "printable" in resp.text
+        assert c.get("/review", headers={"Authorization": "Bearer x"}).status_code == 403

@@ -32,6 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from analoglab.errors import ConfigError
+from analoglab.queue.bounds import printable_name
+from analoglab.queue.errors import Forbidden
 
 ROLE_PATTERN = re.compile(r"^(researcher|admin|(reviewer|agent):[a-z0-9][a-z0-9._-]*)$")
 
@@ -91,11 +93,24 @@ class AsyncAuthenticator(Protocol):
 AnyAuthenticator = Authenticator | AsyncAuthenticator
 
 
+def shown_safely(ident: Identity) -> Identity:
+    """``ident``, if its name may be shown on pages and in the audit log (printable, no bidi
+    controls); :class:`Forbidden` otherwise. Every way in (API token, page session, hub
+    OAuth) passes here."""
+    try:
+        printable_name(ident.name)
+    except ValueError as exc:
+        raise Forbidden(f"the user name is refused: {exc}") from None
+    return ident
+
+
 async def identify(authenticator: AnyAuthenticator, token: str) -> Identity | None:
-    """The identity of ``token`` from either kind of authenticator."""
+    """The identity of ``token`` from either kind of authenticator (see :func:`shown_safely`)."""
     if isinstance(authenticator, AsyncAuthenticator):
-        return await authenticator.authenticate_async(token)
-    return authenticator.authenticate(token)
+        ident = await authenticator.authenticate_async(token)
+    else:
+        ident = authenticator.authenticate(token)
+    return None if ident is None else shown_safely(ident)
 
 
 async def aclose(authenticator: AnyAuthenticator) -> None:

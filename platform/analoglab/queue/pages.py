@@ -55,7 +55,7 @@ from markupsafe import Markup, escape
 from analoglab.config import get_settings
 from analoglab.errors import AnalogLabError
 from analoglab.models.catalog import FrontierModel
-from analoglab.queue.auth import Identity, identify
+from analoglab.queue.auth import Identity, identify, shown_safely
 from analoglab.queue.errors import Forbidden, Invalid, NotAuthenticated, NotFound, QueueError
 from analoglab.queue.hubauth import HubSignIn, hub_sign_in
 from analoglab.queue.jobs import JobQueue
@@ -559,6 +559,7 @@ def _login_page(request: Request, message: str = "", status: int = 200) -> Respo
 
 async def _signed_in(request: Request, ident: Identity, via: str, next_url: str) -> Response:
     """Start a session for ``ident`` and send the browser on with its cookie."""
+    shown_safely(ident)  # a hub user signed in by OAuth has not passed through identify()
     store = _sessions(request)
     started = await run_in_threadpool(store.start, ident, via)
     response = RedirectResponse(next_url, status_code=303)

@@ -46,7 +46,7 @@ from analoglab.queue.auth import (
     identify,
     load_tokens,
 )
-from analoglab.queue.bounds import MAX_ID, BodyLimit, FiniteJSON, Name, Text, printable_name
+from analoglab.queue.bounds import MAX_ID, BodyLimit, FiniteJSON, Name, Text
 from analoglab.queue.db import default_url, make_engine
 from analoglab.queue.errors import Forbidden, NotAuthenticated, NotFound, QueueError
 from analoglab.queue.evidence import AuditReport, VerifyIn
@@ -318,10 +318,6 @@ async def current_identity(
     ident = await identify(request.app.state.authenticator, credentials.credentials.strip())
     if ident is None:
         raise NotAuthenticated("unknown token")
-    try:
-        printable_name(ident.name)  # it is shown on pages and in the audit log
-    except ValueError as exc:
-        raise Forbidden(f"the token's user name is refused: {exc}") from None
     return ident
 
 
