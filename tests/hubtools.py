@@ -1,21 +1,32 @@
-"""A real JupyterHub for tests: the proxy it needs, its common configuration, and a running hub.
+"""A real JupyterHub for tests: the proxy it needs, its common configuration, a running hub,
+and a Python that every OS user may run.
 
-Shared by the queue's hub-token tests and the MLflow gate's tests; each adds its own roles,
-services and scopes to :func:`base_config`'s lines.
+Shared by the queue's hub-token tests, the MLflow gate's tests and the platform's; each adds
+its own roles, services and scopes to :func:`base_config`'s lines.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+
+from analoglab.hub.platform import blocked_for_others
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,3 +110,145 @@ def running_hub(work: Path, config: str) -> Iterator[subprocess.Popen[bytes]]:
         if proxy_pid.is_file():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(proxy_pid.read_text().strip()), signal.SIGTERM)
+
+
+@functools.cache
+def shared_python() -> Path | None:
+    """A Python that other OS users may run, with this virtualenv's packages: what an admin
+    gives a platform with one OS user per hub user (docs/platform.md). None when there is none.
+
+    This virtualenv's interpreter may sit where only its owner can go (pyenv under ``/root``).
+    Then a virtualenv is made, in a folder open to all, from a system Python of the same
+    version (``/usr/bin/python3.X``, as Debian installs it) without packages of its own: a
+    ``.pth`` file adds this virtualenv's site-packages (open to all), ``share`` and ``etc``
+    (JupyterLab's assets and the server extensions' settings) point to this virtualenv's, and
+    its console scripts are copied with their first line pointing to the new interpreter. The
+    same packages run, so the platform under test is the one built here."""
+    if blocked_for_others(Path(sys.executable), Path(sys.prefix)) is None:
+        return Path(sys.executable)
+    venv = Path(sys.prefix)
+    site = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    if blocked_for_others(site, REPO) is not None:
+        return None
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base = next(
+        (
+            p
+            for p in (Path("/usr/bin") / version, Path("/usr/local/bin") / version)
+            if p.is_file() and blocked_for_others(p) is None
+        ),
+        None,
+    )
+    if base is None:
+        return None
+    where = Path(tempfile.mkdtemp(prefix="analoglab-python-"))
+    where.chmod(0o755)
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    shared = where / "venv"
+    made = subprocess.run(
+        [str(base), "-m", "venv", "--without-pip", str(shared)], capture_output=True, check=False
+    )
+    if made.returncode != 0:
+        shutil.rmtree(where, ignore_errors=True)
+        return None
+    (shared / "lib" / version / "site-packages" / "analoglab-shared.pth").write_text(
+        f"import site; site.addsitedir({str(site)!r})\n"
+    )
+    for folder in ("share", "etc"):
+        if (venv / folder).is_dir():
+            (shared / folder).symlink_to(venv / folder)
+    interpreter = f"#!{shared / 'bin' / 'python'}\n"
+    for script in (venv / "bin").iterdir():
+        target = shared / "bin" / script.name
+        if target.exists() or target.is_symlink() or not script.is_file():
+            continue
+        with script.open("rb") as f:
+            first = f.readline()
+        if first.startswith(f"#!{venv / 'bin'}/python".encode()):
+            target.write_bytes(interpreter.encode() + script.read_bytes()[len(first) :])
+            target.chmod(0o755)
+    return shared / "bin" / "python"
+
+
+class Kernel:
+    """One kernel of a Jupyter server, driven over its websocket (``…/channels``)."""
+
+    def __init__(self, server: str, token: str) -> None:
+        import websocket
+
+        self.headers = {"Authorization": f"token {token}"}
+        resp = httpx.post(f"{server}/api/kernels", headers=self.headers, json={}, timeout=60)
+        assert resp.status_code == 201, resp.text
+        self.id = resp.json()["id"]
+        self.session = uuid.uuid4().hex
+        ws = server.replace("http://", "ws://", 1) + f"/api/kernels/{self.id}/channels"
+        self.ws = websocket.create_connection(
+            ws, header=[f"Authorization: token {token}"], timeout=30, suppress_origin=True
+        )
+        self.ws.settimeout(1.0)
+
+    def execute(self, code: str) -> str:
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id,
+            "msg_type": "execute_request",
+            "session": self.session,
+            "username": "test",
+            "version": "5.3",
+            "date": "",
+        }
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        message = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+        self.ws.send(json.dumps({**message, "channel": "shell"}))
+        return msg_id
+
+    def receive(self) -> dict[str, Any] | None:
+        """The next message, or None when none came within a second."""
+        import websocket
+
+        try:
+            message: dict[str, Any] = json.loads(self.ws.recv())
+        except websocket.WebSocketTimeoutException:
+            return None
+        return message
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def output_text(message: dict[str, Any]) -> str:
+    content = message.get("content", {})
+    kind = message.get("header", {}).get("msg_type")
+    if kind == "stream":
+        return str(content.get("text", ""))
+    if kind in ("execute_result", "display_data"):
+        return str(content.get("data", {}).get("text/plain", "")) + "\n"
+    if kind == "error":
+        return "\n".join(content.get("traceback", [])) + "\n"
+    return ""
+
+
+def run_cell(server: str, token: str, code: str, timeout: float = 120) -> tuple[str, str]:
+    """Run ``code`` in a new kernel of the Jupyter server at ``server``; (status, output)."""
+    kernel = Kernel(server, token)
+    try:
+        msg_id = kernel.execute(code)
+        text, deadline = "", time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < deadline, f"no reply to {code[:60]!r}:\n{text}"
+            message = kernel.receive()
+            if message is None or message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            text += output_text(message)
+            if message.get("header", {}).get("msg_type") == "execute_reply":
+                return str(message["content"]["status"]), text
+    finally:
+        kernel.close()
+        httpx.delete(f"{server}/api/kernels/{kernel.id}", headers=kernel.headers, timeout=30)

@@ -12,8 +12,9 @@ service signed in with its hub token); SIGINT stops every process of the platfor
 10 s; a restart keeps the users.
 
 The data folder lives under ``/tmp`` (mode 0755), not pytest's 0700 temp folder, so that the
-users' OS accounts can reach the model store. Needs configurable-http-proxy (``make pytest``
-installs it).
+users' OS accounts can reach the model store; as root the platform runs on a Python every OS
+user may run (:func:`tests.hubtools.shared_python`), so each user's server runs as its own OS
+user. Needs configurable-http-proxy (``make pytest`` installs it).
 """
 
 from __future__ import annotations
@@ -39,11 +40,10 @@ import psutil
 import pytest
 
 from analoglab.config import Settings
-from analoglab.hub.platform import blocked_for_others
 from analoglab.queue.client import QueueClient
 
 from ..conftest import free_port
-from ..hubtools import chp_command
+from ..hubtools import chp_command, run_cell, shared_python
 from ..queue.conftest import probe_spec, write_catalog
 
 pytestmark = pytest.mark.slow
@@ -51,8 +51,16 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 READY = "Analog Lab is running at"
 AS_ROOT = os.geteuid() == 0
-# One OS user per hub user needs root and a Python that other users may run.
-PER_USER = AS_ROOT and blocked_for_others(Path(sys.executable), Path(sys.prefix)) is None
+
+
+def per_user() -> bool:
+    """One OS user per hub user: needs root and a Python that other users may run."""
+    return AS_ROOT and shared_python() is not None
+
+
+def python() -> str:
+    """The platform's Python: one every OS user may run, where there is one."""
+    return str((shared_python() if AS_ROOT else None) or sys.executable)
 
 
 def proxy_path() -> str:
@@ -61,7 +69,7 @@ def proxy_path() -> str:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "analoglab", *args]
+    return [python(), "-m", "analoglab", *args]
 
 
 @dataclass
@@ -200,7 +208,7 @@ def test_status_shows_what_runs_and_where(platform: Running) -> None:
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["running"] and info["url"] == platform.url
-    assert info["mode"] == ("per-user" if PER_USER else "single-user")
+    assert info["mode"] == ("per-user" if per_user() else "single-user")
     commands = " ".join(p["command"] for p in info["processes"])
     for part in ("jupyterhub", "configurable-http-proxy", "queue serve", "lab agent", "mlflow"):
         assert part in commands, commands
@@ -238,7 +246,7 @@ def test_users_add_a_researcher_and_a_reviewer(platform: Running) -> None:
         assert done.returncode == 0, done.stderr
         added = json.loads(done.stdout)
         platform.users[name] = added["password"]
-        assert added["os_user_created"] is PER_USER
+        assert added["os_user_created"] is per_user()
     researcher, reviewer = platform.users
     assert platform.run("users", "add", "Not A Name").returncode == 1
     bad_lab = platform.run("users", "add", f"x{tag}", "--reviewer", "no-such-lab")
@@ -309,20 +317,26 @@ def test_mlflow_is_never_open_through_the_proxy(platform: Running) -> None:
         assert ok.status_code in (200, 503), ok.text[:500]  # 503: MLflow still starting
 
 
+def start_server(running: Running, name: str, token: str) -> None:
+    """Start ``name``'s server through the hub's API and wait until the hub says it is ready."""
+    api = running.url + "/hub/api"
+    headers = {"Authorization": f"token {token}"}
+    resp = httpx.post(f"{api}/users/{name}/server", headers=headers, timeout=60)
+    assert resp.status_code in (201, 202), resp.text
+    deadline = time.monotonic() + 180
+    while True:
+        model = httpx.get(f"{api}/users/{name}", headers=headers, timeout=30).json()
+        if (model.get("servers") or {}).get("", {}).get("ready"):
+            return
+        assert time.monotonic() < deadline, f"{name}'s server did not start: {model}"
+        time.sleep(1)
+
+
 def test_a_researchers_server_starts_with_the_platform_around_it(platform: Running) -> None:
     researcher = next(iter(platform.users))
     token = platform.user_token(researcher)
     headers = {"Authorization": f"token {token}"}
-    api = platform.url + "/hub/api"
-    resp = httpx.post(f"{api}/users/{researcher}/server", headers=headers, timeout=60)
-    assert resp.status_code in (201, 202), resp.text
-    deadline = time.monotonic() + 180
-    while True:
-        model = httpx.get(f"{api}/users/{researcher}", headers=headers, timeout=30).json()
-        if (model.get("servers") or {}).get("", {}).get("ready"):
-            break
-        assert time.monotonic() < deadline, model
-        time.sleep(1)
+    start_server(platform, researcher, token)
     lab = httpx.get(f"{platform.url}/user/{researcher}/api/status", headers=headers, timeout=30)
     assert lab.status_code == 200, lab.text
     server = next(
@@ -336,12 +350,56 @@ def test_a_researchers_server_starts_with_the_platform_around_it(platform: Runni
     assert env["ANALOGLAB_MODEL_STORE"] == str(platform.data / "models")
     assert env["MLFLOW_TRACKING_TOKEN"] == env["JUPYTERHUB_API_TOKEN"]
     home = Path(env["HOME"])
-    if PER_USER:
+    if per_user():
         assert server.info["username"] == researcher  # its own OS user
         assert home.stat().st_uid == server.uids().real
         assert home.stat().st_mode & 0o077 == 0  # other users cannot read it
     notebooks = sorted(p.name for p in (REPO / "shared-notebooks").glob("*.ipynb"))
     assert sorted(p.name for p in (home / "shared-notebooks").glob("*.ipynb")) == notebooks
+
+
+def test_users_cannot_read_each_others_files(platform: Running) -> None:
+    """Two users' servers, each its own OS user: what one writes in its home, the other's
+    kernel can neither read nor list; a kernel runs as its user and writes as its user."""
+    if not per_user():
+        if AS_ROOT and os.environ.get("CI"):
+            pytest.fail("as root there must be a Python every OS user may run (shared_python)")
+        pytest.skip("one OS user per hub user needs root")
+    researcher, reviewer = list(platform.users)[:2]
+    r_token, v_token = platform.user_token(researcher), platform.user_token(reviewer)
+    start_server(platform, reviewer, v_token)
+    theirs = f"{platform.url}/user/{reviewer}"
+    secret = secrets.token_hex(8)
+    put = httpx.put(
+        f"{theirs}/api/contents/secret.txt",
+        headers={"Authorization": f"token {v_token}"},
+        json={"type": "file", "format": "text", "content": secret},
+        timeout=30,
+    )
+    assert put.status_code == 201, put.text
+    their_home = platform.data / "homes" / reviewer
+    assert (their_home / "secret.txt").read_text() == secret  # root can: it is there
+    code = f"""
+import os, pwd, pathlib
+print("user", pwd.getpwuid(os.getuid()).pw_name)
+for what, act in (("read", lambda: open({str(their_home / "secret.txt")!r}).read()),
+                  ("list", lambda: os.listdir({str(their_home)!r}))):
+    try:
+        act()
+        print(what, "ALLOWED")
+    except PermissionError:
+        print(what, "denied")
+mine = pathlib.Path.home() / "mine.txt"
+mine.write_text("x")
+mode = pathlib.Path.home().stat().st_mode & 0o777
+print("owner", pwd.getpwuid(mine.stat().st_uid).pw_name, oct(mode))
+"""
+    status, out = run_cell(f"{platform.url}/user/{researcher}", r_token, code)
+    assert status == "ok", out
+    assert f"user {researcher}" in out
+    assert "read denied" in out and "list denied" in out, out
+    assert f"owner {researcher} 0o700" in out, out
+    assert secret not in out
 
 
 def test_sigint_stops_everything_and_a_restart_keeps_the_users(platform: Running) -> None:

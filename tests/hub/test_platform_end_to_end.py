@@ -20,10 +20,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -34,77 +32,21 @@ from analoglab.queue.client import QueueClient
 
 from ..browser import Browser
 from ..conftest import free_port
-from .test_platform import AS_ROOT, Running, platform_processes, proxy_path, start, stop
+from ..hubtools import Kernel, output_text
+from .test_platform import (
+    AS_ROOT,
+    Running,
+    platform_processes,
+    proxy_path,
+    start,
+    start_server,
+    stop,
+)
 
 pytestmark = pytest.mark.slow
 
 NOTEBOOK = "shared-notebooks/03-checking-transfer.ipynb"
 ANALOG = "tiny-analog-s"
-
-
-class Kernel:
-    """One kernel of a Jupyter server, driven over its websocket (``…/channels``)."""
-
-    def __init__(self, server: str, token: str) -> None:
-        import websocket
-
-        self.headers = {"Authorization": f"token {token}"}
-        resp = httpx.post(f"{server}/api/kernels", headers=self.headers, json={}, timeout=60)
-        assert resp.status_code == 201, resp.text
-        self.id = resp.json()["id"]
-        self.session = uuid.uuid4().hex
-        ws = server.replace("http://", "ws://", 1) + f"/api/kernels/{self.id}/channels"
-        self.ws = websocket.create_connection(
-            ws, header=[f"Authorization: token {token}"], timeout=30, suppress_origin=True
-        )
-        self.ws.settimeout(1.0)
-
-    def execute(self, code: str) -> str:
-        msg_id = uuid.uuid4().hex
-        header = {
-            "msg_id": msg_id,
-            "msg_type": "execute_request",
-            "session": self.session,
-            "username": "test",
-            "version": "5.3",
-            "date": "",
-        }
-        content = {
-            "code": code,
-            "silent": False,
-            "store_history": True,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        }
-        message = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
-        self.ws.send(json.dumps({**message, "channel": "shell"}))
-        return msg_id
-
-    def receive(self) -> dict[str, Any] | None:
-        """The next message, or None when none came within a second."""
-        import websocket
-
-        try:
-            message: dict[str, Any] = json.loads(self.ws.recv())
-        except websocket.WebSocketTimeoutException:
-            return None
-        return message
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-def output_text(message: dict[str, Any]) -> str:
-    content = message.get("content", {})
-    kind = message.get("header", {}).get("msg_type")
-    if kind == "stream":
-        return str(content.get("text", ""))
-    if kind in ("execute_result", "display_data"):
-        return str(content.get("data", {}).get("text/plain", "")) + "\n"
-    if kind == "error":
-        return "\n".join(content.get("traceback", [])) + "\n"
-    return ""
 
 
 @pytest.fixture
@@ -130,21 +72,6 @@ def running(tiny_build: tuple[Settings, BuildResult]) -> Iterator[Running]:
             if AS_ROOT:
                 subprocess.run(["userdel", name], capture_output=True, check=False)
         shutil.rmtree(data.parent, ignore_errors=True)
-
-
-def start_server(running: Running, name: str, token: str) -> None:
-    api = running.url + "/hub/api"
-    headers = {"Authorization": f"token {token}"}
-    resp = httpx.post(f"{api}/users/{name}/server", headers=headers, timeout=60)
-    assert resp.status_code in (201, 202), resp.text
-    deadline = time.monotonic() + 120
-    while not (
-        (httpx.get(f"{api}/users/{name}", headers=headers, timeout=30).json().get("servers") or {})
-        .get("", {})
-        .get("ready")
-    ):
-        assert time.monotonic() < deadline, f"{name}'s server did not start"
-        time.sleep(1)
 
 
 def decide(browser: Browser, review: str, job_id: int, button: str, text: str) -> None:

@@ -14,7 +14,9 @@ What it configures:
 - the spawner: one OS user per hub user (``LocalProcessSpawner``) or, where the platform does
   not run as root, one OS user for all (``SimpleLocalProcessSpawner``); the advisory memory and
   CPU limits (local spawners pass them on as ``MEM_LIMIT``/``CPU_LIMIT``, they do not enforce
-  them); the kernel culler of every server (idle kernels culled, busy ones spared);
+  them); the kernel culler of every server (idle kernels culled, busy ones spared) and the
+  extension that makes a running cell count as the server's activity, so the hub's idle culler
+  spares a busy server (:mod:`.activity`);
 - the managed services: the queue (``/services/queue/``), the MLflow server on a private port
   (and its OAuth gate at ``/services/mlflow/`` when there is one), one lab agent per lab site
   of this machine, the idle culler, and the token-only ``analoglab-cli`` service the
@@ -37,6 +39,7 @@ QUEUE_SERVICE = "queue"
 MLFLOW_SERVICE = "mlflow"
 MLFLOW_SERVER_SERVICE = "mlflow-server"
 CULLER_SERVICE = "idle-culler"
+ACTIVITY_EXTENSION = "analoglab.hub.activity"  # a running cell is activity (see that module)
 CLI_SERVICE = "analoglab-cli"
 RESEARCHERS = "researchers"
 ADMINS = "admins"
@@ -373,7 +376,17 @@ def singleuser_env(plan: Plan) -> dict[str, Any]:
         "MLFLOW_TRACKING_URI": plan.mlflow_url,
         "MLFLOW_TRACKING_TOKEN": Ref("analoglab.hub.spawn:server_token"),
         "DASK_DISTRIBUTED__DASHBOARD__LINK": "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status",
+        # the server tells the hub of its activity often enough for the culler's timeout, and
+        # a running cell counts (analoglab.hub.activity)
+        "JUPYTERHUB_ACTIVITY_INTERVAL": str(activity_interval(plan)),
+        "ANALOGLAB_BUSY_CHECK_SECONDS": str(max(5, activity_interval(plan) // 2)),
     }
+
+
+def activity_interval(plan: Plan) -> int:
+    """Seconds between a server's activity reports to the hub: a quarter of the culler's
+    timeout (at most JupyterHub's default of 300), so a busy server is never culled."""
+    return max(10, min(300, plan.cull_timeout // 4))
 
 
 def kernel_culling_args(plan: Plan) -> list[str]:
@@ -439,7 +452,11 @@ def build_config(plan: Plan) -> dict[str, dict[str, Any]]:
     single_user_root = plan.mode == "single-user" and plan.as_root
     spawner: dict[str, Any] = {
         "cmd": [str(plan.bin_dir / "jupyterhub-singleuser")],
-        "args": [*kernel_culling_args(plan), *(["--allow-root"] if single_user_root else [])],
+        "args": [
+            *kernel_culling_args(plan),
+            f"--ServerApp.jpserver_extensions={ACTIVITY_EXTENSION}=True",
+            *(["--allow-root"] if single_user_root else []),
+        ],
         "default_url": "/lab",
         "environment": singleuser_env(plan),
         "server_token_scopes": server_token_scopes(plan),
