@@ -134,6 +134,15 @@ CONTRACT = {
     "evaluation": ({"accuracy", "logit_diff", "chance", "effect"}, set()),
     "fidelity": ({"kl", "top1_agreement", "behaviour_agreement", "cka_mean"}, {"cka"}),
 }
+# What each method's bootstrap replicates: (metrics, profiles); fidelity has none.
+BOOTSTRAPPED: dict[str, tuple[set[str], set[str]]] = {
+    "activation_stats": (set(), {"norm"}),
+    "steering": ({"effect"}, {"effect"}),
+    "probe": ({"accuracy", "effect"}, {"accuracy"}),
+    "ablation": ({"effect"}, {"effect"}),
+    "patching": ({"effect"}, {"recovery"}),
+    "evaluation": ({"accuracy", "effect", "logit_diff"}, set()),
+}
 TABLES = {
     "activation_stats": {"pca_explained_variance"},
     "steering": {"score", "normalised_effect"},
@@ -192,6 +201,21 @@ def test_every_method_follows_the_result_contract(
     assert ExperimentResult.model_validate_json(result.model_dump_json()) == result
     assert calls and calls[-1][0] == calls[-1][1] > 0
     assert all(a <= b for (a, _), (b, _) in itertools.pairwise(calls))
+    # the uncertainty: replicates of the headline metrics and main profiles
+    boot = result.bootstrap
+    if method not in BOOTSTRAPPED:
+        assert boot is None
+        return
+    assert boot is not None and boot.resamples == spec.bootstrap.resamples == 200
+    assert (set(boot.metrics), set(boot.profiles)) == BOOTSTRAPPED[method]
+    assert boot.items and all(n > 0 for n in boot.items.values())
+    for name, values in boot.metrics.items():
+        assert len(values) == 200 and all(math.isfinite(v) for v in values)
+        low, high = boot.interval(name) or (math.nan, math.nan)
+        assert low <= high
+    for name, rows in boot.profiles.items():
+        assert len(rows) == 200
+        assert all(len(row) == len(result.profiles[name].values) for row in rows)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -333,6 +357,12 @@ def test_steering_tables_follow_the_scales_and_the_random_control(analog: Loaded
     assert control.tables["score"] != result.tables["score"]
     no_neutral = run(spec.model_copy(update={"neutral": None}), analog)
     assert "side_effect_kl" not in no_neutral.profiles
+    # the random control's point estimate is its first draw; replicates go through them all
+    one_draw = run(spec.model_copy(update={"control": "random_vector", "random_draws": 1}), analog)
+    assert one_draw.metrics == control.metrics and one_draw.tables == control.tables
+    assert one_draw.bootstrap is not None and control.bootstrap is not None
+    assert one_draw.bootstrap.metrics["effect"] != control.bootstrap.metrics["effect"]
+    assert control.bootstrap.items == {"evaluate": 6, "contrast": 6}
 
 
 def test_the_sentiment_direction_steers_the_frontier_and_a_random_one_less(
@@ -413,6 +443,20 @@ def test_a_probe_reads_a_word_that_decides_the_label(analog: LoadedModel) -> Non
     shuffled = run(spec.model_copy(update={"control": "shuffled_labels"}), analog)
     assert shuffled.metrics["accuracy"] <= 0.7
     assert shuffled.metrics["effect"] < 0.4
+
+
+def test_probe_intervals_go_through_every_split(analog: LoadedModel) -> None:
+    spec = parse_spec({"method": "probe", "data": separable(), "test_fraction": 0.5})
+    one = run(spec.model_copy(update={"splits": 1}), analog)
+    four = run(spec, analog)  # 4 splits by default; the first gives the point estimate
+    assert one.metrics == four.metrics and one.profiles == four.profiles
+    assert four.bootstrap is not None and four.bootstrap.items == {"test": 40}
+    # a word that decides the label is read on every split and every resample
+    assert four.bootstrap.interval("accuracy") == (1.0, 1.0)
+    shuffled = run(spec.model_copy(update={"control": "shuffled_labels"}), analog)
+    assert shuffled.bootstrap is not None
+    low, high = shuffled.bootstrap.interval("effect") or (1.0, 0.0)
+    assert low < 0.1 < high  # a control's interval is wide, and reaches down to nothing
 
 
 def test_probes_on_pairs_and_on_choices(analog: LoadedModel) -> None:
@@ -596,6 +640,24 @@ def test_evaluation_accuracy_labels_and_bounded_samples(analog: LoadedModel) -> 
         assert len(analog.tokenizer(sample, add_special_tokens=False)["input_ids"]) <= 4
     no_samples = run(spec.model_copy(update={"samples": None}), analog)
     assert no_samples.samples == [] and no_samples.metrics == result.metrics
+
+
+def test_evaluation_replicates_resample_the_items(frontier: LoadedModel) -> None:
+    spec = parse_spec(
+        {
+            "method": "evaluation",
+            "data": {"kind": "task_set", "name": "sentiment", "n": 40},
+            "bootstrap": {"resamples": 400, "seed": 3},
+        }
+    )
+    result = run(spec, frontier)
+    boot = result.bootstrap
+    assert boot is not None and boot.resamples == 400 and boot.seed == 3
+    replicates = boot.metrics["accuracy"]
+    # every replicate is a share of 40 items, centred on the point accuracy
+    assert all(abs(v * 40 - round(v * 40)) < 1e-6 for v in replicates)
+    assert sum(replicates) / 400 == pytest.approx(result.metrics["accuracy"], abs=0.03)
+    assert boot.metrics["effect"] == pytest.approx([2 * v - 1 for v in replicates], abs=1e-5)
 
 
 def test_evaluation_agrees_with_the_foundry_choice_accuracy(frontier: LoadedModel) -> None:

@@ -166,3 +166,25 @@ def test_python_builders_make_the_same_spec_as_a_file() -> None:
             foil=" bad",
             scales=[100],
         )
+
+
+def test_the_bootstrap_is_in_every_spec_and_leaves_old_hashes_alone() -> None:
+    spec = parse_spec(EXAMPLES["probe"])
+    assert spec.bootstrap.resamples == 200 and spec.bootstrap.seed == 0 and spec.splits == 4
+    # at their defaults the fields added with intervals are left out: hashes made before
+    # them (transfer checks in MLflow, queue jobs) still match
+    assert {"bootstrap", "splits", "random_draws"}.isdisjoint(spec_to_dict(spec))
+    shipped = Path(__file__).resolve().parents[2] / "docs" / "specs"
+    assert spec_hash(load_spec(shipped / "steer-sentiment.yaml")) == (
+        "c707b739535dfc2049daa9b5ea7c868aa4e47458e981b4781aa9c6e3b5b74544"
+    )
+    other = parse_spec({**EXAMPLES["probe"], "bootstrap": {"resamples": 50, "seed": 1}})
+    assert spec_to_dict(other)["bootstrap"] == {"resamples": 50, "seed": 1}
+    assert parse_spec(spec_to_dict(other)) == other and spec_hash(other) != spec_hash(spec)
+    for bad, message in [
+        ({"resamples": 10}, "bootstrap.resamples: Input should be greater than or equal to 20"),
+        ({"resamples": 5000}, "bootstrap.resamples: Input should be less than or equal to 2000"),
+    ]:
+        with pytest.raises(SpecError, match="invalid experiment spec") as info:
+            parse_spec({**EXAMPLES["probe"], "bootstrap": bad})
+        assert message in str(info.value)

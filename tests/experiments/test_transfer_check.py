@@ -45,7 +45,17 @@ def test_steering_transfers_and_its_random_control_does_not(tiny_home: Settings)
     control_report = compare(run(control, analog), run(control, frontier))
     assert real_report.verdict in ("transfers", "partial")
     assert real_report.score >= control_report.score + 0.3
-    assert control_report.verdict in ("does_not_transfer", "no_effect")
+    # On 32 prompts and 4 random directions the control's interval may reach a cut-off (a
+    # random direction sometimes steers both models alike): never a transfer, and its
+    # interval lies below the real vector's.
+    assert control_report.verdict in ("does_not_transfer", "no_effect", "inconclusive")
+    assert real_report.score_interval is not None and control_report.score_interval is not None
+    assert control_report.score_interval.high < real_report.score_interval.low
+    one_direction = parse_spec({**STEER, "control": "random_vector", "random_draws": 1})
+    assert compare(run(one_direction, analog), run(one_direction, frontier)).verdict in (
+        "does_not_transfer",
+        "no_effect",
+    )
 
 
 def test_transfer_command_reports_json(use_tiny_home: Settings, tmp_path: Path) -> None:
@@ -72,6 +82,25 @@ def test_transfer_command_reports_json(use_tiny_home: Settings, tmp_path: Path) 
     assert data["report"]["frontier"]["name"] == "tiny-frontier"
     assert data["analog_result"]["spec_hash"] == data["frontier_result"]["spec_hash"]
     assert 0.0 <= data["report"]["score"] <= 1.0
+    interval = data["report"]["score_interval"]
+    assert interval["low"] <= interval["high"] and interval["level"] == 0.95
+    assert len(data["report"]["distribution"]["score"]) == data["report"]["resamples"] == 200
+    assert len(data["analog_result"]["bootstrap"]["metrics"]["effect"]) == 200
+
+
+def test_transfer_command_shows_the_intervals(use_tiny_home: Settings, tmp_path: Path) -> None:
+    spec = tmp_path / "steer.yaml"
+    spec.write_text(yaml.safe_dump({**STEER, "bootstrap": {"resamples": 50}}))
+    args = ["--analog", "tiny-analog-m", "--frontier", "tiny-frontier", "--device", "cpu"]
+    result = CliRunner().invoke(app, ["transfer", "--spec", str(spec), *args])
+    assert result.exit_code == 0, result.stderr
+    assert "transfer score" in result.stdout and "95% interval [" in result.stdout
+    assert "intervals: 50 paired bootstrap resamples over evaluate 32, contrast 32" in (
+        " ".join(result.stdout.split())
+    )
+    shown = CliRunner().invoke(app, ["run", str(spec), "--model", "tiny-frontier"])
+    assert shown.exit_code == 0, shown.stderr
+    assert "95% [" in shown.stdout and "50 bootstrap resamples" in shown.stdout
 
 
 def test_run_command_writes_a_result(use_tiny_home: Settings, tmp_path: Path) -> None:

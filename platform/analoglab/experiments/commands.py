@@ -122,8 +122,14 @@ def _print_result(result: Any) -> None:
         f"[bold]{result.method}[/bold] on {result.model.name} "
         f"({result.timings.get('total_seconds', 0):.1f}s, {result.size_bytes:,} bytes)"
     )
+    boot = result.bootstrap
     for key, value in result.metrics.items():
-        out.print(f"  {key:<24} {value:.4f}")
+        interval = boot.interval(key) if boot is not None else None
+        shown = "" if interval is None else f"  95% [{interval[0]:.4f}, {interval[1]:.4f}]"
+        out.print(f"  {key:<24} {value:.4f}{shown}")
+    if boot is not None:
+        items = ", ".join(f"{k} {n}" for k, n in boot.items.items())
+        out.print(f"  (intervals: {boot.resamples} bootstrap resamples over {items})")
     for name, prof in result.profiles.items():
         values = " ".join(
             f"{d:.2f}:{v:+.3f}" for d, v in zip(prof.depths, prof.values, strict=True)
@@ -223,21 +229,35 @@ def transfer_command(
                 }
             )
             return
-    colour = {"transfers": "green", "partial": "yellow"}.get(report.verdict, "red")
+    print_report(report)
+
+
+def print_report(report: Any) -> None:
+    """A transfer report as the terminal shows it: the score with its 95% interval and
+    verdict, a table of the parts with theirs, and the notes."""
+    colour = {"transfers": "green", "partial": "yellow", "inconclusive": "magenta"}.get(
+        report.verdict, "red"
+    )
+    interval = report.score_interval
     out.print(
         f"[bold]{report.method}[/bold]: {report.analog.name} → {report.frontier.name}: "
-        f"transfer score [bold]{report.score:.3f}[/bold] "
-        f"([{colour}]{report.verdict.replace('_', ' ')}[/{colour}])"
+        f"transfer score [bold]{report.score:.3f}[/bold]"
+        + ("" if interval is None else f", 95% interval {interval}")
+        + f" ([{colour}]{report.verdict.replace('_', ' ')}[/{colour}])"
     )
-    table = Table("part", "value", "analog", "frontier", "detail")
+    table = Table("part", "value", "95% interval", "analog", "frontier", "detail")
     for part in report.parts:
         table.add_row(
             part.name,
             f"{part.value:.3f}",
+            "" if part.interval is None else str(part.interval),
             "" if part.analog is None else f"{part.analog:.3f}",
             "" if part.frontier is None else f"{part.frontier:.3f}",
             part.detail,
         )
     out.print(table)
     for note in report.notes:
-        out.print(f"note: {note}")
+        out.print(f"note: {escape(note)}")
+    if report.resamples:
+        items = ", ".join(f"{k} {n}" for k, n in report.items.items())
+        out.print(f"intervals: {report.resamples} paired bootstrap resamples over {items}")

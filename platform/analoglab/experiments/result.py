@@ -47,6 +47,34 @@ class LayerProfile(BaseModel):
         return self.depths[max(range(len(vals)), key=vals.__getitem__)]
 
 
+class Replicates(BaseModel):
+    """The bootstrap of one result: ``resamples`` replicates of its headline metrics and of
+    its main profiles, drawn over the items counted in ``items`` (``{"evaluate": 64}``) with
+    ``seed`` (see ``analoglab.experiments.uncertainty``). Replicate ``b`` of two results of
+    one spec resampled the same items: transfer pairs them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resamples: int
+    seed: int
+    items: dict[str, int]
+    metrics: dict[str, list[float]] = Field(default_factory=dict)
+    profiles: dict[str, list[list[float]]] = Field(default_factory=dict)
+
+    def interval(self, metric: str, level: float = 0.95) -> tuple[float, float] | None:
+        """The percentile interval of a metric's replicates (None if it has none)."""
+        from analoglab.experiments.uncertainty import percentile_interval
+
+        values = self.metrics.get(metric)
+        return percentile_interval(values, level) if values else None
+
+    def values(self) -> int:
+        """How many numbers it holds (what the release checks bound)."""
+        return sum(len(v) for v in self.metrics.values()) + sum(
+            len(row) for rows in self.profiles.values() for row in rows
+        )
+
+
 class ExperimentResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -62,6 +90,9 @@ class ExperimentResult(BaseModel):
     profiles: dict[str, LayerProfile] = Field(default_factory=dict)
     tables: dict[str, list[list[float]]] = Field(default_factory=dict)
     samples: list[str] = Field(default_factory=list)
+    bootstrap: Replicates | None = Field(
+        None, description="the result's uncertainty; absent in results made before intervals"
+    )
     size_bytes: int = 0
 
     def with_size(self) -> ExperimentResult:
@@ -130,6 +161,7 @@ def result_problems(
     allow_samples: bool,
     max_tensor_values: int | None = None,
     max_metrics: int | None = None,
+    max_bootstrap: int | None = None,
 ) -> list[str]:
     """Every reason ``result`` may not be released as the answer to the job of ``spec``;
     empty when it may. Reasons never quote names taken from the result, only counts.
@@ -139,7 +171,11 @@ def result_problems(
       free-form values, at most ``max_metrics`` metrics;
     - **size**: ``size`` (bytes of its JSON) at most ``max_bytes``;
     - **tensors**: no profile or table over ``max_tensor_values`` values;
-    - **samples**: generated text only where ``allow_samples``.
+    - **samples**: generated text only where ``allow_samples``;
+    - **bootstrap**: the replicates are of the method's own metrics and profiles, as many as
+      the spec's ``bootstrap.resamples`` (each profile replicate as long as its profile), and
+      ``resamples`` at most the lab's ``max_bootstrap`` (so replicates hold at most
+      ``max_bootstrap`` times what the result's own metrics and profiles hold).
     """
     problems: list[str] = []
     method = spec.get("method")
@@ -195,9 +231,48 @@ def result_problems(
                     f"tensors: {name} holds {count} values, over the lab's cap of "
                     f"{max_tensor_values}"
                 )
+    if result.bootstrap is not None:
+        problems += _bootstrap_problems(result, result.bootstrap, spec, outputs, max_bootstrap)
     if result.samples and not allow_samples:
         problems.append(
             f"samples: the result holds {len(result.samples)} generated text(s); "
             "the policy releases none"
         )
+    return problems
+
+
+def _bootstrap_problems(
+    result: ExperimentResult,
+    replicates: Replicates,
+    spec: dict[str, Any],
+    outputs: MethodOutputs | None,
+    max_bootstrap: int | None,
+) -> list[str]:
+    """Why a result's bootstrap may not be released (names from the result never quoted)."""
+    from analoglab.experiments.uncertainty import DEFAULT_RESAMPLES
+
+    problems: list[str] = []
+    # a spec's dict leaves its bootstrap out at the default (see experiments.spec)
+    asked = (spec.get("bootstrap") or {}).get("resamples", DEFAULT_RESAMPLES)
+    b = replicates.resamples
+    if b != asked:
+        problems.append(f"bootstrap: {b} resamples, the job's spec asks for {asked}")
+    if max_bootstrap is not None and b > max_bootstrap:
+        problems.append(f"bootstrap: {b} resamples, over the lab's cap of {max_bootstrap}")
+    known_profiles = outputs.profiles if outputs is not None else frozenset()
+    strangers = len(set(replicates.metrics) - set(result.metrics)) + len(
+        set(replicates.profiles) - (known_profiles & set(result.profiles))
+    )
+    if strangers:
+        problems.append(f"bootstrap: replicates of {strangers} output(s) the result does not hold")
+    wrong = sum(1 for v in replicates.metrics.values() if len(v) != b)
+    for name, rows in replicates.profiles.items():
+        width = len(result.profiles[name].values) if name in result.profiles else -1
+        wrong += int(len(rows) != b or any(len(row) != width for row in rows))
+    if wrong:
+        problems.append(
+            f"bootstrap: {wrong} replicate set(s) not of {b} replicates the size of their output"
+        )
+    if len(replicates.items) > 8 or any(len(k) > MAX_FIELD_CHARS for k in replicates.items):
+        problems.append("bootstrap: too many or too long item-set names")
     return problems

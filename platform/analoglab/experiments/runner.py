@@ -100,6 +100,8 @@ def run(
         batch_size=resolved.batch_size,
         max_tokens=resolved.max_tokens_per_prompt,
         seed=resolved.seed,
+        resamples=resolved.bootstrap.resamples,
+        bootstrap_seed=resolved.bootstrap.seed,
         progress=Progress(progress),
         timings=timings,
         reference=reference,
@@ -121,6 +123,7 @@ def run(
         profiles=outcome.profiles,
         tables=outcome.tables,
         samples=outcome.samples,
+        bootstrap=outcome.bootstrap,
     )
     return result.with_size()
 
@@ -132,6 +135,12 @@ def _check_finite(outcome: Outcome, method: str) -> None:
     ]
     found += [(f"profile {k}", p.values) for k, p in outcome.profiles.items()]
     found += [(f"table {k}", [v for row in t for v in row]) for k, t in outcome.tables.items()]
+    if outcome.bootstrap is not None:
+        found += [(f"replicate of {k}", v) for k, v in outcome.bootstrap.metrics.items()]
+        found += [
+            (f"replicate of profile {k}", [v for row in rows for v in row])
+            for k, rows in outcome.bootstrap.profiles.items()
+        ]
     for what, values in found:
         if not all(math.isfinite(v) for v in values):
             raise ExperimentError(

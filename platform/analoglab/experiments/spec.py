@@ -14,10 +14,20 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from analoglab.errors import AnalogLabError
 from analoglab.experiments.result import canonical_json
+from analoglab.experiments.uncertainty import DEFAULT_RESAMPLES, MAX_RESAMPLES, MIN_RESAMPLES
 
 SPEC_VERSION: Literal[1] = 1
 MAX_ITEMS = 4096
@@ -124,7 +134,27 @@ class Layers(_Model):
         return self
 
 
+class Bootstrap(_Model):
+    """How a result's uncertainty is estimated: ``resamples`` bootstrap draws of the items
+    (with the method's random parts: probe splits, random controls), seeded by ``seed``
+    (see ``analoglab.experiments.uncertainty``). A lab's release checks may cap
+    ``resamples`` lower than the bound here."""
+
+    resamples: int = Field(DEFAULT_RESAMPLES, ge=MIN_RESAMPLES, le=MAX_RESAMPLES)
+    seed: int = 0
+
+
 # -- methods ----------------------------------------------------------------------------------
+
+
+#: Fields added after specs were first hashed: at their defaults they are left out of a
+#: spec's dict, so a spec written before them keeps its hash (and its transfer checks, and
+#: the queue jobs made of it).
+_LATER_FIELDS: dict[str, Any] = {
+    "bootstrap": Bootstrap().model_dump(),
+    "random_draws": 4,
+    "splits": 4,
+}
 
 
 class _Common(_Model):
@@ -132,8 +162,18 @@ class _Common(_Model):
     name: str | None = Field(None, max_length=200)
     description: str = Field("", max_length=4000)
     seed: int = 0
+    bootstrap: Bootstrap = Bootstrap()
     batch_size: int = Field(32, ge=1, le=1024)
     max_tokens_per_prompt: int = Field(128, ge=1, le=4096)
+
+    @model_serializer(mode="wrap")
+    def _without_later_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in _LATER_FIELDS.items():
+                if key in data and data[key] == default:
+                    del data[key]
+        return data
 
 
 class ActivationStatsSpec(_Common):
@@ -163,6 +203,13 @@ class SteeringSpec(_Common):
     control: Literal["none", "random_vector"] = Field(
         "none", description="random_vector: a random direction of the same norm (a control)"
     )
+    random_draws: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="with random_vector: how many random directions are drawn (the first "
+        "gives the point estimate; the bootstrap's replicates go through all of them)",
+    )
 
 
 class ProbeSpec(_Common):
@@ -175,6 +222,13 @@ class ProbeSpec(_Common):
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     l2: float = Field(1e-2, ge=0.0, le=100.0)
     control: Literal["none", "shuffled_labels"] = "none"
+    splits: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="train/test splits fitted (the first, seeded by seed, gives the point "
+        "estimate; the bootstrap's replicates go through all of them)",
+    )
 
 
 class AblationSpec(_Common):

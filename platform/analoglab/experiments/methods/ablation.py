@@ -17,13 +17,17 @@ components); metrics ``clean_logit_diff``, ``effect`` (the ``effect`` profile's 
 largest magnitude, signed), ``best_depth``. When ``|LD_clean| < 1e-3`` there is no
 behaviour at all: every share is 0 and so is ``effect``. Transfer compares ``effect`` and
 the ``effect`` profiles.
+
+Uncertainty (``result.bootstrap``): replicates of the ``effect`` profile and metric from
+resampled items (per-item clean and ablated logit differences; the mean activations of mean
+ablation are held fixed).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-import torch
+import numpy as np
 from torch import Tensor
 
 from analoglab.experiments.methods.common import (
@@ -35,7 +39,9 @@ from analoglab.experiments.methods.common import (
     headline,
     logit_diff,
 )
+from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import AblationSpec
+from analoglab.experiments.uncertainty import headline_rows, make_replicates
 from analoglab.interventions import ablate, capture
 
 MIN_LOGIT_DIFF = 1e-3
@@ -63,13 +69,14 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
     starts = [k * ctx.batch_size for k in range(len(chunks))]
     ctx.progress.plan(len(chunks) * (1 + len(conditions)))
 
-    def ld_sum(chunk_index: int, logits: Tensor) -> float:
+    def ld_items(chunk_index: int, logits: Tensor) -> np.ndarray:
         s = starts[chunk_index]
         rows = slice(s, s + logits.shape[0])
-        return float(logit_diff(logits, targets[rows], foils[rows]).double().sum())
+        diffs: np.ndarray = logit_diff(logits, targets[rows], foils[rows]).double().cpu().numpy()
+        return diffs
 
     # 1. the clean behaviour, and each component's mean activation where mean ablation needs it
-    clean_sum = 0.0
+    clean_items = np.zeros(len(items))
     watched: list[str] = []
     if spec.ablation == "mean":
         watched = (z_names if do_heads else []) + (mlp_names if do_mlp else [])
@@ -79,7 +86,8 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
         for k, chunk in enumerate(chunks):
             enc = ctx.encode(chunk)
             with capture(ctx.model, watched) as cache:
-                clean_sum += ld_sum(k, forward(ctx.model, enc))
+                logits = forward(ctx.model, enc)
+            clean_items[starts[k] : starts[k] + len(chunk)] = ld_items(k, logits)
             real = enc.real
             tokens += int(real.sum())
             for name in watched:
@@ -87,7 +95,7 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
                 sums[name] = sums[name] + part if name in sums else part
             ctx.progress.step()
     means = {name: (s / max(tokens, 1)).float() for name, s in sums.items()}
-    clean = clean_sum / len(items)
+    clean = float(clean_items.mean())
 
     def ablation(li: int, head: int | None) -> AbstractContextManager[None]:
         name = z_names[li] if head is not None else mlp_names[li]
@@ -98,15 +106,17 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
         return ablate(ctx.model, name, mode="zero", heads=heads)
 
     # 2. each component ablated
-    ablated = torch.zeros(len(conditions), dtype=torch.float64)
+    ablated = np.zeros((len(conditions), len(items)))
     with ctx.phase("ablate"):
         for k, chunk in enumerate(chunks):
             enc = ctx.encode(chunk)
             for c, (li, head) in enumerate(conditions):
                 with ablation(li, head):
-                    ablated[c] += ld_sum(k, forward(ctx.model, enc))
+                    ablated[c, starts[k] : starts[k] + len(chunk)] = ld_items(
+                        k, forward(ctx.model, enc)
+                    )
                 ctx.progress.step()
-    deltas = (ablated / len(items) - clean).tolist()
+    deltas = (ablated.mean(axis=1) - clean).tolist()
 
     head_table = [[0.0] * n_heads for _ in blocks.indices]
     mlp_delta = [0.0] * len(blocks)
@@ -121,6 +131,7 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
     effect = blocks.profile([max(s) for s in share])
 
     outcome = Outcome(profiles={"effect": effect})
+    outcome.bootstrap = _replicates(ctx, clean_items, ablated, [li for li, _ in conditions])
     if do_heads:
         outcome.tables["heads"] = head_table
     if do_mlp:
@@ -128,3 +139,26 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
     value, depth = headline(effect)
     outcome.metrics = {"clean_logit_diff": clean, "effect": value, "best_depth": depth}
     return outcome
+
+
+def _replicates(
+    ctx: Context, clean_items: np.ndarray, ablated: np.ndarray, layer_of: list[int]
+) -> Replicates:
+    """Replicates of the ``effect`` profile and metric: ``clean_items`` ``[item]``,
+    ``ablated`` ``[condition, item]``, ``layer_of`` each condition's layer position."""
+    weights = ctx.weights(len(clean_items), "data")
+    clean = weights @ clean_items  # [B]
+    deltas = weights @ ablated.T - clean[:, None]  # [B, C]
+    shares = -deltas / np.maximum(np.abs(clean), SHARE_FLOOR)[:, None]
+    shares[np.abs(clean) < MIN_LOGIT_DIFF] = 0.0
+    n_layers = max(layer_of) + 1
+    profiles = np.full((len(clean), n_layers), -np.inf)
+    for c, li in enumerate(layer_of):
+        profiles[:, li] = np.maximum(profiles[:, li], shares[:, c])
+    return make_replicates(
+        resamples=len(clean),
+        seed=ctx.bootstrap_seed,
+        items={"data": len(clean_items)},
+        metrics={"effect": headline_rows(profiles)},
+        profiles={"effect": profiles},
+    )

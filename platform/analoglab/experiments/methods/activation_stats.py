@@ -15,10 +15,15 @@ Outputs: profiles ``norm``, ``mean_direction``, ``pca_top1``; table ``pca_explai
 ``vectors`` (how many vectors per layer). There is no headline ``effect``: transfer compares
 the ``norm`` profiles. Statistics are streamed (sums of x and xᵀx in float64), so ``"all"``
 keeps no activations.
+
+Uncertainty (``result.bootstrap``): replicates of the ``norm`` profile from resampled texts
+(per text: the sum of its vectors' norms and their count, so with ``"all"`` a resample's
+mean norm is a ratio of resampled sums).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from analoglab.experiments.methods.common import (
@@ -30,6 +35,7 @@ from analoglab.experiments.methods.common import (
     texts_of,
 )
 from analoglab.experiments.spec import ActivationStatsSpec
+from analoglab.experiments.uncertainty import make_replicates
 from analoglab.interventions import capture
 
 
@@ -41,19 +47,30 @@ def run(spec: ActivationStatsSpec, ctx: Context) -> Outcome:
     chunks = ctx.chunks(texts)
     ctx.progress.plan(len(chunks) + 1)
     positions = [-1] if spec.position == "last" else None
+    # per text and layer: the sum of its vectors' norms, and how many vectors it gave
+    norm_sums = np.zeros((len(names), len(texts)))
+    counts = np.ones(len(texts))
     with ctx.phase("forward"):
+        start = 0
         for chunk in chunks:
+            rows = slice(start, start + len(chunk))
+            start += len(chunk)
             enc = ctx.encode(chunk)
             with capture(ctx.model, names, positions=positions) as cache:
                 forward(ctx.model, enc)
-            for name, m in zip(names, moments, strict=True):
+            for li, (name, m) in enumerate(zip(names, moments, strict=True)):
                 x = cache[name]
                 if spec.position == "last":
                     m.add(x[:, 0])
+                    per_text = x[:, 0].double().norm(dim=-1)
                 elif spec.position == "mean":
                     m.add(masked_mean(x, enc.real))
+                    per_text = masked_mean(x, enc.real).double().norm(dim=-1)
                 else:
                     m.add(x[enc.real])
+                    per_text = (x.double().norm(dim=-1) * enc.real).sum(1)
+                    counts[rows] = enc.real.sum(1).cpu().numpy()
+                norm_sums[li, rows] = per_text.cpu().numpy()
             ctx.progress.step()
 
     k = spec.pca_components
@@ -70,7 +87,15 @@ def run(spec: ActivationStatsSpec, ctx: Context) -> Outcome:
             table.append(row + [0.0] * (k - len(row)))
             top1.append(row[0] if row else 0.0)
         ctx.progress.step()
+    weights = ctx.weights(len(texts), "data")
+    norm_replicates = (weights @ norm_sums.T) / (weights @ counts)[:, None]
     return Outcome(
+        bootstrap=make_replicates(
+            resamples=weights.shape[0],
+            seed=ctx.bootstrap_seed,
+            items={"data": len(texts)},
+            profiles={"norm": norm_replicates},
+        ),
         metrics={"vectors": float(moments[0].n)},
         profiles={
             "norm": blocks.profile(norms),

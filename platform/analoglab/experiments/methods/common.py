@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from analoglab.errors import AnalogLabError
-from analoglab.experiments.result import LayerProfile
+from analoglab.experiments.result import LayerProfile, Replicates
 from analoglab.experiments.spec import (
     Choice,
     Choices,
@@ -42,6 +42,7 @@ from analoglab.experiments.spec import (
     TaskSetRef,
     inline_task_set,
 )
+from analoglab.experiments.uncertainty import resample_weights
 from analoglab.foundry.fidelity import first_token_ids
 from analoglab.interventions import ModelLayout, Site, block_at_depth, position_ids_from_mask
 from analoglab.models.loading import LoadedModel
@@ -65,6 +66,7 @@ class Outcome:
     profiles: dict[str, LayerProfile] = field(default_factory=dict)
     tables: dict[str, list[list[float]]] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
+    bootstrap: Replicates | None = None
 
 
 class Progress:
@@ -97,6 +99,8 @@ class Context:
     batch_size: int
     max_tokens: int
     seed: int
+    resamples: int = 200
+    bootstrap_seed: int = 0
     progress: Progress = field(default_factory=Progress)
     timings: dict[str, float] = field(default_factory=dict)
     reference: LoadedModel | None = None
@@ -123,6 +127,11 @@ class Context:
         finally:
             key = f"{name}_seconds"
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+
+    def weights(self, n: int, stream: str) -> Any:
+        """``[resamples, n]`` bootstrap weights of the ``n`` items of one named item set
+        (:func:`analoglab.experiments.uncertainty.resample_weights`)."""
+        return resample_weights(n, self.resamples, self.bootstrap_seed, stream)
 
     def chunks(self, items: Sequence[T]) -> list[Sequence[T]]:
         return chunked(items, self.batch_size)

@@ -8,11 +8,16 @@ Outputs: metrics ``accuracy`` (share correct), ``logit_diff`` (mean ld), ``chanc
 item label. With ``samples``, ``result.samples`` holds the greedy continuations (the new text
 only, at most ``max_new_tokens`` tokens each) of the first ``samples.n`` prompts. Transfer
 compares ``effect`` and ``accuracy`` (evaluation has no layer profile).
+
+Uncertainty (``result.bootstrap``): replicates of ``accuracy``, ``effect`` and
+``logit_diff`` from resampled items.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+import numpy as np
 
 from analoglab.experiments.methods.common import (
     Context,
@@ -23,6 +28,7 @@ from analoglab.experiments.methods.common import (
     logit_diff,
 )
 from analoglab.experiments.spec import EvaluationSpec
+from analoglab.experiments.uncertainty import make_replicates
 
 
 def run(spec: EvaluationSpec, ctx: Context) -> Outcome:
@@ -75,4 +81,16 @@ def run(spec: EvaluationSpec, ctx: Context) -> Outcome:
                 new = out[:, enc.input_ids.shape[1] :]
                 samples.extend(ctx.tokenizer.batch_decode(new, skip_special_tokens=True))
                 ctx.progress.step()
-    return Outcome(metrics=metrics, samples=samples)
+    weights = ctx.weights(len(items), "data")
+    resampled = weights @ np.asarray(correct, dtype=np.float64)
+    bootstrap = make_replicates(
+        resamples=weights.shape[0],
+        seed=ctx.bootstrap_seed,
+        items={"data": len(items)},
+        metrics={
+            "accuracy": resampled,
+            "effect": (resampled - 0.5) / 0.5,
+            "logit_diff": weights @ np.asarray(diffs, dtype=np.float64),
+        },
+    )
+    return Outcome(metrics=metrics, samples=samples, bootstrap=bootstrap)

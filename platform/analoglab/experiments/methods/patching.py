@@ -20,11 +20,15 @@ profile); metrics ``clean_logit_diff``, ``corrupt_logit_diff``, ``effect`` = LD_
 LD_corrupt, ``best_depth`` (where recovery peaks), and ``positions`` (P, with
 ``per_position``). When ``|effect| < 1e-3`` the corruption changes nothing to recover and
 every recovery is 0. Transfer compares ``effect`` and the ``recovery`` profiles.
+
+Uncertainty (``result.bootstrap``): replicates of ``effect`` and of the ``recovery`` profile
+from resampled items (per-item clean, corrupted and patched logit differences).
 """
 
 from __future__ import annotations
 
-import torch
+import numpy as np
+from torch import Tensor
 
 from analoglab.experiments.methods.common import (
     Context,
@@ -37,7 +41,9 @@ from analoglab.experiments.methods.common import (
     patch_pairs_of,
     token_ids,
 )
+from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import PatchingSpec
+from analoglab.experiments.uncertainty import make_replicates
 from analoglab.interventions import capture, patch
 
 MIN_EFFECT = 1e-3
@@ -63,8 +69,9 @@ def run(spec: PatchingSpec, ctx: Context) -> Outcome:
     chunks = ctx.chunks(items)
     ctx.progress.plan(len(chunks) * (2 + len(names) * n_pos))
 
-    clean_sum = corrupt_sum = 0.0
-    patched = torch.zeros(len(names), n_pos, dtype=torch.float64)
+    n = len(items)
+    clean_items, corrupt_items = np.zeros(n), np.zeros(n)
+    patched = np.zeros((len(names), n_pos, n))
     with ctx.phase("patch"):
         for k, chunk in enumerate(chunks):
             rows = slice(k * ctx.batch_size, k * ctx.batch_size + len(chunk))
@@ -72,27 +79,27 @@ def run(spec: PatchingSpec, ctx: Context) -> Outcome:
             clean_enc = ctx.encode([it.clean for it in chunk])
             corrupt_enc = ctx.encode([it.corrupt for it in chunk])
             with capture(ctx.model, names, positions=positions) as cache:
-                clean_sum += float(logit_diff(forward(ctx.model, clean_enc), t, f).double().sum())
+                clean_items[rows] = _diffs(forward(ctx.model, clean_enc), t, f)
             sources = dict(cache)
             ctx.progress.step()
-            corrupt_sum += float(logit_diff(forward(ctx.model, corrupt_enc), t, f).double().sum())
+            corrupt_items[rows] = _diffs(forward(ctx.model, corrupt_enc), t, f)
             ctx.progress.step()
             for li, name in enumerate(names):
                 for j, p in enumerate(positions):
                     with patch(ctx.model, {name: sources[name][:, j : j + 1]}, positions=[p]):
                         logits = forward(ctx.model, corrupt_enc)
-                    patched[li, j] += float(logit_diff(logits, t, f).double().sum())
+                    patched[li, j, rows] = _diffs(logits, t, f)
                     ctx.progress.step()
 
-    n = len(items)
-    clean, corrupt = clean_sum / n, corrupt_sum / n
+    clean, corrupt = float(clean_items.mean()), float(corrupt_items.mean())
     effect = clean - corrupt
     if abs(effect) < MIN_EFFECT:
         table = [[0.0] * n_pos for _ in names]
     else:
-        table = ((patched / n - corrupt) / effect).tolist()
+        table = ((patched.mean(axis=2) - corrupt) / effect).tolist()
     recovery = blocks.profile([row[-1] for row in table])
     outcome = Outcome(profiles={"recovery": recovery})
+    outcome.bootstrap = _replicates(ctx, clean_items, corrupt_items, patched[:, -1, :])
     _, depth = headline(recovery)
     outcome.metrics = {
         "clean_logit_diff": clean,
@@ -104,3 +111,30 @@ def run(spec: PatchingSpec, ctx: Context) -> Outcome:
         outcome.tables["recovery_by_position"] = table
         outcome.metrics["positions"] = float(n_pos)
     return outcome
+
+
+def _diffs(logits: Tensor, target: Tensor, foil: Tensor) -> np.ndarray:
+    diffs: np.ndarray = logit_diff(logits, target, foil).double().cpu().numpy()
+    return diffs
+
+
+def _replicates(
+    ctx: Context, clean_items: np.ndarray, corrupt_items: np.ndarray, patched: np.ndarray
+) -> Replicates:
+    """Replicates of ``effect`` and of the recovery profile; ``patched`` is ``[layer, item]``
+    at the last position."""
+    weights = ctx.weights(len(clean_items), "data")
+    clean, corrupt = weights @ clean_items, weights @ corrupt_items
+    effect = clean - corrupt
+    usable = np.abs(effect) >= MIN_EFFECT
+    safe = np.where(usable, effect, 1.0)
+    recovery = np.where(
+        usable[:, None], (weights @ patched.T - corrupt[:, None]) / safe[:, None], 0.0
+    )
+    return make_replicates(
+        resamples=len(effect),
+        seed=ctx.bootstrap_seed,
+        items={"data": len(clean_items)},
+        metrics={"effect": effect},
+        profiles={"recovery": recovery},
+    )

@@ -18,6 +18,12 @@ Outputs: profiles ``accuracy`` (held-out) and ``train_accuracy``; metrics ``accu
 best layer's), ``chance`` (the majority class's share of the test split), ``effect`` =
 (accuracy − chance) / (1 − chance), ``best_depth``, ``classes``, ``train_examples``,
 ``test_examples``. Transfer compares ``effect``, ``accuracy`` and the ``accuracy`` profiles.
+
+Uncertainty (``result.bootstrap``): ``splits`` train/test splits are fitted (the first is the
+one above; split ``k > 0`` is seeded by ``[seed, k]``, and with the shuffled-labels control
+draws its own shuffle). Replicate ``b`` takes split ``b mod splits`` and resamples its test
+examples (each split holds the same number per class), giving replicates of the ``accuracy``
+profile, of ``accuracy`` (the best layer's) and of ``effect`` (with the resample's chance).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from analoglab.experiments.methods.common import (
     forward,
     masked_mean,
 )
+from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import Choices, Data, Labelled, Pairs, ProbeSpec
+from analoglab.experiments.uncertainty import make_replicates
 from analoglab.interventions import capture
 
 MIN_PER_CLASS = 2
@@ -69,7 +77,7 @@ def examples_of(data: Data) -> tuple[list[str], list[int], list[str]]:
 
 
 def stratified_split(
-    labels: np.ndarray, test_fraction: float, seed: int
+    labels: np.ndarray, test_fraction: float, seed: int | list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices: per class, a seeded permutation, ``test_fraction`` held out."""
     rng = np.random.default_rng(seed)
@@ -115,14 +123,20 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
             f"{MIN_PER_CLASS} per class (one to train on, one to test): add examples"
         )
     labels = np.asarray(classes)
-    if spec.control == "shuffled_labels":
-        labels = labels[np.random.default_rng([spec.seed, 1]).permutation(len(labels))]
-    train_idx, test_idx = stratified_split(labels, spec.test_fraction, spec.seed)
+    # each split: (its labels, train indices, test indices); the first is the spec's own
+    splits = []
+    for k in range(spec.splits):
+        split_labels = labels
+        if spec.control == "shuffled_labels":
+            shuffle = [spec.seed, 1] if k == 0 else [spec.seed, 1, k]
+            split_labels = labels[np.random.default_rng(shuffle).permutation(len(labels))]
+        seed: int | list[int] = spec.seed if k == 0 else [spec.seed, k]
+        splits.append((split_labels, *stratified_split(split_labels, spec.test_fraction, seed)))
 
     blocks = ctx.blocks(spec.layers)
     names = ctx.hook_names("hook_resid_post", blocks)
     chunks = ctx.chunks(texts)
-    ctx.progress.plan(len(chunks) + len(names))
+    ctx.progress.plan(len(chunks) + len(names) * len(splits))
     parts: list[list[Tensor]] = [[] for _ in names]
     positions = [-1] if spec.position == "last" else None
     with ctx.phase("features"):
@@ -136,25 +150,31 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
                 parts[k].append(feats.float())
             ctx.progress.step()
 
-    y = torch.as_tensor(labels, device=ctx.device)
-    tr = torch.as_tensor(train_idx, device=ctx.device)
-    te = torch.as_tensor(test_idx, device=ctx.device)
     n_classes = len(class_names)
-    accuracy, train_accuracy = [], []
+    # correct[split][layer] = per test example, 1.0 where the probe is right
+    correct = np.zeros((len(splits), len(names), len(splits[0][2])))
+    train_accuracy: list[float] = []
     with ctx.phase("fit"):
         for k in range(len(names)):
-            x = torch.cat(parts[k])
+            features = torch.cat(parts[k])
             parts[k] = []
-            mu, sd = x[tr].mean(0), x[tr].std(0, unbiased=False)
-            sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
-            x = (x - mu) / sd
-            w, b = fit_logistic(x[tr], y[tr], n_classes, spec.l2)
-            pred = (x @ w + b).argmax(-1)
-            accuracy.append(int((pred[te] == y[te]).sum()) / len(test_idx))
-            train_accuracy.append(int((pred[tr] == y[tr]).sum()) / len(train_idx))
-            ctx.progress.step()
+            for j, (split_labels, train_idx, test_idx) in enumerate(splits):
+                y = torch.as_tensor(split_labels, device=ctx.device)
+                tr = torch.as_tensor(train_idx, device=ctx.device)
+                te = torch.as_tensor(test_idx, device=ctx.device)
+                mu, sd = features[tr].mean(0), features[tr].std(0, unbiased=False)
+                sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
+                x = (features - mu) / sd
+                w, b = fit_logistic(x[tr], y[tr], n_classes, spec.l2)
+                pred = (x @ w + b).argmax(-1)
+                correct[j, k] = (pred[te] == y[te]).double().cpu().numpy()
+                if j == 0:
+                    train_accuracy.append(int((pred[tr] == y[tr]).sum()) / len(train_idx))
+                ctx.progress.step()
 
-    test_counts = np.bincount(labels[test_idx], minlength=n_classes)
+    split_labels, train_idx, test_idx = splits[0]
+    accuracy = correct[0].mean(axis=1).tolist()
+    test_counts = np.bincount(split_labels[test_idx], minlength=n_classes)
     chance = float(test_counts.max() / test_counts.sum())
     best = int(np.argmax(accuracy))
     return Outcome(
@@ -171,4 +191,31 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
             "accuracy": blocks.profile(accuracy),
             "train_accuracy": blocks.profile(train_accuracy),
         },
+        bootstrap=_replicates(ctx, correct, [lab[test] for lab, _, test in splits], n_classes),
+    )
+
+
+def _replicates(
+    ctx: Context, correct: np.ndarray, test_labels: list[np.ndarray], n_classes: int
+) -> Replicates:
+    """Replicates of the accuracy profile, the best accuracy and the effect: ``correct`` is
+    ``[split, layer, test example]``, ``test_labels`` each split's test labels."""
+    n_test = correct.shape[2]
+    weights = ctx.weights(n_test, "test")
+    resamples = weights.shape[0]
+    split = np.arange(resamples) % correct.shape[0]
+    # accuracy of each layer under each resample of its replicate's split: [B, L]
+    accuracy = np.einsum("bn,bln->bl", weights, correct[split])
+    onehot = np.stack([np.eye(n_classes)[labels] for labels in test_labels])  # [K, n, C]
+    chance = np.einsum("bn,bnc->bc", weights, onehot[split]).max(axis=1)
+    best = accuracy.max(axis=1)
+    headroom = 1.0 - chance
+    usable = headroom > 1e-12
+    effect = np.where(usable, (best - chance) / np.where(usable, headroom, 1.0), 0.0)
+    return make_replicates(
+        resamples=resamples,
+        seed=ctx.bootstrap_seed,
+        items={"test": n_test},
+        metrics={"accuracy": best, "effect": effect},
+        profiles={"accuracy": accuracy},
     )

@@ -24,10 +24,18 @@ or at the scale of largest magnitude when none is positive); profile ``side_effe
 ``neutral`` prompts at that scale; only with neutral data); metrics ``effect`` (the profile
 value of largest magnitude, signed), ``best_depth``, ``swing``, ``unsteered_score``,
 ``vector_norm_mean``. Transfer compares ``effect`` and the ``effect`` profiles.
+
+Uncertainty (``result.bootstrap``): replicates of ``effect`` and of the ``effect`` profile,
+resampling the ``evaluate`` prompts (per-prompt scores, steered and unsteered) and, for the
+swing, the contrast pairs (per-pair score differences); the vectors themselves are held
+fixed (resampling them would mean steering again for every replicate). With
+``control="random_vector"``, ``random_draws`` directions are drawn and steered with; the
+point estimate is the first's, and replicate ``b`` uses direction ``b mod random_draws``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,7 +52,9 @@ from analoglab.experiments.methods.common import (
     prompts_of,
     texts_of,
 )
+from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import SteeringSpec
+from analoglab.experiments.uncertainty import headline_rows, make_replicates
 from analoglab.interventions import add_vector, capture
 
 SWING_FLOOR = 0.5
@@ -83,50 +93,66 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
     contrast_chunks = [ctx.chunks(positives), ctx.chunks(negatives)]
     eval_chunks = ctx.chunks(prompts)
     neutral_chunks = ctx.chunks(neutral)
+    draws = spec.random_draws if spec.control == "random_vector" else 1
     ctx.progress.plan(
         sum(len(c) for c in contrast_chunks)
-        + len(eval_chunks) * (1 + len(blocks) * len(steered))
+        + len(eval_chunks) * (1 + draws * len(blocks) * len(steered))
         + len(neutral_chunks) * (1 + (len(blocks) if top != 0.0 else 0))
     )
 
     # 1. the vectors, and the swing of the unsteered model on the contrast texts
     d_model = ctx.layout.d_model
     means: list[Tensor] = []
-    side_scores: list[float] = []
+    side_scores: list[np.ndarray] = []
     with ctx.phase("vectors"):
         for chunks, count in zip(contrast_chunks, (len(positives), len(negatives)), strict=True):
             total = torch.zeros(len(names), d_model, dtype=torch.float64, device=ctx.device)
-            score_sum = 0.0
+            per_text: list[float] = []
             for chunk in chunks:
                 enc = ctx.encode(chunk)
                 with capture(ctx.model, names, positions=[-1]) as cache:
-                    score_sum += float(score(enc).sum())
+                    per_text.extend(score(enc).tolist())
                 total += torch.stack([cache[n][:, 0].double().sum(0) for n in names])
                 ctx.progress.step()
             means.append(total / count)
-            side_scores.append(score_sum / count)
+            side_scores.append(np.asarray(per_text, dtype=np.float64))
     vectors = (means[0] - means[1]).float()
     norms = vectors.norm(dim=1)
+    vector_sets = [vectors]
     if spec.control == "random_vector":
         gen = torch.Generator().manual_seed(spec.seed)
-        noise = torch.randn(len(names), d_model, generator=gen).to(ctx.device)
-        vectors = noise / noise.norm(dim=1, keepdim=True) * norms.unsqueeze(1)
-    swing = side_scores[0] - side_scores[1]
+        vector_sets = []
+        for _ in range(spec.random_draws):
+            noise = torch.randn(len(names), d_model, generator=gen).to(ctx.device)
+            vector_sets.append(noise / noise.norm(dim=1, keepdim=True) * norms.unsqueeze(1))
+        vectors = vector_sets[0]
+    pair_diffs = side_scores[0] - side_scores[1]
+    swing = float(pair_diffs.mean())
 
     # 2. the behaviour score, unsteered and steered
-    base_sum = 0.0
-    sums = torch.zeros(len(names), len(steered), dtype=torch.float64)
+    # per prompt: unsteered [n]; at the headline scale, for every draw [draw, layer, n]
+    base_items = np.zeros(len(prompts))
+    top_items = np.zeros((len(vector_sets), len(names), len(prompts)))
+    sums = np.zeros((len(names), len(steered)))
     with ctx.phase("steer"):
+        start = 0
         for chunk in eval_chunks:
+            rows = slice(start, start + len(chunk))
+            start += len(chunk)
             enc = ctx.encode(chunk)
-            base_sum += float(score(enc).sum())
+            base_items[rows] = score(enc).cpu().numpy()
             ctx.progress.step()
-            for li, name in enumerate(names):
-                for si, s in enumerate(steered):
-                    with add_vector(ctx.model, name, vectors[li], scale=s, positions=positions):
-                        sums[li, si] += float(score(enc).sum())
-                    ctx.progress.step()
-    base = base_sum / len(prompts)
+            for k, vecs in enumerate(vector_sets):
+                for li, name in enumerate(names):
+                    for si, s in enumerate(steered):
+                        with add_vector(ctx.model, name, vecs[li], scale=s, positions=positions):
+                            scores = score(enc).cpu().numpy()
+                        if k == 0:
+                            sums[li, si] += float(scores.sum())
+                        if s == top:
+                            top_items[k, li, rows] = scores
+                        ctx.progress.step()
+    base = float(base_items.mean())
     means_by_scale = {s: (sums[:, k] / len(prompts)).tolist() for k, s in enumerate(steered)}
     score_table = [
         [means_by_scale[s][li] if s != 0.0 else base for s in scales] for li in range(len(names))
@@ -158,6 +184,7 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
                     ctx.progress.step()
         outcome.profiles["side_effect_kl"] = blocks.profile(kl / len(neutral))
 
+    outcome.bootstrap = _replicates(ctx, top_items, base_items, pair_diffs, top)
     value, depth = headline(effect)
     outcome.metrics = {
         "effect": value,
@@ -167,3 +194,34 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
         "vector_norm_mean": float(norms.mean()),
     }
     return outcome
+
+
+def _replicates(
+    ctx: Context,
+    top_items: np.ndarray,
+    base_items: np.ndarray,
+    pair_diffs: np.ndarray,
+    top: float,
+) -> Replicates:
+    """Replicates of the ``effect`` profile and metric (see the module docstring):
+    ``top_items`` are the per-prompt scores at the headline scale ``[draw, layer, prompt]``."""
+    w_eval = ctx.weights(len(base_items), "evaluate")
+    w_pairs = ctx.weights(len(pair_diffs), "contrast")
+    resamples = w_eval.shape[0]
+    draw = np.arange(resamples) % top_items.shape[0]
+    if top == 0.0:
+        profiles = np.zeros((resamples, top_items.shape[1]))
+    else:
+        # steered means under each resample, for every draw: [draws, B, L]
+        steered_means = np.einsum("bn,kln->kbl", w_eval, top_items)
+        chosen = steered_means[draw, np.arange(resamples)]
+        base = w_eval @ base_items
+        swing = np.maximum(np.abs(w_pairs @ pair_diffs), SWING_FLOOR)
+        profiles = (chosen - base[:, None]) / swing[:, None]
+    return make_replicates(
+        resamples=resamples,
+        seed=ctx.bootstrap_seed,
+        items={"evaluate": len(base_items), "contrast": len(pair_diffs)},
+        metrics={"effect": headline_rows(profiles)},
+        profiles={"effect": profiles},
+    )

@@ -1,0 +1,113 @@
+"""Uncertainty: the bootstrap every result carries, its intervals, and what would narrow them.
+
+A method that aggregates over items (prompts, pairs, test examples) computes its headline
+numbers once on the items as given (the point estimate) and again on ``B`` resamples of them
+(the spec's ``bootstrap.resamples``), drawn with replacement by :func:`resample_weights`. A
+resample is a row of weights ``w`` (counts / n), so a mean over items becomes ``w @ values``
+and nothing is run on the model again. Where a method has random parts of its own (a probe's
+train/test split, a random control vector), replicate ``b`` also uses draw ``b mod K`` of
+them, so the interval holds their variation too.
+
+Resamples are seeded by the spec's ``bootstrap.seed`` and a name per item set
+(:func:`resample_weights`): the analog's and the frontier's runs of one spec draw the very same
+resamples of their (shared) items, a *paired* bootstrap, and replicate ``b`` of one result
+goes with replicate ``b`` of the other in :mod:`.transfer`.
+
+Intervals are percentile intervals (:func:`percentile_interval`, 95% by default). How many
+items would narrow one: an interval's width shrinks as ``1/√n``, so reaching ``target`` from
+``width`` on ``n`` items takes about ``n · (width / target)²`` (:func:`items_to_narrow`).
+This module imports no torch (results and reports are read on the hub).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from analoglab.experiments.result import Replicates
+
+LEVEL = 0.95
+DEFAULT_RESAMPLES = 200
+MIN_RESAMPLES = 20
+MAX_RESAMPLES = 2000
+
+
+def stream_seed(seed: int, stream: str) -> list[int]:
+    """The seed sequence of one named item set (``"evaluate"``, ``"test"``, ...)."""
+    return [seed & 0xFFFFFFFF, zlib.crc32(stream.encode()), 0xB0075]
+
+
+def resample_weights(n: int, resamples: int, seed: int, stream: str) -> np.ndarray:
+    """``[resamples, n]`` weights, each row the counts of a draw of ``n`` items with
+    replacement divided by ``n`` (rows sum to 1): ``weights @ values`` is the resampled mean."""
+    if n <= 0:
+        raise ValueError("nothing to resample: no items")
+    rng = np.random.default_rng(stream_seed(seed, stream))
+    picks = rng.integers(0, n, size=(resamples, n))
+    counts = np.zeros((resamples, n), dtype=np.float64)
+    np.add.at(counts, (np.arange(resamples)[:, None], picks), 1.0)
+    weights: np.ndarray = counts / n
+    return weights
+
+
+def percentile_interval(
+    replicates: Sequence[float] | np.ndarray, level: float = LEVEL
+) -> tuple[float, float]:
+    """The central ``level`` percentile interval of the replicates."""
+    values = np.asarray(replicates, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no replicates")
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def items_to_narrow(n: int, width: float, target: float) -> int | None:
+    """Items needed for an interval of ``width`` on ``n`` items to shrink to ``target``:
+    ``ceil(n · (width / target)²)`` (never fewer than ``n``); None when ``target`` is 0
+    (a point estimate exactly on a cut-off: no number of items settles it)."""
+    if target <= 0.0:
+        return None
+    if width <= target:
+        return n
+    # rounded first: float noise (0.7 - 0.3 is 0.39999...) must not add an item
+    return max(n, math.ceil(round(n * (width / target) ** 2, 6)))
+
+
+def headline_rows(profiles: np.ndarray) -> np.ndarray:
+    """``[B, L]`` → ``[B]``: each row's value of largest magnitude (signed; the first on ties),
+    as ``methods.common.headline`` picks a profile's headline."""
+    rows = np.asarray(profiles, dtype=np.float64)
+    best = np.argmax(np.abs(rows), axis=1)
+    picked: np.ndarray = rows[np.arange(rows.shape[0]), best]
+    return picked
+
+
+def _short(values: np.ndarray) -> list[float]:
+    """Six significant digits: replicates are estimates, and results are kept small."""
+    return [float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def make_replicates(
+    *,
+    resamples: int,
+    seed: int,
+    items: dict[str, int],
+    metrics: dict[str, np.ndarray] | None = None,
+    profiles: dict[str, np.ndarray] | None = None,
+) -> Replicates:
+    """A result's :class:`~analoglab.experiments.result.Replicates` from arrays: metrics
+    ``[B]``, profiles ``[B, L]``."""
+    return Replicates(
+        resamples=resamples,
+        seed=seed,
+        items=dict(items),
+        metrics={k: _short(v) for k, v in (metrics or {}).items()},
+        profiles={
+            k: [_short(row) for row in np.asarray(v, dtype=np.float64)]
+            for k, v in (profiles or {}).items()
+        },
+    )
