@@ -112,3 +112,22 @@ def test_samples_only_where_allowed(result: dict[str, Any]) -> None:
     (problem,) = check(with_samples)
     assert problem.startswith("samples: the result holds 1 generated text")
     assert check(with_samples, policy=FrontierPolicy(allow_samples=True)) == []
+
+
+def test_bootstrap_within_the_spec_and_the_labs_cap(result: dict[str, Any]) -> None:
+    assert result["bootstrap"]["resamples"] == 200
+    assert check(result, config=ReleaseConfig(max_bootstrap=100)) == [
+        "bootstrap: 200 resamples, over the lab's cap of 100"
+    ]
+    smuggled = copy.deepcopy(result)
+    smuggled["bootstrap"]["metrics"]["secret"] = [0.5] * 200
+    smuggled["bootstrap"]["profiles"]["effect"][0].append(1.0)
+    problems = check(smuggled)
+    assert "bootstrap: replicates of 1 output(s) the result does not hold" in problems
+    assert "bootstrap: 1 replicate set(s) not of 200 replicates the size of their output" in (
+        problems
+    )
+    assert not any("secret" in p for p in problems)
+    fewer = copy.deepcopy(result)
+    fewer["bootstrap"]["resamples"] = 10
+    assert "bootstrap: 10 resamples, the job's spec asks for 200" in check(fewer)

@@ -132,6 +132,9 @@ class ReleaseConfig(_Strict):
         100_000, gt=0, description="largest array (profile, table) a result may hold"
     )
     max_metrics: int = Field(256, gt=0, description="most scalar metrics a result may hold")
+    max_bootstrap: int = Field(
+        1000, gt=0, description="most bootstrap resamples a result may carry (its intervals)"
+    )
 
 
 class LabConfig(_Strict):

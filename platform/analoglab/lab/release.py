@@ -7,7 +7,8 @@ frontier's policy asks for human release, waits in ``awaiting_release``.
 
 The checks are :func:`analoglab.experiments.result.result_problems` (the hub runs the same on
 every posted result) with the lab's own caps on top: ``max_tensor_values`` (results are
-aggregates; a large array is how weights or activations would leak) and ``max_metrics``.
+aggregates; a large array is how weights or activations would leak), ``max_metrics`` and
+``max_bootstrap`` (the most bootstrap resamples a result may carry).
 
 A result that leaves the lab is signed with the lab site's Ed25519 key (:func:`sign_result`:
 the signature is over the result's canonical JSON, the bytes the hub hashes); anyone holding
@@ -61,6 +62,7 @@ def check_release(
         allow_samples=policy.allow_samples,
         max_tensor_values=config.max_tensor_values,
         max_metrics=config.max_metrics,
+        max_bootstrap=config.max_bootstrap,
     )
 
 
