@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analoglab.config import Settings
@@ -229,3 +230,55 @@ def test_log_result_can_hang_a_run_under_a_check(
         experiment=experiment,
     )
     assert check.analog_run_id() == run_id  # found as the check's analog child
+
+
+def with_replicates(result: ExperimentResult, spread: float) -> ExperimentResult:
+    """The result with a bootstrap of 40 replicates around its effect, accuracy and profile."""
+    from analoglab.experiments.uncertainty import make_replicates
+
+    shifts = np.linspace(-spread, spread, 40)
+    profile = np.asarray(result.profiles["accuracy"].values)
+    boot = make_replicates(
+        resamples=40,
+        seed=0,
+        items={"test": 24},
+        metrics={
+            "effect": result.metrics["effect"] + shifts,
+            "accuracy": result.metrics["accuracy"] + shifts / 2,
+        },
+        profiles={"accuracy": profile[None, :] + shifts[:, None] / 4},
+    )
+    return result.model_copy(update={"bootstrap": boot})
+
+
+def test_the_intervals_are_metrics_and_the_bootstrap_an_artifact(
+    backend: Settings, experiment: str, spec: AnySpec, make_result: MakeResult, tmp_path: Path
+) -> None:
+    analog = with_replicates(make_result(spec, "an", values=[0.5, 0.9, 0.7], effect=0.6), 0.1)
+    frontier = with_replicates(
+        make_result(spec, "fr", values=[0.5, 0.95, 0.8], effect=0.8, weights="f"), 0.05
+    )
+    check = TransferCheckRun.open(
+        spec, analog="an", frontier="fr", settings=backend, experiment=experiment
+    )
+    check.log_analog(analog)
+    check.log_frontier(frontier)
+    report = compare(analog, frontier)
+    assert report.score_interval is not None
+    check.log_report(report)
+    store = TrackingStore.open(backend)
+    metrics = store.client.get_run(check.run_id).data.metrics
+    assert metrics["transfer.score.low"] == pytest.approx(report.score_interval.low)
+    assert metrics["transfer.score.high"] == pytest.approx(report.score_interval.high)
+    for part in report.parts:
+        assert part.interval is not None
+        assert metrics[f"transfer.{part.name}.low"] == pytest.approx(part.interval.low)
+    names = {f.path for f in store.client.list_artifacts(check.run_id)}
+    assert "transfer_bootstrap.json" in names
+    path = store.client.download_artifacts(
+        check.run_id, "transfer_bootstrap.json", dst_path=str(tmp_path)
+    )
+    boot = json.loads(Path(path).read_text())
+    assert boot["resamples"] == 40 and boot["items"] == {"test": 24}
+    assert boot["distribution"]["score"] == report.distribution["score"]
+    assert check.report() == report

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 REPORT_FILE = "transfer_report.json"
+BOOTSTRAP_FILE = "transfer_bootstrap.json"
 
 
 @dataclass
@@ -177,10 +178,12 @@ class TransferCheckRun:
     # -- the report --------------------------------------------------------------------------
 
     def log_report(self, report: TransferReport) -> None:
-        """The report on the parent: metrics ``transfer.score`` and ``transfer.<part>``, the
-        tag ``analoglab.verdict``, the artifact ``transfer_report.json``, an overlay plot of
-        the compared profiles where both children have them; then the parent is FINISHED.
-        Logging the same report again changes nothing."""
+        """The report on the parent: metrics ``transfer.score`` and ``transfer.<part>`` (with
+        ``.low`` and ``.high``, the bounds of their 95% intervals, where the report has them),
+        the tag ``analoglab.verdict``, the artifacts ``transfer_report.json`` and
+        ``transfer_bootstrap.json`` (the bootstrap distribution of the score and of each part),
+        an overlay plot of the compared profiles where both children have them; then the
+        parent is FINISHED. Logging the same report again changes nothing."""
         if report.spec_hash != self.spec_hash:
             raise TrackingError(
                 f"the transfer report is of spec {report.spec_hash[:12]}, this check's spec is "
@@ -190,6 +193,11 @@ class TransferCheckRun:
             return
         metrics = [MetricValue("transfer.score", report.score)]
         metrics += [MetricValue(f"transfer.{p.name}", p.value) for p in report.parts]
+        bounds = [("score", report.score_interval)] + [(p.name, p.interval) for p in report.parts]
+        for name, interval in bounds:
+            if interval is not None:
+                metrics.append(MetricValue(f"transfer.{name}.low", interval.low))
+                metrics.append(MetricValue(f"transfer.{name}.high", interval.high))
         with mlflow_errors(self.store.uri):
             log_batch(
                 self.store.client,
@@ -200,6 +208,13 @@ class TransferCheckRun:
             with tempfile.TemporaryDirectory(prefix="analoglab-mlflow-") as tmp:
                 folder = Path(tmp)
                 (folder / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n")
+                if report.distribution:
+                    boot = {
+                        "resamples": report.resamples,
+                        "items": report.items,
+                        "distribution": report.distribution,
+                    }
+                    (folder / BOOTSTRAP_FILE).write_text(json.dumps(boot) + "\n")
                 self._plot_overlays(folder)
                 self.store.upload(self.run_id, folder)
             self.store.finish(self.run_id)
