@@ -4,8 +4,8 @@ the analogs share (sentiment), one they lack (IOI), and real methods from their 
     python benchmarks/transfer.py [--analogs demo-analog-s demo-analog-m] [--frontier demo-frontier]
 
 Runs every spec in docs/specs/ on each analog and on the frontier (the frontier from the demo
-lab site of this machine) and prints the transfer score of each pair as a Markdown table, the
-one in docs/transfer.md.
+lab site of this machine) and prints the transfer score of each pair, with its 95% bootstrap
+interval and the verdict from it, as a Markdown table: the one in docs/transfer.md.
 """
 
 from __future__ import annotations
@@ -40,12 +40,17 @@ def main() -> None:
             parts = {p.name: p for p in rep.parts}
             eff = parts.get("effect_agreement")
             effect = "" if eff is None else f"{eff.analog:+.2f} / {eff.frontier:+.2f}"
-            rows.append((path.name, analog, effect, rep.score, rep.verdict))
+            ci = rep.score_interval
+            interval = "" if ci is None else f"{ci.low:.3f}–{ci.high:.3f}"
+            rows.append((path.name, analog, effect, rep.score, interval, rep.verdict))
         print(f"{path.name}: {time.perf_counter() - t0:.1f}s", flush=True)
-    print("\n| spec | analog | effect (analog / frontier) | score | verdict |")
-    print("|---|---|---:|---:|---|")
-    for name, analog, effect, score, verdict in rows:
-        print(f"| {name} | {analog} | {effect} | {score:.3f} | {verdict.replace('_', ' ')} |")
+    print("\n| spec | analog | effect (analog / frontier) | score | 95% interval | verdict |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, analog, effect, score, interval, verdict in rows:
+        print(
+            f"| {name} | {analog} | {effect} | {score:.3f} | {interval} "
+            f"| {verdict.replace('_', ' ')} |"
+        )
 
 
 if __name__ == "__main__":
