@@ -75,7 +75,6 @@ def make_model(arch: str, seed: int = 0) -> nn.Module:
 _MODELS: dict[str, nn.Module] = {}
 
 
-
 @pytest.fixture
 def archs() -> tuple[str, ...]:
     return ARCHS

@@ -1,9 +1,9 @@
-"""The architecture table (:mod:`analoglab.interventions.architectures`)."""
+"""Layouts found and overridden (:mod:`analoglab.interventions.layout`,
+:mod:`analoglab.interventions.architectures`) on the seven architectures of the old table."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import cast
 
 import pytest
@@ -16,47 +16,65 @@ from analoglab.interventions import (
     SITES,
     Architecture,
     InterventionError,
-    architecture_of,
     capture,
     layout_of,
     register_architecture,
+    verify_layout,
 )
+from analoglab.interventions.verification import forget_layouts
 
 EXPECTED_D_HEAD = {"gemma2": 16}  # its config sets head_dim apart from width / heads
 
-GPT_NEO = Architecture(
-    model_type="gpt_neo",
-    blocks="h",
-    attn_out_proj="attn.attention.out_proj",
-    attn_out="attn",
-    mlp_out="mlp",
-    final_norm="ln_f",
-)
+# What the hand-written table said before layouts were inferred: inference must find the same.
+OLD_TABLE = {
+    "llama": ("layers", "self_attn.o_proj", "self_attn", "mlp", "norm"),
+    "mistral": ("layers", "self_attn.o_proj", "self_attn", "mlp", "norm"),
+    "qwen2": ("layers", "self_attn.o_proj", "self_attn", "mlp", "norm"),
+    "gemma2": (
+        "layers",
+        "self_attn.o_proj",
+        "post_attention_layernorm",
+        "post_feedforward_layernorm",
+        "norm",
+    ),
+    "phi3": ("layers", "self_attn.o_proj", "self_attn", "mlp", "norm"),
+    "gpt2": ("h", "attn.c_proj", "attn", "mlp", "ln_f"),
+    "gpt_neox": ("layers", "attention.dense", "attention", "mlp", "final_layer_norm"),
+}
 
 
-def opt_config() -> transformers.OPTConfig:
-    return transformers.OPTConfig(
-        vocab_size=100,
-        hidden_size=32,
-        ffn_dim=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        word_embed_proj_dim=32,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+@pytest.fixture
+def table() -> Iterator[dict[str, Architecture]]:
+    """The overrides, restored (and every cached verdict dropped) after the test."""
+    saved = dict(ARCHITECTURES)
+    yield ARCHITECTURES
+    ARCHITECTURES.clear()
+    ARCHITECTURES.update(saved)
+    forget_layouts()
 
 
-def test_the_table_holds_exactly_the_tested_architectures(archs: tuple[str, ...]) -> None:
-    assert set(ARCHITECTURES) == set(archs)
-    assert set(archs) == {"llama", "gpt2", "gpt_neox", "qwen2", "gemma2", "mistral", "phi3"}
+def test_no_architecture_is_listed_by_hand(archs: tuple[str, ...]) -> None:
+    assert ARCHITECTURES == {}
+    assert set(archs) == set(OLD_TABLE)
+
+
+def test_inference_finds_what_the_old_table_said(arch: str, model: nn.Module) -> None:
+    layout = layout_of(model)
+    blocks, proj, attn_out, mlp_out, final_norm = OLD_TABLE[arch]
+    assert layout.plan.blocks == blocks
+    assert layout.plan.final_norm == final_norm
+    for block in range(layout.n_layers):
+        sites = layout.plan.block_plans[block].sites
+        assert sites["attn.hook_z"].path == proj
+        assert sites["hook_attn_out"].path == attn_out
+        assert sites["hook_mlp_out"].path == mlp_out
+        assert sites["hook_attn_out"].scale == sites["hook_mlp_out"].scale == 1.0
+    assert verify_layout(model).verified
 
 
 def test_layout_resolves_blocks_and_dimensions(arch: str, model: nn.Module) -> None:
     layout = layout_of(model)
-    assert architecture_of(model).model_type == arch
+    assert layout.model_type == arch
     assert layout.n_layers == 3
     assert (layout.n_heads, layout.d_head, layout.d_model) == (4, EXPECTED_D_HEAD.get(arch, 8), 32)
     assert layout.activation_shape("attn.hook_z") == (4, layout.d_head)
@@ -65,7 +83,9 @@ def test_layout_resolves_blocks_and_dimensions(arch: str, model: nn.Module) -> N
     assert layout.block_at_depth(0.5) == 1
     for site in SITES:
         assert isinstance(layout.module(2, site), nn.Module)
+        assert layout.supports(site)
     assert layout.module(1, "hook_resid_pre") is layout.blocks[1]
+    assert layout_of(model) is layout  # bound once per model
 
 
 def test_layout_works_on_the_base_model_too(model: nn.Module) -> None:
@@ -75,14 +95,12 @@ def test_layout_works_on_the_base_model_too(model: nn.Module) -> None:
     assert layout.blocks == layout_of(model).blocks
 
 
-def test_an_unsupported_architecture_names_what_is_missing() -> None:
-    model = transformers.AutoModelForCausalLM.from_config(opt_config())
-    with pytest.raises(InterventionError) as raised:
-        layout_of(model)
-    message = str(raised.value)
-    assert "'opt'" in message and "no interventions table entry" in message
-    assert "attention output projection" in message and "register_architecture" in message
-    assert "llama" in message  # lists what is supported
+def test_dense_models_refuse_the_router_sites_with_a_reason(model: nn.Module) -> None:
+    sites = verify_layout(model).sites
+    assert not sites["mlp.hook_router_logits"].blocks
+    assert "not a mixture of experts" in sites["mlp.hook_router_logits"].reason
+    with pytest.raises(InterventionError, match="does not support blocks.0.mlp.hook_experts"):
+        layout_of(model).module(0, "mlp.hook_experts")
 
 
 def test_something_that_is_not_a_transformers_model() -> None:
@@ -90,66 +108,71 @@ def test_something_that_is_not_a_transformers_model() -> None:
         layout_of(nn.Linear(2, 2))
 
 
-@pytest.fixture
-def table() -> Iterator[dict[str, Architecture]]:
-    """The architecture table, restored after the test."""
-    saved = dict(ARCHITECTURES)
-    yield ARCHITECTURES
-    ARCHITECTURES.clear()
-    ARCHITECTURES.update(saved)
-
-
-def test_an_entry_that_does_not_fit_names_the_missing_module(
+def test_an_override_that_does_not_fit_names_the_missing_module(
     model: nn.Module, arch: str, table: dict[str, Architecture]
 ) -> None:
-    table[arch] = replace(table[arch], final_norm="no_norm_here")
+    register_architecture(Architecture(model_type=arch, final_norm="no_norm_here"))
     with pytest.raises(InterventionError, match=r"no submodule 'no_norm_here' \(the final norm"):
         layout_of(model)
-    table[arch] = replace(table[arch], blocks="blocks_are_elsewhere")
-    with pytest.raises(InterventionError, match=r"no submodule 'blocks_are_elsewhere'"):
+    register_architecture(Architecture(model_type=arch, blocks="elsewhere"), replace=True)
+    with pytest.raises(InterventionError, match=r"no submodule 'elsewhere'"):
         layout_of(model)
 
 
-def test_an_entry_with_a_wrong_site_fails_when_the_site_is_used(
+def test_an_override_with_a_wrong_site_refuses_that_site_only(
     model: nn.Module, arch: str, table: dict[str, Architecture]
 ) -> None:
-    table[arch] = replace(table[arch], mlp_out="feed_forward")
+    register_architecture(Architecture(model_type=arch, mlp_out="feed_forward"))
     layout = layout_of(model)
-    with pytest.raises(InterventionError, match=r"block 1 has no submodule 'feed_forward'"):
+    with pytest.raises(InterventionError, match=r"'feed_forward' is not a submodule of block 1"):
         layout.module(1, "hook_mlp_out")
     with (
         pytest.raises(InterventionError, match="feed_forward"),
         capture(model, "blocks.1.hook_mlp_out"),
     ):
         pass
+    assert layout.supports("hook_resid_post") and layout.supports("attn.hook_z")
 
 
-def test_a_wrong_head_count_is_caught(
+def test_an_override_can_refuse_a_site(
+    model: nn.Module, arch: str, table: dict[str, Architecture]
+) -> None:
+    register_architecture(
+        Architecture(model_type=arch, refuse={"attn.hook_z": "the lab keeps heads private"})
+    )
+    assert not verify_layout(model).supports("attn.hook_z")
+    with (
+        pytest.raises(InterventionError, match="the lab keeps heads private"),
+        capture(model, "blocks.0.attn.hook_z"),
+    ):
+        pass
+
+
+def test_a_wrong_head_count_refuses_hook_z(
     model: nn.Module,
     arch: str,
     table: dict[str, Architecture],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    table[arch] = replace(table[arch], n_heads_key="n_nothing")
+    register_architecture(Architecture(model_type=arch, n_heads_key="n_nothing"))
     with pytest.raises(InterventionError, match="lacks a head count 'n_nothing'"):
         layout_of(model)
-    if arch == "gpt2":
-        return  # its Conv1D projection has no in_features to check against
     monkeypatch.setattr(model.config, "n_wrong", 3, raising=False)
-    table[arch] = replace(table[arch], n_heads_key="n_wrong")
-    with pytest.raises(InterventionError, match="not n_heads × d_head"):
-        layout_of(model)
+    register_architecture(Architecture(model_type=arch, n_heads_key="n_wrong"), replace=True)
+    layout = layout_of(model)
+    assert not layout.supports("attn.hook_z")
+    assert layout.supports("hook_resid_post")
 
 
 def test_registering_twice_needs_replace(table: dict[str, Architecture]) -> None:
+    register_architecture(Architecture(model_type="llama", notes="one"))
     with pytest.raises(InterventionError, match="already in the table"):
-        register_architecture(table["llama"])
-    register_architecture(replace(table["llama"], notes="new"), replace=True)
+        register_architecture(Architecture(model_type="llama"))
+    register_architecture(Architecture(model_type="llama", notes="new"), replace=True)
     assert table["llama"].notes == "new"
 
 
-def test_adding_an_architecture_is_one_table_entry(table: dict[str, Architecture]) -> None:
-    register_architecture(GPT_NEO)
+def test_gpt_neo_is_inferred_with_no_entry() -> None:
     torch.manual_seed(0)
     config = transformers.GPTNeoConfig(
         vocab_size=100,
@@ -166,6 +189,7 @@ def test_adding_an_architecture_is_one_table_entry(table: dict[str, Architecture
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     layout = layout_of(model)
     assert (layout.n_layers, layout.n_heads, layout.d_head) == (2, 4, 8)
+    assert layout.plan.block_plans[0].sites["attn.hook_z"].path == "attn.attention.out_proj"
     ids = torch.randint(3, 100, (2, 6))
     names = [f"blocks.{i}.{s}" for i in range(2) for s in SITES]
     with torch.no_grad(), capture(model, names) as cache:

@@ -8,6 +8,7 @@ import pytest
 
 from analoglab.errors import AnalogLabError
 from analoglab.interventions import (
+    ALL_SITES,
     SITES,
     HookPoint,
     InterventionError,
@@ -18,7 +19,7 @@ from analoglab.interventions import (
 )
 
 
-@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("site", ALL_SITES)
 def test_every_site_parses_and_prints_back(site: str) -> None:
     point = HookPoint.parse(f"blocks.12.{site}")
     assert point == HookPoint(12, site)  # type: ignore[arg-type]

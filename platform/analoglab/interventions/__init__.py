@@ -12,7 +12,12 @@ manager; its hooks are gone when the ``with`` block ends, also on an exception::
     with add_vector(model, name, direction, scale=4.0), capture(model, [name]) as cache:
         logits = model(**batch).logits
 
-Modules: :mod:`.names` (hook points, relative depth), :mod:`.architectures` (the table),
+Layouts are found, not listed: :func:`layout_of` infers where each site sits in any causal
+LM and verifies it on a few random tokens before it is used (once per model type and config);
+:func:`verify_layout` gives the report, :func:`supported_sites` what each site is on a model.
+
+Modules: :mod:`.names` (hook points, relative depth), :mod:`.layout` (inference),
+:mod:`.verification` (the self-test), :mod:`.architectures` (overrides),
 :mod:`.positions` (the padding rule), :mod:`.hooks` (the plumbing), :mod:`.selection`,
 :mod:`.capture`, :mod:`.steering`, :mod:`.ablation`, :mod:`.patching`; see
 ``docs/interventions.md``.
@@ -24,15 +29,16 @@ from analoglab.interventions.ablation import ablate
 from analoglab.interventions.architectures import (
     ARCHITECTURES,
     Architecture,
-    ModelLayout,
     architecture_of,
-    layout_of,
     register_architecture,
 )
 from analoglab.interventions.capture import capture
 from analoglab.interventions.errors import InterventionError
 from analoglab.interventions.hooks import Edit, Forward, PointLike, hooks
+from analoglab.interventions.layout import ModelLayout
 from analoglab.interventions.names import (
+    ALL_SITES,
+    MOE_SITES,
     SITES,
     HookPoint,
     Site,
@@ -44,19 +50,30 @@ from analoglab.interventions.names import (
 from analoglab.interventions.patching import patch
 from analoglab.interventions.positions import Positions, position_ids_from_mask, token_indices
 from analoglab.interventions.steering import add_vector
+from analoglab.interventions.verification import (
+    LayoutReport,
+    SiteSupport,
+    layout_of,
+    supported_sites,
+    verify_layout,
+)
 
 __all__ = [
+    "ALL_SITES",
     "ARCHITECTURES",
+    "MOE_SITES",
     "SITES",
     "Architecture",
     "Edit",
     "Forward",
     "HookPoint",
     "InterventionError",
+    "LayoutReport",
     "ModelLayout",
     "PointLike",
     "Positions",
     "Site",
+    "SiteSupport",
     "ablate",
     "add_vector",
     "all_hook_names",
@@ -70,5 +87,7 @@ __all__ = [
     "patch",
     "position_ids_from_mask",
     "register_architecture",
+    "supported_sites",
     "token_indices",
+    "verify_layout",
 ]

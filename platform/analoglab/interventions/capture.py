@@ -1,8 +1,11 @@
 """Capturing activations: :func:`capture` records hook points during forward passes.
 
-Capture costs one forward hook per hook point and no copy: the stored tensors are the
+Capture costs one forward hook per hook point and, mostly, no copy: the stored tensors are the
 forward pass's own activations, detached (``attn.hook_z`` is a view of the output
-projection's input). Copies are made only when asked for: at chosen positions, or on the CPU.
+projection's input). Captured values are values all the same: where the model changes an
+activation in place after the hook has seen it (falcon adds attention into its MLP's output),
+the layout says so and that site is copied. Copies are also made when asked for: at chosen
+positions, or on the CPU.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from analoglab.interventions.architectures import layout_of
 from analoglab.interventions.hooks import Edit, Forward, PointLike, hooks_installed
+from analoglab.interventions.layout import ModelLayout
 from analoglab.interventions.names import HookPoint, hook_point
 from analoglab.interventions.positions import Positions, gather_positions, normalize_positions
 
@@ -39,7 +42,23 @@ def capture(
             model(**batch)
         cache["blocks.1.attn.hook_z"].shape  # [batch, pos, n_heads, d_head]
     """
-    n_layers = layout_of(model).n_layers
+    from analoglab.interventions.verification import layout_of
+
+    with capture_with(model, points, layout_of(model), positions=positions, to_cpu=to_cpu) as c:
+        yield c
+
+
+@contextmanager
+def capture_with(
+    model: nn.Module,
+    points: PointLike | Iterable[PointLike],
+    layout: ModelLayout,
+    *,
+    positions: Positions | None = None,
+    to_cpu: bool = False,
+) -> Iterator[dict[str, Tensor]]:
+    """:func:`capture` with a given layout (the self-test captures with the one it checks)."""
+    n_layers = layout.n_layers
     names = [points] if isinstance(points, str | HookPoint) else list(points)
     parsed = [hook_point(p, n_layers) for p in names]
     chosen = None if positions is None else normalize_positions(positions)
@@ -55,5 +74,5 @@ def capture(
         return edit
 
     edits: dict[PointLike, Edit] = {point: store(point.name) for point in parsed}
-    with hooks_installed(model, edits, track_mask=chosen is not None):
+    with hooks_installed(model, edits, track_mask=chosen is not None, layout=layout):
         yield cache

@@ -7,9 +7,12 @@ the :class:`Forward` pass it runs in: its attention mask and the columns of posi
 counted over real tokens. Edits must not change the activation in place: return a new
 tensor.
 
-Hooks are PyTorch forward hooks and forward pre-hooks on the modules the architecture table
-names, registered when the ``with`` block is entered and removed when it is left, also when
-the forward pass raises. Edits at one hook point run in the order their contexts were
+Hooks are PyTorch forward hooks and forward pre-hooks on the modules the model's verified
+layout (:mod:`.layout`, :mod:`.verification`) names, registered when the ``with`` block is
+entered and removed when it is left, also when the forward pass raises. Where the layout says
+so, a hook shows edits the activation as the residual stream sees it: scaled by the block's
+residual multiplier, unflattened from ``[batch·pos, features]``, or copied where the model
+changes it in place later. Edits at one hook point run in the order their contexts were
 entered; edits at different hook points in forward order.
 """
 
@@ -24,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from analoglab.interventions.architectures import ModelLayout, layout_of
 from analoglab.interventions.errors import InterventionError
+from analoglab.interventions.layout import ModelLayout, SitePlan
 from analoglab.interventions.names import HookPoint, hook_point
 from analoglab.interventions.positions import token_indices
 
@@ -95,9 +98,19 @@ def hooks(model: nn.Module, edits: Edits) -> Iterator[ModelLayout]:
 
 
 @contextmanager
-def hooks_installed(model: nn.Module, edits: Edits, *, track_mask: bool) -> Iterator[ModelLayout]:
-    """:func:`hooks`; ``track_mask=False`` saves the root hooks for edits that use no positions."""
-    layout = layout_of(model)
+def hooks_installed(
+    model: nn.Module, edits: Edits, *, track_mask: bool, layout: ModelLayout | None = None
+) -> Iterator[ModelLayout]:
+    """:func:`hooks`; ``track_mask=False`` saves the root hooks for edits that use no positions.
+
+    ``layout`` is the model's verified layout unless given (the self-test gives the layout
+    it is verifying).
+    """
+    if layout is None:
+        # verification runs its self-test through this module: imported here, not at the top
+        from analoglab.interventions.verification import layout_of
+
+        layout = layout_of(model)
     resolved: dict[HookPoint, Edit] = {}
     for point, edit in edits.items():
         parsed = hook_point(point, layout.n_layers)
@@ -107,14 +120,20 @@ def hooks_installed(model: nn.Module, edits: Edits, *, track_mask: bool) -> Iter
             raise InterventionError(f"the edit at {parsed.name} is not callable: {edit!r}")
         resolved[parsed] = edit
     modules = {point: layout.module(point.block, point.site) for point in resolved}
+    plans = {point: layout.site(point.block, point.site) for point in resolved}
 
     forward = Forward()
     handles: list[RemovableHandle] = []
+    shapes: dict[int, tuple[int, int]] = {}
     try:
         if track_mask:
             handles.extend(_track_attention_mask(model, forward))
+        for block in sorted({p.block for p in resolved if plans[p].flat}):
+            handles.append(_track_block_shape(layout.blocks[block], block, shapes))
         for point, edit in resolved.items():
-            handles.append(_register(modules[point], point, edit, forward, layout))
+            handles.append(
+                _register(modules[point], point, edit, forward, layout, plans[point], shapes)
+            )
         yield layout
     finally:
         for handle in handles:
@@ -145,19 +164,39 @@ def _track_attention_mask(model: nn.Module, forward: Forward) -> list[RemovableH
     ]
 
 
-def _register(
-    module: nn.Module, point: HookPoint, edit: Edit, forward: Forward, layout: ModelLayout
+def _track_block_shape(
+    block: nn.Module, index: int, shapes: dict[int, tuple[int, int]]
 ) -> RemovableHandle:
-    if point.site == "hook_resid_pre":
+    """Keep ``[batch, pos]`` of the block's input, to unflatten ``[batch·pos, ...]`` sites."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(x, Tensor) and x.dim() == 3:
+            shapes[index] = (x.shape[0], x.shape[1])
+
+    return block.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _register(
+    module: nn.Module,
+    point: HookPoint,
+    edit: Edit,
+    forward: Forward,
+    layout: ModelLayout,
+    plan: SitePlan,
+    shapes: dict[int, tuple[int, int]],
+) -> RemovableHandle:
+    if plan.kind == "input":
+        heads = (layout.n_heads, layout.d_head) if point.site == "attn.hook_z" else None
         return module.register_forward_pre_hook(
-            _input_hook(edit, forward, name=point.name), with_kwargs=True
-        )
-    if point.site == "attn.hook_z":
-        return module.register_forward_pre_hook(
-            _input_hook(edit, forward, heads=(layout.n_heads, layout.d_head), name=point.name),
+            _input_hook(edit, forward, heads=heads, name=point.name, copy=plan.copy),
             with_kwargs=True,
         )
-    return module.register_forward_hook(_output_hook(edit, forward, name=point.name))
+    if plan == SitePlan("", "output") or plan == SitePlan(plan.path, "output"):
+        return module.register_forward_hook(_output_hook(edit, forward, name=point.name))
+    return module.register_forward_hook(
+        _site_output_hook(edit, forward, point, plan, lambda: shapes.get(point.block))
+    )
 
 
 PreHook: TypeAlias = Callable[
@@ -166,7 +205,12 @@ PreHook: TypeAlias = Callable[
 
 
 def _input_hook(
-    edit: Edit, forward: Forward, *, heads: tuple[int, int] | None = None, name: str = ""
+    edit: Edit,
+    forward: Forward,
+    *,
+    heads: tuple[int, int] | None = None,
+    name: str = "",
+    copy: bool = False,
 ) -> PreHook:
     """A pre-hook editing a module's first input (positional, or ``hidden_states=``)."""
 
@@ -175,11 +219,14 @@ def _input_hook(
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         x = args[0] if args else kwargs["hidden_states"]
         _check_sequence(x, name)
+        if copy:
+            x = x.clone()
         if heads is not None:
             if x.shape[-1] != heads[0] * heads[1]:
                 raise InterventionError(
                     f"{name}: the attention output has {x.shape[-1]} features, not n_heads × "
-                    f"d_head = {heads[0]} × {heads[1]}; the architecture table entry is wrong"
+                    f"d_head = {heads[0]} × {heads[1]}; the layout is wrong (override it with "
+                    "register_architecture)"
                 )
             new = edit(x.unflatten(-1, heads), forward)
             if new is not None:
@@ -211,6 +258,53 @@ def _output_hook(
     return hook
 
 
+def _site_output_hook(
+    edit: Edit,
+    forward: Forward,
+    point: HookPoint,
+    plan: SitePlan,
+    batch_pos: Callable[[], tuple[int, int] | None],
+) -> Callable[[nn.Module, Any, Any], Any]:
+    """A forward hook showing edits the site as the stream sees it (see :class:`SitePlan`)."""
+    name = point.name
+
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        raw = output[plan.pick] if isinstance(output, tuple) else output
+        x = raw
+        if plan.flat:
+            shape = batch_pos()
+            if not isinstance(raw, Tensor) or shape is None or raw.shape[0] != shape[0] * shape[1]:
+                _check_sequence(raw, name)
+            else:
+                x = raw.view(shape[0], shape[1], *raw.shape[1:])
+        _check_sequence(x, name)
+        if plan.top_k:
+            seen = x.topk(plan.top_k, dim=-1).indices
+        elif plan.scale != 1.0:
+            seen = x * plan.scale
+        elif plan.copy:
+            seen = x.clone()
+        else:
+            seen = x
+        new = edit(seen, forward)
+        if new is None or new is seen:
+            return None
+        if plan.read_only:
+            raise InterventionError(
+                f"{name} is read-only: capture it; change what the router sees at "
+                "hook_resid_pre or hook_resid_post instead"
+            )
+        if plan.scale != 1.0:
+            new = new / plan.scale
+        if plan.flat:
+            new = new.reshape(raw.shape)
+        if isinstance(output, tuple):
+            return (*output[: plan.pick], new, *output[plan.pick + 1 :])
+        return new
+
+    return hook
+
+
 def _check_sequence(x: Any, name: str) -> None:
     # A cheap guard against a table entry naming a module that does not carry
     # [batch, pos, features] (OPT's MLP, for one, flattens batch and positions).
@@ -218,5 +312,5 @@ def _check_sequence(x: Any, name: str) -> None:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise InterventionError(
             f"{name}: the hooked module carries {shape}, not [batch, pos, features]; the "
-            "architecture table entry names the wrong module"
+            "layout names the wrong module (override it with register_architecture)"
         )

@@ -9,6 +9,11 @@ A hook point is a block index and a site, written as in TransformerLens::
     blocks.{i}.hook_mlp_out     what the MLP adds to the stream     [batch, pos, d_model]
     blocks.{i}.hook_resid_post  residual stream leaving block i     [batch, pos, d_model]
 
+Blocks whose MLP is a mixture of experts also have two read-only sites (:data:`MOE_SITES`)::
+
+    blocks.{i}.mlp.hook_router_logits   the router's logits          [batch, pos, n_experts]
+    blocks.{i}.mlp.hook_experts         the experts each token chose  [batch, pos, top_k]
+
 Blocks can also be addressed by **relative depth**: 0.0 is the first block, 1.0 the last,
 and depth ``d`` on a model of ``L`` blocks is block ``floor(d * (L - 1) + 0.5)`` (the nearest
 block, halves rounded up), so the same spec runs on a 2-block analog and a 48-block frontier.
@@ -24,12 +29,22 @@ from typing import Literal, TypeAlias, cast, get_args
 from analoglab.interventions.errors import InterventionError
 
 Site: TypeAlias = Literal[
-    "hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post"
+    "hook_resid_pre",
+    "attn.hook_z",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "hook_resid_post",
+    "mlp.hook_router_logits",
+    "mlp.hook_experts",
 ]
-SITES: tuple[Site, ...] = get_args(Site)
-"""Every site, in the order a forward pass reaches them within a block."""
+ALL_SITES: tuple[Site, ...] = get_args(Site)
+"""Every site a name may carry: :data:`SITES`, then :data:`MOE_SITES`."""
+SITES: tuple[Site, ...] = ALL_SITES[:5]
+"""The sites of every block, in the order a forward pass reaches them within a block."""
+MOE_SITES: tuple[Site, ...] = ALL_SITES[5:]
+"""Read-only sites of a mixture-of-experts MLP: the router's logits and the chosen experts."""
 
-_NAME = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(" + "|".join(re.escape(s) for s in SITES) + r")")
+_NAME = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(" + "|".join(re.escape(s) for s in ALL_SITES) + r")")
 
 # A depth such as 0.35 is 0.35000000000000003 in binary; without this slack a depth meant to
 # land exactly on a half could round down on one model and up on another.
@@ -62,17 +77,19 @@ class HookPoint:
         if match is None:
             raise InterventionError(
                 f"{name!r} is not a hook point name; expected 'blocks.<index>.<site>' with a "
-                f"site among {', '.join(SITES)} (for example 'blocks.0.hook_resid_post')"
+                f"site among {', '.join(ALL_SITES)} (for example 'blocks.0.hook_resid_post')"
             )
-        # The pattern admits only the sites of SITES.
+        # The pattern admits only the sites of ALL_SITES.
         return cls(int(match.group(1)), cast(Site, match.group(2)))
 
 
 def hook_point(point: str | HookPoint, n_layers: int) -> HookPoint:
     """``point`` as a :class:`HookPoint`, checked against a model of ``n_layers`` blocks."""
     parsed = point if isinstance(point, HookPoint) else HookPoint.parse(point)
-    if parsed.site not in SITES:
-        raise InterventionError(f"unknown site {parsed.site!r}; the sites are {', '.join(SITES)}")
+    if parsed.site not in ALL_SITES:
+        raise InterventionError(
+            f"unknown site {parsed.site!r}; the sites are {', '.join(ALL_SITES)}"
+        )
     check_block(parsed.block, n_layers)
     return parsed
 
@@ -114,8 +131,8 @@ def hook_name(
     ``hook_name("hook_resid_post", depth=1.0, n_layers=48)`` is
     ``"blocks.47.hook_resid_post"``.
     """
-    if site not in SITES:
-        raise InterventionError(f"unknown site {site!r}; the sites are {', '.join(SITES)}")
+    if site not in ALL_SITES:
+        raise InterventionError(f"unknown site {site!r}; the sites are {', '.join(ALL_SITES)}")
     if (block is None) == (depth is None):
         raise InterventionError("give a hook point either a block index or a relative depth")
     if depth is not None:

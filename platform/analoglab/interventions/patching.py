@@ -13,12 +13,12 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from analoglab.interventions.architectures import layout_of
 from analoglab.interventions.errors import InterventionError
 from analoglab.interventions.hooks import Edit, Forward, PointLike, hooks_installed
 from analoglab.interventions.names import HookPoint, hook_point
 from analoglab.interventions.positions import Positions
 from analoglab.interventions.selection import Selection
+from analoglab.interventions.verification import layout_of
 
 
 @contextmanager

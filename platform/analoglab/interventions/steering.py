@@ -8,12 +8,12 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from analoglab.interventions.architectures import layout_of
 from analoglab.interventions.errors import InterventionError
 from analoglab.interventions.hooks import Forward, PointLike, hooks_installed
 from analoglab.interventions.names import hook_point
 from analoglab.interventions.positions import Positions
 from analoglab.interventions.selection import Selection
+from analoglab.interventions.verification import layout_of
 
 
 @contextmanager
