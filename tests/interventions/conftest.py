@@ -10,6 +10,7 @@
 - ``build_model``: a function building a fresh tiny model of an architecture.
 - ``ids``: a ``[2, 7]`` batch of token ids, no padding.
 - ``left_padded``: prompts of lengths 3, 5 and 7, alone and as one left-padded batch.
+- ``table``: the architecture overrides, restored (and cached verdicts dropped) after the test.
 - ``hook_state``: a function giving the hooks registered on every module of a model, to
   check that a context left none behind.
 """
@@ -17,7 +18,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,8 @@ import torch
 import transformers
 from torch import nn
 
-from analoglab.interventions import position_ids_from_mask
+from analoglab.interventions import ARCHITECTURES, Architecture, position_ids_from_mask
+from analoglab.interventions.verification import forget_layouts
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -148,3 +150,12 @@ def _hook_state(model: nn.Module) -> dict[str, tuple[int, ...]]:
 @pytest.fixture
 def hook_state() -> Callable[[nn.Module], dict[str, tuple[int, ...]]]:
     return _hook_state
+
+
+@pytest.fixture
+def table() -> Iterator[dict[str, Architecture]]:
+    saved = dict(ARCHITECTURES)
+    yield ARCHITECTURES
+    ARCHITECTURES.clear()
+    ARCHITECTURES.update(saved)
+    forget_layouts()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import cast
 
 import pytest
@@ -21,7 +20,6 @@ from analoglab.interventions import (
     register_architecture,
     verify_layout,
 )
-from analoglab.interventions.verification import forget_layouts
 
 EXPECTED_D_HEAD = {"gemma2": 16}  # its config sets head_dim apart from width / heads
 
@@ -41,16 +39,6 @@ OLD_TABLE = {
     "gpt2": ("h", "attn.c_proj", "attn", "mlp", "ln_f"),
     "gpt_neox": ("layers", "attention.dense", "attention", "mlp", "final_layer_norm"),
 }
-
-
-@pytest.fixture
-def table() -> Iterator[dict[str, Architecture]]:
-    """The overrides, restored (and every cached verdict dropped) after the test."""
-    saved = dict(ARCHITECTURES)
-    yield ARCHITECTURES
-    ARCHITECTURES.clear()
-    ARCHITECTURES.update(saved)
-    forget_layouts()
 
 
 def test_no_architecture_is_listed_by_hand(archs: tuple[str, ...]) -> None:

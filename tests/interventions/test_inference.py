@@ -12,7 +12,6 @@ with a shared expert (qwen2_moe) and a hybrid with Mamba blocks (jamba).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ import transformers
 from torch import Tensor, nn
 
 from analoglab.interventions import (
-    ARCHITECTURES,
     SITES,
     Architecture,
     InterventionError,
@@ -34,7 +32,6 @@ from analoglab.interventions import (
     register_architecture,
     verify_layout,
 )
-from analoglab.interventions.verification import forget_layouts
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 100,
@@ -182,15 +179,6 @@ def test_granite_sites_are_what_is_added_not_what_the_modules_return(ids: Tensor
     finally:
         handle.remove()
     torch.testing.assert_close(cache["blocks.0.hook_mlp_out"], 0.22 * raw[0])
-
-
-@pytest.fixture
-def table() -> Iterator[dict[str, Architecture]]:
-    saved = dict(ARCHITECTURES)
-    yield ARCHITECTURES
-    ARCHITECTURES.clear()
-    ARCHITECTURES.update(saved)
-    forget_layouts()
 
 
 @pytest.mark.parametrize("model_type", ["olmo2", "gemma3_text"])
