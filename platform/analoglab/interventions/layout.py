@@ -594,6 +594,12 @@ def _block_plan(
     pre, post = own.input, own.output
     sites["hook_resid_pre"] = SitePlan("", "input")
     sites["hook_resid_post"] = SitePlan("", "output", copy=_changed(own))
+    if pre.dim() != 3 or pre.shape[-1] != d_model:
+        reason = (
+            f"block {index}'s stream is {tuple(pre.shape)}, not [batch, pos, d_model = {d_model}] "
+            "(several residual streams, or a stream of another width)"
+        )
+        return BlockPlan({}, {s: reason for s in ALL_SITES}, meaning="not one residual stream")
     if pre.shape != post.shape:
         reason = (
             f"block {index} changes the stream's shape {tuple(pre.shape)} → {tuple(post.shape)}"

@@ -128,6 +128,16 @@ class LayoutReport:
                 + (f" (and {more} more)" if more else "")
             )
 
+    def summary(self) -> str:
+        """One line: verified or refused, and every site not offered at every block."""
+        if self.refused:
+            return self.refused
+        head = f"{self.model_type} layout ({self.n_layers} blocks) " + (
+            "verified" if self.verified else f"verified with {len(self.failures)} failed checks"
+        )
+        partial = [f"{s}: {v}" for s, v in self.sites.items() if not v.everywhere]
+        return head + ("; " + "; ".join(partial) if partial else "; every site at every block")
+
     def to_dict(self) -> dict[str, Any]:
         """As JSON: what a lab site can publish about its frontier (no weights, no values)."""
         return {
@@ -228,6 +238,9 @@ def _verify(model: nn.Module, digest: str) -> _Verdict:
         layout = resolve(plan, model)
     except InterventionError as exc:
         return _refused(kind, digest, 0, str(exc))
+    except Exception as exc:  # inference met a structure it does not know: refuse, say why
+        reason = f"the {kind} layout cannot be inferred: {type(exc).__name__}: {exc}"
+        return _refused(kind, digest, 0, reason.splitlines()[0])
     test = _SelfTest(model, layout)
     try:
         refusal = test.run()
@@ -383,6 +396,13 @@ class _SelfTest:
             (f"hidden_states[{i + 1}]", f"blocks.{i}.hook_resid_post", hidden[i + 1])
             for i in range(n - 1)
         ]
+        for name in [p[1] for p in pairs] + [f"blocks.{n - 1}.hook_resid_post"]:
+            if name not in cache:
+                block = int(name.split(".")[1])
+                reason = layout.plan.block_plans[block].refused.get(
+                    "hook_resid_post", "no residual stream found"
+                )
+                return f"the {layout.model_type} layout is refused: {reason}"
         for label, name, expected in pairs:
             size = _size(cache[name], expected)
             if not self.check("hidden_states", f"{name} vs {label}", size):
