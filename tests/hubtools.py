@@ -173,11 +173,12 @@ def shared_python() -> Path | None:
 class Kernel:
     """One kernel of a Jupyter server, driven over its websocket (``…/channels``)."""
 
-    def __init__(self, server: str, token: str) -> None:
+    def __init__(self, server: str, token: str, path: str | None = None) -> None:
         import websocket
 
         self.headers = {"Authorization": f"token {token}"}
-        resp = httpx.post(f"{server}/api/kernels", headers=self.headers, json={}, timeout=60)
+        body = {"path": path} if path else {}  # the kernel's folder, relative to the server's
+        resp = httpx.post(f"{server}/api/kernels", headers=self.headers, json=body, timeout=60)
         assert resp.status_code == 201, resp.text
         self.id = resp.json()["id"]
         self.session = uuid.uuid4().hex
@@ -235,20 +236,70 @@ def output_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def run_cell(server: str, token: str, code: str, timeout: float = 120) -> tuple[str, str]:
-    """Run ``code`` in a new kernel of the Jupyter server at ``server``; (status, output)."""
-    kernel = Kernel(server, token)
-    try:
-        msg_id = kernel.execute(code)
-        text, deadline = "", time.monotonic() + timeout
+def output_of(message: dict[str, Any]) -> dict[str, Any] | None:
+    """A kernel message as the notebook output it becomes (nbformat's shape), if it is one."""
+    kind = message.get("header", {}).get("msg_type")
+    content = message.get("content", {})
+    if kind == "stream":
+        return {"output_type": "stream", "name": content["name"], "text": content["text"]}
+    if kind in ("execute_result", "display_data"):
+        return {"output_type": kind, "data": content.get("data", {}), "metadata": {}}
+    if kind == "error":
+        return {"output_type": "error", "traceback": content.get("traceback", [])}
+    return None
+
+
+def run_cells(
+    kernel: Kernel, cells: list[Any], timeout: float = 300, after: Any = None, stop: bool = False
+) -> bool:
+    """Run notebook ``cells`` (code ones) in order in ``kernel``, filling their ``outputs`` as
+    Jupyter would; a cell that fails fails the test with its traceback, unless ``stop``: then
+    the cells stop there, as "Run All" does, and the answer is False. ``after(kernel, cell)``
+    is called after each cell, while the kernel still holds its state."""
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        msg_id = kernel.execute(source)
+        cell["outputs"] = []
+        deadline = time.monotonic() + timeout
         while True:
-            assert time.monotonic() < deadline, f"no reply to {code[:60]!r}:\n{text}"
+            assert time.monotonic() < deadline, f"cell did not finish: {source[:200]}"
             message = kernel.receive()
             if message is None or message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            text += output_text(message)
+            output = output_of(message)
+            if output is not None:
+                cell["outputs"].append(output)
             if message.get("header", {}).get("msg_type") == "execute_reply":
-                return str(message["content"]["status"]), text
+                status = message["content"]["status"]
+                if status != "ok" and stop:
+                    return False
+                assert status == "ok", f"{source[:200]}\n" + "\n".join(
+                    "\n".join(o.get("traceback", [])) for o in cell["outputs"]
+                )
+                break
+        if after is not None:
+            after(kernel, cell)
+    return True
+
+
+def run_cell(server: str, token: str, code: str, timeout: float = 120) -> str:
+    """Run ``code`` in a new kernel of the Jupyter server at ``server`` (it must succeed);
+    what it printed or displayed as text."""
+    kernel = Kernel(server, token)
+    try:
+        return kernel_text(kernel, code, timeout)
     finally:
         kernel.close()
         httpx.delete(f"{server}/api/kernels/{kernel.id}", headers=kernel.headers, timeout=30)
+
+
+def kernel_text(kernel: Kernel, code: str, timeout: float = 120) -> str:
+    """Run ``code`` in ``kernel`` (it must succeed); what it printed or displayed as text."""
+    cell: dict[str, Any] = {"cell_type": "code", "source": code}
+    run_cells(kernel, [cell], timeout)
+    return "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for o in cell["outputs"]
+    )

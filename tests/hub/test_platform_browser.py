@@ -1,6 +1,6 @@
 """``analoglab up`` in a real browser: headless Chromium signs in and sees each page render.
 
-One platform (``test_platform``'s module fixture: labs ``lab-a`` and ``lab-b``), a researcher
+One platform (the module fixture of ``conftest.py``: labs ``lab-a`` and ``lab-b``), a researcher
 and a reviewer of ``lab-a`` added with ``analoglab users add``. In Chromium, in order: the
 admin signs in with the credentials file and sees the admin page list the users; the
 researcher's JupyterLab (its server started through the hub's API) shows its launcher; the
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ..browser import Browser
-from .test_platform import Running, platform  # noqa: F401  (the module's platform fixture)
+from ..platformtools import Running, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -40,24 +38,8 @@ def sign_in(browser: Browser, url: str, name: str, password: str) -> None:
     browser.fill_and_submit(dict(zip(LOGIN, (name, password), strict=True)))
 
 
-def start_server(running: Running, name: str) -> None:
-    """Start ``name``'s server through the hub's API and wait until the hub says it is ready."""
-    token = running.user_token(name)
-    api = running.url + "/hub/api"
-    headers = {"Authorization": f"token {token}"}
-    resp = httpx.post(f"{api}/users/{name}/server", headers=headers, timeout=60)
-    assert resp.status_code in (201, 202), resp.text
-    deadline = time.monotonic() + 120
-    while True:
-        model = httpx.get(f"{api}/users/{name}", headers=headers, timeout=30).json()
-        if (model.get("servers") or {}).get("", {}).get("ready"):
-            return
-        assert time.monotonic() < deadline, model
-        time.sleep(1)
-
-
 def test_the_platforms_pages_render_in_a_real_browser(
-    platform: Running,  # noqa: F811
+    platform: Running,
     tmp_path: Path,
 ) -> None:
     tag = secrets.token_hex(3)
@@ -66,7 +48,7 @@ def test_the_platforms_pages_render_in_a_real_browser(
         done = platform.run("users", "add", name, *extra, "--json")
         assert done.returncode == 0, done.stderr
         platform.users[name] = json.loads(done.stdout)["password"]  # the fixture deletes them
-    start_server(platform, researcher)
+    start_server(platform, researcher, platform.user_token(researcher))
 
     # 1. the admin signs in with the credentials file; the admin page lists the users
     with Browser(tmp_path / "admin") as browser:

@@ -14,11 +14,7 @@ with none of its processes left.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,17 +27,8 @@ from analoglab.foundry.build import BuildResult
 from analoglab.queue.client import QueueClient
 
 from ..browser import Browser
-from ..conftest import free_port
 from ..hubtools import Kernel, output_text
-from .test_platform import (
-    AS_ROOT,
-    Running,
-    platform_processes,
-    proxy_path,
-    start,
-    start_server,
-    stop,
-)
+from ..platformtools import Running, copy_of, platform_in, platform_processes, start_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -51,27 +38,8 @@ ANALOG = "tiny-analog-s"
 
 @pytest.fixture
 def running(tiny_build: tuple[Settings, BuildResult]) -> Iterator[Running]:
-    data = Path(tempfile.mkdtemp(prefix="analoglab-hubtest-")) / "home"
-    data.parent.chmod(0o755)
-    shutil.copytree(tiny_build[0].home, data, symlinks=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "ANALOGLAB_"))}
-    env.update(
-        {
-            "ANALOGLAB_HOME": str(data),
-            "CONFIGURABLE_HTTP_PROXY": proxy_path(),
-            "HF_HUB_OFFLINE": "1",
-        }
-    )
-    up = start(data, env, free_port())
-    try:
+    with platform_in(copy_of(tiny_build[0].home)) as up:
         yield up
-    finally:
-        if up.proc.poll() is None:
-            stop(up)
-        for name in up.users:
-            if AS_ROOT:
-                subprocess.run(["userdel", name], capture_output=True, check=False)
-        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def decide(browser: Browser, review: str, job_id: int, button: str, text: str) -> None:

@@ -1,12 +1,13 @@
-"""The shared notebooks (``shared-notebooks/``): every one is stored clean, and 01, 04 and 05
-run from top to bottom in a real Jupyter kernel on the tiny build.
+"""The shared notebooks (``shared-notebooks/``) as stored, and where a laptop differs from the
+platform: every one is stored clean; ``03`` opened where no queue is configured says what to
+set; ``05`` on a laptop with the demo build (the demo lab's site here, its frontier readable)
+measures the analogs against the frontier, which on the platform it cannot.
 
-The kernel inherits the test's environment, as a notebook on the platform inherits the
-single-user server's: a data folder of its own (``ANALOGLAB_HOME``) with the tiny build's
+Those run in a plain Jupyter kernel that inherits the test's environment: the tiny build's
 model store, catalog and lab sites, only read; ``ANALOG`` / ``FRONTIER`` pick the tiny build's
-models instead of the demo ones. 02 runs in
-``tests/activations/test_notebook.py``, 03 against the real services in
-``tests/lab/test_end_to_end.py``.
+models. Where the notebooks run for researchers, from top to bottom: 01, 02, 04 and 05 in a
+researcher's server on the running platform (``test_on_the_platform.py``), 03 there too, end
+to end with a reviewer and the lab's agent (``tests/hub/test_platform_end_to_end.py``).
 """
 
 from __future__ import annotations
@@ -63,9 +64,7 @@ def text_of(nb: Any) -> str:
 
 def images_of(nb: Any) -> int:
     return sum(
-        "image/png" in out.get("data", {})
-        for cell in nb.cells
-        for out in cell.get("outputs", [])
+        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
     )
 
 
@@ -87,61 +86,7 @@ def test_every_notebook_is_stored_without_outputs(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_quickstart_runs(
-    reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    nb = execute("01-quickstart.ipynb", tmp_path, monkeypatch, ANALOG="tiny-analog-s")
-    text = text_of(nb)
-    assert "frontier   tiny-frontier" in text and "lab        tiny-lab" in text
-    assert "% of the frontier's" in text and "top-1 agreement" in text
-    assert "overall it was →" in text  # generated
-    assert "64 reviews × 2 hook points" in text
-    assert "PC 1 separates the two sentiments" in text
-    assert images_of(nb) == 1
-
-
-@pytest.mark.slow
-def test_steering_and_probes_run_and_land_in_mlflow(
-    reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mlflow import MlflowClient
-
-    # MLflow's own variable, as the platform may set it for single-user servers.
-    uri = f"sqlite:///{tmp_path / 'tracking.db'}"
-    nb = execute(
-        "04-steering-and-probes.ipynb", tmp_path, monkeypatch,
-        ANALOG="tiny-analog-s", MLFLOW_TRACKING_URI=uri,
-    )
-    text = text_of(nb)
-    assert f"MLflow: {uri}" in text
-    assert "sentiment vector at blocks." in text and "scale +4: P(' good')" in text
-    p_good = {  # P(' good') at each steering scale, as printed
-        int(line.split(":")[0].split()[1]): float(line.split("P(' good')")[1].split()[0])
-        for line in text.splitlines()
-        if line.startswith("scale ") and "P(' good')" in line
-    }
-    assert p_good[4] > p_good[0] > p_good[-4]  # the direction steers
-    assert "the probe beats its control by" in text
-    assert images_of(nb) == 2
-    client = MlflowClient(uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string="tags.`analoglab.model` = 'tiny-analog-s'",
-    )
-    by_name = {r.data.params["name"]: r for r in runs}
-    assert set(by_name) == {
-        "sentiment steering", "city → country", "city → country (shuffled labels)"
-    }
-    assert all(r.info.status == "FINISHED" for r in runs)
-    probe = by_name["city → country"].data.metrics
-    control = by_name["city → country (shuffled labels)"].data.metrics
-    assert probe["accuracy"] > control["accuracy"]  # the tiny analog knows its cities
-    assert "effect" in by_name["sentiment steering"].data.metrics
-    assert not (reader.home / "mlflow" / "mlflow.db").exists()  # the platform's store only
-
-
-@pytest.mark.slow
-def test_analog_fidelity_runs(
+def test_analog_fidelity_with_the_frontier_on_this_machine(
     reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nb = execute("05-analog-fidelity.ipynb", tmp_path, monkeypatch, FRONTIER="tiny-frontier")

@@ -63,7 +63,11 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     settings = serverapp.web_app.settings
     kernels = serverapp.kernel_manager
     every = interval_seconds()
-    callback = PeriodicCallback(lambda: mark_if_busy(settings, kernels), every * 1000)
+
+    def check() -> None:
+        mark_if_busy(settings, kernels)
+
+    callback = PeriodicCallback(check, every * 1000)
     callback.start()
     settings["analoglab_busy_check"] = callback  # kept alive with the server
     serverapp.log.info("analoglab: a busy kernel counts as activity (checked every %gs)", every)
