@@ -5,7 +5,8 @@ the analogs share (sentiment), one they lack (IOI), and real methods from their 
 
 Runs every spec in docs/specs/ on each analog and on the frontier (the frontier from the demo
 lab site of this machine) and prints the transfer score of each pair, with its 95% bootstrap
-interval and the verdict from it, as a Markdown table: the one in docs/transfer.md.
+interval and the verdict from it, as a Markdown table: the one in docs/transfer.md; then the
+confusion matrix of verdicts against the foundry's ground truth (``EXPECTED``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,44 @@ from analoglab.models.loading import load_any, quiet_transformers
 
 SPECS = Path(__file__).resolve().parent.parent / "docs" / "specs"
 
+# What should happen, by the demo foundry's ground truth (docs/foundry.md): the frontier and
+# the analogs learned sentiment; only the frontier learned IOI; controls never transfer.
+# Norm profiles over depth are a property of the architecture, shared by construction.
+EXPECTED = {
+    "evaluate-sentiment.yaml": "transfers",
+    "probe-sentiment.yaml": "transfers",
+    "steer-sentiment.yaml": "transfers",
+    "stats-neutral.yaml": "transfers",
+    "evaluate-ioi.yaml": "does not",
+    "ablate-ioi.yaml": "does not",
+    "patch-ioi.yaml": "does not",
+    "probe-shuffled-control.yaml": "control",
+    "steer-random-control.yaml": "control",
+}
+VERDICTS = ("transfers", "partial", "inconclusive", "does_not_transfer", "no_effect")
+
+
+def correct(expected: str, verdict: str) -> bool:
+    """A case is right when a real shared behaviour transfers, a frontier-only one does not,
+    and a control does not reach ``partial``."""
+    if expected == "transfers":
+        return verdict == "transfers"
+    return verdict in ("does_not_transfer", "no_effect")
+
+
+def confusion(rows: list[tuple[str, str, str, float, str, str]]) -> list[str]:
+    """The confusion matrix of verdict against ground truth, as Markdown lines."""
+    lines = ["| expected \\ verdict | " + " | ".join(v.replace("_", " ") for v in VERDICTS) + " |"]
+    lines.append("|---|" + "---:|" * len(VERDICTS))
+    for expected in ("transfers", "does not", "control"):
+        counts = [
+            sum(1 for r in rows if EXPECTED.get(r[0]) == expected and r[5] == v) for v in VERDICTS
+        ]
+        lines.append(f"| {expected} | " + " | ".join(str(c) for c in counts) + " |")
+    right = sum(1 for r in rows if r[0] in EXPECTED and correct(EXPECTED[r[0]], r[5]))
+    lines.append(f"\n{right} of {sum(1 for r in rows if r[0] in EXPECTED)} labelled cases right.")
+    return lines
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_transformers()
     models = {name: load_any(name, device=args.device) for name in [*args.analogs, args.frontier]}
-    rows = []
+    rows: list[tuple[str, str, str, float, str, str]] = []
     for path in sorted(SPECS.glob("*.yaml")):
         spec = load_spec(path)
         t0 = time.perf_counter()
@@ -51,6 +90,8 @@ def main() -> None:
             f"| {name} | {analog} | {effect} | {score:.3f} | {interval} "
             f"| {verdict.replace('_', ' ')} |"
         )
+    print()
+    print("\n".join(confusion(rows)))
 
 
 if __name__ == "__main__":
