@@ -248,11 +248,13 @@ def _output_hook(
     """A forward hook editing a module's output (the first element where it is a tuple)."""
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        x = output[0] if isinstance(output, tuple) else output
+        x = output[0] if isinstance(output, tuple | list) else output
         _check_sequence(x, name)
         new = edit(x, forward)
         if new is None or new is x:
             return None
+        if isinstance(output, list):  # openai-gpt's blocks return a list
+            return [new, *output[1:]]
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     return hook
@@ -269,7 +271,7 @@ def _site_output_hook(
     name = point.name
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        raw = output[plan.pick] if isinstance(output, tuple) else output
+        raw = output[plan.pick] if isinstance(output, tuple | list) else output
         x = raw
         if plan.flat:
             shape = batch_pos()
@@ -298,8 +300,8 @@ def _site_output_hook(
             new = new / plan.scale
         if plan.flat:
             new = new.reshape(raw.shape)
-        if isinstance(output, tuple):
-            return (*output[: plan.pick], new, *output[plan.pick + 1 :])
+        if isinstance(output, tuple | list):
+            return type(output)((*output[: plan.pick], new, *output[plan.pick + 1 :]))
         return new
 
     return hook
