@@ -191,3 +191,18 @@ def test_gpt_neo_is_inferred_with_no_entry() -> None:
             + cache[f"blocks.{i}.hook_attn_out"]
             + cache[f"blocks.{i}.hook_mlp_out"],
         )
+
+
+def test_the_report_is_what_a_lab_site_can_publish(model: nn.Module, arch: str) -> None:
+    import json
+
+    from analoglab.interventions import supported_sites
+
+    report = verify_layout(model)
+    assert verify_layout(model) is report  # cached: verified once per model type and config
+    published = json.loads(json.dumps(report.to_dict()))
+    assert published["model_type"] == arch and published["verified"] is True
+    assert published["sites"]["attn.hook_z"]["blocks"] == [0, 1, 2]
+    assert "not a mixture of experts" in published["sites"]["mlp.hook_experts"]["reason"]
+    assert report.summary() == f"{arch} layout (3 blocks) verified; every site at every block"
+    assert supported_sites(model)["hook_mlp_out"].everywhere

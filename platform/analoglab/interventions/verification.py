@@ -135,7 +135,11 @@ class LayoutReport:
         head = f"{self.model_type} layout ({self.n_layers} blocks) " + (
             "verified" if self.verified else f"verified with {len(self.failures)} failed checks"
         )
-        partial = [f"{s}: {v}" for s, v in self.sites.items() if not v.everywhere]
+        partial = [
+            f"{s}: {v}"
+            for s, v in self.sites.items()
+            if not v.everywhere and (v.blocks or s not in MOE_SITES)  # dense: no router, fine
+        ]
         return head + ("; " + "; ".join(partial) if partial else "; every site at every block")
 
     def to_dict(self) -> dict[str, Any]:
