@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,9 @@ def test_the_platforms_pages_render_in_a_real_browser(
             90,
         )
         assert f"/user/{researcher}/lab" in browser.url()
+        # JupyterLab was told not to fetch news: no prompt asks about it
+        time.sleep(2)
+        assert "news" not in browser.evaluate("document.body.innerText").lower()
         browser.screenshot(tmp_path / "2-jupyterlab.png")
 
         # 3. the reviewer, in a fresh profile: the review pages sign in with the hub's OAuth

@@ -383,6 +383,18 @@ def singleuser_env(plan: Plan) -> dict[str, Any]:
     }
 
 
+def lab_overrides() -> dict[str, Any]:
+    """JupyterLab settings every user starts from (``overrides.json`` in
+    ``Layout.lab_settings``): news and update checks off, so JupyterLab never asks about them
+    (the prompt appears whatever the server's news feed, while the setting is unset)."""
+    return {
+        "@jupyterlab/apputils-extension:notification": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        }
+    }
+
+
 def activity_interval(plan: Plan) -> int:
     """Seconds between a server's activity reports to the hub: a quarter of the culler's
     timeout (at most JupyterHub's default of 300), so a busy server is never culled."""
@@ -455,6 +467,10 @@ def build_config(plan: Plan) -> dict[str, dict[str, Any]]:
         "args": [
             *kernel_culling_args(plan),
             f"--ServerApp.jpserver_extensions={ACTIVITY_EXTENSION}=True",
+            # no news feed nor update checks (nothing to fetch from; no prompt to answer)
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            f"--LabApp.app_settings_dir={layout.lab_settings}",
             *(["--allow-root"] if single_user_root else []),
         ],
         "default_url": "/lab",

@@ -37,6 +37,11 @@ class Layout:
         return self.data / HOMES_FOLDER
 
     @property
+    def lab_settings(self) -> Path:
+        """JupyterLab's settings overrides for every user's server (readable by all)."""
+        return self.data / "jupyterlab-settings"
+
+    @property
     def secrets(self) -> Path:
         return self.hub / "secrets"
 

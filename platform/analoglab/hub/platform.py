@@ -51,6 +51,7 @@ from analoglab.hub.config import (
     Ports,
     build_config,
     is_loopback,
+    lab_overrides,
     render,
 )
 from analoglab.hub.layout import Layout
@@ -141,8 +142,14 @@ def prepare(settings: Settings, layout: Layout) -> None:
     for name in ("queue.db", "queue.db-wal", "queue.db-shm"):
         if (layout.data / name).exists():
             (layout.data / name).chmod(0o600)
+    layout.lab_settings.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        layout.lab_settings / "overrides.json",
+        json.dumps(lab_overrides(), indent=2).encode(),
+        perms=0o644,
+    )
     layout.data.chmod(0o755)
-    for public in (settings.models_path, settings.catalog_path):
+    for public in (settings.models_path, settings.catalog_path, layout.lab_settings):
         for root, _dirs, files in os.walk(public):
             os.chmod(root, 0o755)
             for f in files:
