@@ -14,6 +14,8 @@ transformers' ``output_hidden_states`` and weight surgery:
 - with block 0's attention output projection zeroed (weight surgery), the step of the stream
   ``hidden_states[1] - hidden_states[0]`` is ``hook_attn_out + hook_mlp_out``, and where that
   step is all MLP, ``hook_attn_out`` reads zero;
+- with every weight of block 0's submodules outside its attention and its norms zeroed (the
+  MLP silenced), ``hook_mlp_out`` reads zero and ``hook_attn_out`` is the stream's step;
 - adding ``v`` at ``hook_mlp_out`` of block 0 moves ``hidden_states[1]`` by exactly ``v``;
 - zero-ablating head 0 at ``attn.hook_z`` gives the logits of zeroing that head's columns
   of the projection weight.
@@ -110,7 +112,9 @@ TWEAKS: dict[str, dict[str, Any]] = {
             "axk2",
         )
     },
-    "falcon": {"head_dim": None},
+    "falcon": {"head_dim": None, "parallel_attn": True, "new_decoder_architecture": False},
+    "granite": {"residual_multiplier": 0.22},
+    "granitemoe": {"residual_multiplier": 0.22},
     "gptj": {"rotary_dim": 8},
     "codegen": {"rotary_dim": 8},
     "gpt_neo": {"attention_types": [[["global", "local"], 1], [["global"], 1]]},
@@ -248,6 +252,29 @@ def independent_checks(model: nn.Module, ids: Tensor) -> list[str]:
         elif _rel(mlp, step) <= TOL and float(attn.abs().max()) > TOL * float(step.abs().max()):
             wrong.append("with o_proj zeroed the step is all MLP, yet hook_attn_out is not zero")
 
+    if both and (0, "attn.hook_z") in offered and n > 1:
+        # Silence the MLP: zero every weight of block 0 outside its attention and its norms.
+        surgery = copy.deepcopy(model)
+        block = layout_of(surgery).blocks[0]
+        attention = layout_of(surgery).plan.block_plans[0].sites["attn.hook_z"].path
+        attention = attention.split(".")[0]
+        with torch.no_grad():
+            for name, module in block.named_modules():
+                inside = name == attention or name.startswith(attention + ".")
+                # the block's own parameters (doge's residual gains) are not the MLP's
+                if not name or inside or "norm" in type(module).__name__.lower():
+                    continue
+                for p in module.parameters(recurse=False):
+                    p.zero_()
+        got, out = run_capture(
+            surgery, ("hook_attn_out", "hook_mlp_out"), output_hidden_states=True
+        )
+        step = out.hidden_states[1] - out.hidden_states[0]
+        if float(got["blocks.0.hook_mlp_out"].abs().max()) > TOL * float(step.abs().max()):
+            wrong.append("with the MLP's weights zeroed, hook_mlp_out is not zero")
+        if _rel(got["blocks.0.hook_attn_out"], step) > TOL:
+            wrong.append("with the MLP's weights zeroed, hook_attn_out is not the stream's step")
+
     if (0, "hook_mlp_out") in offered and n > 1:
         vector = torch.randn(layout.d_model, generator=torch.Generator().manual_seed(7))
         with torch.no_grad():
@@ -278,6 +305,15 @@ def independent_checks(model: nn.Module, ids: Tensor) -> list[str]:
 def specs(loaded: LoadedModel) -> dict[str, str]:
     """The two specs run on the model: 'ok', or why not."""
     found: dict[str, str] = {}
+    ids = torch.randint(3, VOCAB, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    try:  # specs run left-padded batches: does the model itself, with no hooks?
+        with torch.no_grad():
+            loaded.model(input_ids=ids, attention_mask=mask)
+    except Exception as exc:
+        why = f"the model fails a left-padded batch with no hooks: {_first_line(exc)}"
+        return {"activation_stats": why, "steering": why}
     cases = {
         "activation_stats": {
             "method": "activation_stats",

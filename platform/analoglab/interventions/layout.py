@@ -561,6 +561,13 @@ def _named_scale(value: float, config: Any, overrides: Architecture) -> tuple[fl
             for k, v in vars(config).items()
             if isinstance(v, float) and not isinstance(v, bool) and v != 0
         }
+        depth, layers = (
+            getattr(config, "scale_depth", None),
+            getattr(config, "num_hidden_layers", 0),
+        )
+        if isinstance(depth, int | float) and isinstance(layers, int) and layers > 0:
+            # MiniCPM scales each sublayer by scale_depth / sqrt(num_hidden_layers)
+            candidates["scale_depth/√num_hidden_layers"] = float(depth) / math.sqrt(layers)
     for key, candidate in sorted(candidates.items(), key=lambda kv: "resid" not in kv[0]):
         if abs(value - candidate) <= 1e-3 * max(1.0, abs(candidate)):
             return candidate, key
