@@ -325,18 +325,26 @@ def with_hub_tokens(static: AnyAuthenticator, settings: Settings) -> AnyAuthenti
 
 
 def service_binding(
-    host: str | None = None, port: int | None = None, prefix: str | None = None
+    host: str | None = None,
+    port: int | None = None,
+    prefix: str | None = None,
+    *,
+    default_port: int = 8765,
+    default_prefix: str = "",
 ) -> tuple[str, int, str]:
     """``(host, port, prefix)`` to serve on: the arguments, else what the hub gives a managed
     service (``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``; read only where
     ``JUPYTERHUB_SERVICE_NAME`` is set, since a notebook server has them too), else
-    ``127.0.0.1:8765`` at the root. The prefix (no trailing slash) is the app's ``root_path``:
-    the proxy forwards ``/services/<name>/...`` with the prefix kept."""
+    ``127.0.0.1:<default_port>`` at ``default_prefix`` (the queue's: 8765 at the root). The
+    prefix (no trailing slash) is the app's ``root_path``: the proxy forwards
+    ``/services/<name>/...`` with the prefix kept."""
     managed = bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "") if managed else "")
     if prefix is None:
-        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "") if managed else ""
+        prefix = (
+            os.environ.get("JUPYTERHUB_SERVICE_PREFIX") if managed else None
+        ) or default_prefix
     prefix = prefix.rstrip("/")
     if prefix and not prefix.startswith("/"):
         prefix = "/" + prefix
-    return host or url.hostname or "127.0.0.1", port or url.port or 8765, prefix
+    return host or url.hostname or "127.0.0.1", port or url.port or default_port, prefix

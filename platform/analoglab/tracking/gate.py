@@ -542,18 +542,12 @@ class _PageRefused(Refused):
 def service_binding(
     host: str | None = None, port: int | None = None, prefix: str | None = None
 ) -> tuple[str, int, str]:
-    """``(host, port, prefix)`` for the gate: the arguments, else what the hub gives a managed
-    service (``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``; read only where
-    ``JUPYTERHUB_SERVICE_NAME`` is set: a notebook server has them too), else
-    ``127.0.0.1:8766`` under ``/services/mlflow``."""
-    managed = bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))
-    url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "") if managed else "")
-    if prefix is None:
-        prefix = (
-            os.environ.get("JUPYTERHUB_SERVICE_PREFIX") if managed else None
-        ) or DEFAULT_PREFIX
-    prefix = "/" + prefix.strip("/")
-    return host or url.hostname or "127.0.0.1", port or url.port or 8766, prefix
+    """``(host, port, prefix)`` for the gate: as for any managed service
+    (:func:`analoglab.queue.hubauth.service_binding`), else ``127.0.0.1:8766`` under
+    ``/services/mlflow``."""
+    from analoglab.queue.hubauth import service_binding as binding
+
+    return binding(host, port, prefix, default_port=8766, default_prefix=DEFAULT_PREFIX)
 
 
 def create_gate(config: GateConfig) -> MlflowGate:
