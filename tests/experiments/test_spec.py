@@ -50,6 +50,31 @@ EXAMPLES = {
         "samples": {"n": 2},
     },
     "fidelity": {"method": "fidelity", "data": {"kind": "task_set", "name": "neutral"}},
+    "mapped_steering": {
+        "method": "mapped_steering",
+        "artifact": {
+            "kind": "steering_vector",
+            "analog": "demo-analog-s",
+            "depth": 0.5,
+            "width": 3,
+            "values": [0.1, -0.2, 0.3],
+        },
+        "contrast": {"kind": "task_set", "name": "sentiment_pairs", "n": 8},
+        "evaluate": {"kind": "task_set", "name": "neutral", "n": 8},
+        "target": " good",
+        "foil": " bad",
+    },
+    "mapped_probe": {
+        "method": "mapped_probe",
+        "artifact": {
+            "kind": "probe_direction",
+            "analog": "demo-analog-s",
+            "depth": 1.0,
+            "width": 2,
+            "values": [1.0, -1.0],
+        },
+        "data": {"kind": "task_set", "name": "sentiment", "n": 40},
+    },
 }
 
 

@@ -89,7 +89,8 @@ def test_schema_free_form_fields_and_metric_count(result: dict[str, Any]) -> Non
 
 def test_every_frontier_method_has_a_schema() -> None:
     assert set(METHOD_OUTPUTS) == {
-        "activation_stats", "steering", "probe", "ablation", "patching", "evaluation"
+        "activation_stats", "steering", "probe", "ablation", "patching", "evaluation",
+        "mapped_steering", "mapped_probe",
     }
 
 

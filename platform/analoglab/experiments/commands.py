@@ -1,5 +1,6 @@
-"""``analoglab spec``, ``analoglab run`` and ``analoglab transfer``: experiment specs, runs
-of one spec on one model, and transfer checks from an analog to its frontier.
+"""``analoglab spec``, ``analoglab run``, ``analoglab transfer`` and ``map_app`` (residual
+maps): experiment specs, runs of one spec on one model, transfer checks from an analog to its
+frontier, and the maps the mapped methods carry an analog's artifact through.
 
 Nothing here imports torch at module level: the runner and the models load inside commands.
 """
@@ -73,6 +74,59 @@ def spec_validate(
         )
 
 
+map_app = typer.Typer(
+    help="Residual maps between an analog and its frontier (fitted at the lab site).",
+    no_args_is_help=True,
+)
+
+
+@map_app.command("fit")
+@handles_errors
+def map_fit(
+    analog: Annotated[str, typer.Option("--analog", "-a", help="The analog (name or folder).")],
+    frontier: Annotated[
+        str, typer.Option("--frontier", "-f", help="The frontier (its id here, or a folder).")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the map (.npz).")],
+    depths: Annotated[
+        list[float] | None, typer.Option("--depth", help="A relative depth (repeatable).")
+    ] = None,
+    texts: Annotated[int, typer.Option(help="Neutral corpus texts to fit on.")] = 256,
+    l2: Annotated[float, typer.Option(help="Ridge strength, relative to the stream's scale.")] = (
+        1e-3
+    ),
+    seed: Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")] = 0,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fit the map between an analog's and a frontier's residual streams on neutral text.
+
+    Run it at the lab site: it needs the frontier's weights, and the map stays there unless
+    the lab releases it."""
+    from analoglab.experiments.mapping import fit_map
+    from analoglab.foundry.tasks import task_set
+    from analoglab.models.loading import load_any
+
+    settings = get_settings()
+    a = load_any(analog, device=device, settings=settings)
+    f = load_any(frontier, device=device, settings=settings)
+    corpus = [str(t) for t in task_set("neutral", texts, seed + 12345).items]
+    rmap = fit_map(a, f, corpus, depths or [0.0, 0.25, 0.5, 0.75, 1.0], l2=l2, seed=seed)
+    rmap.save(out_path)
+    if as_json:
+        print_json(rmap.summary() | {"path": str(out_path)})
+        return
+    out.print(
+        f"map {rmap.analog} → {rmap.frontier}: {rmap.tokens_fit:,} tokens fitted, "
+        f"{rmap.tokens_held_out:,} held out; wrote {out_path}"
+    )
+    for layer in rmap.layers:
+        out.print(
+            f"  depth {layer.depth:.2f}: blocks {layer.analog_block} → {layer.frontier_block}, "
+            f"held-out R² {layer.r2_forward:.3f} (back {layer.r2_backward:.3f})"
+        )
+
+
 @handles_errors
 def run_command(
     spec_file: Annotated[Path, typer.Argument(help="A YAML or JSON experiment spec.")],
@@ -93,19 +147,27 @@ def run_command(
     track: Annotated[
         bool, typer.Option("--track", help="Log the run to MLflow (see `analoglab tracking`).")
     ] = False,
+    residual_map: Annotated[
+        Path | None,
+        typer.Option(
+            "--map", help="For mapped_steering / mapped_probe: the residual map (.npz) to use."
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment spec on one model and print (or save) its result."""
+    from analoglab.experiments.mapping import ResidualMap
     from analoglab.experiments.runner import run
     from analoglab.experiments.spec import load_spec
     from analoglab.models.loading import load_any
 
     spec = load_spec(spec_file)
     settings = get_settings()
+    rmap = ResidualMap.load(residual_map) if residual_map else None
     loaded = load_any(model, device=device, settings=settings)
     ref = load_any(reference, device=device, settings=settings) if reference else None
     progress, update = progress_bar(f"{spec.method} on {loaded.name}")
     with progress:
-        result = run(spec, loaded, reference=ref, progress=update)
+        result = run(spec, loaded, reference=ref, residual_map=rmap, progress=update)
     if out_path:
         result.save(out_path)
         err.print(f"wrote {out_path} ({result.size_bytes:,} bytes)")

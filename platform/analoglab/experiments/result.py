@@ -140,6 +140,8 @@ METHOD_OUTPUTS: dict[str, MethodOutputs] = {
     "ablation": _outputs({"effect", "mlp"}, {"heads"}, {"effect"}),
     "patching": _outputs({"recovery"}, {"recovery_by_position"}, {"effect"}),
     "evaluation": _outputs(set(), set(), {"accuracy", "effect"}),
+    "mapped_steering": _outputs(set(), set(), {"effect", "native_effect", "random_effect"}),
+    "mapped_probe": _outputs(set(), set(), {"accuracy", "effect", "native_effect"}),
 }
 
 #: The longest name or free-form value (a metric name, a library version) a result may hold.

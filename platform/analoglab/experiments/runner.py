@@ -28,6 +28,7 @@ import torch
 import transformers
 
 from analoglab import __version__
+from analoglab.experiments.mapping import ResidualMap
 from analoglab.experiments.methods import run_method
 from analoglab.experiments.methods.common import Context, ExperimentError, Outcome, Progress
 from analoglab.experiments.result import ExperimentResult, ModelIdentity
@@ -77,9 +78,11 @@ def run(
     model: LoadedModel,
     *,
     reference: LoadedModel | None = None,
+    residual_map: ResidualMap | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExperimentResult:
-    """Run ``spec`` on ``model`` (and, for fidelity, against ``reference``, the frontier).
+    """Run ``spec`` on ``model`` (and, for fidelity, against ``reference``, the frontier; for
+    the mapped methods, through ``residual_map``, the lab's map from the artifact's analog).
 
     ``progress`` is called with ``(done, total)`` units of work (forward batches, probe fits).
     Raises :class:`ExperimentError` for a spec that cannot run on this model (a layer index
@@ -105,6 +108,7 @@ def run(
         progress=Progress(progress),
         timings=timings,
         reference=reference,
+        residual_map=residual_map,
     )
     seed_everything(resolved.seed)
     with torch.no_grad():

@@ -272,6 +272,59 @@ class FidelitySpec(_Common):
     behaviour: Data | None = None
 
 
+#: The most numbers an inline artifact may hold (a vector of the analog's width).
+MAX_ARTIFACT_VALUES = 16384
+
+
+class Artifact(_Model):
+    """A finding on an analog, carried inline: a steering vector (added to the residual
+    stream) or a probe direction (read as ``direction · x``), of the analog's ``width``, found
+    at relative ``depth`` of the analog ``analog``."""
+
+    kind: Literal["steering_vector", "probe_direction"]
+    analog: str = Field(min_length=1, max_length=200, description="the analog it was found on")
+    depth: float = Field(ge=0.0, le=1.0)
+    width: int = Field(ge=1, le=MAX_ARTIFACT_VALUES)
+    values: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        min_length=1, max_length=MAX_ARTIFACT_VALUES
+    )
+
+    @model_validator(mode="after")
+    def _values_of_its_width(self) -> Artifact:
+        if len(self.values) != self.width:
+            raise ValueError(
+                f"the artifact holds {len(self.values)} values, its width is {self.width}"
+            )
+        return self
+
+
+class MappedSteeringSpec(_Common):
+    """An analog's steering vector carried to the frontier through the lab's residual map,
+    against the vector computed natively on the frontier and a random one of equal norm."""
+
+    method: Literal["mapped_steering"] = "mapped_steering"
+    artifact: Artifact
+    contrast: Data = Field(description="pairs the native frontier vector and the swing use")
+    evaluate: Data = Field(description="prompts (or choices, whose prompts are used) to steer")
+    target: Answer
+    foil: Answer
+    neutral: Data | None = Field(None, description="prompts for the side-effect KL")
+    scale: float = Field(4.0, ge=-64, le=64, description="how much of each vector is added")
+    position: Literal["all", "last"] = "all"
+
+
+class MappedProbeSpec(_Common):
+    """An analog's probe direction carried to the frontier through the lab's residual map,
+    against a probe fitted natively on the frontier and a random direction."""
+
+    method: Literal["mapped_probe"] = "mapped_probe"
+    artifact: Artifact
+    data: Data
+    position: Literal["last", "mean"] = "last"
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    l2: float = Field(1e-2, ge=0.0, le=100.0)
+
+
 ExperimentSpec = Annotated[
     ActivationStatsSpec
     | SteeringSpec
@@ -279,7 +332,9 @@ ExperimentSpec = Annotated[
     | AblationSpec
     | PatchingSpec
     | EvaluationSpec
-    | FidelitySpec,
+    | FidelitySpec
+    | MappedSteeringSpec
+    | MappedProbeSpec,
     Field(discriminator="method"),
 ]
 AnySpec = (
@@ -290,6 +345,8 @@ AnySpec = (
     | PatchingSpec
     | EvaluationSpec
     | FidelitySpec
+    | MappedSteeringSpec
+    | MappedProbeSpec
 )
 METHODS = (
     "activation_stats",
@@ -299,6 +356,8 @@ METHODS = (
     "patching",
     "evaluation",
     "fidelity",
+    "mapped_steering",
+    "mapped_probe",
 )
 
 _ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(ExperimentSpec)

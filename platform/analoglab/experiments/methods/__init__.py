@@ -2,7 +2,8 @@
 
 Each module opens with its formula and outputs (also in ``docs/methods/``):
 :mod:`.activation_stats`, :mod:`.steering`, :mod:`.probe`, :mod:`.ablation`,
-:mod:`.patching`, :mod:`.evaluation`, :mod:`.fidelity`; :mod:`.common` holds what they share.
+:mod:`.patching`, :mod:`.evaluation`, :mod:`.fidelity`, :mod:`.mapped` (mapped steering and
+mapped probe); :mod:`.common` holds what they share.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from analoglab.experiments.methods import (
     activation_stats,
     evaluation,
     fidelity,
+    mapped,
     patching,
     probe,
     steering,
@@ -26,6 +28,8 @@ from analoglab.experiments.spec import (
     AnySpec,
     EvaluationSpec,
     FidelitySpec,
+    MappedProbeSpec,
+    MappedSteeringSpec,
     PatchingSpec,
     ProbeSpec,
     SteeringSpec,
@@ -42,6 +46,8 @@ _RUNNERS: dict[type, Callable[[Any, Context], Outcome]] = {
     PatchingSpec: patching.run,
     EvaluationSpec: evaluation.run,
     FidelitySpec: fidelity.run,
+    MappedSteeringSpec: mapped.run_steering,
+    MappedProbeSpec: mapped.run_probe,
 }
 
 

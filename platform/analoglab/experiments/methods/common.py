@@ -1,6 +1,7 @@
 """What every method shares: the run context, batching, layer selection, data, answers, sums.
 
-- :class:`Context`: the model being run (and the reference, for fidelity), the layout, the
+- :class:`Context`: the model being run (and the reference, for fidelity; the residual map,
+  for the mapped methods), the layout, the
   spec's batch size and token budget, progress and per-phase timings.
 - :func:`encode`: prompts as one left-padded batch, each truncated to its *last*
   ``max_tokens`` tokens (the end of a prompt is what the next token depends on most).
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from analoglab.errors import AnalogLabError
+from analoglab.experiments.mapping import ResidualMap
 from analoglab.experiments.result import LayerProfile, Replicates
 from analoglab.experiments.spec import (
     Choice,
@@ -104,6 +106,7 @@ class Context:
     progress: Progress = field(default_factory=Progress)
     timings: dict[str, float] = field(default_factory=dict)
     reference: LoadedModel | None = None
+    residual_map: ResidualMap | None = None
 
     @property
     def model(self) -> Any:

@@ -53,7 +53,7 @@ from analoglab.experiments.methods.common import (
     texts_of,
 )
 from analoglab.experiments.result import Replicates
-from analoglab.experiments.spec import SteeringSpec
+from analoglab.experiments.spec import MappedSteeringSpec, Pair, SteeringSpec
 from analoglab.experiments.uncertainty import headline_rows, make_replicates
 from analoglab.interventions import add_vector, capture
 
@@ -66,8 +66,12 @@ def headline_scale(scales: list[float]) -> float:
     return max(positive) if positive else max(scales, key=abs)
 
 
-def run(spec: SteeringSpec, ctx: Context) -> Outcome:
-    pairs = pairs_of(spec.contrast, "contrast", "steering")
+def behaviour_data(
+    spec: SteeringSpec | MappedSteeringSpec, ctx: Context
+) -> tuple[list[Pair], list[str], list[str], int, int]:
+    """Contrast pairs, evaluate prompts, neutral texts, and the target's and foil's token ids
+    of a steering spec (what :mod:`.mapped` shares)."""
+    pairs = pairs_of(spec.contrast, "contrast", spec.method)
     prompts = prompts_of(spec.evaluate, "evaluate")
     neutral = texts_of(spec.neutral) if spec.neutral is not None else []
     ids = answer_ids(ctx.tokenizer, [spec.target, spec.foil])
@@ -76,7 +80,11 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
             f"target {spec.target!r} and foil {spec.foil!r} start with the same token, so the "
             "score cannot tell them apart; choose answers whose first tokens differ"
         )
-    target, foil = ids[:1].to(ctx.device), ids[1:].to(ctx.device)
+    return pairs, prompts, neutral, int(ids[0]), int(ids[1])
+
+
+def run(spec: SteeringSpec, ctx: Context) -> Outcome:
+    pairs, prompts, neutral, target, foil = behaviour_data(spec, ctx)
     blocks = ctx.blocks(spec.layers)
     names = ctx.hook_names("hook_resid_post", blocks)
     scales = [float(s) for s in spec.scales]
@@ -86,7 +94,7 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
 
     def score(enc: Encoded) -> Tensor:
         logits = forward(ctx.model, enc)
-        return (logits[:, target[0]] - logits[:, foil[0]]).double()
+        return (logits[:, target] - logits[:, foil]).double()
 
     positives = [p.positive for p in pairs]
     negatives = [p.negative for p in pairs]

@@ -1,0 +1,295 @@
+"""Residual maps: an affine map between an analog's and its frontier's residual streams.
+
+At each relative depth ``d`` the analog's block ``i_a = block_at_depth(d, L_a)`` and the
+frontier's ``i_f = block_at_depth(d, L_f)`` read the same tokens (an analog shares its
+frontier's tokenizer). Over every real token of a neutral corpus, with ``X`` the analog's
+``hook_resid_post`` rows ``[n, d_a]`` and ``Y`` the frontier's ``[n, d_f]``, the map is the
+ridge least-squares fit
+
+    Y ≈ X W + b,   W = (XcᵀXc + λ I)⁻¹ XcᵀYc,   b = ȳ − x̄ W
+
+(``Xc``, ``Yc`` centred on the fitting tokens; ``λ = l2 · tr(XcᵀXc) / d_a``, so ``l2`` does not
+depend on the stream's scale), and the map back, ``X ≈ Y M + c``, the same way. Texts are split
+(seeded) into fitting and held-out ones; the fit is reported as R² on the held-out tokens,
+``1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖²``.
+
+What the maps carry: a steering vector ``v_a`` found on the analog becomes ``v_a W`` on the
+frontier (a difference of activations: the offset cancels); a probe direction ``w_a`` (read as
+``w_a · x_a``) becomes ``M w_a`` (since ``w_a · x_a ≈ (M w_a) · y + w_a · c``).
+
+A map is fitted **at the lab site** (it needs the frontier's activations) and kept there
+(:meth:`ResidualMap.save`: one ``.npz``); like any result, it leaves the site only through a
+release decision. Results of the mapped methods carry its fit (R²), never its matrices.
+:func:`fit_ridge` and :func:`r_squared` are pure numpy; :func:`fit_map` runs the two models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analoglab.errors import AnalogLabError
+
+MAP_VERSION = 1
+
+
+class MapError(AnalogLabError):
+    """A residual map that cannot be fitted, read or used as asked."""
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """``W [d_x, d_y]`` and ``b [d_y]`` of the ridge fit ``y ≈ x W + b`` (module docstring)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    gram = xc.T @ xc
+    lam = l2 * float(np.trace(gram)) / max(x.shape[1], 1)
+    w: np.ndarray = np.linalg.solve(gram + lam * np.eye(x.shape[1]), xc.T @ yc)
+    b: np.ndarray = my - mx @ w
+    return w, b
+
+
+def r_squared(y: np.ndarray, predicted: np.ndarray) -> float:
+    """``1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖²`` over the rows (1: perfect; 0: no better than the mean)."""
+    y = np.asarray(y, np.float64)
+    total = float(((y - y.mean(0)) ** 2).sum())
+    if total <= 0.0:
+        return 0.0
+    return 1.0 - float(((y - np.asarray(predicted, np.float64)) ** 2).sum()) / total
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """The map at one relative depth, both ways, and its held-out fit."""
+
+    depth: float
+    analog_block: int
+    frontier_block: int
+    forward: np.ndarray  # W [d_a, d_f]
+    forward_bias: np.ndarray  # b [d_f]
+    backward: np.ndarray  # M [d_f, d_a]
+    backward_bias: np.ndarray  # c [d_a]
+    r2_forward: float
+    r2_backward: float
+
+    @property
+    def analog_width(self) -> int:
+        return int(self.forward.shape[0])
+
+    @property
+    def frontier_width(self) -> int:
+        return int(self.forward.shape[1])
+
+    def steering_vector(self, vector: Sequence[float]) -> np.ndarray:
+        """An analog steering vector on the frontier: ``v W``."""
+        mapped: np.ndarray = np.asarray(vector, np.float64) @ self.forward
+        return mapped
+
+    def probe_direction(self, direction: Sequence[float]) -> np.ndarray:
+        """An analog probe direction on the frontier: ``M w``."""
+        mapped: np.ndarray = self.backward @ np.asarray(direction, np.float64)
+        return mapped
+
+
+@dataclass(frozen=True)
+class ResidualMap:
+    """Maps between one analog and one frontier at several relative depths."""
+
+    analog: str
+    analog_weights_sha256: str
+    frontier: str
+    frontier_weights_sha256: str
+    l2: float
+    tokens_fit: int
+    tokens_held_out: int
+    layers: tuple[LayerMap, ...]
+
+    def at(self, depth: float) -> LayerMap:
+        """The map at ``depth`` (within 1e-6 of a fitted depth); else a :class:`MapError`."""
+        for layer in self.layers:
+            if abs(layer.depth - depth) <= 1e-6:
+                return layer
+        fitted = ", ".join(f"{layer.depth:g}" for layer in self.layers)
+        raise MapError(
+            f"the map {self.analog} → {self.frontier} has no depth {depth:g} (fitted at "
+            f"{fitted}); fit one there or give the artifact's depth as one of these"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What may be shown of a map without its matrices: who, where and how well."""
+        return {
+            "analog": self.analog,
+            "frontier": self.frontier,
+            "l2": self.l2,
+            "tokens_fit": self.tokens_fit,
+            "tokens_held_out": self.tokens_held_out,
+            "layers": [
+                {
+                    "depth": layer.depth,
+                    "analog_block": layer.analog_block,
+                    "frontier_block": layer.frontier_block,
+                    "r2_forward": round(layer.r2_forward, 6),
+                    "r2_backward": round(layer.r2_backward, 6),
+                }
+                for layer in self.layers
+            ],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """One ``.npz``: the matrices, and the summary as JSON (``meta``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = self.summary() | {
+            "map_version": MAP_VERSION,
+            "analog_weights_sha256": self.analog_weights_sha256,
+            "frontier_weights_sha256": self.frontier_weights_sha256,
+        }
+        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
+        for k, layer in enumerate(self.layers):
+            arrays[f"forward_{k}"] = layer.forward
+            arrays[f"forward_bias_{k}"] = layer.forward_bias
+            arrays[f"backward_{k}"] = layer.backward
+            arrays[f"backward_bias_{k}"] = layer.backward_bias
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResidualMap:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {k: np.asarray(data[k]) for k in data.files if k != "meta"}
+        except (OSError, ValueError, KeyError) as exc:
+            raise MapError(f"cannot read the residual map {path}: {exc}") from None
+        if meta.get("map_version") != MAP_VERSION:
+            raise MapError(f"{path} is not a residual map of version {MAP_VERSION}")
+        layers = tuple(
+            LayerMap(
+                depth=float(info["depth"]),
+                analog_block=int(info["analog_block"]),
+                frontier_block=int(info["frontier_block"]),
+                forward=arrays[f"forward_{k}"],
+                forward_bias=arrays[f"forward_bias_{k}"],
+                backward=arrays[f"backward_{k}"],
+                backward_bias=arrays[f"backward_bias_{k}"],
+                r2_forward=float(info["r2_forward"]),
+                r2_backward=float(info["r2_backward"]),
+            )
+            for k, info in enumerate(meta["layers"])
+        )
+        return cls(
+            analog=meta["analog"],
+            analog_weights_sha256=meta["analog_weights_sha256"],
+            frontier=meta["frontier"],
+            frontier_weights_sha256=meta["frontier_weights_sha256"],
+            l2=float(meta["l2"]),
+            tokens_fit=int(meta["tokens_fit"]),
+            tokens_held_out=int(meta["tokens_held_out"]),
+            layers=layers,
+        )
+
+
+def fit_layer(
+    depth: float,
+    blocks: tuple[int, int],
+    x: tuple[np.ndarray, np.ndarray],
+    y: tuple[np.ndarray, np.ndarray],
+    l2: float,
+) -> LayerMap:
+    """The map at one depth from analog rows ``x = (fit, held_out)`` and frontier rows ``y``."""
+    w, b = fit_ridge(x[0], y[0], l2)
+    m, c = fit_ridge(y[0], x[0], l2)
+    return LayerMap(
+        depth=depth,
+        analog_block=blocks[0],
+        frontier_block=blocks[1],
+        forward=w,
+        forward_bias=b,
+        backward=m,
+        backward_bias=c,
+        r2_forward=r_squared(y[1], x[1] @ w + b),
+        r2_backward=r_squared(x[1], y[1] @ m + c),
+    )
+
+
+def fit_map(
+    analog: Any,
+    frontier: Any,
+    texts: Sequence[str],
+    depths: Sequence[float],
+    *,
+    l2: float = 1e-3,
+    held_out: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_tokens: int = 128,
+) -> ResidualMap:
+    """Fit the map between ``analog`` and ``frontier`` (two ``LoadedModel``) at ``depths`` on
+    every real token of ``texts``; a seeded ``held_out`` share of the texts measures R²."""
+    import torch
+
+    from analoglab.experiments.methods.common import encode, forward
+    from analoglab.experiments.methods.fidelity import check_same_vocabulary
+    from analoglab.interventions import block_at_depth, capture, layout_of
+
+    if len(texts) < 2:
+        raise MapError("a map needs at least 2 texts (some to fit on, some held out)")
+    if not depths:
+        raise MapError("give at least one relative depth to fit a map at")
+    check_same_vocabulary(analog, frontier, texts[0])
+    la, lf = layout_of(analog.model), layout_of(frontier.model)
+    pairs = [(block_at_depth(d, la.n_layers), block_at_depth(d, lf.n_layers)) for d in depths]
+    names_a = [la.hook_name("hook_resid_post", block=i) for i, _ in pairs]
+    names_f = [lf.hook_name("hook_resid_post", block=j) for _, j in pairs]
+    order = np.random.default_rng([seed, 0x3A9]).permutation(len(texts))
+    n_out = min(max(1, round(held_out * len(texts))), len(texts) - 1)
+    is_held_out = np.zeros(len(texts), dtype=bool)
+    is_held_out[order[:n_out]] = True
+    rows: dict[tuple[str, bool], list[np.ndarray]] = {}
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            flags = is_held_out[start : start + len(chunk)]
+            for loaded, names, side in ((analog, names_a, "a"), (frontier, names_f, "f")):
+                enc = encode(loaded.tokenizer, chunk, max_tokens, loaded.device)
+                with capture(loaded.model, names) as cache:
+                    forward(loaded.model, enc)
+                real = enc.real
+                for k, name in enumerate(names):
+                    acts = cache[name].double()
+                    for held in (False, True):
+                        keep = real & torch.as_tensor(flags == held, device=real.device)[:, None]
+                        part = acts[keep].cpu().numpy()
+                        rows.setdefault((f"{side}{k}", held), []).append(part)
+
+    def stacked(key: str, held: bool) -> np.ndarray:
+        return np.concatenate(rows[(key, held)])
+
+    layers = tuple(
+        fit_layer(
+            float(d),
+            pairs[k],
+            (stacked(f"a{k}", False), stacked(f"a{k}", True)),
+            (stacked(f"f{k}", False), stacked(f"f{k}", True)),
+            l2,
+        )
+        for k, d in enumerate(depths)
+    )
+    return ResidualMap(
+        analog=analog.name,
+        analog_weights_sha256=analog.weights_sha256,
+        frontier=frontier.name,
+        frontier_weights_sha256=frontier.weights_sha256,
+        l2=l2,
+        tokens_fit=int(stacked("a0", False).shape[0]),
+        tokens_held_out=int(stacked("a0", True).shape[0]),
+        layers=layers,
+    )
