@@ -68,7 +68,7 @@ def _assembled() -> typer.Typer:
     """The root with every area's commands and groups, in the order ``--help`` lists them."""
     from analoglab.activations.commands import activations_app
     from analoglab.cli.config import config_app, doctor
-    from analoglab.experiments.commands import run_command, spec_app, transfer_command
+    from analoglab.experiments.commands import map_app, run_command, spec_app, transfer_command
     from analoglab.foundry.commands import foundry_app
     from analoglab.hub.commands import register as register_platform
     from analoglab.lab.commands import lab_app
@@ -84,6 +84,7 @@ def _assembled() -> typer.Typer:
         ("models", models_app),
         ("foundry", foundry_app),
         ("spec", spec_app),
+        ("map", map_app),
         ("activations", activations_app),
         ("queue", queue_app),
         ("lab", lab_app),
