@@ -29,6 +29,7 @@ def test_load_analog_offline_and_generate(tiny_home: Settings) -> None:
     assert loaded.card is not None and loaded.card.frontier == "tiny-frontier"
     assert loaded.weights_sha256 == loaded.card.weights_sha256
     assert not model.training and loaded.device == torch.device("cpu")
+    assert loaded.layout is not None and loaded.layout.verified  # checked at load
     enc = tokenizer(["the soup was", "When Mary and John went"], return_tensors="pt", padding=True)
     out = model.generate(
         **enc, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id
@@ -46,6 +47,8 @@ def test_load_model_takes_any_local_hf_causal_lm(tiny_home: Settings, tmp_path: 
     loaded = load_model(folder, device="cpu")
     assert loaded.model.config.model_type == "gpt2" and loaded.card is None
     assert loaded.name == "gpt2-tiny" and len(loaded.weights_sha256) == 64
+    assert loaded.layout is not None and loaded.layout.supports("attn.hook_z")
+    assert load_model(folder, device="cpu", verify=False).layout is None
     # The frontier on the lab site loads the same way, by its path.
     frontier = load_model(tiny_home.lab_sites_path / "tiny-lab/models/tiny-frontier", device="cpu")
     assert frontier.model.config.num_hidden_layers == 2

@@ -75,6 +75,9 @@ class Worker:
         if not reused:
             self._held = None  # drop the old model before loading the next
             loaded = load_model(weights, device=device, name=frontier, expected_sha256=sha256)
+            # The frontier's hook layout is verified once per load, not per job: say what it is.
+            if loaded.layout is not None:
+                print(f"{frontier}: {loaded.layout.summary()}", file=sys.stderr, flush=True)
             self._held = _Held(weights, sha256, device, loaded)
         assert self._held is not None
         loaded_at = time.perf_counter()

@@ -1,5 +1,9 @@
 """Loading models from local folders: analogs from the model store, or any local Hugging Face
 causal LM checkpoint. Always offline: nothing is ever downloaded.
+
+Every model loaded here has its interventions layout inferred and verified at load
+(:func:`analoglab.interventions.verify_layout`, a few random tokens, cached per model type
+and config); the report is :attr:`LoadedModel.layout`.
 """
 
 from __future__ import annotations
@@ -9,12 +13,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analoglab.config import Settings, get_settings
 from analoglab.errors import ConfigError, CorruptModelError, ModelNotFoundError
 from analoglab.models.card import AnalogCard
 from analoglab.models.catalog import AnalogEntry, Catalog
+
+if TYPE_CHECKING:
+    from analoglab.interventions import LayoutReport
 
 # No hub is reachable from a fresh install; never let transformers try one.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,6 +48,8 @@ class LoadedModel:
     path: Path
     weights_sha256: str
     card: AnalogCard | None = None
+    layout: LayoutReport | None = None
+    """The interventions layout's self-test at load: which hook sites this model offers."""
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.tokenizer))
@@ -97,10 +106,13 @@ def load_model(
     dtype: Any = None,
     name: str | None = None,
     expected_sha256: str | None = None,
+    verify: bool = True,
 ) -> LoadedModel:
     """Load any local Hugging Face causal LM and its tokenizer, offline, in eval mode.
 
     With ``expected_sha256`` the weights are checked against it before anything is loaded.
+    With ``verify`` (the default) the interventions layout is verified on load; a layout that
+    fails is refused when a hook would use it, and :attr:`LoadedModel.layout` says why.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,7 +142,12 @@ def load_model(
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return LoadedModel(model, tokenizer, name or folder.name, folder, digest)
+    loaded = LoadedModel(model, tokenizer, name or folder.name, folder, digest)
+    if verify:
+        from analoglab.interventions import verify_layout
+
+        loaded.layout = verify_layout(model)
+    return loaded
 
 
 def load_analog(
