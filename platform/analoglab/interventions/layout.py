@@ -720,6 +720,16 @@ def _block_plan(
                 "sum of these modules' outputs here (a norm after the residual add, or the "
                 "sublayers add the residual themselves)"
             )
+            used = {p[1].split(".")[0] for p in parts}
+            others = [
+                n
+                for n, c in _called_children(block, records)
+                if n not in used
+                and _MLP.search(f"{n} {type(c).__name__}")
+                and not _NORM.search(type(c).__name__)
+            ]
+            if others:  # granitemoehybrid adds a shared MLP beside its mixture of experts
+                reason += f"; {', '.join(others)} also add to it, and no one module outputs the sum"
             meaning = "not a sum of module outputs"
             for role, path, _, flat, changed in parts:
                 if role == "mixer":
