@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from analoglab.experiments.runner import run
+from analoglab.experiments.runner import ExperimentError, run
 from analoglab.experiments.spec import load_spec
 from analoglab.experiments.transfer import compare
 from analoglab.models.loading import load_any, quiet_transformers
@@ -73,7 +73,11 @@ def main() -> None:
     for path in sorted(SPECS.glob("*.yaml")):
         spec = load_spec(path)
         t0 = time.perf_counter()
-        results = {name: run(spec, m) for name, m in models.items()}
+        try:
+            results = {name: run(spec, m) for name, m in models.items()}
+        except ExperimentError as exc:  # e.g. patch pairs of unequal length on this tokenizer
+            print(f"{path.name}: cannot run on these models: {exc}", flush=True)
+            continue
         for analog in args.analogs:
             rep = compare(results[analog], results[args.frontier])
             parts = {p.name: p for p in rep.parts}
