@@ -143,3 +143,31 @@ def test_left_padding_gives_each_prompts_own_captures(
                 model(prompt)
             for name in names:
                 torch.testing.assert_close(batched[name][row : row + 1], alone[name])
+
+
+def test_a_value_changed_in_place_after_capture_is_an_error_not_a_wrong_number(
+    model: nn.Module, ids: Tensor
+) -> None:
+    from analoglab.interventions import InterventionError
+
+    # Stand in for a model the layout's probe did not see work in place: block 1 adds to
+    # its input (block 0's output, captured without a copy) after the capture stored it.
+    def add_in_place(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        args[0].add_(1.0)
+
+    handle = layout_of(model).blocks[1].register_forward_pre_hook(add_in_place)
+    try:
+        with (
+            torch.no_grad(),
+            pytest.raises(InterventionError, match="changed in place after it was captured"),
+            capture(model, "blocks.0.hook_resid_post") as cache,
+        ):
+            model(ids)
+        with torch.no_grad(), capture(model, "blocks.0.hook_resid_post", copy=True) as copied:
+            model(ids)  # a copy is taken at once: the value before the change
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    assert "blocks.0.hook_resid_post" in cache
+    torch.testing.assert_close(copied["blocks.0.hook_resid_post"], hidden[1])
