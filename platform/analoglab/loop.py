@@ -100,7 +100,7 @@ def transfer_check(
     say(f"transfer check {check.run_id}{where}: {resolved.method}, {analog} → {frontier}")
     done = check.report()
     if done is not None:
-        say(f"already checked: {done.verdict} (score {done.score:.2f})")
+        say(f"already checked: {done.summary()}")
         return done
 
     from analoglab.experiments.runner import run
@@ -144,7 +144,7 @@ def transfer_check(
             check.log_frontier(frontier_result, str(job_id))
     report = compare(analog_result, frontier_result)
     check.log_report(report)
-    say(f"{report.verdict} (score {report.score:.2f}); logged on run {check.run_id}")
+    say(f"{report.summary()}; logged on run {check.run_id}")
     return report
 
 

@@ -129,6 +129,7 @@ def test_a_notebook_checks_transfer_through_the_platform(running: Running, tmp_p
     assert f"{ANALOG} → tiny-frontier" in out
     assert f"queue:  {running.url}/services/queue" in out
     assert "verdict:" in out and "same report:" in out
+    assert "95% interval [" in out  # the score's, and each part's beside its value
     assert len(decided) == 1 and decided[next(iter(decided))][0] == "approve", decided
     job_id = next(iter(decided))
     assert f"queue job: {job_id}" in out

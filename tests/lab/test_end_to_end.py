@@ -355,6 +355,7 @@ def test_the_transfer_notebook_runs_against_the_platform(
     assert "tiny-analog-s → tiny-frontier" in text
     assert f"queue:  {platform.queue_url}" in text and f"MLflow: {platform.mlflow_url}" in text
     assert "verdict:" in text and "same report:" in text
+    assert "95% interval [" in text
     with platform.client("ada") as ada:
         new = [j for j in ada.list()["jobs"] if j["id"] not in before]
     assert [j["id"] for j in new] == approved and new[0]["state"] == "released"
