@@ -37,7 +37,7 @@ from analoglab.models.card import (
     TaskScore,
     write_card,
 )
-from analoglab.models.catalog import FrontierModel, FrontierPolicy, Lab, save_lab
+from analoglab.models.catalog import FrontierLayout, FrontierModel, FrontierPolicy, Lab, save_lab
 from analoglab.models.store import write_folder
 from analoglab.progress import Reporter, SilentReporter
 from analoglab.signing import load_or_create_private_key, public_key_text
@@ -340,6 +340,13 @@ class FoundryBuild:
         )
         return model.to(self.device).eval()
 
+    def _frontier_layout(self) -> FrontierLayout:
+        """The frontier's verified layout as the catalog publishes it (one self-test on a few
+        random tokens), so the queue can refuse a job needing a site it does not offer."""
+        from analoglab.interventions import verify_layout
+
+        return FrontierLayout.from_report(verify_layout(self._load_frontier()).to_dict())
+
     def _student_names(self) -> list[tuple[str, AnalogRecipe, str]]:
         """(student name, recipe, mode) for each analog and each scratch baseline."""
         out = []
@@ -549,6 +556,7 @@ class FoundryBuild:
                     trained=frontier_date,
                     capabilities={t: round(v, 4) for t, v in fidelity["frontier"]["tasks"].items()},
                     policy=FrontierPolicy(),
+                    layout=self._frontier_layout(),
                 )
             ],
         )

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -53,6 +54,83 @@ class FrontierPolicy(_Strict):
     )
 
 
+#: Bounds on a published layout: how long a reason may be, how many sites and blocks it names.
+MAX_LAYOUT_REASON = 500
+MAX_LAYOUT_SITES = 16
+MAX_LAYOUT_BLOCKS = 4096
+SiteName = Annotated[str, Field(max_length=64, pattern=r"^[a-z_]+(\.[a-z_]+)?$")]
+
+
+def _bounded(text: str, limit: int = MAX_LAYOUT_REASON) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class SiteRefusal(_Strict):
+    """A hook site the frontier's verified layout does not offer at some blocks, and why."""
+
+    site: SiteName
+    blocks: list[Annotated[int, Field(ge=0)]] = Field(
+        max_length=MAX_LAYOUT_BLOCKS, description="the blocks refused"
+    )
+    reason: str = Field("", max_length=MAX_LAYOUT_REASON)
+
+
+class FrontierLayout(_Strict):
+    """What the lab's layout self-test found on its frontier (no weights, no values): the hook
+    sites offered at every block, and those refused somewhere with the reason. Published so the
+    queue can refuse a job needing a site the frontier cannot run, without loading the model."""
+
+    model_type: str = Field(max_length=100)
+    config_hash: str = Field("", max_length=64)
+    n_layers: int = Field(ge=0, le=MAX_LAYOUT_BLOCKS)
+    refused: str = Field(
+        "", max_length=MAX_LAYOUT_REASON, description="why the whole layout is refused, if it is"
+    )
+    supported: list[SiteName] = Field(
+        default_factory=list,
+        max_length=MAX_LAYOUT_SITES,
+        description="sites offered at every block",
+    )
+    refusals: list[SiteRefusal] = Field(default_factory=list, max_length=MAX_LAYOUT_SITES)
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> FrontierLayout:
+        """From ``LayoutReport.to_dict()`` (this module never imports torch)."""
+        n = int(report["n_layers"])
+        refused = _bounded(str(report.get("refused", "")))
+        supported: list[str] = []
+        refusals: list[SiteRefusal] = []
+        for site, support in report["sites"].items():
+            offered = set(support["blocks"])
+            if n and len(offered) == n and not refused:
+                supported.append(site)
+                continue
+            missing = [b for b in range(n) if b not in offered]
+            reason = _bounded(str(support.get("reason") or refused or "not offered"))
+            refusals.append(SiteRefusal(site=site, blocks=missing, reason=reason))
+        return cls(
+            model_type=_bounded(str(report["model_type"]), 100),
+            config_hash=str(report.get("config_hash", ""))[:64],
+            n_layers=n,
+            refused=refused,
+            supported=supported,
+            refusals=refusals,
+        )
+
+    def refused_at(self, site: str, blocks: list[int]) -> tuple[list[int], str]:
+        """Which of ``blocks`` refuse ``site``, and why (``([], "")`` when all offer it).
+
+        Only what the layout says: a site it names nowhere is not refused.
+        """
+        if self.refused:
+            return list(blocks), self.refused
+        for refusal in self.refusals:
+            if refusal.site == site:
+                hit = [b for b in blocks if b in set(refusal.blocks)]
+                return hit, refusal.reason if hit else ""
+        return [], ""
+
+
 class FrontierModel(_Strict):
     """A frontier model as the hub knows it: metadata, published capabilities and policy."""
 
@@ -66,6 +144,11 @@ class FrontierModel(_Strict):
         default_factory=dict, description="task accuracies the lab publishes"
     )
     policy: FrontierPolicy = Field(default_factory=FrontierPolicy)
+    layout: FrontierLayout | None = Field(
+        None,
+        description="the hook sites the lab's verified layout offers (absent in catalogs "
+        "written before layouts were published: then vetting says nothing about sites)",
+    )
 
 
 class Lab(_Strict):

@@ -24,7 +24,15 @@ code                      fails when
 ``daily_quota``           the submitter already sent ``daily_quota_per_user`` jobs to this
                           frontier in the last 24 hours
 ``rate_limited``          the submitter already sent ``rate_per_minute`` jobs in the last minute
+``site_not_supported``    the frontier's catalog entry publishes its verified layout, and a
+                          hook site the method needs (:func:`needed_sites`) is refused there
+                          at a block the spec selects; a catalog without a layout says nothing
 ========================  ==================================================================
+
+The blocks a spec selects are resolved as the lab site will resolve them (relative depth ``d``
+is block ``floor(d · (L − 1) + 0.5)``) on the ``L`` blocks the layout was verified on. Where
+that ``L`` is not the catalog's layer count (a stale entry), a site is refused only if every
+block refuses it: vetting never refuses a job the frontier could run.
 """
 
 from __future__ import annotations
@@ -38,12 +46,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analoglab.experiments.spec import (
+    AblationSpec,
+    ActivationStatsSpec,
     AnySpec,
     Choices,
     EvaluationSpec,
+    FidelitySpec,
     Labelled,
+    MappedProbeSpec,
+    MappedSteeringSpec,
     Pairs,
+    PatchingSpec,
     PatchPairs,
+    ProbeSpec,
     Prompts,
     SteeringSpec,
     TaskSetRef,
@@ -53,6 +68,7 @@ from analoglab.models.catalog import FrontierModel, FrontierPolicy
 from analoglab.queue.models import Job
 
 CHARS_PER_TOKEN = 3
+_HALF_SLACK = 1e-9  # as analoglab.interventions.names (not imported here: it needs torch)
 _DATA_FIELDS = ("data", "contrast", "evaluate", "neutral", "behaviour")
 
 
@@ -131,6 +147,84 @@ def estimated_cost(spec: AnySpec, frontier: FrontierModel) -> int:
     """prompts × layers × scales: a unit of work is one prompt through one setting."""
     scales = len(spec.scales) if isinstance(spec, SteeringSpec) else 1
     return prompt_count(spec) * layer_count(spec, frontier) * scales
+
+
+def _block_at_depth(depth: float, n_layers: int) -> int:
+    """The block at relative ``depth`` of ``n_layers``: the rule of ``block_at_depth``."""
+    return min(n_layers - 1, max(0, math.floor(depth * (n_layers - 1) + 0.5 + _HALF_SLACK)))
+
+
+def needed_blocks(spec: AnySpec, n_layers: int) -> list[int]:
+    """The blocks ``spec`` will hook on a model of ``n_layers`` blocks (out-of-range indices,
+    which the run itself refuses, are left out)."""
+    if isinstance(spec, MappedSteeringSpec | MappedProbeSpec):
+        return [_block_at_depth(spec.artifact.depth, n_layers)]
+    layers = getattr(spec, "layers", None)
+    if layers is None:
+        return []
+    if layers.depths is not None:
+        chosen = [_block_at_depth(d, n_layers) for d in layers.depths]
+    elif layers.indices is not None:
+        chosen = [i + n_layers if i < 0 else i for i in layers.indices]
+    else:
+        chosen = list(range(n_layers))
+    return sorted({b for b in chosen if 0 <= b < n_layers})
+
+
+def needed_sites(spec: AnySpec) -> list[str]:
+    """The hook sites the method of ``spec`` reads or edits (see its module's docstring)."""
+    if isinstance(spec, AblationSpec):
+        return [
+            *(["attn.hook_z"] if spec.components in ("heads", "both") else []),
+            *(["hook_mlp_out"] if spec.components in ("mlp", "both") else []),
+        ]
+    resid = (
+        ActivationStatsSpec,
+        SteeringSpec,
+        ProbeSpec,
+        PatchingSpec,
+        FidelitySpec,
+        MappedSteeringSpec,
+        MappedProbeSpec,
+    )
+    return ["hook_resid_post"] if isinstance(spec, resid) else []
+
+
+def site_findings(spec: AnySpec, frontier: FrontierModel) -> list[Finding]:
+    """A ``site_not_supported`` finding per hook site the spec needs and the frontier's
+    published layout refuses at a block the spec selects; none without a published layout."""
+    layout = frontier.layout
+    if layout is None:
+        return []
+    sites = needed_sites(spec)
+    if sites and layout.refused:
+        return [
+            Finding(
+                "site_not_supported",
+                f"{frontier.id}'s layout is refused, so {', '.join(sites)} cannot be placed: "
+                + layout.refused,
+            )
+        ]
+    exact = layout.n_layers == frontier.architecture.layers
+    out: list[Finding] = []
+    for site in sites:
+        if exact:
+            refused, reason = layout.refused_at(site, needed_blocks(spec, layout.n_layers))
+            s = "s" if len(refused) > 1 else ""
+            where = f"at block{s} {', '.join(map(str, refused))}"
+        else:  # verified on another size than the catalog's: refuse only what no block offers
+            refused, reason = layout.refused_at(site, list(range(layout.n_layers)))
+            if len(refused) < layout.n_layers:
+                refused = []
+            where = "at any block"
+        if refused:
+            out.append(
+                Finding(
+                    "site_not_supported",
+                    f"{frontier.id}'s layout does not support {site} {where}: {reason}",
+                )
+            )
+    return out
 
 
 def vet(
@@ -222,6 +316,7 @@ def vet(
                 "the spec refers to task sets the queue could not inline; give the data inline",
             )
         )
+    out.extend(site_findings(spec, frontier))
     if usage.today_on_frontier >= policy.daily_quota_per_user:
         out.append(
             Finding(
