@@ -113,6 +113,9 @@ def platform(
         f'[models."tiny-frontier"]\npath = "{weights}"\n'
         '[executor]\nkind = "local"\nthreads = 1\n'
         "[agent]\nlease_seconds = 6\nheartbeat_seconds = 1\nwait_seconds = 1\n"
+        # the demo lab's per-item outputs may be public: its results carry their bootstrap,
+        # so transfer checks get paired intervals (a real lab decides; off by default)
+        "[release]\nrelease_bootstrap = true\n"
     )
     db_url = f"sqlite:///{folder / 'queue.db'}"
     procs: list[subprocess.Popen[bytes]] = []

@@ -12,7 +12,7 @@ from analoglab.experiments.result import METHOD_OUTPUTS
 from analoglab.experiments.runner import run
 from analoglab.experiments.spec import parse_spec, resolve_task_sets, spec_hash, spec_to_dict
 from analoglab.lab.config import ReleaseConfig
-from analoglab.lab.release import check_release, result_size
+from analoglab.lab.release import check_release, for_release, result_size
 from analoglab.models.catalog import FrontierPolicy
 from analoglab.models.loading import load_any
 
@@ -132,3 +132,17 @@ def test_bootstrap_within_the_spec_and_the_labs_cap(result: dict[str, Any]) -> N
     fewer = copy.deepcopy(result)
     fewer["bootstrap"]["resamples"] = 10
     assert "bootstrap: 10 resamples, the job's spec asks for 200" in check(fewer)
+
+
+def test_bootstrap_replicates_stay_at_the_lab_unless_it_lets_them_go(
+    result: dict[str, Any],
+) -> None:
+    """The replicates follow the spec's public seed: with as many as there are items they give
+    back each item's value, so by default they do not leave the lab."""
+    assert result["bootstrap"] is not None
+    kept = for_release(result)
+    assert kept["bootstrap"] is None and kept["metrics"] == result["metrics"]
+    assert result["bootstrap"] is not None  # the lab's own copy is untouched
+    assert check(kept) == []  # and what leaves still passes every check
+    let_go = for_release(result, ReleaseConfig(release_bootstrap=True))
+    assert let_go["bootstrap"] == result["bootstrap"]

@@ -376,7 +376,10 @@ def compare(
     if score_interval is None:
         verdict = "no_effect" if no_effect else verdict_of_score(score)
         if analog.bootstrap is None or frontier.bootstrap is None:
-            notes.append("no interval: a result carries no bootstrap (made before intervals)")
+            notes.append(
+                "no interval: a result carries no bootstrap (made before intervals, or its "
+                "lab keeps replicates in)"
+            )
     else:
         verdict = verdict_of_interval(score_interval.low, score_interval.high)
         if verdict == "does_not_transfer" and no_effect:

@@ -569,7 +569,11 @@ class FoundryBuild:
             f'[models."{self.preset.frontier_name}"]\n'
             f'path = "models/{self.preset.frontier_name}"\n\n'
             "[executor]\n"
-            'kind = "local"\n'
+            'kind = "local"\n\n'
+            "# A demo frontier's per-item outputs may be public: its results carry their\n"
+            "# bootstrap, so transfer checks get paired intervals (off by default; docs/lab.md).\n"
+            "[release]\n"
+            "release_bootstrap = true\n"
         )
         atomic_write(self.lab_site / "lab.toml", text)
 

@@ -45,7 +45,7 @@ from analoglab.files import atomic_write
 from analoglab.lab.config import LabConfig
 from analoglab.lab.executor import Executor, Outcome, Task
 from analoglab.lab.outbox import Entry, Outbox
-from analoglab.lab.release import check_release, sign_result
+from analoglab.lab.release import check_release, for_release, sign_result
 from analoglab.models.catalog import FrontierPolicy
 from analoglab.queue.client import QueueClient
 from analoglab.queue.errors import QueueError
@@ -501,6 +501,7 @@ class Agent:
             pol = self.policy(str(job["frontier"]))
         except Stopping:
             return False  # given back as the agent stops; the entry waits for the next start
+        entry.result = for_release(entry.result, self.config.release)
         problems = check_release(
             entry.result,
             spec=job["spec"],

@@ -135,6 +135,14 @@ class ReleaseConfig(_Strict):
     max_bootstrap: int = Field(
         1000, gt=0, description="most bootstrap resamples a result may carry (its intervals)"
     )
+    release_bootstrap: bool = Field(
+        False,
+        description="whether a result's bootstrap replicates leave the lab. They give the "
+        "hub paired intervals for transfer checks, but the resamples follow the spec's public "
+        "seed, so with as many replicates as items they give back each item's value (a "
+        "prompt's logit difference, a probe's per-item answer): turn on only for frontiers "
+        "whose per-item outputs may be public (the demo lab's are)",
+    )
 
 
 class LabConfig(_Strict):

@@ -10,6 +10,12 @@ every posted result) with the lab's own caps on top: ``max_tensor_values`` (resu
 aggregates; a large array is how weights or activations would leak), ``max_metrics`` and
 ``max_bootstrap`` (the most bootstrap resamples a result may carry).
 
+Before the checks, :func:`for_release` drops a result's bootstrap replicates unless the lab's
+``release_bootstrap`` is on: they are drawn with the spec's public seed, so anyone can rebuild
+the resample weights and, with as many replicates as items, solve for each item's value — a
+per-item disclosure the release checks exist to prevent. Without them the hub still compares
+the point estimates; the transfer report then says it has no interval.
+
 A result that leaves the lab is signed with the lab site's Ed25519 key (:func:`sign_result`:
 the signature is over the result's canonical JSON, the bytes the hub hashes); anyone holding
 the lab's public key from the catalog checks a released result with :func:`verify_result`
@@ -35,6 +41,15 @@ from analoglab.models.catalog import FrontierPolicy
 def result_size(result: dict[str, Any]) -> int:
     """Bytes of the result's compact JSON (what the hub measures against the cap)."""
     return len(canonical_json(result).encode())
+
+
+def for_release(result: dict[str, Any], config: ReleaseConfig | None = None) -> dict[str, Any]:
+    """``result`` as it may leave the lab: without bootstrap replicates unless the lab's
+    ``release_bootstrap`` lets them go (see the module docstring)."""
+    config = config or ReleaseConfig()
+    if config.release_bootstrap or not result.get("bootstrap"):
+        return result
+    return {**result, "bootstrap": None}
 
 
 def check_release(
