@@ -73,6 +73,7 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/foundry.py --preset demo
 	$(BIN)/python benchmarks/capture.py --shape demo
 	$(BIN)/python benchmarks/capture.py --shape large --batch 8 --iters 10
+	$(BIN)/python benchmarks/architectures.py
 	$(BIN)/analoglab models build
 	$(BIN)/python benchmarks/transfer.py
 	$(BIN)/python benchmarks/activations.py

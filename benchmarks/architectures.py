@@ -372,11 +372,13 @@ def judge(model_type: str, tokenizer: Any) -> Outcome:
     if model is None:
         return Outcome(model_type, "does not build", why, n, time.perf_counter() - start)
     outcome = Outcome(model_type, "verified", parameters=n)
+    verified = False
     try:
         report: LayoutReport = verify_layout(model)
         if report.refused:
             outcome.verdict, outcome.why = "refused", report.refused
         else:
+            verified = True  # from here on, an InterventionError is the layout being wrong
             outcome.sites = {s: str(v) for s, v in report.sites.items()}
             outcome.meaning = report.meanings[0] if report.meanings else ""
             if report.failures:
@@ -400,7 +402,8 @@ def judge(model_type: str, tokenizer: Any) -> Outcome:
             loaded = LoadedModel(model, tokenizer, model_type, Path("."), "0" * 64)
             outcome.specs = specs(loaded)
     except InterventionError as exc:
-        outcome.verdict, outcome.why = "refused", str(exc)
+        outcome.verdict = "wrong" if verified else "refused"
+        outcome.why = str(exc)
     except TimedOut:
         raise
     except Exception as exc:

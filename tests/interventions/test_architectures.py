@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -206,3 +206,33 @@ def test_the_report_is_what_a_lab_site_can_publish(model: nn.Module, arch: str) 
     assert "not a mixture of experts" in published["sites"]["mlp.hook_experts"]["reason"]
     assert report.summary() == f"{arch} layout (3 blocks) verified; every site at every block"
     assert supported_sites(model)["hook_mlp_out"].everywhere
+
+
+def test_an_entry_is_verified_only_on_a_model_of_its_type(
+    table: dict[str, Architecture], build_model: Any
+) -> None:
+    gpt2 = build_model("gpt2")
+    with pytest.raises(InterventionError, match="for 'llama' but the model .* is 'gpt2'"):
+        register_architecture(Architecture(model_type="llama", notes="x"), model=gpt2)
+    assert "llama" not in table  # nothing kept
+
+
+def test_running_out_of_memory_while_verifying_is_not_a_verdict(
+    build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A self-test that fails for want of memory raises; it is not cached as a refusal, so
+    the next load verifies the layout."""
+    from analoglab.interventions import verification
+
+    forget = verification.forget_layouts
+    forget()
+    model = build_model("llama")
+
+    def no_memory(self: Any) -> str:
+        raise torch.OutOfMemoryError("out of memory (test)")
+
+    monkeypatch.setattr(verification._SelfTest, "run", no_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        verify_layout(model)
+    monkeypatch.undo()
+    assert not verify_layout(model).refused

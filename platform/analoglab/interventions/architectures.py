@@ -93,6 +93,11 @@ def register_architecture(
     from analoglab.interventions.verification import forget_layouts, verify_layout
 
     kind = architecture.model_type
+    given = getattr(getattr(model, "config", None), "model_type", None)
+    if model is not None and given != kind:
+        raise InterventionError(
+            f"the entry is for {kind!r} but the model to verify it on is {given!r}"
+        )
     if kind in ARCHITECTURES and not replace:
         raise InterventionError(
             f"architecture {kind!r} is already in the table; pass replace=True to overwrite it"

@@ -229,6 +229,13 @@ def _verdict(model: nn.Module) -> _Verdict:
     return found
 
 
+# Failures of the moment, not of the layout: raised to the caller, never cached as a verdict.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    MemoryError,
+    getattr(torch, "OutOfMemoryError", MemoryError),
+)
+
+
 def _refused(kind: str, digest: str, n_layers: int, reason: str) -> _Verdict:
     sites = {s: SiteSupport((), n_layers, reason) for s in ALL_SITES}
     return _Verdict(None, LayoutReport(kind, digest, n_layers, (), sites, reason))
@@ -242,6 +249,8 @@ def _verify(model: nn.Module, digest: str) -> _Verdict:
         layout = resolve(plan, model)
     except InterventionError as exc:
         return _refused(kind, digest, 0, str(exc))
+    except _TRANSIENT:
+        raise
     except Exception as exc:  # inference met a structure it does not know: refuse, say why
         reason = f"the {kind} layout cannot be inferred: {type(exc).__name__}: {exc}"
         return _refused(kind, digest, 0, reason.splitlines()[0])
@@ -250,6 +259,8 @@ def _verify(model: nn.Module, digest: str) -> _Verdict:
         refusal = test.run()
     except InterventionError as exc:
         refusal = f"the {kind} layout cannot be verified: {exc}"
+    except _TRANSIENT:
+        raise  # out of memory now is not a wrong layout: never cached as a refusal
     except Exception as exc:  # a model that breaks under hooks: refuse it, say why
         refusal = f"the {kind} layout cannot be verified: {type(exc).__name__}: {exc}"
     checks = tuple(test.checks)
@@ -430,8 +441,14 @@ class _SelfTest:
         self, points: list[HookPoint], cache: dict[str, Tensor], kept: dict[str, Tensor]
     ) -> None:
         for point in points:
-            size = _size(cache[point.name], kept[point.name])
-            if not self.check("captured_values", point.name, size if size == size else 0.0):
+            now, then = cache[point.name], kept[point.name]
+            size = _size(now, then)
+            if size != size:  # NaN: the same only with NaN in the same places, the rest equal
+                same = torch.equal(now.isnan(), then.isnan()) and torch.equal(
+                    now.nan_to_num(0.0), then.nan_to_num(0.0)
+                )
+                size = 0.0 if same else float("inf")
+            if not self.check("captured_values", point.name, size):
                 self.refuse(point.block, point.site, self.checks[-1])
 
     def _residual_sums(self, cache: dict[str, Tensor], mixers: dict[int, list[Tensor]]) -> None:
