@@ -62,6 +62,15 @@ def text_of(nb: Any) -> str:
     return "\n".join(parts)
 
 
+def html_of(nb: Any) -> str:
+    """Everything the code cells displayed as HTML (tables)."""
+    return "".join(
+        out.get("data", {}).get("text/html", "")
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+    )
+
+
 def images_of(nb: Any) -> int:
     return sum(
         "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
@@ -91,11 +100,7 @@ def test_analog_fidelity_with_the_frontier_on_this_machine(
 ) -> None:
     nb = execute("05-analog-fidelity.ipynb", tmp_path, monkeypatch, FRONTIER="tiny-frontier")
     text = text_of(nb)
-    html = "".join(
-        out.get("data", {}).get("text/html", "")
-        for cell in nb.cells
-        for out in cell.get("outputs", [])
-    )
+    html = html_of(nb)
     assert "tiny-analog-m" in html and "tiny-analog-s" in html and "KL" in html  # the cards
     assert "KL (card)" in text and "CKA (mean)" in text  # the cards checked here
     for name in ("tiny-analog-m", "tiny-analog-s"):

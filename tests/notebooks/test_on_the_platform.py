@@ -30,7 +30,7 @@ from analoglab.foundry.build import BuildResult
 
 from ..hubtools import Kernel, kernel_text, run_cells
 from ..platformtools import Running, copy_of, platform_in, start_server
-from .test_notebooks import images_of, text_of
+from .test_notebooks import html_of, images_of, text_of
 
 pytestmark = pytest.mark.slow
 
@@ -208,11 +208,7 @@ def test_analog_fidelity_from_the_cards(researcher: Researcher) -> None:
     demo build it goes on: ``test_notebooks.py``)."""
     nb, _ = researcher.run("05-analog-fidelity.ipynb", {"FRONTIER": "tiny-frontier"}, stop=True)
     text = text_of(nb)
-    html = "".join(
-        out.get("data", {}).get("text/html", "")
-        for cell in nb.cells
-        for out in cell.get("outputs", [])
-    )
+    html = html_of(nb)
     assert "tiny-analog-m" in html and "tiny-analog-s" in html and "KL" in html  # the cards
     assert "tiny-frontier is not on this machine" in text and "notebook 03" in text
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
