@@ -9,6 +9,8 @@ three lines for its lab)::
     token_file = "agent.token"             # or --token-file
     signing_key = "signing.key"            # the site's Ed25519 key, created on first use
 
+    maps = "maps"                          # the site's residual maps (the default)
+
     [models."demo-frontier"]
     path = "models/demo-frontier"          # relative to this file
 
@@ -39,6 +41,9 @@ from analoglab.errors import ConfigError
 NAME = r"^[a-z0-9][a-z0-9._-]*$"
 #: The site's signing key, beside lab.toml unless ``signing_key`` says otherwise.
 SIGNING_KEY = "signing.key"
+#: The site's residual maps (one folder per frontier), beside lab.toml unless ``maps`` says
+#: otherwise; with the kubernetes executor, a folder inside the weights volume.
+MAPS = "maps"
 
 
 class _Strict(BaseModel):
@@ -157,6 +162,13 @@ class LabConfig(_Strict):
         description="the site's Ed25519 key (PEM, mode 600) that signs its results and "
         "bundles, created on first use; default: signing.key beside lab.toml",
     )
+    maps: Path | None = Field(
+        None,
+        description="the site's residual maps between analogs and its frontiers "
+        "(<maps>/<frontier>/<analog>.npz, fitted with `analoglab lab map fit`); default: maps "
+        "beside lab.toml, or with the kubernetes executor the folder maps inside the weights "
+        "volume. Maps stay at the lab",
+    )
     models: dict[str, FrontierWeights] = Field(default_factory=dict)
     executor: ExecutorConfig = Field(default_factory=LocalExecutorConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -189,6 +201,9 @@ def parse_lab_config(data: dict[str, Any], base: Path | None = None) -> LabConfi
         update["models"] = {
             k: v.model_copy(update={"path": _under(base, v.path)}) for k, v in cfg.models.items()
         }
+        update["maps"] = _under(base, cfg.maps or Path(MAPS))
+    else:
+        update["maps"] = cfg.maps or Path(MAPS)
     if cfg.token_file is not None:
         update["token_file"] = _under(base, cfg.token_file)
     update["signing_key"] = _under(base, cfg.signing_key or Path(SIGNING_KEY))

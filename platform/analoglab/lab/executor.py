@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Status = Literal["ok", "failed", "cancelled"]
 
@@ -33,6 +33,9 @@ class Task:
     spec: dict[str, Any]
     weights: str
     weights_sha256: str | None = None
+    #: The site's residual maps folder (for mapped methods; local: a path on this machine,
+    #: kubernetes: a path inside the weights volume).
+    maps: str | None = None
 
 
 @dataclass
@@ -59,4 +62,16 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release what the executor holds (warm workers, API clients)."""
+        ...
+
+
+@runtime_checkable
+class Preloader(Protocol):
+    """A backend that can load a frontier ahead of any job (a warm worker): the agent asks it
+    to load and verify each frontier of the site when it starts (:mod:`.local`). A backend
+    without it (Kubernetes: one pod per job) verifies at each worker's load instead."""
+
+    def preload(self, task: Task, cancel: threading.Event) -> Outcome:
+        """Load ``task``'s frontier and verify its layout; ``ok`` with ``details["layout"]``
+        and ``details["summary"]``, or ``failed`` with the reason."""
         ...

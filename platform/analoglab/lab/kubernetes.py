@@ -172,6 +172,9 @@ def build_job(
     ]
     if task.weights_sha256:
         command += ["--sha256", task.weights_sha256]
+    if task.maps:
+        # The site's residual maps live in the weights volume too (read-only, like the weights).
+        command += ["--maps", weights_path(task.maps, cfg.weights_mount)]
     threads = _threads(cfg.cpu)
     if threads is not None:
         command += ["--threads", str(threads)]
