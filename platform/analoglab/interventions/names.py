@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, cast, get_args
 
+from analoglab.depth import nearest_block
 from analoglab.interventions.errors import InterventionError
 
 Site: TypeAlias = Literal[
@@ -45,10 +46,6 @@ MOE_SITES: tuple[Site, ...] = ALL_SITES[5:]
 """Read-only sites of a mixture-of-experts MLP: the router's logits and the chosen experts."""
 
 _NAME = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(" + "|".join(re.escape(s) for s in ALL_SITES) + r")")
-
-# A depth such as 0.35 is 0.35000000000000003 in binary; without this slack a depth meant to
-# land exactly on a half could round down on one model and up on another.
-_HALF_SLACK = 1e-9
 
 
 @dataclass(frozen=True, order=True)
@@ -120,7 +117,7 @@ def block_at_depth(depth: float, n_layers: int) -> int:
         )
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
         raise InterventionError(f"a model needs at least one block, not {n_layers!r}")
-    return min(n_layers - 1, math.floor(depth * (n_layers - 1) + 0.5 + _HALF_SLACK))
+    return nearest_block(depth, n_layers)
 
 
 def hook_name(

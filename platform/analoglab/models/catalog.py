@@ -47,6 +47,11 @@ class FrontierPolicy(_Strict):
     daily_quota_per_user: int = Field(20, description="submissions per user per day")
     human_review: bool = Field(True, description="a reviewer approves each job")
     human_release: bool = Field(False, description="a reviewer releases each result")
+    max_bootstrap: int = Field(
+        1000,
+        ge=0,
+        description="bootstrap resamples a job may ask for (the lab's release checks' cap)",
+    )
     allow_self_review: bool = Field(
         False,
         description="whether a reviewer may review or release a job they submitted themselves "
@@ -270,6 +275,51 @@ class Catalog:
         if not names:
             return f" (there are no {what} yet: `analoglab models build` makes the demo ones)"
         return f"; known {what}: {', '.join(sorted(names))}"
+
+
+def layout_for(frontier: FrontierModel, report: Any) -> FrontierLayout:
+    """The catalog entry of a lab's layout report (``LayoutReport.to_dict()``, as
+    ``analoglab lab layout`` writes it) for ``frontier``, after checking it is of that model.
+
+    Raises :class:`~analoglab.errors.CorruptModelError` with one line saying what is wrong: not
+    a layout report, over the bounds, or of another architecture or depth than the catalog's.
+    """
+    if not isinstance(report, dict):
+        raise CorruptModelError("not a layout report: expected a JSON object")
+    try:
+        layout = FrontierLayout.from_report(report)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the report"
+        raise CorruptModelError(f"not a layout report ({where}: {first['msg']})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise CorruptModelError(f"not a layout report ({what})") from None
+    arch = frontier.architecture
+    if layout.model_type != arch.model_type or layout.n_layers != arch.layers:
+        raise CorruptModelError(
+            f"the layout is of a {layout.n_layers}-block {layout.model_type}; {frontier.id} is a "
+            f"{arch.layers}-block {arch.model_type} in the catalog: publish the layout of this "
+            "frontier's weights"
+        )
+    return layout
+
+
+def publish_layout(
+    frontier_id: str, report: Any, settings: Settings | None = None
+) -> FrontierModel:
+    """Put a lab's layout report on its frontier's catalog entry (replacing any earlier one),
+    so the queue's vetting refuses jobs needing a site the frontier cannot run."""
+    settings = settings or get_settings()
+    catalog = Catalog.load(settings)
+    frontier = catalog.frontier(frontier_id)
+    layout = layout_for(frontier, report)
+    lab = catalog.lab(frontier.lab)
+    frontiers = [
+        f.model_copy(update={"layout": layout}) if f.id == frontier_id else f for f in lab.frontiers
+    ]
+    save_lab(lab.model_copy(update={"frontiers": frontiers}), settings)
+    return next(f for f in frontiers if f.id == frontier_id)
 
 
 def save_lab(lab: Lab, settings: Settings | None = None) -> Path:

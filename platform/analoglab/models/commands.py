@@ -7,6 +7,7 @@ Nothing here imports torch at module level.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +27,8 @@ from analoglab.config import get_settings
 from analoglab.foundry.commands import ForceOpt, PresetOpt, build_preset
 
 models_app = typer.Typer(
-    help="The model catalog: list, show, build, pack, install.", no_args_is_help=True
+    help="The model catalog: list, show, build, pack, install, publish a layout.",
+    no_args_is_help=True,
 )
 
 
@@ -168,6 +170,60 @@ def models_show(
     )
     out.print("capabilities: " + ", ".join(f"{k} {v:.3f}" for k, v in found.capabilities.items()))
     out.print("policy: " + json.dumps(found.policy.model_dump()))
+    out.print(layout_line(found.layout))
+
+
+def layout_line(layout: Any) -> str:
+    """One line on a frontier's published hook layout (the queue vets sites against it)."""
+    if layout is None:
+        return "layout: not published (vetting says nothing about hook sites)"
+    if layout.refused:
+        return f"layout: refused ({layout.refused})"
+    line = f"layout: {layout.n_layers} blocks; every block offers " + (
+        ", ".join(layout.supported) or "no site"
+    )
+    for r in layout.refusals:
+        blocks = ",".join(str(b) for b in r.blocks[:8]) + ("…" if len(r.blocks) > 8 else "")
+        line += f"; {r.site} refused at {blocks or 'no block'} ({r.reason})"
+    return line
+
+
+@models_app.command("layout")
+@handles_errors
+def models_layout(
+    frontier: Annotated[str, typer.Argument(help="The frontier model id in the catalog.")],
+    report: Annotated[
+        Path,
+        typer.Option(
+            "--file",
+            "-f",
+            help="The layout report the lab site wrote (`analoglab lab layout --out`); - reads "
+            "stdin.",
+        ),
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish a frontier's verified hook layout in the catalog, for the queue's vetting.
+
+    The lab site writes the report (it needs the weights); the hub keeps only the sites each
+    block offers or refuses, and why. Replaces the frontier's earlier layout."""
+    from analoglab.errors import CorruptModelError
+    from analoglab.models.catalog import publish_layout
+
+    try:
+        text = sys.stdin.read() if str(report) == "-" else report.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptModelError(f"cannot read {report}: {exc.__class__.__name__}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptModelError(f"{report} is not JSON ({exc.msg}, line {exc.lineno})") from None
+    updated = publish_layout(frontier, data, get_settings())
+    if as_json:
+        print_json({"frontier": updated.id, "layout": updated.model_dump(mode="json")["layout"]})
+        return
+    out.print(f"published {updated.id}'s layout")
+    out.print(layout_line(updated.layout))
 
 
 @models_app.command("build")
@@ -227,9 +283,7 @@ def models_install(
     ] = None,
     allow_unsigned: Annotated[
         bool,
-        typer.Option(
-            "--allow-unsigned", help="Install an unsigned bundle (your own local build)."
-        ),
+        typer.Option("--allow-unsigned", help="Install an unsigned bundle (your own local build)."),
     ] = False,
 ) -> None:
     """Check a bundle's signature and every checksum, then install it into the model store."""

@@ -75,13 +75,31 @@ class QueueSettings:
 
 
 class CatalogFrontiers:
-    """Frontier models by id from the catalog on disk, read again when an id is not known."""
+    """Frontier models by id from the catalog on disk, read again when an id is not known or
+    a lab's catalog file changed (a newly published layout or policy applies to the next job
+    without restarting the service)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._seen = self._labs_state()
         self._catalog = Catalog.load(settings)
 
+    def _labs_state(self) -> tuple[tuple[str, int, int], ...]:
+        labs = self._settings.catalog_path / "labs"
+        try:
+            return tuple(
+                (p.name, st.st_mtime_ns, st.st_size)
+                for p in sorted(labs.glob("*.json"))
+                for st in [p.stat()]
+            )
+        except OSError:  # a file replaced while listed: read the catalog again
+            return (("", -1, -1),)
+
     def __call__(self, frontier_id: str) -> FrontierModel:
+        state = self._labs_state()
+        if state != self._seen:
+            self._seen = state
+            self._catalog = Catalog.load(self._settings)
         try:
             return self._catalog.frontier(frontier_id)
         except ModelNotFoundError:
@@ -689,8 +707,10 @@ class JobQueue:
                 _hand_in(session, job_id, lease_id, agent, {"withheld": reason}, {}, now)
             except TransitionRefused as exc:
                 again = session.get(Job, job_id, populate_existing=True)
-                if again is not None and again.release_reason == reason and (
-                    again.lease_id == lease_id
+                if (
+                    again is not None
+                    and again.release_reason == reason
+                    and (again.lease_id == lease_id)
                 ):
                     return again
                 raise LeaseLost(str(exc)) from exc

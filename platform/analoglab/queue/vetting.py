@@ -13,12 +13,16 @@ code                      fails when
                           estimate is ``ceil(characters / 3)`` (a BPE token is ~3-4 characters
                           of English, so this errs on the long side), plus generated tokens
 ``token_budget``          the spec's own ``max_tokens_per_prompt`` > the policy's
-``scale_out_of_bounds``   a steering scale with ``|scale|`` > the queue's ``max_abs_scale``
+``scale_out_of_bounds``   a steering scale (or a mapped steering ``scale``) with ``|scale|`` >
+                          the queue's ``max_abs_scale``
+``bootstrap_over_cap``    ``bootstrap.resamples`` > the policy's ``max_bootstrap`` (what the
+                          lab's release checks allow)
 ``samples_not_allowed``   samples asked for where the policy's ``allow_samples`` is false
 ``too_many_samples``      more samples than the queue's ``max_samples``
 ``cost_over_cap``         estimated cost > the queue's ``max_cost``; cost = prompts × layers ×
-                          scales (layers: those the spec names, else every block of the
-                          frontier; scales: the steering sweep's length, else 1)
+                          settings (layers: those the spec names, else every block of the
+                          frontier; settings: :func:`settings_count`, e.g. a steering sweep's
+                          length plus its further random draws)
 ``not_self_contained``    the spec still refers to a task set (the service inlines task sets
                           at submission; this catches one it could not)
 ``daily_quota``           the submitter already sent ``daily_quota_per_user`` jobs to this
@@ -45,6 +49,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from analoglab.depth import nearest_block
 from analoglab.experiments.spec import (
     AblationSpec,
     ActivationStatsSpec,
@@ -68,7 +73,6 @@ from analoglab.models.catalog import FrontierModel, FrontierPolicy
 from analoglab.queue.models import Job
 
 CHARS_PER_TOKEN = 3
-_HALF_SLACK = 1e-9  # as analoglab.interventions.names (not imported here: it needs torch)
 _DATA_FIELDS = ("data", "contrast", "evaluate", "neutral", "behaviour")
 
 
@@ -143,27 +147,39 @@ def layer_count(spec: AnySpec, frontier: FrontierModel) -> int:
     return len(chosen) if chosen is not None else frontier.architecture.layers
 
 
+#: Forward passes of each prompt in a mapped method besides its random draws: mapped steering
+#: runs unsteered, mapped and native; a mapped probe captures once.
+_MAPPED_PASSES = {"mapped_steering": 3, "mapped_probe": 1}
+_MAPPED_DRAWS = 4
+
+
+def settings_count(spec: AnySpec) -> int:
+    """Settings each prompt goes through: the steering sweep's scales plus one run at the top
+    scale for each further random draw of a ``random_vector`` control; for mapped steering,
+    unsteered, mapped, native and each random draw; else 1."""
+    if isinstance(spec, SteeringSpec):
+        draws = spec.random_draws if spec.control == "random_vector" else 1
+        return len(spec.scales) + draws - 1
+    if isinstance(spec, MappedSteeringSpec):
+        return _MAPPED_PASSES[spec.method] + getattr(spec, "random_draws", _MAPPED_DRAWS)
+    return 1
+
+
 def estimated_cost(spec: AnySpec, frontier: FrontierModel) -> int:
-    """prompts × layers × scales: a unit of work is one prompt through one setting."""
-    scales = len(spec.scales) if isinstance(spec, SteeringSpec) else 1
-    return prompt_count(spec) * layer_count(spec, frontier) * scales
-
-
-def _block_at_depth(depth: float, n_layers: int) -> int:
-    """The block at relative ``depth`` of ``n_layers``: the rule of ``block_at_depth``."""
-    return min(n_layers - 1, max(0, math.floor(depth * (n_layers - 1) + 0.5 + _HALF_SLACK)))
+    """prompts × layers × settings: a unit of work is one prompt through one setting."""
+    return prompt_count(spec) * layer_count(spec, frontier) * settings_count(spec)
 
 
 def needed_blocks(spec: AnySpec, n_layers: int) -> list[int]:
     """The blocks ``spec`` will hook on a model of ``n_layers`` blocks (out-of-range indices,
     which the run itself refuses, are left out)."""
     if isinstance(spec, MappedSteeringSpec | MappedProbeSpec):
-        return [_block_at_depth(spec.artifact.depth, n_layers)]
+        return [nearest_block(spec.artifact.depth, n_layers)]
     layers = getattr(spec, "layers", None)
     if layers is None:
         return []
     if layers.depths is not None:
-        chosen = [_block_at_depth(d, n_layers) for d in layers.depths]
+        chosen = [nearest_block(d, n_layers) for d in layers.depths]
     elif layers.indices is not None:
         chosen = [i + n_layers if i < 0 else i for i in layers.indices]
     else:
@@ -276,8 +292,9 @@ def vet(
                 f"{frontier.id} allows {policy.max_tokens_per_prompt}",
             )
         )
-    if isinstance(spec, SteeringSpec):
-        bad = [s for s in spec.scales if abs(s) > limits.max_abs_scale]
+    if isinstance(spec, SteeringSpec | MappedSteeringSpec):
+        scales = spec.scales if isinstance(spec, SteeringSpec) else [spec.scale]
+        bad = [s for s in scales if abs(s) > limits.max_abs_scale]
         if bad:
             out.append(
                 Finding(
@@ -285,6 +302,14 @@ def vet(
                     f"steering scales {bad} are outside ±{limits.max_abs_scale:g}",
                 )
             )
+    if spec.bootstrap.resamples > policy.max_bootstrap:
+        out.append(
+            Finding(
+                "bootstrap_over_cap",
+                f"bootstrap.resamples is {spec.bootstrap.resamples}; {frontier.id} computes at "
+                f"most {policy.max_bootstrap}",
+            )
+        )
     if isinstance(spec, EvaluationSpec) and spec.samples is not None:
         if not policy.allow_samples:
             out.append(
