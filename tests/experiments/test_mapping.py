@@ -28,7 +28,7 @@ from analoglab.experiments.spec import (
     spec_hash,
     spec_to_dict,
 )
-from analoglab.experiments.transfer import TransferError, compare
+from analoglab.experiments.transfer import compare
 from analoglab.foundry.build import BuildResult
 from analoglab.models.loading import LoadedModel, load_model
 
@@ -217,8 +217,99 @@ def test_mapped_steering_reports_against_native_and_random_with_intervals(
         max_tensor_values=1000,
     )
     assert problems == []
-    with pytest.raises(TransferError, match="no transfer comparison"):
-        compare(result, result)
+
+
+def test_a_mapped_check_runs_end_to_end_on_the_analog_and_the_frontier(
+    pair: tuple[LoadedModel, LoadedModel, ResidualMap],
+) -> None:
+    analog, frontier, rmap = pair
+    vector = analog_vector(analog, 0.5)
+    spec = parse_spec(mapped_spec("mapped_steering", vector, scale=8.0))
+    # on its own analog, no map: the artifact as it is, at the analog's block of its depth
+    on_analog = run(spec, analog)
+    m = on_analog.metrics
+    assert m["map_r2"] == 1.0
+    # the artifact is the analog's native vector on the same contrast pairs
+    assert m["cosine_to_native"] == pytest.approx(1.0, abs=1e-4)
+    assert m["ratio_to_native"] == pytest.approx(1.0, abs=1e-3)
+    on_frontier = run(spec, frontier, residual_map=rmap)
+    report = compare(on_analog, on_frontier)
+    parts = {p.name: p for p in report.parts}
+    assert set(parts) == {"effect_agreement", "ratio_to_native", "random_control"}
+    assert parts["effect_agreement"].analog == m["effect"]
+    assert parts["effect_agreement"].frontier == on_frontier.metrics["effect"]
+    assert parts["ratio_to_native"].frontier == on_frontier.metrics["ratio_to_native"]
+    assert all(p.interval is not None for p in report.parts)
+    assert report.score_interval is not None and report.resamples == 60
+    assert report.items == {"evaluate": 16, "contrast": 16}
+    assert report.verdict in ("transfers", "partial", "does_not_transfer", "inconclusive")
+    # the probe too: a direction on the analog, read there as it is and mapped on the frontier
+    probe = parse_spec(mapped_spec("mapped_probe", vector))
+    probe_report = compare(run(probe, analog), run(probe, frontier, residual_map=rmap))
+    assert [p.name for p in probe_report.parts] == [
+        "effect_agreement",
+        "ratio_to_native",
+        "random_control",
+    ]
+    # the artifact on an analog of another width is refused, as through a map
+    with pytest.raises(ExperimentError, match="is 7 wide.*residual stream is"):
+        run(parse_spec(mapped_spec("mapped_probe", [0.1] * 7)), analog)
+
+
+def test_the_artifact_is_matched_to_the_map_by_the_analog_weights(
+    pair: tuple[LoadedModel, LoadedModel, ResidualMap],
+) -> None:
+    analog, frontier, rmap = pair
+    assert rmap.analog_weights_sha256 == analog.weights_sha256
+    width = rmap.at(0.5).analog_width
+    base = mapped_spec("mapped_probe", [0.1] * width)
+    other = base | {"artifact": base["artifact"] | {"analog_sha256": "e" * 64}}
+    with pytest.raises(ExperimentError, match="fitted on .*: fit the map on the weights"):
+        run(parse_spec(other), frontier, residual_map=rmap)
+    with pytest.raises(ExperimentError, match="run it on the weights it was found on"):
+        run(parse_spec(other), analog)
+    same = base | {
+        "artifact": base["artifact"]
+        | {"analog_sha256": analog.weights_sha256, "source": "mlflow:runs/abc123/artifacts/v.json"}
+    }
+    result = run(parse_spec(same), frontier, residual_map=rmap)
+    # the provenance rides with the spec into the result
+    assert result.spec["artifact"]["source"] == "mlflow:runs/abc123/artifacts/v.json"
+    assert result.spec["artifact"]["analog_sha256"] == analog.weights_sha256
+
+
+def test_perplexity_with_last_position_steering_is_measured_where_it_acts(
+    pair: tuple[LoadedModel, LoadedModel, ResidualMap], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analoglab.experiments.methods import mapped as mapped_module
+
+    analog, frontier, rmap = pair
+    vector = analog_vector(analog, 0.5)
+    spec = parse_spec(mapped_spec("mapped_steering", vector, position="last", scale=16.0))
+    result = run(spec, frontier, residual_map=rmap)
+    # the vector moves the next-token prediction at the last position: the NLL there changes
+    assert result.metrics["perplexity_ratio"] != pytest.approx(1.0, abs=1e-6)
+    assert result.metrics["native_perplexity_ratio"] != pytest.approx(1.0, abs=1e-6)
+    # every position: logits go a few rows at a time, and the numbers do not depend on it
+    everywhere = parse_spec(mapped_spec("mapped_steering", vector, scale=4.0))
+    whole = run(everywhere, frontier, residual_map=rmap).metrics["perplexity_ratio"]
+    seen: list[tuple[int, int]] = []  # (rows, values) of every logits tensor over positions
+    real_forward = mapped_module.forward
+
+    def counting(model: Any, enc: Any, *, last_only: bool = True) -> torch.Tensor:
+        logits = real_forward(model, enc, last_only=last_only)
+        if logits.dim() == 3:
+            seen.append((logits.shape[0], logits.numel()))
+        return logits
+
+    budget = frontier.model.config.vocab_size * 40  # two rows of ~20 tokens
+    monkeypatch.setattr(mapped_module, "LOGIT_BUDGET", budget)
+    monkeypatch.setattr(mapped_module, "forward", counting)
+    small = run(everywhere, frontier, residual_map=rmap).metrics["perplexity_ratio"]
+    assert small == pytest.approx(whole, rel=1e-5)
+    # 6 neutral texts in one chunk, never more than the budget at once (one row at least)
+    assert seen and all(values <= budget or rows == 1 for rows, values in seen)
+    assert max(rows for rows, _ in seen) < 6
 
 
 def test_mapped_probe_reads_the_mapped_direction_with_intervals(
@@ -259,6 +350,29 @@ def test_the_mapped_methods_refuse_what_does_not_fit(
     )
     with pytest.raises(ExperimentError, match="no depth 0.2"):
         run(deeper, frontier, residual_map=rmap)
+
+
+def test_a_spec_refuses_an_artifact_of_the_wrong_kind_or_a_long_source() -> None:
+    probe_in_steering = mapped_spec("mapped_steering", [0.5] * 8)
+    probe_in_steering["artifact"]["kind"] = "probe_direction"
+    with pytest.raises(SpecError, match="artifact: .*mapped_steering carries a steering_vector"):
+        parse_spec(probe_in_steering)
+    vector_in_probe = mapped_spec("mapped_probe", [0.5] * 8)
+    vector_in_probe["artifact"]["kind"] = "steering_vector"
+    with pytest.raises(SpecError, match="mapped_probe carries a probe_direction"):
+        parse_spec(vector_in_probe)
+    long = mapped_spec("mapped_probe", [0.5] * 8)
+    long["artifact"]["source"] = "mlflow:" + "x" * 300
+    with pytest.raises(SpecError, match="artifact.source: String should have at most 300"):
+        parse_spec(long)
+    bad_hash = mapped_spec("mapped_probe", [0.5] * 8)
+    bad_hash["artifact"]["analog_sha256"] = "not-a-hash"
+    with pytest.raises(SpecError, match="artifact.analog_sha256"):
+        parse_spec(bad_hash)
+    # without the later fields a spec keeps the hash it had before them
+    plain = parse_spec(mapped_spec("mapped_probe", [0.5] * 8))
+    assert "source" not in spec_to_dict(plain)["artifact"]
+    assert "analog_sha256" not in spec_to_dict(plain)["artifact"]
 
 
 def test_a_spec_bounds_the_artifact_it_carries() -> None:
@@ -305,3 +419,62 @@ def test_a_map_is_fitted_and_used_from_the_command_line(
     assert "native_accuracy" in json.loads(ran.stdout)["metrics"]
     wrong = CliRunner().invoke(app, ["run", str(spec), "--model", "tiny-frontier"])
     assert wrong.exit_code == 1 and "needs the lab's residual map" in wrong.stderr
+    # a mapped transfer check here: the analog applies the artifact as it is, the frontier
+    # through the map
+    checked = CliRunner().invoke(
+        app,
+        ["transfer", "--spec", str(spec), "--analog", "tiny-analog-s",
+         "--frontier", "tiny-frontier", "--map", str(out), "--json"],
+    )  # fmt: skip
+    assert checked.exit_code == 0, checked.stderr
+    report = json.loads(checked.stdout)["report"]
+    assert [p["name"] for p in report["parts"]] == [
+        "effect_agreement",
+        "ratio_to_native",
+        "random_control",
+    ]
+    assert report["method"] == "mapped_probe" and report["score_interval"] is not None
+
+
+def test_unreadable_maps_and_bad_ridge_strengths_are_one_line_errors(
+    use_tiny_home: Settings, tmp_path: Path, pair: tuple[LoadedModel, LoadedModel, ResidualMap]
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from analoglab.cli import app
+    from analoglab.experiments.mapping import MapError
+
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    incomplete = tmp_path / "incomplete.npz"
+    np.savez(incomplete, meta=np.array('{"map_version": 1, "layers": [{"depth": 0.5}]}'))
+    spec = tmp_path / "mapped.yaml"
+    spec.write_text(yaml.safe_dump(mapped_spec("mapped_probe", [0.1] * 8)))
+    for path, reason in (
+        (tmp_path / "missing.npz", "no residual map at"),
+        (corrupt, "cannot read the residual map"),
+        (foreign, "is not a residual map"),
+        (incomplete, "is not a complete residual map"),
+    ):
+        with pytest.raises(MapError, match=reason):
+            ResidualMap.load(path)
+        ran = CliRunner().invoke(
+            app, ["run", str(spec), "--model", "tiny-frontier", "--map", str(path)]
+        )
+        assert ran.exit_code == 1 and reason in ran.stderr, ran.stderr
+        assert "Traceback" not in ran.stderr and len(ran.stderr.strip().splitlines()) <= 2
+    for l2 in ("0", "-1"):
+        fitted = CliRunner().invoke(
+            app,
+            ["map", "fit", "--analog", "tiny-analog-s", "--frontier", "tiny-frontier",
+             "--out", str(tmp_path / "m.npz"), "--l2", l2],
+        )  # fmt: skip
+        assert fitted.exit_code == 2, fitted.stdout
+        assert "--l2" in fitted.stderr and "positive" in fitted.stderr
+        assert not (tmp_path / "m.npz").exists()
+    analog, frontier, _ = pair
+    with pytest.raises(MapError, match="l2 must be a positive number"):
+        fit_map(analog, frontier, NEUTRAL[:4], [0.5], l2=0.0)

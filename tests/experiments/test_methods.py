@@ -369,6 +369,35 @@ def test_steering_tables_follow_the_scales_and_the_random_control(analog: Loaded
     assert control.bootstrap.items == {"evaluate": 6, "contrast": 6}
 
 
+def test_random_draws_after_the_first_steer_at_the_headline_scale_only(
+    analog: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analoglab.experiments.methods import steering as steering_module
+
+    spec = spec_for("steering", analog.tokenizer)
+    spec = spec.model_copy(
+        update={"scales": [-2.0, 1.0, 4.0], "control": "random_vector", "random_draws": 3}
+    )
+    scales: list[float] = []
+    real_add = steering_module.add_vector
+
+    def counting(model: Any, name: str, vector: Any, **kwargs: Any) -> Any:
+        scales.append(kwargs["scale"])
+        return real_add(model, name, vector, **kwargs)
+
+    monkeypatch.setattr(steering_module, "add_vector", counting)
+    progress: list[tuple[int, int]] = []
+    result = run(spec, analog, progress=lambda done, total: progress.append((done, total)))
+    layers, eval_chunks, neutral_chunks = 2, 2, 1  # 6 evaluate prompts, 4 neutral, batches of 4
+    # draw 0 sweeps the three scales (the tables); draws 1 and 2 only the headline scale 4
+    steer_calls = eval_chunks * layers * (3 + 2)
+    assert len(scales) == steer_calls + neutral_chunks * layers
+    assert scales.count(-2.0) == scales.count(1.0) == eval_chunks * layers
+    # the plan counts what runs: the bar ends at its total
+    assert progress[-1][0] == progress[-1][1]
+    assert result.bootstrap is not None and len(result.tables["score"][0]) == 3
+
+
 def test_the_sentiment_direction_steers_the_frontier_and_a_random_one_less(
     frontier: LoadedModel,
 ) -> None:

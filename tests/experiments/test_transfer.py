@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from analoglab.experiments.result import ExperimentResult, LayerProfile, ModelIdentity
@@ -12,6 +13,7 @@ from analoglab.experiments.transfer import (
     on_grid,
     profile_correlation,
 )
+from analoglab.experiments.uncertainty import make_replicates
 
 
 def identity(name: str, layers: int) -> ModelIdentity:
@@ -127,3 +129,159 @@ def test_results_of_different_specs_are_refused() -> None:
             result("a", [1.0], 1.0, method="evaluation").model_copy(update={"method": "fidelity"}),
             result("f", [1.0], 1.0, method="evaluation").model_copy(update={"method": "fidelity"}),
         )
+
+
+# -- random draws and controls ----------------------------------------------------------------
+
+
+def drawn(
+    name: str,
+    method: str,
+    spec: dict[str, object],
+    per_draw: dict[str, list[float]],
+    resamples: int = 200,
+    noise: float = 0.02,
+) -> ExperimentResult:
+    """A result whose replicate ``b`` uses draw ``b mod K`` (``per_draw[metric][k]``, with
+    item noise); its point estimate is draw 0's. No profiles: the score is ``s_e``."""
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    draws = len(next(iter(per_draw.values())))
+    reps = {
+        k: [v[b % draws] + float(rng.normal(0.0, noise)) for b in range(resamples)]
+        for k, v in per_draw.items()
+    }
+    return ExperimentResult(
+        method=method,
+        spec_hash="h",
+        spec=spec,
+        model=identity(name, 2),
+        device="cpu",
+        versions={},
+        metrics={k: v[0] for k, v in per_draw.items()},
+        bootstrap=make_replicates(
+            resamples=resamples,
+            seed=0,
+            items={"evaluate": 64, "contrast": 32},
+            metrics={k: np.asarray(v) for k, v in reps.items()},
+        ),
+    )
+
+
+RANDOM_CONTROL = {"method": "steering", "control": "random_vector"}
+
+
+def test_a_clearly_small_random_control_does_not_transfer() -> None:
+    # Four random draws: one agrees by chance on both models (0.3 and 0.25), three do not
+    # (opposite signs, or an effect under the floor on one model).
+    a = drawn("a", "steering", RANDOM_CONTROL, {"effect": [0.19, 0.3, -0.2, 0.02]})
+    f = drawn("f", "steering", RANDOM_CONTROL, {"effect": [-0.05, 0.25, 0.05, -0.15]})
+    report = compare(a, f)
+    # over the mixture of draws the interval reaches from 0 to the lucky draw's 0.83 ...
+    assert report.score_interval is not None and report.score_interval.high > 0.6
+    # ... and averaged over the draws (what a control's verdict reads) it is small
+    assert report.draws == 4 and report.draw_mean_interval is not None
+    assert report.draw_mean_interval.high < 0.3
+    assert report.verdict == "does_not_transfer" and report.items_needed is None
+    assert any("averaged over the draws" in note for note in report.notes)
+    assert "averaged over 4 draws" in report.summary()
+
+
+def test_a_control_that_every_draw_carries_is_not_hidden() -> None:
+    # every random direction moves both models the same way: the control itself transfers
+    a = drawn("a", "steering", RANDOM_CONTROL, {"effect": [0.5, 0.45, 0.55, 0.5]})
+    f = drawn("f", "steering", RANDOM_CONTROL, {"effect": [0.48, 0.5, 0.5, 0.52]})
+    report = compare(a, f)
+    assert report.draw_mean_interval is not None and report.draw_mean_interval.low > 0.6
+    assert report.verdict == "transfers"
+
+
+def test_where_the_draws_spread_dominates_the_advice_names_draws_not_items() -> None:
+    # a probe whose four splits disagree: the spread between splits, not the items, makes
+    # the interval straddle 0.6
+    a = drawn("a", "probe", {}, {"effect": [0.7, 0.4, 0.8, 0.5], "accuracy": [0.85] * 4})
+    f = drawn("f", "probe", {}, {"effect": [0.75, 0.75, 0.75, 0.75], "accuracy": [0.9] * 4})
+    report = compare(a, f)
+    assert report.verdict == "inconclusive" and report.items_needed is None
+    (note,) = [n for n in report.notes if "straddles" in n]
+    assert "more items will not narrow it" in note and "splits" in note
+    # the same spread from the items instead: items are the advice
+    g = drawn("g", "probe", {}, {"effect": [0.6] * 4, "accuracy": [0.85] * 4}, noise=0.15)
+    items = compare(g, f)
+    assert items.verdict == "inconclusive" and items.items_needed is not None
+
+
+# -- mapped checks ----------------------------------------------------------------------------
+
+
+def mapped(
+    name: str,
+    effect: float,
+    native: float,
+    random: float,
+    method: str = "mapped_steering",
+    noise: float = 0.02,
+) -> ExperimentResult:
+    per_draw = {
+        "effect": [effect] * 4,
+        "native_effect": [native] * 4,
+        # the random control's four draws: spread around ``random``
+        "random_effect": [random * native * s for s in (1.0, -0.5, 0.5, 1.5)],
+    }
+    res = drawn(name, method, {"method": method}, per_draw, noise=noise)
+    assert res.bootstrap is not None
+    reps = res.bootstrap.metrics
+    ratio = [e / n for e, n in zip(reps["effect"], reps["native_effect"], strict=True)]
+    rand = [r / n for r, n in zip(reps["random_effect"], reps["native_effect"], strict=True)]
+    boot = res.bootstrap.model_copy(
+        update={"metrics": reps | {"ratio_to_native": ratio, "random_ratio": rand}}
+    )
+    metrics = res.metrics | {
+        "ratio_to_native": effect / native,
+        "random_ratio": random,
+        "map_r2": 0.9,
+    }
+    return res.model_copy(update={"metrics": metrics, "bootstrap": boot})
+
+
+def test_a_carried_vector_that_works_transfers() -> None:
+    report = compare(mapped("a", 0.6, 0.7, 0.05), mapped("f", 0.5, 0.6, 0.04))
+    parts = {p.name: p for p in report.parts}
+    assert list(parts) == ["effect_agreement", "ratio_to_native", "random_control"]
+    assert parts["effect_agreement"].analog == 0.6 and parts["effect_agreement"].frontier == 0.5
+    assert parts["effect_agreement"].value == pytest.approx(0.5 / 0.6)
+    assert parts["ratio_to_native"].frontier == pytest.approx(0.5 / 0.6)
+    assert parts["ratio_to_native"].analog == pytest.approx(0.6 / 0.7)
+    assert report.score == pytest.approx(0.5 / 0.6, abs=1e-4)
+    assert all(p.interval is not None for p in parts.values())
+    assert report.score_interval is not None and report.score_interval.low >= 0.6
+    assert report.verdict == "transfers"
+    assert any("held-out R²" in n for n in report.notes)
+
+
+def test_a_carried_vector_no_better_than_a_random_one_does_not_transfer() -> None:
+    report = compare(mapped("a", 0.6, 0.7, 0.6), mapped("f", 0.5, 0.6, 0.9))
+    parts = {p.name: p for p in report.parts}
+    assert parts["random_control"].interval is not None
+    assert parts["random_control"].interval.low >= 0.3
+    assert report.verdict == "does_not_transfer"
+    assert any("is not the artifact's" in n for n in report.notes)
+    # a random control straddling the cut: inconclusive, and items are not the advice
+    unsure = compare(mapped("a", 0.6, 0.7, 0.2), mapped("f", 0.5, 0.6, 0.2))
+    assert unsure.verdict == "inconclusive" and unsure.items_needed is None
+    assert any("random control's 95% interval" in n for n in unsure.notes)
+
+
+def test_an_artifact_for_a_behaviour_the_analog_lacks_does_nothing() -> None:
+    # IOI: the analog lacks it, so its artifact does nothing there, nor mapped on the frontier
+    report = compare(
+        mapped("a", 0.02, 0.03, 0.0, "mapped_probe"), mapped("f", 0.01, 0.9, 0.02, "mapped_probe")
+    )
+    assert report.score < 0.1 and report.verdict == "no_effect"
+    assert report.method == "mapped_probe"
+
+
+def test_a_mapped_check_without_replicates_reads_the_point_estimates() -> None:
+    a, f = mapped("a", 0.6, 0.7, 0.05), mapped("f", 0.5, 0.6, 0.04)
+    report = compare(a, f.model_copy(update={"bootstrap": None}))
+    assert report.score_interval is None and report.verdict == "transfers"
+    assert any("no interval" in n for n in report.notes)

@@ -9,12 +9,14 @@ import pytest
 from analoglab.experiments.result import ExperimentResult, ModelIdentity
 from analoglab.experiments.transfer import (
     Interval,
+    TransferError,
     TransferReport,
     compare,
     items_to_settle,
     verdict_of_interval,
 )
 from analoglab.experiments.uncertainty import (
+    bounded_interval,
     headline_rows,
     items_to_narrow,
     make_replicates,
@@ -113,11 +115,13 @@ def test_the_intervals_of_the_parts_and_the_bootstrap_distribution() -> None:
     assert all(len(v) == 50 for v in report.distribution.values())
     for part in report.parts:
         assert part.interval is not None and part.interval.low <= part.interval.high
-    # the replicates come paired: the same resamples of the same items on both models
-    assert report.score_interval == Interval(
-        low=percentile_interval(report.distribution["score"])[0],
-        high=percentile_interval(report.distribution["score"])[1],
-    )
+    # the replicates come paired: the same resamples of the same items on both models; a
+    # score's interval is the percentile one widened to the basic one, within [0, 1]
+    low, high = percentile_interval(report.distribution["score"])
+    basic = (2 * report.score - high, 2 * report.score - low)
+    assert report.score_interval is not None
+    assert report.score_interval.low == pytest.approx(max(0.0, min(low, basic[0])), abs=1e-4)
+    assert report.score_interval.high == pytest.approx(min(1.0, max(high, basic[1])), abs=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -191,6 +195,74 @@ def test_results_and_reports_from_before_intervals_still_load_and_compare() -> N
     report = compare(a.model_copy(update={"bootstrap": None}), f)
     assert report.score_interval is None and report.verdict in ("transfers", "partial")
     assert any("no interval" in note for note in report.notes)
-    # two results drawn with other resamples are not paired
-    other = f.model_copy(update={"bootstrap": f.bootstrap.model_copy(update={"seed": 9})})  # type: ignore[union-attr]
-    assert compare(a, other).score_interval is None
+
+
+def test_the_interval_of_a_score_at_its_bound_covers_it_in_about_95_percent_of_seeds() -> None:
+    # Both models right on 90% of items: both effects are 0.8, so the true effect agreement
+    # (min/max of the two true effects) and the score are exactly 1, the bound. The truth
+    # comes from the two accuracies alone, not from the code under test.
+    truth = min(0.8, 0.8) / max(0.8, 0.8)
+    seeds, covered, percentile_covered = 200, 0, 0
+    for seed in range(seeds):
+        report = synthetic_check(0.9, 0.9, n=300, seed=seed)
+        assert report.score_interval is not None and report.score_interval.low >= 0.0
+        assert report.score_interval.high <= 1.0
+        covered += report.score_interval.low <= truth <= report.score_interval.high
+        low, high = percentile_interval(report.distribution["score"])
+        percentile_covered += low <= truth <= high
+    assert 0.90 <= covered / seeds <= 0.99, covered
+    # what the percentile interval alone did: replicates of min/max never exceed 1
+    assert percentile_covered / seeds < 0.8, percentile_covered
+
+
+def test_a_bounded_interval_is_the_percentile_one_widened_and_clipped() -> None:
+    values = np.linspace(0.80, 1.0, 101)
+    low, high = percentile_interval(values)
+    assert bounded_interval(values, 0.99) == (pytest.approx(low), 1.0)
+    assert bounded_interval(values, 0.9) == (pytest.approx(low), pytest.approx(high))
+    near_zero = np.linspace(0.0, 0.1, 101)
+    assert bounded_interval(near_zero, 0.0)[0] == 0.0
+    assert bounded_interval(near_zero, 0.0)[1] == pytest.approx(percentile_interval(near_zero)[1])
+
+
+def test_results_drawn_differently_are_refused_not_truncated() -> None:
+    rng = np.random.default_rng(0)
+    a = evaluation_result("a", (rng.random(50) < 0.9).astype(float), 40, 0)
+    f = evaluation_result("f", (rng.random(50) < 0.9).astype(float), 40, 0)
+    assert f.bootstrap is not None
+    other_seed = f.model_copy(update={"bootstrap": f.bootstrap.model_copy(update={"seed": 9})})
+    with pytest.raises(TransferError, match="drawn differently.*seed 0.*seed 9"):
+        compare(a, other_seed)
+    fewer = evaluation_result("f", (rng.random(50) < 0.9).astype(float), 30, 0)
+    with pytest.raises(TransferError, match="40 resamples.*30"):
+        compare(a, fewer)
+    other_items = evaluation_result("f", (rng.random(60) < 0.9).astype(float), 40, 0)
+    with pytest.raises(TransferError, match="different items"):
+        compare(a, other_items)
+    # a damaged bootstrap (a replicate list cut short) is refused, never zipped short
+    cut = f.bootstrap.model_copy(
+        update={"metrics": f.bootstrap.metrics | {"effect": f.bootstrap.metrics["effect"][:25]}}
+    )
+    with pytest.raises(TransferError, match="other than 40 replicates of effect"):
+        compare(a, f.model_copy(update={"bootstrap": cut}))
+
+
+def test_pairing_the_replicates_narrows_the_interval_of_correlated_models() -> None:
+    # The frontier gets an item right wherever the analog does, and 10% more: a resample with
+    # many hard items lowers both effects together, and their ratio moves little. Unpaired
+    # (the frontier's replicates shuffled against the analog's) they move apart.
+    difficulty = np.random.default_rng(4).random(200)
+    analog = (difficulty < 0.75).astype(float)
+    frontier = (difficulty < 0.85).astype(float)
+    a = evaluation_result("a", analog, 400, 1)
+    f = evaluation_result("f", frontier, 400, 1)
+    paired = compare(a, f)
+    assert f.bootstrap is not None
+    order = np.random.default_rng(0).permutation(400)
+    shuffled = {k: [v[i] for i in order] for k, v in f.bootstrap.metrics.items()}
+    unpaired = compare(
+        a, f.model_copy(update={"bootstrap": f.bootstrap.model_copy(update={"metrics": shuffled})})
+    )
+    assert paired.score == unpaired.score
+    assert paired.score_interval is not None and unpaired.score_interval is not None
+    assert paired.score_interval.width < 0.75 * unpaired.score_interval.width

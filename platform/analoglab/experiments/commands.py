@@ -8,6 +8,7 @@ Nothing here imports torch at module level: the runner and the models load insid
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -107,6 +108,13 @@ def map_fit(
     from analoglab.foundry.tasks import task_set
     from analoglab.models.loading import load_any
 
+    if not (l2 > 0.0 and math.isfinite(l2)):
+        raise typer.BadParameter(
+            f"{l2:g}: the ridge strength must be a positive number (1e-3 by default)",
+            param_hint="--l2",
+        )
+    if texts < 2:
+        raise typer.BadParameter(f"{texts}: fit on at least 2 texts", param_hint="--texts")
     settings = get_settings()
     a = load_any(analog, device=device, settings=settings)
     f = load_any(frontier, device=device, settings=settings)
@@ -192,6 +200,9 @@ def _print_result(result: Any) -> None:
     if boot is not None:
         items = ", ".join(f"{k} {n}" for k, n in boot.items.items())
         out.print(f"  (intervals: {boot.resamples} bootstrap resamples over {items})")
+    artifact = result.spec.get("artifact") or {}
+    if artifact.get("source"):
+        out.print(f"  artifact from {escape(str(artifact['source']))}")
     for name, prof in result.profiles.items():
         values = " ".join(
             f"{d:.2f}:{v:+.3f}" for d, v in zip(prof.depths, prof.values, strict=True)
@@ -241,6 +252,14 @@ def transfer_command(
             help="With --via-queue: read the queue token from this file ('-': stdin).",
         ),
     ] = None,
+    residual_map: Annotated[
+        Path | None,
+        typer.Option(
+            "--map",
+            help="For mapped_steering / mapped_probe run here: the residual map (.npz) the "
+            "frontier run carries the artifact through (the analog applies it as it is).",
+        ),
+    ] = None,
 ) -> None:
     """Run a spec on an analog and on its frontier, here, and report how well it transfers.
 
@@ -274,12 +293,15 @@ def transfer_command(
             print_json({"report": report.model_dump(mode="json")})
             return
     else:
+        from analoglab.experiments.mapping import ResidualMap
+
+        rmap = ResidualMap.load(residual_map) if residual_map else None
         results = []
-        for name in (analog, frontier):
+        for name, with_map in ((analog, None), (frontier, rmap)):
             loaded = load_any(name, device=device, settings=settings)
             progress, update = progress_bar(f"{spec.method} on {loaded.name}")
             with progress:
-                results.append(run(spec, loaded, progress=update))
+                results.append(run(spec, loaded, residual_map=with_map, progress=update))
             del loaded
         report = compare(results[0], results[1])
         if as_json:

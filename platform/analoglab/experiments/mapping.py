@@ -26,6 +26,7 @@ release decision. Results of the mapped methods carry its fit (R²), never its m
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,39 +163,63 @@ class ResidualMap:
 
     @classmethod
     def load(cls, path: str | Path) -> ResidualMap:
+        """The map saved at ``path``; a :class:`MapError` (one line) for a file that is
+        missing, unreadable, corrupt or not a residual map of this version."""
         path = Path(path)
+        if not path.is_file():
+            raise MapError(f"no residual map at {path}: fit one with `analoglab map fit`")
         try:
             with np.load(path, allow_pickle=False) as data:
+                if "meta" not in data.files:
+                    raise MapError(f"{path} is not a residual map (no 'meta' entry)")
                 meta = json.loads(str(data["meta"]))
                 arrays = {k: np.asarray(data[k]) for k in data.files if k != "meta"}
-        except (OSError, ValueError, KeyError) as exc:
-            raise MapError(f"cannot read the residual map {path}: {exc}") from None
-        if meta.get("map_version") != MAP_VERSION:
+        except MapError:
+            raise
+        except Exception as exc:  # zipfile, numpy and json each raise their own
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise MapError(f"cannot read the residual map {path}: {reason}") from None
+        if not isinstance(meta, dict) or meta.get("map_version") != MAP_VERSION:
             raise MapError(f"{path} is not a residual map of version {MAP_VERSION}")
-        layers = tuple(
-            LayerMap(
-                depth=float(info["depth"]),
-                analog_block=int(info["analog_block"]),
-                frontier_block=int(info["frontier_block"]),
-                forward=arrays[f"forward_{k}"],
-                forward_bias=arrays[f"forward_bias_{k}"],
-                backward=arrays[f"backward_{k}"],
-                backward_bias=arrays[f"backward_bias_{k}"],
-                r2_forward=float(info["r2_forward"]),
-                r2_backward=float(info["r2_backward"]),
+        try:
+            layers = tuple(_layer_of(info, arrays, k) for k, info in enumerate(meta["layers"]))
+            return cls(
+                analog=str(meta["analog"]),
+                analog_weights_sha256=str(meta["analog_weights_sha256"]),
+                frontier=str(meta["frontier"]),
+                frontier_weights_sha256=str(meta["frontier_weights_sha256"]),
+                l2=float(meta["l2"]),
+                tokens_fit=int(meta["tokens_fit"]),
+                tokens_held_out=int(meta["tokens_held_out"]),
+                layers=layers,
             )
-            for k, info in enumerate(meta["layers"])
-        )
-        return cls(
-            analog=meta["analog"],
-            analog_weights_sha256=meta["analog_weights_sha256"],
-            frontier=meta["frontier"],
-            frontier_weights_sha256=meta["frontier_weights_sha256"],
-            l2=float(meta["l2"]),
-            tokens_fit=int(meta["tokens_fit"]),
-            tokens_held_out=int(meta["tokens_held_out"]),
-            layers=layers,
-        )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MapError(
+                f"{path} is not a complete residual map (missing or malformed: {exc})"
+            ) from None
+
+
+def _layer_of(info: dict[str, Any], arrays: dict[str, np.ndarray], k: int) -> LayerMap:
+    """Layer ``k`` of a saved map, its matrices checked against each other."""
+    layer = LayerMap(
+        depth=float(info["depth"]),
+        analog_block=int(info["analog_block"]),
+        frontier_block=int(info["frontier_block"]),
+        forward=arrays[f"forward_{k}"],
+        forward_bias=arrays[f"forward_bias_{k}"],
+        backward=arrays[f"backward_{k}"],
+        backward_bias=arrays[f"backward_bias_{k}"],
+        r2_forward=float(info["r2_forward"]),
+        r2_backward=float(info["r2_backward"]),
+    )
+    d_a, d_f = layer.forward.shape if layer.forward.ndim == 2 else (-1, -1)
+    if (
+        layer.backward.shape != (d_f, d_a)
+        or layer.forward_bias.shape != (d_f,)
+        or layer.backward_bias.shape != (d_a,)
+    ):
+        raise ValueError(f"the matrices of layer {k} do not fit each other")
+    return layer
 
 
 def fit_layer(
@@ -240,6 +265,11 @@ def fit_map(
     from analoglab.experiments.methods.fidelity import check_same_vocabulary
     from analoglab.interventions import block_at_depth, capture, layout_of
 
+    if not (l2 > 0.0 and math.isfinite(l2)):
+        raise MapError(
+            f"l2 must be a positive number (got {l2:g}): without ridge the fit is singular "
+            "wherever the stream has fewer directions than dimensions; 1e-3 is the default"
+        )
     if len(texts) < 2:
         raise MapError("a map needs at least 2 texts (some to fit on, some held out)")
     if not depths:
@@ -273,16 +303,19 @@ def fit_map(
     def stacked(key: str, held: bool) -> np.ndarray:
         return np.concatenate(rows[(key, held)])
 
-    layers = tuple(
-        fit_layer(
-            float(d),
-            pairs[k],
-            (stacked(f"a{k}", False), stacked(f"a{k}", True)),
-            (stacked(f"f{k}", False), stacked(f"f{k}", True)),
-            l2,
+    try:
+        layers = tuple(
+            fit_layer(
+                float(d),
+                pairs[k],
+                (stacked(f"a{k}", False), stacked(f"a{k}", True)),
+                (stacked(f"f{k}", False), stacked(f"f{k}", True)),
+                l2,
+            )
+            for k, d in enumerate(depths)
         )
-        for k, d in enumerate(depths)
-    )
+    except np.linalg.LinAlgError as exc:
+        raise MapError(f"the ridge fit failed ({exc}): raise l2 or fit on more text") from None
     return ResidualMap(
         analog=analog.name,
         analog_weights_sha256=analog.weights_sha256,

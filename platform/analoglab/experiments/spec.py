@@ -21,6 +21,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -274,6 +275,8 @@ class FidelitySpec(_Common):
 
 #: The most numbers an inline artifact may hold (a vector of the analog's width).
 MAX_ARTIFACT_VALUES = 16384
+#: The longest provenance an artifact may carry (``Artifact.source``).
+MAX_SOURCE_CHARS = 300
 
 
 class Artifact(_Model):
@@ -288,6 +291,19 @@ class Artifact(_Model):
     values: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
         min_length=1, max_length=MAX_ARTIFACT_VALUES
     )
+    analog_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the sha256 of the analog's weights it was found on: a run refuses a "
+        "residual map fitted on other analog weights (and, on the analog, other weights)",
+    )
+    source: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SOURCE_CHARS,
+        description="where the artifact came from (provenance), e.g. "
+        "'mlflow:runs/<run_id>/artifacts/<path>'; carried into the result with the spec",
+    )
 
     @model_validator(mode="after")
     def _values_of_its_width(self) -> Artifact:
@@ -296,6 +312,30 @@ class Artifact(_Model):
                 f"the artifact holds {len(self.values)} values, its width is {self.width}"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_later_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # added after mapped specs were first hashed: absent, they leave the hash as it was
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("analog_sha256", "source"):
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
+
+
+#: The artifact kind each mapped method carries.
+ARTIFACT_KIND = {"mapped_steering": "steering_vector", "mapped_probe": "probe_direction"}
+
+
+def _check_artifact_kind(method: str, artifact: Artifact) -> None:
+    expected = ARTIFACT_KIND[method]
+    if artifact.kind != expected:
+        raise ValueError(
+            f"{method} carries a {expected}, and this artifact is a {artifact.kind}: "
+            f"use {'mapped_probe' if expected == 'steering_vector' else 'mapped_steering'} "
+            f"for a {artifact.kind}, or set artifact.kind to {expected!r}"
+        )
 
 
 class MappedSteeringSpec(_Common):
@@ -312,6 +352,12 @@ class MappedSteeringSpec(_Common):
     scale: float = Field(4.0, ge=-64, le=64, description="how much of each vector is added")
     position: Literal["all", "last"] = "all"
 
+    @field_validator("artifact")
+    @classmethod
+    def _a_steering_vector(cls, artifact: Artifact) -> Artifact:
+        _check_artifact_kind("mapped_steering", artifact)
+        return artifact
+
 
 class MappedProbeSpec(_Common):
     """An analog's probe direction carried to the frontier through the lab's residual map,
@@ -323,6 +369,12 @@ class MappedProbeSpec(_Common):
     position: Literal["last", "mean"] = "last"
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     l2: float = Field(1e-2, ge=0.0, le=100.0)
+
+    @field_validator("artifact")
+    @classmethod
+    def _a_probe_direction(cls, artifact: Artifact) -> Artifact:
+        _check_artifact_kind("mapped_probe", artifact)
+        return artifact
 
 
 ExperimentSpec = Annotated[

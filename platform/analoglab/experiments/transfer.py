@@ -18,33 +18,56 @@ transfer score in [0, 1] combining them. The formulas (see ``docs/transfer.md``)
 **Intervals.** Where both results carry their bootstrap (``result.bootstrap``: replicates
 ``b = 1..B`` drawn over the same items on both models, a paired bootstrap; see
 :mod:`.uncertainty`), every part and the score are computed again on each replicate pair,
-and each gets its 95% percentile interval. The verdict then comes from the score's interval
-(:func:`verdict_of_interval`): ``transfers`` when its lower bound is at least 0.6,
-``partial`` when it lies within [0.3, 0.6), ``does_not_transfer`` when its upper bound is
-below 0.3, and ``inconclusive`` when it straddles a cut-off; ``no_effect`` where it does not
-transfer and neither model's point effect reaches the floor. An inconclusive report says how
-many items would settle it (:func:`items_to_settle`). Results without a bootstrap (made
-before intervals) get the point verdict, as before: ``transfers`` (score ≥ 0.6), ``partial``
-(≥ 0.3), ``does_not_transfer``, ``no_effect``.
+and each gets its 95% interval (:func:`~analoglab.experiments.uncertainty.bounded_interval`:
+the percentile interval widened to the basic one, within [0, 1]). Two bootstraps drawn
+differently (resamples, seed or items) are refused (:class:`TransferError`). The verdict
+then comes from the score's interval (:func:`verdict_of_interval`): ``transfers`` when its
+lower bound is at least 0.6, ``partial`` when it lies within [0.3, 0.6),
+``does_not_transfer`` when its upper bound is below 0.3, and ``inconclusive`` when it
+straddles a cut-off; ``no_effect`` where it does not transfer and neither model's point
+effect reaches the floor. An inconclusive report says how many items would settle it
+(:func:`items_to_settle`), or, where the spread between a method's random draws dominates the
+width (:func:`draw_spread`), that items will not and draws would. A **control** (a random
+steering vector, shuffled probe labels) is decided on the score averaged over its draws
+(:func:`draw_averaged`): one draw agreeing by chance does not make a control inconclusive.
+Results without a bootstrap (made before intervals) get the point verdict, as before:
+``transfers`` (score ≥ 0.6), ``partial`` (≥ 0.3), ``does_not_transfer``, ``no_effect``.
+
+**Mapped methods** (``mapped_steering``, ``mapped_probe``; :func:`compare_mapped`): the
+analog's result is the artifact on its own analog, the frontier's the artifact through the
+map. Parts: effect agreement (as above, of the two ``effect``s), ``ratio_to_native`` (the
+frontier's mapped effect over its native effect, within [0, 1], 0 where the native effect is
+under the floor; the score) and ``random_control`` (``|random / native|`` on the frontier,
+at most 1). The verdict is the score interval's band where the random control's interval
+lies below :data:`CONTROL_CUT`; a control reaching it makes it ``does_not_transfer``, one
+straddling it ``inconclusive`` (:func:`verdict_of_mapped`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from analoglab.errors import AnalogLabError
 from analoglab.experiments.result import ExperimentResult, LayerProfile, ModelIdentity
-from analoglab.experiments.uncertainty import LEVEL, items_to_narrow, percentile_interval
+from analoglab.experiments.uncertainty import LEVEL, bounded_interval, items_to_narrow
 
 GRID = np.linspace(0.0, 1.0, 11)
 DEFAULT_FLOOR = 0.1
 TRANSFERS, PARTIAL = 0.6, 0.3
 CUTOFFS = (PARTIAL, TRANSFERS)
+#: A mapped check's random control (|random / native effect| on the frontier) must stay
+#: below this for the check to transfer: no control above ``partial``.
+CONTROL_CUT = PARTIAL
+#: The methods that carry an analog's artifact (compared by :func:`compare_mapped`).
+MAPPED = ("mapped_steering", "mapped_probe")
+#: The random directions a mapped method draws (``methods.mapped.RANDOM_DRAWS``).
+MAPPED_DRAWS = 4
 
 Verdict = Literal["transfers", "partial", "does_not_transfer", "no_effect", "inconclusive"]
 
@@ -111,12 +134,20 @@ class TransferReport(BaseModel):
     items: dict[str, int] = Field(default_factory=dict)
     items_needed: dict[str, int] | None = None
     distribution: dict[str, list[float]] = Field(default_factory=dict)
+    draws: int | None = Field(
+        None, description="a control's random draws, where its verdict reads their average"
+    )
+    draw_mean_interval: Interval | None = Field(
+        None, description="a control: the interval of the score averaged over its draws"
+    )
 
     def summary(self) -> str:
         """One line: verdict, score and its interval (what a notebook prints)."""
         line = f"{self.verdict.replace('_', ' ')}: score {self.score:.3f}"
         if self.score_interval is not None:
             line += f", 95% interval {self.score_interval}"
+        if self.draw_mean_interval is not None:
+            line += f" (averaged over {self.draws} draws: {self.draw_mean_interval})"
         if self.items_needed:
             need = ", ".join(f"{k} {v}" for k, v in self.items_needed.items())
             line += f"; about {need} items would settle it"
@@ -255,14 +286,43 @@ def _point_inputs(a: ExperimentResult, f: ExperimentResult, profile: str | None)
     )
 
 
+def _check_pairing(a: ExperimentResult, f: ExperimentResult) -> None:
+    """Two bootstraps that can be paired replicate by replicate, else a :class:`TransferError`
+    (never a silent truncation to the shorter one)."""
+    ra, rf = a.bootstrap, f.bootstrap
+    if ra is None or rf is None:
+        return
+    if (ra.resamples, ra.seed) != (rf.resamples, rf.seed):
+        raise TransferError(
+            f"the two results' bootstraps were drawn differently ({ra.resamples} resamples "
+            f"with seed {ra.seed} on {a.model.name}, {rf.resamples} with seed {rf.seed} on "
+            f"{f.model.name}): a paired bootstrap needs the same spec's bootstrap on both"
+        )
+    if ra.items != rf.items:
+        raise TransferError(
+            f"the two results resampled different items ({ra.items} on {a.model.name}, "
+            f"{rf.items} on {f.model.name}): a paired bootstrap needs the same items on both"
+        )
+    for result, reps in ((a, ra), (f, rf)):
+        short = [k for k, v in reps.metrics.items() if len(v) != reps.resamples]
+        short += [k for k, rows in reps.profiles.items() if len(rows) != reps.resamples]
+        if short:
+            raise TransferError(
+                f"the bootstrap of {result.model.name} holds other than {reps.resamples} "
+                f"replicates of {', '.join(sorted(short))}: the result is damaged"
+            )
+
+
 def _replicate_inputs(
     a: ExperimentResult, f: ExperimentResult, point: _Inputs, profile: str | None
 ) -> list[_Inputs] | None:
     """The inputs of each replicate pair, or None where either result has no bootstrap (or
-    lacks replicates of what the point uses, or the two were drawn differently)."""
+    lacks replicates of what the point uses). Bootstraps drawn differently (resamples, seed,
+    items) are a :class:`TransferError`."""
     ra, rf = a.bootstrap, f.bootstrap
-    if ra is None or rf is None or (ra.resamples, ra.seed) != (rf.resamples, rf.seed):
+    if ra is None or rf is None:
         return None
+    _check_pairing(a, f)
 
     def metric(name: str, used: float | None) -> tuple[list[float], list[float]] | bool | None:
         if used is None:
@@ -299,6 +359,58 @@ def _replicate_inputs(
     return out
 
 
+# -- random draws -----------------------------------------------------------------------------
+
+
+def draws_of(method: str, spec: dict[str, Any]) -> tuple[int, str] | None:
+    """How many random draws a result's replicates go through (replicate ``b`` uses draw
+    ``b mod K``) and the spec field that sets ``K``; None for a method without them."""
+    if method == "steering" and spec.get("control") == "random_vector":
+        return int(spec.get("random_draws", 4)), "random_draws"
+    if method == "probe":
+        return int(spec.get("splits", 4)), "splits"
+    if method in MAPPED:
+        return MAPPED_DRAWS, "random draws (4, fixed)"
+    return None
+
+
+def is_control(method: str, spec: dict[str, Any]) -> bool:
+    """A spec whose point is to show nothing: a random steering vector, shuffled labels."""
+    return (method == "steering" and spec.get("control") == "random_vector") or (
+        method == "probe" and spec.get("control") == "shuffled_labels"
+    )
+
+
+def draw_spread(values: Sequence[float], draws: int) -> tuple[float, float]:
+    """The variance between the draws' means and the mean variance within a draw, of
+    replicates where replicate ``b`` uses draw ``b mod draws`` ((0, 0) when too few)."""
+    v = np.asarray(values, dtype=np.float64)
+    groups = [v[k::draws] for k in range(draws)]
+    if draws < 2 or any(len(g) < 2 for g in groups):
+        return 0.0, 0.0
+    between = float(np.var([g.mean() for g in groups]))
+    within = float(np.mean([g.var() for g in groups]))
+    return between, within
+
+
+def draw_averaged(values: Sequence[float], draws: int) -> np.ndarray:
+    """Replicates of the value averaged over the draws: replicates ``jK … jK+K−1`` use draws
+    ``0 … K−1``, each on a resample of its own, so their mean is one replicate of the
+    average over the ``K`` draws (``B // K`` of them)."""
+    v = np.asarray(values, dtype=np.float64)
+    m = len(v) // draws
+    averaged: np.ndarray = v[: m * draws].reshape(m, draws).mean(axis=1)
+    return averaged
+
+
+def _interval(values: Sequence[float], point: float) -> Interval:
+    low, high = bounded_interval(values, point)
+    return Interval(low=low, high=high)
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+
 def compare(
     analog: ExperimentResult, frontier: ExperimentResult, floor: float = DEFAULT_FLOOR
 ) -> TransferReport:
@@ -308,6 +420,8 @@ def compare(
             "the two results come from different specs "
             f"({analog.spec_hash[:12]} vs {frontier.spec_hash[:12]}); run the same spec on both"
         )
+    if analog.method in MAPPED:
+        return compare_mapped(analog, frontier, floor)
     if analog.method not in MAIN_PROFILE:
         raise TransferError(f"method {analog.method!r} has no transfer comparison")
     profile_name = MAIN_PROFILE[analog.method]
@@ -321,10 +435,8 @@ def compare(
             distribution.setdefault("score", []).append(round(rep_score, 6))
             for name, value in rep_values.items():
                 distribution.setdefault(name, []).append(round(value, 6))
-    intervals = {
-        k: Interval(**dict(zip(("low", "high"), percentile_interval(v), strict=True)))
-        for k, v in distribution.items()
-    }
+    points = values | {"score": score}
+    intervals = {k: _interval(v, points[k]) for k, v in distribution.items()}
 
     def part(
         name: str, detail: str, analog: float | None = None, frontier: float | None = None
@@ -369,49 +481,268 @@ def compare(
         elif ea * ef < 0:
             notes.append("the effect has opposite signs on the two models")
 
-    score_interval = intervals.get("score")
-    items: dict[str, int] = {}
-    needed: dict[str, int] | None = None
-    verdict: Verdict
-    if score_interval is None:
-        verdict = "no_effect" if no_effect else verdict_of_score(score)
-        if analog.bootstrap is None or frontier.bootstrap is None:
-            notes.append(
-                "no interval: a result carries no bootstrap (made before intervals, or its "
-                "lab keeps replicates in)"
-            )
-    else:
-        verdict = verdict_of_interval(score_interval.low, score_interval.high)
-        if verdict == "does_not_transfer" and no_effect:
-            verdict = "no_effect"
-        items = dict(analog.bootstrap.items) if analog.bootstrap else {}
-        if verdict == "inconclusive":
-            needed = items_to_settle(items, score, score_interval)
-            said = verdict_of_score(score).replace("_", " ")
-            if needed is None:
-                notes.append(
-                    f"the 95% interval {score_interval} straddles a cut-off and the score "
-                    "sits on it: more items will not settle it"
-                )
-            else:
-                counts = ", ".join(f"{k} {v}" for k, v in needed.items())
-                notes.append(
-                    f"the 95% interval {score_interval} straddles a cut-off (the point "
-                    f"estimate alone would say {said}); about {counts} items would settle it "
-                    "(if the width comes from the items, not from the method's random parts)"
-                )
-    return TransferReport(
+    report = TransferReport(
         method=analog.method,
         spec_hash=analog.spec_hash,
         analog=analog.model,
         frontier=frontier.model,
         score=round(score, 4),
-        verdict=verdict,
+        verdict="no_effect" if no_effect else verdict_of_score(score),
         parts=parts,
         notes=notes,
-        score_interval=score_interval,
-        resamples=None if score_interval is None else len(distribution["score"]),
-        items=items,
-        items_needed=needed,
+        score_interval=intervals.get("score"),
         distribution=distribution,
     )
+    if report.score_interval is None:
+        if analog.bootstrap is None or frontier.bootstrap is None:
+            report.notes.append(
+                "no interval: a result carries no bootstrap (made before intervals, or its "
+                "lab keeps replicates in)"
+            )
+        return report
+    assert analog.bootstrap is not None
+    report.resamples = len(distribution["score"])
+    report.items = dict(analog.bootstrap.items)
+    draws = draws_of(analog.method, analog.spec)
+    decided_by, centre = report.score_interval, score
+    if draws is not None and is_control(analog.method, analog.spec):
+        averaged = draw_averaged(distribution["score"], draws[0])
+        if len(averaged) >= MIN_AVERAGED:
+            centre = float(averaged.mean())
+            decided_by = _interval(averaged.tolist(), centre)
+            report.draws = draws[0]
+            report.draw_mean_interval = decided_by
+            report.notes.append(
+                f"a control: its replicates go through {draws[0]} random draws, and any one "
+                "draw may agree by chance; the verdict reads the score averaged over the "
+                f"draws, {centre:.3f}, 95% interval {decided_by} (over {len(averaged)} "
+                f"averaged replicates; it holds these {draws[0]} draws fixed)"
+            )
+    verdict: Verdict = verdict_of_interval(decided_by.low, decided_by.high)
+    if verdict == "does_not_transfer" and no_effect:
+        verdict = "no_effect"
+    report.verdict = verdict
+    if verdict == "inconclusive":
+        _advise(report, decided_by, centre, draws, report.draws is not None)
+    return report
+
+
+MIN_AVERAGED = 10
+
+
+def _advise(
+    report: TransferReport,
+    interval: Interval,
+    centre: float,
+    draws: tuple[int, str] | None,
+    averaged: bool,
+) -> None:
+    """The note (and ``items_needed``) of an inconclusive report: items where the width comes
+    from the items, draws where the spread between random draws dominates it."""
+    said = verdict_of_score(report.score).replace("_", " ")
+    if draws is not None and not averaged:
+        between, within = draw_spread(report.distribution["score"], draws[0])
+        if between > within:
+            report.notes.append(
+                f"the 95% interval {interval} straddles a cut-off (the point estimate alone "
+                f"would say {said}), and its width comes from the spread between the "
+                f"{draws[0]} random draws (variance {between:.4f} between draws, {within:.4f} "
+                "within one): more items will not narrow it; more draws "
+                f"({draws[1]}, at most 16) estimate that spread better"
+            )
+            return
+    needed = items_to_settle(report.items, centre, interval)
+    report.items_needed = needed
+    if needed is None:
+        report.notes.append(
+            f"the 95% interval {interval} straddles a cut-off and the score sits on it: "
+            "more items will not settle it"
+        )
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in needed.items())
+    report.notes.append(
+        f"the 95% interval {interval} straddles a cut-off (the point estimate alone would say "
+        f"{said}); about {counts} items would settle it (if the width comes from the items, "
+        "not from the method's random parts)"
+    )
+
+
+# -- mapped methods ---------------------------------------------------------------------------
+
+
+def _random_ratio(metrics: dict[str, float]) -> float:
+    """The random control over the native effect (computed where an older result lacks it)."""
+    if "random_ratio" in metrics:
+        return metrics["random_ratio"]
+    native = metrics.get("native_effect", 0.0)
+    return metrics.get("random_effect", 0.0) / native if abs(native) > 1e-9 else 0.0
+
+
+def _mapped_parts(
+    effect_a: float, effect_f: float, native_f: float, ratio_f: float, random_f: float, floor: float
+) -> dict[str, float]:
+    """The parts of a mapped check (formulas in ``docs/transfer.md``); ``ratio_to_native``
+    is its score."""
+    carried = min(1.0, max(0.0, ratio_f)) if abs(native_f) >= floor else 0.0
+    return {
+        "effect_agreement": effect_agreement(effect_a, effect_f, floor),
+        "ratio_to_native": carried,
+        "random_control": min(1.0, abs(random_f)),
+    }
+
+
+def verdict_of_mapped(
+    score: Interval, control: Interval
+) -> Literal["transfers", "partial", "does_not_transfer", "inconclusive"]:
+    """A mapped check's verdict: the band of the score's interval (as for every method),
+    where the random control's interval lies wholly below :data:`CONTROL_CUT`; a random
+    direction of equal norm reaching it (``control.low ≥ CONTROL_CUT``) makes it
+    ``does_not_transfer`` (the effect is not the artifact's), one straddling it
+    ``inconclusive``."""
+    band = verdict_of_interval(score.low, score.high)
+    if band in ("transfers", "partial") or (band == "inconclusive" and score.high >= PARTIAL):
+        if control.low >= CONTROL_CUT:
+            return "does_not_transfer"
+        if control.high >= CONTROL_CUT:
+            return "inconclusive"
+    return band
+
+
+def compare_mapped(
+    analog: ExperimentResult, frontier: ExperimentResult, floor: float = DEFAULT_FLOOR
+) -> TransferReport:
+    """The report of a mapped check: the artifact's run on its analog (applied as it is)
+    and on the frontier (through the lab's map). See ``docs/transfer.md``."""
+    a, f = analog.metrics, frontier.metrics
+    for result in (analog, frontier):
+        missing = {"effect", "native_effect", "ratio_to_native"} - set(result.metrics)
+        if missing:
+            raise TransferError(
+                f"the {result.method} result of {result.model.name} lacks "
+                f"{', '.join(sorted(missing))}: it cannot be compared"
+            )
+    ratio_a, random_a = a["ratio_to_native"], _random_ratio(a)
+    ratio_f, random_f = f["ratio_to_native"], _random_ratio(f)
+    values = _mapped_parts(a["effect"], f["effect"], f["native_effect"], ratio_f, random_f, floor)
+    score = values["ratio_to_native"]
+
+    distribution: dict[str, list[float]] = {}
+    ra, rf = analog.bootstrap, frontier.bootstrap
+    if ra is not None and rf is not None:
+        _check_pairing(analog, frontier)
+        need = ("effect", "native_effect", "ratio_to_native")
+        if all(k in ra.metrics for k in ("effect",)) and all(k in rf.metrics for k in need):
+            native_reps = rf.metrics["native_effect"]
+            if "random_ratio" in rf.metrics:
+                random_reps = rf.metrics["random_ratio"]
+            else:
+                random_reps = [
+                    r / n if abs(n) > 1e-9 else 0.0
+                    for r, n in zip(rf.metrics.get("random_effect", []), native_reps, strict=True)
+                ]
+            for b in range(rf.resamples):
+                rep = _mapped_parts(
+                    ra.metrics["effect"][b],
+                    rf.metrics["effect"][b],
+                    native_reps[b],
+                    rf.metrics["ratio_to_native"][b],
+                    random_reps[b] if random_reps else 0.0,
+                    floor,
+                )
+                distribution.setdefault("score", []).append(round(rep["ratio_to_native"], 6))
+                for name, value in rep.items():
+                    distribution.setdefault(name, []).append(round(value, 6))
+    points = values | {"score": score}
+    intervals = {k: _interval(v, points[k]) for k, v in distribution.items()}
+    kind = "vector" if analog.method == "mapped_steering" else "probe"
+    parts = [
+        TransferPart(
+            name="effect_agreement",
+            value=values["effect_agreement"],
+            analog=a["effect"],
+            frontier=f["effect"],
+            detail="the artifact's effect on the analog vs the mapped artifact's on the "
+            "frontier: same sign × smaller/larger",
+            interval=intervals.get("effect_agreement"),
+        ),
+        TransferPart(
+            name="ratio_to_native",
+            value=values["ratio_to_native"],
+            analog=ratio_a,
+            frontier=ratio_f,
+            detail=f"mapped / native {kind}'s effect on the frontier {ratio_f:+.3f} (the "
+            f"artifact on the analog: {ratio_a:+.3f}× the analog's native {kind}); the score",
+            interval=intervals.get("ratio_to_native"),
+        ),
+        TransferPart(
+            name="random_control",
+            value=values["random_control"],
+            analog=random_a,
+            frontier=random_f,
+            detail=f"|random / native effect| on the frontier (equal-norm random directions, "
+            f"{MAPPED_DRAWS} draws): must stay below {CONTROL_CUT}",
+            interval=intervals.get("random_control"),
+        ),
+    ]
+    notes: list[str] = []
+    ea, ef, nf = a["effect"], f["effect"], f["native_effect"]
+    no_effect = max(abs(ea), abs(ef)) < floor
+    if no_effect:
+        notes.append(
+            f"neither the artifact on the analog nor the mapped artifact on the frontier shows "
+            f"an effect of at least {floor}: nothing transfers"
+        )
+    elif abs(ea) < floor:
+        notes.append("the artifact shows no effect on its own analog")
+    if abs(nf) < floor:
+        notes.append(
+            f"the frontier's native {kind} shows no effect of at least {floor}: there is "
+            "nothing to carry the artifact's effect over to (the score is 0)"
+        )
+    if "map_r2" in f:
+        notes.append(f"the residual map's held-out R² at the artifact's depth: {f['map_r2']:.3f}")
+
+    report = TransferReport(
+        method=analog.method,
+        spec_hash=analog.spec_hash,
+        analog=analog.model,
+        frontier=frontier.model,
+        score=round(score, 4),
+        verdict="does_not_transfer",
+        parts=parts,
+        notes=notes,
+        score_interval=intervals.get("score"),
+        distribution=distribution,
+    )
+    score_iv = report.score_interval
+    control_iv = intervals.get("random_control")
+    if score_iv is None or control_iv is None:
+        score_iv = Interval(low=score, high=score)
+        control_iv = Interval(low=values["random_control"], high=values["random_control"])
+        report.notes.append(
+            "no interval: a result carries no bootstrap (made before intervals, or its lab "
+            "keeps replicates in); the verdict reads the point estimates"
+        )
+    else:
+        report.resamples = len(distribution["score"])
+        report.items = dict(rf.items) if rf is not None else {}
+    verdict: Verdict = verdict_of_mapped(score_iv, control_iv)
+    if verdict == "does_not_transfer" and no_effect:
+        verdict = "no_effect"
+    report.verdict = verdict
+    if verdict == "does_not_transfer" and control_iv.low >= CONTROL_CUT:
+        report.notes.append(
+            f"a random direction of the mapped {kind}'s norm does as much (|random / native| "
+            f"{control_iv}, at least {CONTROL_CUT}): the effect is not the artifact's"
+        )
+    if verdict == "inconclusive" and report.score_interval is not None:
+        straddles = verdict_of_interval(score_iv.low, score_iv.high) == "inconclusive"
+        if straddles:
+            _advise(report, score_iv, score, None, False)
+        else:
+            report.notes.append(
+                f"the random control's 95% interval {control_iv} straddles {CONTROL_CUT}: its "
+                f"width comes from the {MAPPED_DRAWS} random draws more than from the items, "
+                "so more items will not settle it"
+            )
+    return report

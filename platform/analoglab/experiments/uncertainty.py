@@ -13,9 +13,13 @@ Resamples are seeded by the spec's ``bootstrap.seed`` and a name per item set
 resamples of their (shared) items, a *paired* bootstrap, and replicate ``b`` of one result
 goes with replicate ``b`` of the other in :mod:`.transfer`.
 
-Intervals are percentile intervals (:func:`percentile_interval`, 95% by default). How many
-items would narrow one: an interval's width shrinks as ``1/√n``, so reaching ``target`` from
-``width`` on ``n`` items takes about ``n · (width / target)²`` (:func:`items_to_narrow`).
+Intervals of a result's metrics are percentile intervals (:func:`percentile_interval`, 95%
+by default); a transfer report's score and parts, bounded to [0, 1], get
+:func:`bounded_interval` (the percentile interval widened to the basic one, clipped), which
+does not miss a true value at a bound. How many items would narrow one: an interval's width
+shrinks as ``1/√n``, so reaching ``target`` from ``width`` on ``n`` items takes about
+``n · (width / target)²`` (:func:`items_to_narrow`). Only the part of the width that comes
+from the items shrinks so: the spread between a method's random draws does not.
 This module imports no torch (results and reports are read on the hub).
 """
 
@@ -63,6 +67,29 @@ def percentile_interval(
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def bounded_interval(
+    replicates: Sequence[float] | np.ndarray,
+    point: float,
+    lower: float = 0.0,
+    upper: float = 1.0,
+    level: float = LEVEL,
+) -> tuple[float, float]:
+    """The interval of a number bounded to ``[lower, upper]`` (a transfer score or part):
+    the percentile interval ``[q_lo, q_hi]`` widened to the *basic* interval
+    ``[2θ − q_hi, 2θ − q_lo]`` (``θ`` the point estimate) where that reaches further, and
+    clipped to the bounds.
+
+    Near a bound the replicates of such a number pile up on one side of the point estimate
+    (a score of ``min/max`` of two effects is never above 1), and the percentile interval
+    alone misses a true value at the bound (69% of seeds for a true score of 1 in
+    ``tests/experiments/test_uncertainty.py``); the basic interval reflects that pile-up back
+    over the point. Their union covers 91–98% of seeds in the cases tested there."""
+    q_lo, q_hi = percentile_interval(replicates, level)
+    low = min(q_lo, 2.0 * point - q_hi)
+    high = max(q_hi, 2.0 * point - q_lo)
+    return float(min(max(low, lower), upper)), float(max(min(high, upper), lower))
 
 
 def items_to_narrow(n: int, width: float, target: float) -> int | None:

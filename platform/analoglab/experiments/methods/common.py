@@ -194,8 +194,13 @@ def token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 def encode(tokenizer: Any, texts: Sequence[str], max_tokens: int, device: Any) -> Encoded:
     """``texts`` as one batch, left padded, each cut to its last ``max_tokens`` tokens."""
     rows = [row[-max_tokens:] for row in token_ids(tokenizer, texts)]
-    width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return encode_rows(rows, pad, device)
+
+
+def encode_rows(rows: Sequence[Sequence[int]], pad: int, device: Any) -> Encoded:
+    """Token id rows as one left-padded batch (``pad`` fills the left)."""
+    width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for b, row in enumerate(rows):

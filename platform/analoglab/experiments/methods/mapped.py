@@ -1,10 +1,16 @@
 """Mapped interventions: an analog's artifact carried to the frontier through a residual map.
 
 The spec carries the artifact inline (``spec.artifact``: a steering vector or a probe
-direction of the analog's width, found at a relative depth); the run needs the lab's
-:class:`~analoglab.experiments.mapping.ResidualMap` between that analog and this model
-(``run(..., residual_map=...)``), fitted at the lab site. The artifact must be of the map's
-analog width at its depth, and the map of this model's weights; else the run is refused.
+direction of the analog's width, found at a relative depth). Where it runs:
+
+- **on its own analog** (the loaded model's name is ``artifact.analog``, no map given): the
+  artifact as it is (the identity map) at the analog's block of its depth; the same metrics,
+  against the analog's own native vector or probe and random directions (``map_r2`` 1);
+- **on the frontier**: through the lab's :class:`~analoglab.experiments.mapping.ResidualMap`
+  between that analog and this model (``run(..., residual_map=...)``), fitted at the lab site.
+  The artifact must be of the map's analog width at its depth, the map of this model's
+  weights, and, where the artifact names the analog weights it was found on
+  (``artifact.analog_sha256``), the map fitted on those; else the run is refused.
 
 **mapped_steering.** At the frontier block of the artifact's depth, three vectors are added
 (at ``scale``, every position or the last): the mapped vector ``v_f = v_a W``; the *native*
@@ -16,8 +22,10 @@ Metrics: ``effect`` (the mapped vector's), ``native_effect``, ``random_effect`` 
 draw's), ``ratio_to_native`` and ``random_ratio`` (over ``native_effect``; 0 where it is 0),
 ``cosine_to_native``, ``mapped_norm``, ``native_norm``, ``map_r2`` (the map's held-out R²
 there), ``swing``, ``unsteered_score``, and with ``neutral`` prompts ``perplexity_ratio`` and
-``native_perplexity_ratio`` (exp of the mean next-token NLL over every neutral token,
-steered minus unsteered).
+``native_perplexity_ratio``: exp of the change (steered minus unsteered) in the mean
+next-token NLL on the neutral texts, where the steering acts — over every token with
+``position="all"``; with ``"last"``, of each text's last token given the text before it, the
+vector added at that prefix's last position (see :func:`_neutral_nll`).
 
 **mapped_probe.** Two classes only. Features: ``hook_resid_post`` at the artifact's frontier
 block (last token or mean), on a stratified seeded split. The mapped direction ``w_f = M w_a``
@@ -26,7 +34,7 @@ midpoint of the two classes' mean scores on the training split (oriented by them
 native probe is the logistic regression of :mod:`.probe` fitted on the training split.
 Metrics: ``accuracy`` (mapped), ``native_accuracy``, ``random_accuracy``, ``chance``, and
 ``effect`` / ``native_effect`` / ``random_effect`` = (accuracy − chance) / (1 − chance),
-``ratio_to_native``, ``map_r2``.
+``ratio_to_native``, ``random_ratio`` (over ``native_effect``; 0 where it is 0), ``map_r2``.
 
 Uncertainty (``result.bootstrap``): replicates of the effects and ratios (and accuracies),
 resampling the ``evaluate`` prompts and contrast pairs (steering) or the test examples
@@ -34,6 +42,9 @@ resampling the ``evaluate`` prompts and contrast pairs (steering) or the test ex
 """
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,8 +57,10 @@ from analoglab.experiments.methods.common import (
     Encoded,
     ExperimentError,
     Outcome,
+    encode_rows,
     forward,
     masked_mean,
+    token_ids,
 )
 from analoglab.experiments.methods.probe import examples_of, fit_logistic, stratified_split
 from analoglab.experiments.methods.steering import SWING_FLOOR, behaviour_data
@@ -58,18 +71,58 @@ from analoglab.interventions import add_vector, block_at_depth, capture
 RANDOM_DRAWS = 4
 
 
-def layer_map(ctx: Context, artifact: Artifact, method: str) -> LayerMap:
-    """The map the artifact goes through, after every check that it fits this model."""
+@dataclass(frozen=True)
+class Carrier:
+    """How the artifact reaches the model run: through the lab's map at one depth
+    (``layer``), or as it is, on the analog it was found on (``layer`` None: the identity)."""
+
+    block: int
+    layer: LayerMap | None
+
+    @property
+    def r2_forward(self) -> float:
+        return 1.0 if self.layer is None else self.layer.r2_forward
+
+    @property
+    def r2_backward(self) -> float:
+        return 1.0 if self.layer is None else self.layer.r2_backward
+
+    def steering_vector(self, values: list[float]) -> np.ndarray:
+        if self.layer is None:
+            return np.asarray(values, np.float64)
+        return self.layer.steering_vector(values)
+
+    def probe_direction(self, values: list[float]) -> np.ndarray:
+        if self.layer is None:
+            return np.asarray(values, np.float64)
+        return self.layer.probe_direction(values)
+
+
+def layer_map(ctx: Context, artifact: Artifact, method: str) -> Carrier:
+    """How the artifact goes onto this model, after every check that it fits: as it is on the
+    analog named by ``artifact.analog`` (no map given), else through the residual map."""
     rmap = ctx.residual_map
+    if rmap is None and artifact.analog == ctx.loaded.name:
+        return own_analog(ctx, artifact)
     if rmap is None:
         raise ExperimentError(
             f"{method} needs the lab's residual map between {artifact.analog} and "
-            f"{ctx.loaded.name}: fit one at the lab site and pass residual_map= to run"
+            f"{ctx.loaded.name}: fit one at the lab site and pass residual_map= to run (on "
+            f"the analog itself no map is needed: load it as {artifact.analog})"
         )
     if rmap.analog != artifact.analog:
         raise ExperimentError(
             f"the artifact was found on {artifact.analog}, the residual map is of "
             f"{rmap.analog}: use the map of the artifact's analog"
+        )
+    if artifact.analog_sha256 is not None and artifact.analog_sha256 != (
+        rmap.analog_weights_sha256
+    ):
+        raise ExperimentError(
+            f"the artifact was found on {artifact.analog} weights "
+            f"{artifact.analog_sha256[:12]}, the residual map was fitted on "
+            f"{rmap.analog_weights_sha256[:12]}: fit the map on the weights the artifact "
+            "was found on (or find the artifact again on the map's analog)"
         )
     if rmap.frontier_weights_sha256 != ctx.loaded.weights_sha256:
         raise ExperimentError(
@@ -93,7 +146,24 @@ def layer_map(ctx: Context, artifact: Artifact, method: str) -> LayerMap:
             f"{layer.frontier_width}) does not match {ctx.loaded.name} (block {expected} at "
             f"depth {artifact.depth:g}, width {ctx.layout.d_model})"
         )
-    return layer
+    return Carrier(block=layer.frontier_block, layer=layer)
+
+
+def own_analog(ctx: Context, artifact: Artifact) -> Carrier:
+    """The artifact on the analog it was found on: applied as it is (the identity map) at
+    the analog's block of its depth, after checking its weights and width."""
+    if artifact.analog_sha256 is not None and artifact.analog_sha256 != (ctx.loaded.weights_sha256):
+        raise ExperimentError(
+            f"the artifact was found on {artifact.analog} weights {artifact.analog_sha256[:12]}"
+            f", and {ctx.loaded.name} here has weights {ctx.loaded.weights_sha256[:12]}: run "
+            "it on the weights it was found on"
+        )
+    if artifact.width != ctx.layout.d_model:
+        raise ExperimentError(
+            f"the artifact is {artifact.width} wide; {ctx.loaded.name}'s residual stream is "
+            f"{ctx.layout.d_model} wide: carry a vector of the analog's width"
+        )
+    return Carrier(block=block_at_depth(artifact.depth, ctx.layout.n_layers), layer=None)
 
 
 def random_directions(norm: float, width: int, seed: int, draws: int) -> list[Tensor]:
@@ -118,7 +188,7 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def run_steering(spec: MappedSteeringSpec, ctx: Context) -> Outcome:
     layer = layer_map(ctx, spec.artifact, "mapped_steering")
     pairs, prompts, neutral, target, foil = behaviour_data(spec, ctx)
-    name = ctx.layout.hook_name("hook_resid_post", block=layer.frontier_block)
+    name = ctx.layout.hook_name("hook_resid_post", block=layer.block)
     positions = [-1] if spec.position == "last" else None
 
     def score(enc: Encoded) -> np.ndarray:
@@ -218,6 +288,11 @@ def run_steering(spec: MappedSteeringSpec, ctx: Context) -> Outcome:
     return outcome
 
 
+#: The most values one logits tensor of the side-effect phase may hold (64 MiB in float32):
+#: every-position NLL runs on as many rows of a chunk at a time as fit.
+LOGIT_BUDGET = 1 << 24
+
+
 def _neutral_nll(
     ctx: Context,
     name: str,
@@ -226,25 +301,62 @@ def _neutral_nll(
     scale: float,
     positions: list[int] | None,
 ) -> list[float]:
-    """Mean next-token NLL over every real token of ``texts``, unsteered (None) or steered."""
+    """Mean next-token NLL on ``texts``, unsteered (None) or steered, where the steering acts.
+
+    Every position (``positions`` None): over every real next token of each text. The last
+    position only: the vector changes what is read at a prompt's last token, so the NLL is
+    that of each text's last token given the text before it, the vector added at the
+    prefix's last position (texts of one token are skipped). Logits never exceed
+    :data:`LOGIT_BUDGET` values at a time."""
     totals = [0.0] * len(vectors)
     count = 0
-    for chunk in ctx.chunks(texts):
-        enc = ctx.encode(chunk)
-        ids = enc.input_ids[:, 1:]
-        real = (enc.real[:, 1:] & enc.real[:, :-1]).float()
-        count += int(real.sum())
+    vocab = int(getattr(ctx.model.config, "vocab_size", 0) or len(ctx.tokenizer))
+    last_only = positions is not None
+    rows = [row[-(ctx.max_tokens + 1) :] for row in token_ids(ctx.tokenizer, texts)]
+    if last_only:
+        rows = [row for row in rows if len(row) >= 2]
+    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
+    for chunk in ctx.chunks(rows):
+        if last_only:
+            enc = encode_rows([row[:-1] for row in chunk], pad, ctx.device)
+            answers = torch.tensor([row[-1] for row in chunk], device=ctx.device)
+            count += len(chunk)
+        else:
+            enc = encode_rows([row[-ctx.max_tokens :] for row in chunk], pad, ctx.device)
+            real = (enc.real[:, 1:] & enc.real[:, :-1]).float()
+            count += int(real.sum())
         for k, vector in enumerate(vectors):
-            if vector is None:
-                logits = forward(ctx.model, enc, last_only=False)
-            else:
-                with add_vector(ctx.model, name, vector, scale=scale, positions=positions):
-                    logits = forward(ctx.model, enc, last_only=False)
-            logp = F.log_softmax(logits[:, :-1], dim=-1)
-            nll = -logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-            totals[k] += float((nll * real).sum())
+            with contextlib.ExitStack() as stack:
+                if vector is not None:
+                    stack.enter_context(
+                        add_vector(ctx.model, name, vector, scale=scale, positions=positions)
+                    )
+                if last_only:
+                    logits = forward(ctx.model, enc)
+                    totals[k] += float(F.cross_entropy(logits, answers, reduction="sum"))
+                else:
+                    totals[k] += _every_token_nll(ctx, enc, real, vocab)
             ctx.progress.step()
     return [t / max(count, 1) for t in totals]
+
+
+def _every_token_nll(ctx: Context, enc: Encoded, real: Tensor, vocab: int) -> float:
+    """Summed next-token NLL over the real tokens of a batch, a few rows at a time so that no
+    logits tensor holds more than :data:`LOGIT_BUDGET` values."""
+    seq = enc.input_ids.shape[1]
+    step = max(1, LOGIT_BUDGET // max(seq * vocab, 1))
+    total = 0.0
+    for i in range(0, enc.input_ids.shape[0], step):
+        part = Encoded(
+            enc.input_ids[i : i + step], enc.attention_mask[i : i + step], enc.lengths[i : i + step]
+        )
+        logits = forward(ctx.model, part, last_only=False)
+        nll = F.cross_entropy(
+            logits[:, :-1].transpose(1, 2), part.input_ids[:, 1:], reduction="none"
+        )
+        total += float((nll * real[i : i + step]).sum())
+        del logits, nll
+    return total
 
 
 # -- mapped probe -----------------------------------------------------------------------------
@@ -262,7 +374,7 @@ def run_probe(spec: MappedProbeSpec, ctx: Context) -> Outcome:
     if np.bincount(labels, minlength=2).min() < 2:
         raise ExperimentError("mapped_probe needs at least 2 examples of each class")
     train_idx, test_idx = stratified_split(labels, spec.test_fraction, spec.seed)
-    name = ctx.layout.hook_name("hook_resid_post", block=layer.frontier_block)
+    name = ctx.layout.hook_name("hook_resid_post", block=layer.block)
     chunks = ctx.chunks(texts)
     ctx.progress.plan(len(chunks) + 1)
     positions = [-1] if spec.position == "last" else None
@@ -320,6 +432,7 @@ def run_probe(spec: MappedProbeSpec, ctx: Context) -> Outcome:
         "native_effect": float(eff[1]),
         "random_effect": float(eff[2]),
         "ratio_to_native": float(_ratio(eff[:1], eff[1:2])[0]),
+        "random_ratio": float(_ratio(eff[2:3], eff[1:2])[0]),
         "map_r2": layer.r2_backward,
         "test_examples": float(len(test_idx)),
     }
@@ -330,6 +443,7 @@ def run_probe(spec: MappedProbeSpec, ctx: Context) -> Outcome:
     rep_chance = (weights @ onehot).max(axis=1)
     rep_random = rep_acc[np.arange(resamples), 2 + np.arange(resamples) % RANDOM_DRAWS]
     rep_eff = effect(rep_acc[:, :2], rep_chance[:, None])
+    rep_random_eff = effect(rep_random, rep_chance)
     return Outcome(
         metrics=metrics,
         bootstrap=make_replicates(
@@ -342,8 +456,9 @@ def run_probe(spec: MappedProbeSpec, ctx: Context) -> Outcome:
                 "random_accuracy": rep_random,
                 "effect": rep_eff[:, 0],
                 "native_effect": rep_eff[:, 1],
-                "random_effect": effect(rep_random, rep_chance),
+                "random_effect": rep_random_eff,
                 "ratio_to_native": _ratio(rep_eff[:, 0], rep_eff[:, 1]),
+                "random_ratio": _ratio(rep_random_eff, rep_eff[:, 1]),
             },
         ),
     )

@@ -30,7 +30,9 @@ resampling the ``evaluate`` prompts (per-prompt scores, steered and unsteered) a
 swing, the contrast pairs (per-pair score differences); the vectors themselves are held
 fixed (resampling them would mean steering again for every replicate). With
 ``control="random_vector"``, ``random_draws`` directions are drawn and steered with; the
-point estimate is the first's, and replicate ``b`` uses direction ``b mod random_draws``.
+point estimate (and the tables) are the first's, and replicate ``b`` uses direction
+``b mod random_draws``; the draws after the first steer at the headline scale only (all that
+their replicates use).
 """
 
 from __future__ import annotations
@@ -102,9 +104,12 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
     eval_chunks = ctx.chunks(prompts)
     neutral_chunks = ctx.chunks(neutral)
     draws = spec.random_draws if spec.control == "random_vector" else 1
+    # the first draw sweeps every scale (the tables); the others only the headline scale,
+    # all their replicates use
+    sweeps = [steered] + [[top] if top != 0.0 else []] * (draws - 1)
     ctx.progress.plan(
         sum(len(c) for c in contrast_chunks)
-        + len(eval_chunks) * (1 + draws * len(blocks) * len(steered))
+        + len(eval_chunks) * (1 + len(blocks) * sum(len(sweep) for sweep in sweeps))
         + len(neutral_chunks) * (1 + (len(blocks) if top != 0.0 else 0))
     )
 
@@ -152,11 +157,11 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
             ctx.progress.step()
             for k, vecs in enumerate(vector_sets):
                 for li, name in enumerate(names):
-                    for si, s in enumerate(steered):
+                    for s in sweeps[k]:
                         with add_vector(ctx.model, name, vecs[li], scale=s, positions=positions):
                             scores = score(enc).cpu().numpy()
                         if k == 0:
-                            sums[li, si] += float(scores.sum())
+                            sums[li, steered.index(s)] += float(scores.sum())
                         if s == top:
                             top_items[k, li, rows] = scores
                         ctx.progress.step()
