@@ -72,7 +72,6 @@ STATIC_AGENT = "static-agent-token"
 STATIC_TOKENS = {hash_token(STATIC_AGENT): {"name": "site-agent", "roles": ["agent:lab-a"]}}
 
 
-
 @dataclass
 class Hub:
     api_url: str
@@ -104,9 +103,7 @@ class Hub:
         return f"{self.public_url}/services/{SERVICE}"
 
 
-def hub_config(
-    work: Path, ports: dict[str, int], tokens: dict[str, str], queue_home: Path
-) -> str:
+def hub_config(work: Path, ports: dict[str, int], tokens: dict[str, str], queue_home: Path) -> str:
     roles: list[dict[str, Any]] = [
         {
             "name": "queue-test-admin",
@@ -154,6 +151,8 @@ def hub_config(
             *base_config(work, ports),
             f"c.JupyterHub.custom_scopes = {custom!r}",
             f"c.JupyterHub.load_roles = {roles!r}",
+            # a hub group a lab can weight in its fair share (ada is in it)
+            "c.JupyterHub.load_groups = {'priority': {'users': ['ada']}}",
             f"c.JupyterHub.services = {services!r}",
             f"c.Spawner.server_token_scopes = {server_scopes!r}",
         ]
@@ -313,6 +312,21 @@ def test_review_pages_take_hub_tokens(hub: Hub, hub_client: TestClient) -> None:
     assert plain.status_code == 403 and "text/html" in plain.headers["content-type"]
 
 
+def test_a_submitters_hub_groups_go_with_their_job(hub: Hub, hub_client: TestClient) -> None:
+    # ada is in the hub group "priority" (load_groups): the queue reads it from the hub's user
+    # model and keeps it with her job, for the lab's fair-share weights.
+    resp = hub_client.post(
+        "/api/jobs",
+        json={"frontier": "frontier-b", "spec": probe_spec()},
+        headers=bearer(hub.tokens["researcher"]),
+    )
+    assert resp.status_code == 201, resp.text
+    job = hub_client.app.state.queue.get(resp.json()["id"])  # type: ignore[attr-defined]
+    assert job.submitter == "ada" and job.submitter_groups == ["priority"]
+    place = resp.json()["place"]  # approved at once (lab-b has no human review): in line
+    assert place is not None and place["position"] >= 1 and place["seconds_per_job"] is None
+
+
 def test_answers_are_cached_briefly(
     hub: Hub, sqlite_url: str, catalog_home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -447,7 +461,6 @@ def test_notebook_server_tokens_carry_the_queue_scopes(hub: Hub) -> None:
         assert resp.status_code in (202, 204), resp.text
 
 
-
 def wait_for_service(hub: Hub) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -494,9 +507,7 @@ def test_browsers_sign_in_to_the_review_pages_with_the_hubs_oauth(hub: Hub) -> N
         assert len(callback) == 1
         set_cookie = [h for h in callback[0].headers.get_list("set-cookie") if COOKIE in h]
         assert len(set_cookie) == 1 and "HttpOnly" in set_cookie[0]
-        assert "SameSite=lax" in set_cookie[0] and f"Path=/services/{SERVICE}/;" in (
-            set_cookie[0]
-        )
+        assert "SameSite=lax" in set_cookie[0] and f"Path=/services/{SERVICE}/;" in (set_cookie[0])
         cookie = browser.cookies.get(COOKIE)
         assert cookie and "." in cookie
         # a stale sign-in (another tab's) finishing now: already signed in, back to the pages

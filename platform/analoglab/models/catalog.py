@@ -47,6 +47,15 @@ class FrontierPolicy(_Strict):
     daily_quota_per_user: int = Field(20, description="submissions per user per day")
     human_review: bool = Field(True, description="a reviewer approves each job")
     human_release: bool = Field(False, description="a reviewer releases each result")
+    share_weights: dict[
+        Annotated[str, Field(min_length=1, max_length=200)],
+        Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)],
+    ] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="fair share: a hub group's weight in the claim order (a member's weight "
+        "is the largest of their groups', 1 for everyone else)",
+    )
     max_bootstrap: int = Field(
         1000,
         ge=0,

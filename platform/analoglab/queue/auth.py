@@ -27,7 +27,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -50,6 +50,9 @@ class Identity(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     roles: frozenset[str] = frozenset()
+    groups: frozenset[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        frozenset(), max_length=64, description="hub groups (fair-share weights)"
+    )
 
     @field_validator("roles")
     @classmethod

@@ -6,6 +6,7 @@ The queue never imports torch; neither does this module.
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,31 @@ def _print_job_line(job: dict[str, Any]) -> None:
     )
 
 
+def place_text(place: dict[str, Any]) -> str:
+    """An approved job's place in line, as one line: '2 of 5; starts in about 40 s (…)'."""
+    text = f"{place['position']} of {place['waiting']} approved for this frontier"
+    per_job = place.get("seconds_per_job")
+    if per_job is None or not place.get("estimated_start"):
+        return text + "; no estimate yet (no job has finished on this frontier recently)"
+    start = dt.datetime.fromisoformat(str(place["estimated_start"]))
+    finish = dt.datetime.fromisoformat(str(place["estimated_finish"]))
+    now = dt.datetime.now(dt.UTC)
+    wait = max(0.0, (start - now).total_seconds())
+    return (
+        text
+        + f"; starts in about {_duration(wait)}, done by {finish:%H:%M:%S} UTC "
+        + f"(the site's pace: {per_job:.1f} s a job, {place.get('agents', 1)} agent(s))"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _print_job(job: dict[str, Any]) -> None:
     spec = job["spec"]
     table = Table(show_header=False, box=None)
@@ -201,6 +227,8 @@ def _print_job(job: dict[str, Any]) -> None:
         ("updated", job["updated_at"]),
         ("attempts", job["attempts"]),
     ]
+    if job.get("place"):
+        rows.append(("in line", place_text(job["place"])))
     if job.get("release_decision"):
         rows.append(("release", f"{job['release_decision']}: {job.get('release_reason') or ''}"))
     for key, value in rows:

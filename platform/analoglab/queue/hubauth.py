@@ -207,7 +207,8 @@ class HubAuthenticator:
                 f"{SCOPE_PREFIX}agent:<lab> or {SCOPE_PREFIX}admin"
             )
         try:
-            return Identity(name=name, roles=roles)
+            groups = frozenset(str(g) for g in model.get("groups") or ())
+            return Identity(name=name, roles=roles, groups=groups)
         except ValidationError as exc:
             raise Forbidden(f"the JupyterHub identity {name[:40]!r} is not usable: {exc}") from None
 

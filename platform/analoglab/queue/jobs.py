@@ -12,12 +12,12 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, Engine, select, update
+from sqlalchemy import CursorResult, Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ from analoglab.experiments.spec import (
     spec_to_dict,
 )
 from analoglab.models.catalog import Catalog, FrontierModel, FrontierPolicy
-from analoglab.queue import audit, policy
+from analoglab.queue import audit, fairshare, policy
 from analoglab.queue.bounds import MAX_REQUEST_BYTES, bools_read_as_numbers
 from analoglab.queue.db import make_sessionmaker
 from analoglab.queue.errors import (
@@ -62,6 +62,11 @@ LEASE_ID = re.compile(r"[A-Za-z0-9_-]{32,64}")
 SWEEPER = "lease-sweeper"
 
 
+#: Bounds on the hub groups kept with a job (for its fair-share weight).
+MAX_GROUPS = 64
+MAX_GROUP_CHARS = 200
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     """How the queue runs: vetting limits, leases, retries."""
@@ -72,6 +77,10 @@ class QueueSettings:
     max_attempts: int = 3
     sweep_seconds: float = 30.0
     max_request_bytes: int = MAX_REQUEST_BYTES
+    # Fair share counts each submitter's claims in this window (see .fairshare); estimates of
+    # a waiting job's start use the last `pace_jobs` jobs finished on its frontier.
+    fair_share_window_seconds: int = 3600
+    pace_jobs: int = 20
 
 
 class CatalogFrontiers:
@@ -275,11 +284,16 @@ class JobQueue:
         *,
         idempotency_key: str | None = None,
         analog_result_ref: str | None = None,
+        groups: Iterable[str] = (),
     ) -> Job:
-        """Vet and store a new job; a retried ``idempotency_key`` returns the first job."""
+        """Vet and store a new job; a retried ``idempotency_key`` returns the first job.
+        ``groups``: the submitter's hub groups (their fair-share weight, :mod:`.fairshare`)."""
         frontier = self.frontier(frontier_id)
+        kept = sorted({g[:MAX_GROUP_CHARS] for g in groups})[:MAX_GROUPS]
         try:
-            return self._submit(submitter, frontier, spec, idempotency_key, analog_result_ref)
+            return self._submit(
+                submitter, frontier, spec, idempotency_key, analog_result_ref, kept
+            )
         except IntegrityError:
             # Two submits with one key raced past the check: the other one's job is ours.
             existing = self._by_key(submitter, idempotency_key)
@@ -301,6 +315,7 @@ class JobQueue:
         spec: dict[str, Any],
         key: str | None,
         ref: str | None,
+        groups: list[str],
     ) -> Job:
         now = self.clock()
         parsed = prepare_spec(spec)
@@ -334,6 +349,7 @@ class JobQueue:
                 frontier=frontier.id,
                 lab=frontier.lab,
                 submitter=submitter,
+                submitter_groups=groups or None,
                 analog_result_ref=ref,
                 state=state.value,
                 version=0,
@@ -485,6 +501,81 @@ class JobQueue:
             raise Invalid(f"lease_seconds must be 1..{self.settings.max_lease_seconds}")
         return seconds
 
+    def _claim_order(
+        self,
+        session: Session,
+        lab: str,
+        frontiers: list[str] | None,
+        now: dt.datetime,
+    ) -> list[fairshare.Waiting]:
+        """The lab's approved jobs (of ``frontiers``, when given) in fair-share order."""
+        stmt = select(Job.id, Job.submitter, Job.submitter_groups, Job.frontier).where(
+            Job.lab == lab, Job.state == State.APPROVED.value
+        )
+        if frontiers is not None:
+            stmt = stmt.where(Job.frontier.in_(frontiers))
+        rows = session.execute(stmt).all()
+        if not rows:
+            return []
+        weights: dict[str, dict[str, float]] = {}
+        for frontier_id in {r.frontier for r in rows}:
+            try:
+                pol = policy.effective_policy(session, self.frontier(frontier_id))
+                weights[frontier_id] = dict(pol.share_weights)
+            except NotFound:  # a frontier gone from the catalog: its jobs at weight 1
+                weights[frontier_id] = {}
+        waiting = [
+            fairshare.Waiting(
+                r.id,
+                r.submitter,
+                fairshare.weight_of(r.submitter_groups or (), weights[r.frontier]),
+            )
+            for r in rows
+        ]
+        since = now - dt.timedelta(seconds=self.settings.fair_share_window_seconds)
+        served_rows = session.execute(
+            select(Job.submitter, func.count())
+            .join(AuditEntry, AuditEntry.job_id == Job.id)
+            .where(Job.lab == lab, AuditEntry.action == "claim", AuditEntry.at >= since)
+            .group_by(Job.submitter)
+        ).all()
+        served = {str(u): int(n) for u, n in served_rows}
+        return fairshare.claim_order(waiting, served)
+
+    def place(self, job: Job) -> fairshare.Place | None:
+        """Where an approved job stands among its frontier's approved jobs, and when it should
+        start and finish at the site's recent pace; None for a job in any other state."""
+        if job.state != State.APPROVED.value:
+            return None
+        now = self.clock()
+        with self.sessions() as session:
+            order = self._claim_order(session, job.lab, [job.frontier], now)
+            ids = [w.id for w in order]
+            if job.id not in ids:  # claimed since it was read
+                return None
+            recent = session.execute(
+                select(Job.id)
+                .where(Job.frontier == job.frontier, Job.result_hash.is_not(None))
+                .order_by(Job.id.desc())
+                .limit(self.settings.pace_jobs)
+            ).scalars().all()
+            marks = session.execute(
+                select(AuditEntry.job_id, AuditEntry.action, AuditEntry.at, AuditEntry.actor)
+                .where(AuditEntry.job_id.in_(recent), AuditEntry.action.in_(("claim", "result")))
+                .order_by(AuditEntry.seq)
+            ).all()
+        claimed: dict[int, tuple[dt.datetime, str]] = {}
+        durations: list[float] = []
+        agents: set[str] = set()
+        for m in marks:
+            if m.action == "claim":
+                claimed[m.job_id] = (m.at, str(m.actor))
+            elif m.job_id in claimed:  # the result of the latest claim
+                at, actor = claimed.pop(m.job_id)
+                durations.append(max(0.0, (m.at - at).total_seconds()))
+                agents.add(actor)
+        return fairshare.estimate(ids.index(job.id) + 1, len(ids), now, durations, len(agents))
+
     def claim(
         self,
         lab: str,
@@ -493,8 +584,8 @@ class JobQueue:
         frontiers: list[str] | None = None,
         lease_id: str | None = None,
     ) -> Job | None:
-        """The oldest approved job of ``lab`` (for one of ``frontiers``, when given), now
-        running under a new lease; None if none.
+        """The next approved job of ``lab`` in fair-share order (:mod:`.fairshare`; for one of
+        ``frontiers``, when given), now running under a new lease; None if none.
 
         ``lease_id``, chosen by the agent, makes the claim idempotent: a retry with the same id
         (the answer to the first was lost) returns the job that claim took, instead of taking
@@ -520,17 +611,10 @@ class JobQueue:
             # Pick under the writers' lock: no other claim can take the same job between the
             # pick and the transition, so claimers never race for rows (no herd).
             audit.lock(session)
-            stmt = (
-                select(Job.id)
-                .where(Job.lab == lab, Job.state == State.APPROVED.value)
-                .order_by(Job.id)
-                .limit(1)
-            )
-            if frontiers is not None:
-                stmt = stmt.where(Job.frontier.in_(frontiers))
-            job_id = session.execute(stmt).scalar_one_or_none()
-            if job_id is None:
+            order = self._claim_order(session, lab, frontiers, now)
+            if not order:
                 return None
+            job_id = order[0].id
             transition(
                 session,
                 job_id,

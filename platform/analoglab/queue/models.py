@@ -79,6 +79,8 @@ class Job(Base):
     frontier: Mapped[str] = mapped_column(String(100))
     lab: Mapped[str] = mapped_column(String(100))
     submitter: Mapped[str] = mapped_column(String(200))
+    # The submitter's hub groups when they submitted: their fair-share weight (.fairshare).
+    submitter_groups: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     analog_result_ref: Mapped[str | None] = mapped_column(String(500))
     state: Mapped[str] = mapped_column(String(32), index=True)
     version: Mapped[int] = mapped_column(Integer, default=0)

@@ -497,6 +497,7 @@ def review_job(job_id: int, request: Request, sess: Session) -> HTMLResponse:
         spec=spec_view(queue, job),
         vetting=vetting_view(queue, job),
         reviews=queue.reviews(job.id),
+        place=queue.place(job),
         result=result_text(job),
         history=queue.history(job.id),
     )

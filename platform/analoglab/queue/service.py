@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -38,6 +39,7 @@ from analoglab.errors import ModelNotFoundError
 from analoglab.experiments.spec import METHODS
 from analoglab.models.card import NAME_PATTERN
 from analoglab.models.catalog import Catalog, FrontierModel, FrontierPolicy
+from analoglab.queue import fairshare
 from analoglab.queue.auth import (
     AnyAuthenticator,
     Identity,
@@ -130,6 +132,20 @@ class ReviewOut(BaseModel):
     created_at: dt.datetime
 
 
+class PlaceOut(BaseModel):
+    """Where an approved job stands in line for its frontier (fair-share order)."""
+
+    position: int = Field(description="1: the next job the frontier's lab site claims")
+    waiting: int = Field(description="approved jobs waiting for this frontier")
+    seconds_per_job: float | None = Field(
+        description="the site's recent pace: mean claim-to-result time of its last jobs "
+        "(null until a job has finished on this frontier)"
+    )
+    agents: int = Field(description="agents that ran those jobs (jobs run side by side)")
+    estimated_start: dt.datetime | None
+    estimated_finish: dt.datetime | None
+
+
 class JobOut(BaseModel):
     id: int
     state: State
@@ -149,6 +165,11 @@ class JobOut(BaseModel):
     release_decision: str | None
     release_reason: str | None
     reviews: list[ReviewOut] = Field(default_factory=list)
+    place: PlaceOut | None = Field(
+        None,
+        description="for an approved job read by itself: its place in line and estimated "
+        "start and finish; null otherwise",
+    )
 
 
 class JobPage(BaseModel):
@@ -259,7 +280,9 @@ class Health(BaseModel):
     version: str
 
 
-def job_out(job: Job, reviews: list[Review] | None = None) -> JobOut:
+def job_out(
+    job: Job, reviews: list[Review] | None = None, place: fairshare.Place | None = None
+) -> JobOut:
     return JobOut(
         id=job.id,
         state=State(job.state),
@@ -284,6 +307,7 @@ def job_out(job: Job, reviews: list[Review] | None = None) -> JobOut:
             )
             for r in reviews or []
         ],
+        place=None if place is None else PlaceOut(**dataclasses.asdict(place)),
     )
 
 
@@ -458,7 +482,7 @@ def create_app(
         return job
 
     def full(job: Job) -> JobOut:
-        return job_out(job, queue.reviews(job.id))
+        return job_out(job, queue.reviews(job.id), queue.place(job))
 
     def need_reviewer(ident: Identity, lab: str) -> None:
         if not ident.reviews(lab):
@@ -497,6 +521,7 @@ def create_app(
             body.spec,
             idempotency_key=idempotency_key,
             analog_result_ref=body.analog_result_ref,
+            groups=ident.groups,
         )
         return full(job)
 
