@@ -162,7 +162,10 @@ def test_claim_ahead_runs_several_jobs_in_one_warm_worker(
     agent = serve(hub, site, tmp_path, max_jobs=3)
     assert agent.stats.posted == 3
     reused = [o["reused_model"] for o in agent.stats.outcomes]
-    assert reused == [False, True, True]
+    # the frontier was loaded (and its layout verified) when the agent started, before any
+    # claim: every job runs in the warm worker without loading it
+    assert reused == [True, True, True]
+    assert "llama layout (2 blocks) verified" in agent.stats.frontiers_verified["tiny-frontier"]
     with hub.client("researcher") as r:
         assert {r.get(j["id"])["state"] for j in jobs} == {"released"}
 

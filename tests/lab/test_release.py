@@ -89,8 +89,14 @@ def test_schema_free_form_fields_and_metric_count(result: dict[str, Any]) -> Non
 
 def test_every_frontier_method_has_a_schema() -> None:
     assert set(METHOD_OUTPUTS) == {
-        "activation_stats", "steering", "probe", "ablation", "patching", "evaluation",
-        "mapped_steering", "mapped_probe",
+        "activation_stats",
+        "steering",
+        "probe",
+        "ablation",
+        "patching",
+        "evaluation",
+        "mapped_steering",
+        "mapped_probe",
     }
 
 
@@ -146,3 +152,63 @@ def test_bootstrap_replicates_stay_at_the_lab_unless_it_lets_them_go(
     assert check(kept) == []  # and what leaves still passes every check
     let_go = for_release(result, ReleaseConfig(release_bootstrap=True))
     assert let_go["bootstrap"] == result["bootstrap"]
+
+
+@pytest.fixture(scope="module")
+def mapped(tiny_build: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A mapped_steering spec (the analog's vector inline) and its result on the frontier,
+    through the build's map at the lab site."""
+    from analoglab.lab.maps import load_site_map
+    from analoglab.tracking.artifacts import steering_vector
+
+    settings: Settings = tiny_build[0]
+    analog = load_any("tiny-analog-s", device="cpu", settings=settings)
+    frontier = load_any("tiny-frontier", device="cpu", settings=settings)
+    spec = spec_to_dict(
+        resolve_task_sets(
+            parse_spec(
+                {
+                    "method": "mapped_steering",
+                    "artifact": steering_vector(analog, SPEC, 1.0).model_dump(
+                        mode="json", exclude_none=True
+                    ),
+                    "contrast": SPEC["contrast"],
+                    "evaluate": SPEC["evaluate"],
+                    "target": " good",
+                    "foil": " bad",
+                }
+            )
+        )
+    )
+    rmap = load_site_map(
+        settings.lab_sites_path / "tiny-lab" / "maps",
+        analog="tiny-analog-s",
+        frontier="tiny-frontier",
+        frontier_sha256=frontier.weights_sha256,
+    )
+    return spec, run(parse_spec(spec), frontier, residual_map=rmap).model_dump(mode="json")
+
+
+def test_a_mapped_result_holds_scalars_only_and_few_of_them(
+    mapped: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    spec, result = mapped
+
+    def problems(r: dict[str, Any]) -> list[str]:
+        return check_release(
+            r, spec=spec, spec_hash=spec_hash(parse_spec(spec)), policy=FrontierPolicy()
+        )
+
+    assert problems(result) == []
+    assert "map_r2" in result["metrics"]  # its fit travels, never its matrices
+    leaky = copy.deepcopy(result)
+    leaky["metrics"].update({f"w{i}": 0.1 for i in range(40)})  # a mapped vector as metrics
+    assert any(
+        p.startswith("mapped: ") and "metrics, over the 32 a mapped result may hold" in p
+        for p in problems(leaky)
+    )
+    table = copy.deepcopy(result)
+    table["tables"]["map"] = [[0.0] * 24] * 4
+    found = problems(table)
+    assert any(p.startswith("mapped: the result holds 1 profile(s)/table(s)") for p in found)
+    assert not any("'map'" in p for p in found)  # names from the result never echoed

@@ -21,6 +21,12 @@ counted) or when it is told to stop (no attempt counted).
   the agent stops the run and forgets the job; the hub has given it to someone else.
 - **Stopping** (SIGTERM/SIGINT, or :meth:`Agent.stop`): the running job is cancelled and given
   back with every claimed-ahead job, then :meth:`Agent.run` returns.
+- **Frontiers verified when it starts.** With an executor that keeps a warm worker (the local
+  one), the agent first has it load each frontier of the site and verify its hook layout
+  (:meth:`Agent.verify_frontiers`), logging each layout's summary, before it claims anything;
+  a frontier whose layout fails its self-test is logged with the failing invariant and not
+  served — the agent claims no job for it — while the others are. With the
+  Kubernetes executor each Job's worker verifies the layout when it loads.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from analoglab.errors import ConfigError
 from analoglab.experiments.result import ExperimentResult
 from analoglab.files import atomic_write
 from analoglab.lab.config import LabConfig
-from analoglab.lab.executor import Executor, Outcome, Task
+from analoglab.lab.executor import Executor, Outcome, Preloader, Task
 from analoglab.lab.outbox import Entry, Outbox
 from analoglab.lab.release import check_release, for_release, sign_result
 from analoglab.models.catalog import FrontierPolicy
@@ -84,6 +90,10 @@ class AgentStats:
     replayed: int = 0  # results posted from the outbox instead of running the frontier again
     undeliverable: int = 0
     hub_retries: int = 0
+    # Frontiers of the site it verified when it started: id → layout summary, and the
+    # frontiers it does not serve: id → why (the failing invariant).
+    frontiers_verified: dict[str, str] = field(default_factory=dict)
+    frontiers_refused: dict[str, str] = field(default_factory=dict)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -141,6 +151,7 @@ class Agent:
         self._lock = threading.RLock()  # stop() may take it from a signal handler
         self._policies: dict[str, tuple[float, FrontierPolicy]] = {}
         self._policy_ttl = policy_ttl
+        self._refused: dict[str, str] = {}  # frontiers not served: id → why
 
     # -- control ------------------------------------------------------------------------------
 
@@ -168,6 +179,7 @@ class Agent:
                 "results are signed with key %s (%s): the hub's catalog must list it for lab %s",
                 key_id(self.signing_key), public_key_text(self.signing_key), self.config.lab,
             )
+        self.verify_frontiers()
         self._done.clear()
         beat = threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True)
         beat.start()
@@ -199,6 +211,51 @@ class Agent:
             self._done.set()
             beat.join(timeout=5)
         return self.stats
+
+    def verify_frontiers(self) -> dict[str, str]:
+        """Have the executor load each frontier of the site and verify its layout, before any
+        claim (only where it keeps a warm worker: :class:`~.executor.Preloader`); the
+        frontiers refused, id → why. A frontier whose layout fails its self-test is not
+        served; if none is left, a :class:`ConfigError` says why each failed. A load that
+        fails otherwise (weights missing, a crash) is logged, and the frontier served: its
+        jobs fail with the reason, as they would have."""
+        if not isinstance(self.executor, Preloader):
+            return {}
+        for frontier in sorted(self.config.models):
+            if self.stopping:
+                break
+            weights = self.config.models[frontier]
+            task = Task(
+                job_id=0,
+                frontier=frontier,
+                spec={},
+                weights=str(weights.path),
+                weights_sha256=weights.sha256,
+            )
+            try:
+                outcome = self.executor.preload(task, self._stop)
+            except Exception as exc:  # an executor bug: say so, serve the frontier as before
+                log.exception("%s: the executor could not load it ahead of jobs", frontier)
+                outcome = Outcome("cancelled", reason=str(exc))
+            if outcome.ok:
+                summary = str(outcome.details.get("summary") or "loaded (no layout report)")
+                self.stats.frontiers_verified[frontier] = summary
+                log.info("%s: %s (loaded in %.1f s)", frontier, summary, outcome.seconds)
+            elif outcome.details.get("layout_refused"):
+                self._refused[frontier] = outcome.reason
+                self.stats.frontiers_refused[frontier] = outcome.reason
+                log.error("%s: not served by this site: %s", frontier, outcome.reason)
+            elif outcome.status == "failed":  # weights missing, a crash: each job says why
+                log.warning("%s: could not be loaded ahead of jobs: %s", frontier, outcome.reason)
+        if self._refused and len(self._refused) == len(self.config.models):
+            why = "; ".join(f"{k}: {v}" for k, v in sorted(self._refused.items()))
+            raise ConfigError(f"lab site {self.config.lab} can serve none of its frontiers: {why}")
+        return dict(self._refused)
+
+    @property
+    def served(self) -> list[str]:
+        """The frontiers this site claims jobs for: its [models], less those refused."""
+        return sorted(f for f in self.config.models if f not in self._refused)
 
     # -- talking to the hub -------------------------------------------------------------------
 
@@ -262,7 +319,7 @@ class Agent:
     def _claim_batch(self, wait: float, room: int) -> list[_Held]:
         cfg = self.config.agent
         lab = self.config.lab
-        mine = sorted(self.config.models)  # only jobs for frontiers this site has weights for
+        mine = self.served  # only jobs for frontiers this site has weights for (and verified)
         began = time.monotonic()
         key = secrets.token_hex(16)  # the same key on every retry: a lost answer costs nothing
         first = self._call(
@@ -450,6 +507,7 @@ class Agent:
             spec=job["spec"],
             weights=str(weights.path),
             weights_sha256=weights.sha256,
+            maps=None if self.config.maps is None else str(self.config.maps),
         )
         log.info("job %s: running", held.id)
         try:

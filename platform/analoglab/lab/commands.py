@@ -1,21 +1,26 @@
 """``analoglab lab``: the agent of a lab site, which runs approved jobs on the lab's frontier
 models and posts their checked (and signed) results; ``verify-result``, which checks a
-released result against the lab's public key.
+released result against the lab's public key; ``map fit`` / ``map list``, the site's residual
+maps (fitted and kept at the site); ``layout``, a frontier's verified hook layout as JSON.
 
 The agent, its executors and torch load inside the command.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from analoglab.cli.common import (
+    DeviceOpt,
+    JsonFlag,
     err,
     handles_errors,
     out,
+    print_json,
 )
 from analoglab.config import get_settings
 from analoglab.errors import AnalogLabError
@@ -158,3 +163,208 @@ def lab_verify_result(
             )
     key_id = verify_result_file(path, public_key)
     out.print(f"ok: the result in {path} is signed by lab key {key_id}")
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="The site's lab.toml; default: <lab_sites>/<lab>/lab.toml."),
+]
+LabOpt = Annotated[
+    str | None,
+    typer.Option("--lab", help="The lab (its site on this machine); or give --config."),
+]
+VolumeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--volume-root",
+        help="With the kubernetes executor: where the weights volume is mounted here (the "
+        "site's model and maps paths are inside it).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class _Site:
+    """A site's config, with its weights and maps as paths on this machine."""
+
+    cfg: Any
+    config: Path
+    maps: Path
+
+    def weights(self, frontier: str) -> tuple[Path, str | None]:
+        entry = self.cfg.weights(frontier)
+        return Path(entry.path), entry.sha256
+
+
+def _site(lab: str | None, config: Path | None, volume_root: Path | None = None) -> _Site:
+    from analoglab.lab.config import MAPS, LocalExecutorConfig, load_lab_config
+
+    if config is None:
+        if lab is None:
+            sites = sorted(get_settings().lab_sites_path.glob("*/lab.toml"))
+            if len(sites) != 1:
+                raise typer.BadParameter("give --lab or --config", param_hint="--lab")
+            config = sites[0]
+        else:
+            config = get_settings().lab_sites_path / lab / "lab.toml"
+    cfg = load_lab_config(config)
+    if lab is not None and lab != cfg.lab:
+        raise AnalogLabError(f"{config} is the site of lab {cfg.lab!r}, not {lab!r}")
+    if isinstance(cfg.executor, LocalExecutorConfig):
+        assert cfg.maps is not None
+        return _Site(cfg, config, Path(cfg.maps))
+    # Kubernetes: the paths in lab.toml are inside the weights volume.
+    if volume_root is None:
+        raise typer.BadParameter(
+            "this site runs on Kubernetes: its weights and maps are in the weights volume; "
+            "run this where that volume is mounted and give --volume-root",
+            param_hint="--volume-root",
+        )
+    root = volume_root.expanduser().resolve()
+
+    def inside(path: Path) -> Path:
+        full = (root / path).resolve() if not path.is_absolute() else path
+        if full != root and root not in full.parents:
+            raise AnalogLabError(f"{path} is outside the weights volume mounted at {root}")
+        return full
+
+    models = {
+        k: v.model_copy(update={"path": inside(Path(v.path))}) for k, v in cfg.models.items()
+    }
+    cfg = cfg.model_copy(update={"models": models})
+    return _Site(cfg, config, inside(Path(cfg.maps or MAPS)))
+
+
+map_app = typer.Typer(
+    help="The site's residual maps between analogs and its frontiers (they stay at the lab).",
+    no_args_is_help=True,
+)
+lab_app.add_typer(map_app, name="map")
+
+
+@map_app.command("fit")
+@handles_errors
+def lab_map_fit(
+    frontier: Annotated[str, typer.Option("--frontier", "-f", help="A frontier of this site.")],
+    analog: Annotated[str, typer.Option("--analog", "-a", help="The analog (name or folder).")],
+    depths: Annotated[
+        list[float] | None,
+        typer.Option("--depth", help="A relative depth (repeatable); default 0, .25, .5, .75, 1."),
+    ] = None,
+    texts: Annotated[int, typer.Option(help="Neutral corpus texts to fit on.", min=4)] = 256,
+    l2: Annotated[
+        float, typer.Option(help="Ridge strength, relative to the stream's scale.", min=0.0)
+    ] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")] = 0,
+    lab: LabOpt = None,
+    config: ConfigOpt = None,
+    volume_root: VolumeOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fit the residual map between an analog and one of this site's frontiers on neutral text,
+    and store it in the site's maps folder (atomically), where mapped jobs find it.
+
+    The map stays at the lab: nothing sends it to the hub (releasing one is a release decision).
+    """
+    from analoglab.lab.maps import fit_site_map
+
+    site = _site(lab, config, volume_root)
+    weights, sha256 = site.weights(frontier)
+    rmap, path = fit_site_map(
+        site.maps,
+        frontier=frontier,
+        weights=weights,
+        sha256=sha256,
+        analog=analog,
+        depths=depths or [0.0, 0.25, 0.5, 0.75, 1.0],
+        texts=texts,
+        l2=l2,
+        seed=seed,
+        device=device,
+    )
+    if as_json:
+        print_json(rmap.summary() | {"path": str(path)})
+        return
+    out.print(
+        f"map {rmap.analog} → {rmap.frontier}: {rmap.tokens_fit:,} tokens fitted, "
+        f"{rmap.tokens_held_out:,} held out; stored at {path} (it stays at the lab)"
+    )
+    for layer in rmap.layers:
+        out.print(
+            f"  depth {layer.depth:.2f}: blocks {layer.analog_block} → {layer.frontier_block}, "
+            f"held-out R² {layer.r2_forward:.3f} (back {layer.r2_backward:.3f})"
+        )
+
+
+@map_app.command("list")
+@handles_errors
+def lab_map_list(
+    lab: LabOpt = None,
+    config: ConfigOpt = None,
+    volume_root: VolumeOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The residual maps this site holds: frontier, analog, depths and their held-out R²."""
+    from analoglab.lab.maps import list_maps
+
+    site = _site(lab, config, volume_root)
+    found = list_maps(site.maps)
+    if as_json:
+        print_json({"maps": [m.as_dict() for m in found], "folder": str(site.maps)})
+        return
+    if not found:
+        out.print(
+            f"no residual maps in {site.maps}; fit one with "
+            "`analoglab lab map fit --frontier ID --analog NAME`"
+        )
+        return
+    for m in found:
+        if m.problem:
+            out.print(f"{m.frontier} ← {m.analog}: {m.problem}")
+            continue
+        r2 = ", ".join(
+            f"{layer['depth']:g}: {layer['r2_forward']:.3f}" for layer in m.summary["layers"]
+        )
+        out.print(
+            f"{m.frontier} ← {m.analog}: {m.summary.get('tokens_fit', 0):,} tokens, "
+            f"held-out R² by depth {r2}  ({m.path})"
+        )
+
+
+@lab_app.command("layout")
+@handles_errors
+def lab_layout(
+    frontier: Annotated[str, typer.Option("--frontier", "-f", help="A frontier of this site.")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the report (JSON) to this file.")
+    ] = None,
+    lab: LabOpt = None,
+    config: ConfigOpt = None,
+    volume_root: VolumeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Verify a frontier's hook layout and print (or write) its report as JSON.
+
+    The report (LayoutReport.to_dict) is what the lab may publish about its frontier: no
+    weights, no values. Exit 1 when the layout fails its self-test (the report says why)."""
+    import json
+
+    from analoglab.files import atomic_write
+    from analoglab.models.loading import load_model
+
+    site = _site(lab, config, volume_root)
+    weights, sha256 = site.weights(frontier)
+    loaded = load_model(weights, device=device or "cpu", name=frontier, expected_sha256=sha256)
+    report = loaded.layout
+    if report is None:  # load_model verifies by default; never None here
+        raise AnalogLabError(f"{frontier}: no layout report")
+    text = json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+    if out_path is None:
+        out.print(text, end="", markup=False)
+    else:
+        atomic_write(out_path, text)
+        err.print(f"wrote {out_path}")
+    err.print(f"{frontier}: {report.summary()}", markup=False)
+    if not report.verified:
+        raise typer.Exit(1)

@@ -189,6 +189,39 @@ class LocalExecutor:
             self._child = None
 
     def run(self, task: Task, cancel: threading.Event) -> Outcome:
+        return self._exchange(
+            {
+                "job_id": task.job_id,
+                "frontier": task.frontier,
+                "weights": task.weights,
+                "weights_sha256": task.weights_sha256,
+                "maps": task.maps,
+                "spec": task.spec,
+                "device": self.cfg.device,
+                "threads": self.cfg.threads,
+            },
+            cancel,
+        )
+
+    def preload(self, task: Task, cancel: threading.Event) -> Outcome:
+        """Load ``task``'s frontier in the warm worker and verify its layout, running nothing:
+        what the agent does for each frontier when it starts, before it claims any job.
+        ``ok`` with ``details["layout"]`` (the LayoutReport as JSON) and ``details["summary"]``;
+        ``failed`` with the reason (the failing invariant) otherwise. The same limits apply."""
+        return self._exchange(
+            {
+                "op": "load",
+                "frontier": task.frontier,
+                "weights": task.weights,
+                "weights_sha256": task.weights_sha256,
+                "device": self.cfg.device,
+                "threads": self.cfg.threads,
+            },
+            cancel,
+        )
+
+    def _exchange(self, payload: dict[str, Any], cancel: threading.Event) -> Outcome:
+        """Send one task to the worker and wait for its answer, within the lab's limits."""
         start = time.monotonic()
         if cancel.is_set():
             return Outcome("cancelled", reason="cancelled before it started")
@@ -198,17 +231,7 @@ class LocalExecutor:
             self._drop()
             return Outcome("failed", reason=f"the lab could not start a worker: {exc}")
         try:
-            child.send(
-                {
-                    "job_id": task.job_id,
-                    "frontier": task.frontier,
-                    "weights": task.weights,
-                    "weights_sha256": task.weights_sha256,
-                    "spec": task.spec,
-                    "device": self.cfg.device,
-                    "threads": self.cfg.threads,
-                }
-            )
+            child.send(payload)
         except OSError:
             self._drop()
             return Outcome("failed", reason=child.death(), seconds=time.monotonic() - start)
@@ -259,7 +282,16 @@ class LocalExecutor:
             self._drop()
             return Outcome("failed", reason="the worker answered garbage", seconds=seconds)
         details = {
-            k: answer[k] for k in ("load_seconds", "run_seconds", "reused_model") if k in answer
+            k: answer[k]
+            for k in (
+                "load_seconds",
+                "run_seconds",
+                "reused_model",
+                "layout",
+                "summary",
+                "layout_refused",
+            )
+            if k in answer
         }
         details["peak_rss_mb"] = round(peak / 2**20, 1)
         if answer.get("reused_model") is False:
@@ -268,6 +300,8 @@ class LocalExecutor:
             self._drop()
         if answer.get("status") == "ok" and isinstance(answer.get("result"), dict):
             return Outcome("ok", result=answer["result"], seconds=seconds, details=details)
+        if answer.get("status") == "ok" and "layout" in answer:  # a preload's answer
+            return Outcome("ok", seconds=seconds, details=details)
         return Outcome(
             "failed", reason=str(answer.get("reason", "no reason")), seconds=seconds,
             details=details,

@@ -16,6 +16,14 @@ the resample weights and, with as many replicates as items, solve for each item'
 per-item disclosure the release checks exist to prevent. Without them the hub still compares
 the point estimates; the transfer report then says it has no interval.
 
+**Mapped results** (``mapped_steering``, ``mapped_probe``) ran through the site's residual map,
+which stays at the lab. What they may carry is held tighter (:func:`mapped_problems`): scalar
+metrics only (no profile, table or generated text), at most :data:`MAPPED_MAX_METRICS` of
+them, and an artifact ``source`` no longer than :data:`MAX_SOURCE_CHARS`; the lab's
+``max_metrics`` would otherwise let a result carry hundreds of values (a mapped vector, rows of
+the map), and no count of scalars this small can hold a map's matrix (``d_analog × d_frontier``
+values).
+
 A result that leaves the lab is signed with the lab site's Ed25519 key (:func:`sign_result`:
 the signature is over the result's canonical JSON, the bytes the hub hashes); anyone holding
 the lab's public key from the catalog checks a released result with :func:`verify_result`
@@ -36,6 +44,13 @@ from analoglab import signing
 from analoglab.experiments.result import ExperimentResult, canonical_json, result_problems
 from analoglab.lab.config import ReleaseConfig
 from analoglab.models.catalog import FrontierPolicy
+
+#: The methods whose run went through the lab's residual map.
+MAPPED_METHODS = frozenset({"mapped_steering", "mapped_probe"})
+#: The most metrics a mapped result may hold (they report about a dozen).
+MAPPED_MAX_METRICS = 32
+#: The longest artifact provenance (``source``) a result may echo.
+MAX_SOURCE_CHARS = 300
 
 
 def result_size(result: dict[str, Any]) -> int:
@@ -78,7 +93,35 @@ def check_release(
         max_tensor_values=config.max_tensor_values,
         max_metrics=config.max_metrics,
         max_bootstrap=config.max_bootstrap,
-    )
+    ) + mapped_problems(parsed)
+
+
+def mapped_problems(parsed: ExperimentResult) -> list[str]:
+    """The extra checks of a result that went through the lab's residual map (module
+    docstring); names from the result are never quoted, only counts."""
+    if parsed.method not in MAPPED_METHODS:
+        return []
+    problems: list[str] = []
+    arrays = len(parsed.profiles) + len(parsed.tables)
+    if arrays:
+        problems.append(
+            f"mapped: the result holds {arrays} profile(s)/table(s); a mapped result holds "
+            "scalar metrics only (nothing of the lab's map may leave)"
+        )
+    if len(parsed.metrics) > MAPPED_MAX_METRICS:
+        problems.append(
+            f"mapped: {len(parsed.metrics)} metrics, over the {MAPPED_MAX_METRICS} a mapped "
+            "result may hold"
+        )
+    if parsed.samples:
+        problems.append(f"mapped: the result holds {len(parsed.samples)} generated text(s)")
+    artifact = (parsed.spec or {}).get("artifact")
+    source = artifact.get("source") if isinstance(artifact, dict) else None
+    if isinstance(source, str) and len(source) > MAX_SOURCE_CHARS:
+        problems.append(
+            f"mapped: the artifact's source is {len(source)} characters, over {MAX_SOURCE_CHARS}"
+        )
+    return problems
 
 
 @dataclass(frozen=True)
