@@ -395,3 +395,12 @@ def test_upstream_values_name_our_resources() -> None:
     auth = dg["gateway"]["auth"]["jupyterhub"]
     assert auth["apiTokenFromSecretName"] == secret["metadata"]["name"]
     assert auth["apiTokenFromSecretKey"] in secret["data"]
+
+
+def test_the_services_that_ask_the_hub_are_admitted_by_its_policy() -> None:
+    """The JupyterHub chart's policy admits to the hub only pods with this label."""
+    docs = render(HUB_CHART, {})
+    for d in kinds(docs, "Deployment"):
+        component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+        label = pod_labels(d).get("hub.jupyter.org/network-access-hub")
+        assert label == ("true" if component in ("queue", "mlflow") else None), component
