@@ -66,3 +66,22 @@ def test_the_hub_values_are_consistent_with_themselves() -> None:
     assert vols[shm["name"]]["emptyDir"]["medium"] == "Memory"
     # the notebook image is pulled ahead, profiles' images too
     assert jh["prePuller"]["continuous"]["enabled"] and jh["prePuller"]["pullProfileListImages"]
+
+
+def test_helmfile_deploys_the_three_in_order_in_one_namespace() -> None:
+    helmfile = load_yaml(HELM / "helmfile.yaml")
+    releases = helmfile["releases"]
+    assert [r["name"] for r in releases] == ["analoglab", "jupyterhub", "dask-gateway"]
+    assert len({r["namespace"] for r in releases}) == 1
+    ns = releases[0]["namespace"]
+    assert releases[1]["needs"] == [f"{ns}/analoglab"]
+    assert releases[2]["needs"] == [f"{ns}/jupyterhub"]
+    assert (HELM / releases[0]["chart"]).is_dir()
+    for r in releases[1:]:
+        assert r.get("version"), f"{r['name']}: pin the chart's version"
+        for v in r["values"]:
+            assert (HELM / v).is_file(), v
+    # the labs our release generates tokens for are the labs the hub registers
+    jh = load_yaml(HELM / "values" / "jupyterhub.yaml")
+    ours = [v for v in releases[0]["values"] if isinstance(v, dict)]
+    assert ours and ours[0]["labs"] == jh["custom"]["analoglab"]["labs"]
