@@ -202,3 +202,17 @@ def test_the_extra_config_loads_in_a_real_jupyterhub(tmp_path: Path) -> None:
     assert {"researchers", "admins", "reviewers-demo-lab"} <= set(got["groups"])
     assert f"{SCOPE}submit" in got["scopes"]
     assert got["profiles"] and got["queue_oauth"]
+
+
+def test_the_hub_config_needs_only_the_light_core() -> None:
+    """The hub image installs analoglab without extras: loading the config must not import
+    torch, MLflow, Gradio, the queue's web stack, or KubeSpawner itself."""
+    code = (
+        "import sys, analoglab.deploy.kubehub\n"
+        "heavy = {'torch', 'gradio', 'mlflow', 'transformers', 'fastapi', 'sqlalchemy',"
+        " 'kubespawner', 'kubernetes', 'dask'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
