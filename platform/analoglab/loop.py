@@ -22,6 +22,7 @@ submitting and recording cannot make two jobs). A finished check returns its rep
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,12 +43,37 @@ class TransferCheckError(AnalogLabError):
     """The frontier's side of a transfer check ended without a released result."""
 
 
-def _spec(spec: AnySpec | dict[str, Any] | str | Path) -> AnySpec:
+def _raw(path: str | Path) -> Any:
+    """A spec file's data, or None where it cannot be read (load_spec then says why)."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+        return json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _spec(spec: AnySpec | dict[str, Any] | str | Path, settings: Settings | None = None) -> AnySpec:
+    """The spec as a model; a mapped spec's artifact given by MLflow reference is inlined
+    (:func:`analoglab.tracking.artifacts.inline_artifact`) before it is parsed."""
+    from analoglab.tracking.artifacts import inline_artifact
+
     if isinstance(spec, str | Path):
-        return load_spec(spec)
+        data = _raw(spec)
+        if not (isinstance(data, dict) and _by_reference(data)):
+            return load_spec(spec)
+        spec = data
     if isinstance(spec, dict):
-        return parse_spec(spec)
+        return parse_spec(inline_artifact(spec, settings=settings) if _by_reference(spec) else spec)
     return spec
+
+
+def _by_reference(data: dict[str, Any]) -> bool:
+    from analoglab.tracking.artifacts import is_reference
+
+    art = data.get("artifact")
+    return is_reference(art) or (isinstance(art, dict) and "ref" in art)
 
 
 def _print(message: str) -> None:
@@ -70,7 +96,9 @@ def transfer_check(
 ) -> TransferReport:
     """Check whether ``spec``'s finding on ``analog`` transfers to ``frontier``.
 
-    ``spec``: a spec model, its dict, or a YAML/JSON file. ``queue_url`` defaults to the
+    ``spec``: a spec model, its dict, or a YAML/JSON file; a mapped spec's ``artifact`` may be
+    an MLflow reference (``"mlflow:runs/<run id>/artifacts/<path>"``), inlined here before
+    anything runs (``source`` records the reference). ``queue_url`` defaults to the
     ``queue_url`` setting and ``token`` to ``$JUPYTERHUB_API_TOKEN`` / ``$ANALOGLAB_QUEUE_TOKEN``.
     ``show`` receives one line per step and per state change (``None``: quiet). ``timeout``
     bounds the wait for the frontier (seconds; ``None`` waits for as long as review takes:
@@ -79,6 +107,7 @@ def transfer_check(
     """
     from analoglab.models.loading import load_any
     from analoglab.tracking import DEFAULT_EXPERIMENT, TransferCheckRun
+    from analoglab.tracking.artifacts import log_steering_vector
 
     settings = settings or get_settings()
     say = show or (lambda _m: None)
@@ -88,7 +117,7 @@ def transfer_check(
             "no queue to send the frontier run to: pass queue_url= or set ANALOGLAB_QUEUE_URL"
         )
     # The spec as the frontier will run it (task sets inlined): both results share its hash.
-    resolved = resolve_task_sets(_spec(spec))
+    resolved = resolve_task_sets(_spec(spec, settings))
     check = TransferCheckRun.open(
         resolved,
         analog=analog,
@@ -109,9 +138,18 @@ def transfer_check(
     if analog_result is None:
         say(f"running on {analog} here...")
         start = time.monotonic()
-        analog_result = run(resolved, load_any(analog, device=device, settings=settings))
-        check.log_analog(analog_result)
+        loaded = load_any(analog, device=device, settings=settings)
+        analog_result = run(resolved, loaded)
+        run_id = check.log_analog(analog_result)
         say(f"analog result logged ({time.monotonic() - start:.1f} s)")
+        # A steering finding is kept as an artifact too, so a mapped spec can carry it later.
+        try:
+            vector = log_steering_vector(resolved, analog_result, loaded, run_id, settings=settings)
+        except AnalogLabError as exc:  # the check itself does not need it
+            say(f"its steering vector was not logged: {exc}")
+        else:
+            if vector is not None:
+                say(f"its steering vector: {vector}")
     else:
         say("analog result already logged")
 

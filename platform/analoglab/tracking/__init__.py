@@ -5,6 +5,9 @@
 - :class:`TransferCheckRun` — a transfer check as a parent run with a child per model and the
   transfer report; found again by its tags, so a restarted check resumes;
 - :func:`register_analogs` — analog cards in the model registry with their lineage;
+- :mod:`.artifacts` — an analog's steering vector (or probe direction) logged on its run
+  (:func:`log_artifact`, :func:`steering_vector`) and named again by reference,
+  ``mlflow:runs/<id>/artifacts/<path>`` (:func:`resolve_artifact`);
 - :mod:`.store` — where: ``Settings.mlflow_tracking_uri``, else a SQLite store in the data
   folder; :mod:`.server` — the ``mlflow server`` of the one-machine platform;
 - :mod:`.gate` — MLflow behind the hub's sign-in (OAuth for browsers, hub tokens for
@@ -16,6 +19,7 @@ changes MLflow's global tracking URI: each call builds its own client.
 
 from __future__ import annotations
 
+from analoglab.tracking.artifacts import log_artifact, resolve_artifact, steering_vector
 from analoglab.tracking.errors import TrackingError
 from analoglab.tracking.registry import AnalogRegistration, register_analogs
 from analoglab.tracking.results import log_result
@@ -28,7 +32,10 @@ __all__ = [
     "TrackingError",
     "TrackingStore",
     "TransferCheckRun",
+    "log_artifact",
     "log_result",
     "register_analogs",
+    "resolve_artifact",
+    "steering_vector",
     "tracking_uri",
 ]

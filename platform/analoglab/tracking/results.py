@@ -9,7 +9,9 @@ What a run holds (see ``docs/tracking.md``):
   index) with ``profile.<name>.peak_depth``; ``timing.<name>`` and ``result.size_bytes``;
 - **artifacts**: ``spec.json`` (the spec as given), ``result.json`` (the whole
   :class:`ExperimentResult`, reloadable with ``ExperimentResult.model_validate_json``) and
-  ``plots/<profile>.png``;
+  ``plots/<profile>.png``; for a steering result logged with its model (and every analog
+  steering result of a transfer check), ``steering_vector.json``: the vector at its
+  best depth, which a mapped spec can name by reference (:mod:`.artifacts`);
 - **tags**: ``analoglab.model``, ``analoglab.method``, ``analoglab.spec_hash``,
   ``analoglab.kind`` (``analog`` or ``frontier``) and, for a queue job, ``analoglab.job_id``.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from analoglab.config import Settings
 from analoglab.experiments.result import ExperimentResult
@@ -146,6 +149,7 @@ def log_result(
     settings: Settings | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     kind: tags.ResultKind | None = None,
+    loaded: Any = None,
 ) -> str:
     """Log ``result`` of ``spec`` on ``model`` as a new MLflow run; return its run id.
 
@@ -153,7 +157,10 @@ def log_result(
     ``kind`` defaults to ``frontier`` for a frontier id of the catalog, else ``analog``;
     ``job_id`` is the queue job that produced a frontier result; ``parent_run_id`` makes the
     run a child (shown nested under that run in the UI). Raises :class:`TrackingError` when
-    the result did not come from the spec or MLflow fails.
+    the result did not come from the spec or MLflow fails. With ``loaded`` (the model it
+    ran on), a steering result's vector at its ``best_depth`` is logged too, as
+    ``steering_vector.json`` (:mod:`.artifacts`): a mapped spec names it by
+    ``mlflow:runs/<run id>/artifacts/steering_vector.json``.
     """
     check_matches(spec, result)
     store = TrackingStore.open(settings)
@@ -165,4 +172,8 @@ def log_result(
             first_tags[tags.PARENT_RUN_ID] = parent_run_id
         run = store.client.create_run(exp_id, tags=first_tags, run_name=run_name(result, model))
         fill_run(store, run.info.run_id, spec, result, model=model, kind=kind, job_id=job_id)
+    if loaded is not None:
+        from analoglab.tracking.artifacts import log_steering_vector
+
+        log_steering_vector(spec, result, loaded, str(run.info.run_id), settings=settings)
     return str(run.info.run_id)
