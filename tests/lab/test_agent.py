@@ -16,6 +16,7 @@ from analoglab.experiments.runner import run
 from analoglab.experiments.spec import parse_spec
 from analoglab.lab.agent import Agent
 from analoglab.lab.config import FrontierWeights, LabConfig, ReleaseConfig
+from analoglab.lab.executor import Outcome, Task
 from analoglab.lab.executors import make_executor
 from analoglab.models.loading import load_any
 from analoglab.queue.client import QueueClient
@@ -124,12 +125,26 @@ def test_jobs_for_frontiers_this_site_lacks_are_left_to_other_sites(
     assert back["state"] == "approved" and back["attempts"] == 0
 
 
+class JobsOnly:
+    """The local executor without its preload (as the Kubernetes executor has none): the
+    agent claims at once, so a stop or a cancel lands while the job's worker is loading."""
+
+    def __init__(self, site: LabConfig) -> None:
+        self.inner = make_executor(site)
+
+    def run(self, task: Task, cancel: threading.Event) -> Outcome:
+        return self.inner.run(task, cancel)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def test_stopping_mid_run_gives_the_job_back_without_an_attempt(
     hub: Hub, site: LabConfig, sentiment_spec: dict[str, Any], tmp_path: Path
 ) -> None:
     job = approved_job(hub, sentiment_spec)
     client = hub.client("agent")
-    executor = make_executor(site)
+    executor = JobsOnly(site)
     agent = Agent(site, client, executor)
     threading.Timer(1.0, agent.stop).start()  # the worker is still importing torch
     t0 = time.monotonic()
@@ -145,7 +160,7 @@ def test_stopping_mid_run_gives_the_job_back_without_an_attempt(
 
 def test_an_unreachable_hub_is_retried_with_backoff(site: LabConfig) -> None:
     client = QueueClient(f"http://127.0.0.1:{free_port()}", "tok-agent", timeout=1)
-    executor = make_executor(site)
+    executor = JobsOnly(site)
     agent = Agent(site, client, executor)
     threading.Timer(2.0, agent.stop).start()
     t0 = time.monotonic()
@@ -207,7 +222,7 @@ def test_a_job_cancelled_mid_run_is_dropped_by_the_agent(
 ) -> None:
     job = approved_job(hub, sentiment_spec)
     client = hub.client("agent")
-    executor = make_executor(site)
+    executor = JobsOnly(site)
     agent = Agent(site, client, executor)
 
     def cancel_when_running() -> None:
