@@ -1,10 +1,14 @@
-"""The foundry build: corpus → tokenizer → frontier → distilled analogs → fidelity → publish.
+"""The foundry build: corpus → tokenizer → frontier → distilled analogs → fidelity → publish
+→ maps.
 
 Each stage leaves its output in the preset's work folder (``<foundry_dir>/<preset>/``) and is
 skipped when that output exists, and training resumes from its checkpoint, so an interrupted
 build continues where it stopped and a finished one returns at once. Publishing puts the
 frontier in the demo **lab site** (``<lab_sites_dir>/<lab>/``), the analogs in the public
-**model store**, and the lab's entry (metadata and policy, no weights) in the catalog.
+**model store**, and the lab's entry (metadata and policy, no weights) in the catalog. The
+last stage fits the residual map between each analog and the frontier into the lab site's
+maps folder (``<lab site>/maps/<frontier>/<analog>.npz``), where the site's worker finds it for
+mapped jobs; a build finished before that stage existed runs it alone.
 """
 
 from __future__ import annotations
@@ -37,12 +41,22 @@ from analoglab.models.card import (
     TaskScore,
     write_card,
 )
-from analoglab.models.catalog import FrontierLayout, FrontierModel, FrontierPolicy, Lab, save_lab
+from analoglab.models.catalog import (
+    DEFAULT_METHODS,
+    FrontierLayout,
+    FrontierModel,
+    FrontierPolicy,
+    Lab,
+    save_lab,
+)
 from analoglab.models.store import write_folder
 from analoglab.progress import Reporter, SilentReporter
 from analoglab.signing import load_or_create_private_key, public_key_text
 
-STAGES = ("corpus", "tokenizer", "frontier", "distill", "fidelity", "publish")
+STAGES = ("corpus", "tokenizer", "frontier", "distill", "fidelity", "publish", "maps")
+#: Where the demo maps are fitted (relative depths) and on how many neutral texts.
+MAP_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+MAP_TEXTS = 256
 CHOICE_TASKS = ("sentiment", "ioi", "facts", "truth")
 STATE_FILE = "build.json"
 
@@ -161,6 +175,10 @@ class FoundryBuild:
         _write_json(self.work / STATE_FILE, state)
 
     def is_complete(self) -> bool:
+        return self._published() and self._maps_done()
+
+    def _published(self) -> bool:
+        """Every stage up to ``publish`` is done (a build from before the maps stage)."""
         state = self._state()
         return (
             bool(state.get("complete"))
@@ -168,6 +186,20 @@ class FoundryBuild:
             and (self.frontier_dir / "config.json").is_file()
             and all((self.analog_dir(r) / "analog.json").is_file() for r in self.preset.analogs)
             and (self.settings.catalog_path / "labs" / f"{self.preset.lab}.json").is_file()
+        )
+
+    @property
+    def maps_dir(self) -> Path:
+        from analoglab.lab.config import MAPS
+
+        return self.lab_site / MAPS
+
+    def _maps_done(self) -> bool:
+        from analoglab.lab.maps import map_path
+
+        return all(
+            map_path(self.maps_dir, self.preset.frontier_name, self.preset.analog_name(r)).is_file()
+            for r in self.preset.analogs
         )
 
     @property
@@ -188,6 +220,12 @@ class FoundryBuild:
             shutil.rmtree(self.work, ignore_errors=True)
         elif self.is_complete():
             return self._result(already=True, seconds=time.perf_counter() - t0)
+        elif self._published():  # built before the maps stage existed: fit the maps only
+            s0 = time.perf_counter()
+            self.stage_maps()
+            seconds = self._state().get("stage_seconds", {})
+            self._update_state(stage_seconds=seconds | {"maps": round(time.perf_counter() - s0, 2)})
+            return self._result(already=False, seconds=time.perf_counter() - t0)
         state = self._state()
         if state and state.get("fingerprint") != self.preset.fingerprint():
             self.reporter.note(
@@ -555,17 +593,61 @@ class FoundryBuild:
                     parameters=f_params,
                     trained=frontier_date,
                     capabilities={t: round(v, 4) for t, v in fidelity["frontier"]["tasks"].items()},
-                    policy=FrontierPolicy(),
+                    # The demo site holds a residual map per analog (the maps stage), so
+                    # its frontier also takes the mapped methods.
+                    policy=FrontierPolicy(
+                        allowed_methods=list(
+                            dict.fromkeys([*DEFAULT_METHODS, "mapped_steering", "mapped_probe"])
+                        )
+                    ),
                     layout=self._frontier_layout(),
                 )
             ],
         )
         save_lab(lab, self.settings)
 
+    def stage_maps(self) -> None:
+        """The residual map between each analog and the frontier, in the lab site's maps
+        folder (as ``analoglab lab map fit`` stores it); one already fitted on these very
+        weights is kept."""
+        from analoglab.lab.maps import fit_site_map, list_maps
+        from analoglab.models.loading import weights_sha256
+
+        p = self.preset
+        frontier_sha = weights_sha256(self.frontier_dir)
+        have = {
+            m.analog: m.summary
+            for m in list_maps(self.maps_dir)
+            if m.frontier == p.frontier_name and not m.problem
+        }
+        for recipe in p.analogs:
+            name = p.analog_name(recipe)
+            meta = have.get(name, {})
+            analog_sha = weights_sha256(self.analog_dir(recipe))
+            fitted = (meta.get("frontier_weights_sha256"), meta.get("analog_weights_sha256"))
+            if fitted == (frontier_sha, analog_sha):
+                continue
+            self.reporter.note(f"[{p.name}] fitting the residual map {name} → {p.frontier_name}")
+            fit_site_map(
+                self.maps_dir,
+                frontier=p.frontier_name,
+                weights=self.frontier_dir,
+                sha256=frontier_sha,
+                analog=name,
+                depths=list(MAP_DEPTHS),
+                texts=MAP_TEXTS,
+                seed=p.seed,
+                device=str(self.device),
+                settings=self.settings,
+            )
+
     def _write_lab_site_config(self) -> None:
         text = (
             "# The demo lab site: where its frontier weights live. Never copied to the hub.\n"
-            f'lab = "{self.preset.lab}"\n\n'
+            f'lab = "{self.preset.lab}"\n'
+            "# Residual maps between the analogs and the frontier (analoglab lab map fit);\n"
+            "# like the weights, they stay here.\n"
+            'maps = "maps"\n\n'
             f'[models."{self.preset.frontier_name}"]\n'
             f'path = "models/{self.preset.frontier_name}"\n\n'
             "[executor]\n"
