@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -404,3 +405,39 @@ def test_the_services_that_ask_the_hub_are_admitted_by_its_policy() -> None:
         component = d["metadata"]["labels"]["app.kubernetes.io/component"]
         label = pod_labels(d).get("hub.jupyter.org/network-access-hub")
         assert label == ("true" if component in ("queue", "mlflow") else None), component
+
+
+def test_each_analoglab_process_finds_the_store_and_catalog_where_they_are_mounted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The settings each container's environment gives: the model store and the catalog's
+    labs are mounted volumes there, and the data folder is on a writable scratch volume."""
+    from analoglab.config import Settings
+
+    docs = render(HUB_CHART, hub_all())
+    configmaps = {c["metadata"]["name"]: c.get("data") or {} for c in kinds(docs, "ConfigMap")}
+    checked = 0
+    for name, spec in pod_specs(docs):
+        for c in all_containers(spec):
+            command = c.get("command", [])
+            if not command or command[0] != "analoglab" or c["name"] == "server":
+                continue
+            env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+            for source in c.get("envFrom", []):
+                env.update(configmaps[source["configMapRef"]["name"]])
+            for key in list(os.environ):
+                if key.startswith("ANALOGLAB_"):
+                    monkeypatch.delenv(key)
+            with monkeypatch.context() as m:
+                for k, v in env.items():
+                    m.setenv(k, v)
+                settings = Settings()
+            mounts = {Path(v["mountPath"]): v for v in c.get("volumeMounts", [])}
+            where = f"{name}/{c['name']}"
+            assert Path("/tmp") in mounts and settings.home.is_relative_to("/tmp"), where
+            if "ANALOGLAB_MODEL_STORE" in env:
+                assert settings.models_path in mounts, where
+            if "ANALOGLAB_CATALOG_DIR" in env:
+                assert settings.catalog_path / "labs" in mounts, where
+            checked += 1
+    assert checked >= 5

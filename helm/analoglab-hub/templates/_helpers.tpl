@@ -79,7 +79,7 @@ seccompProfile:
 - name: XDG_CACHE_HOME
   value: /tmp/cache
 - name: ANALOGLAB_HOME
-  value: /data
+  value: /tmp/analoglab
 - name: HF_HUB_OFFLINE
   value: "1"
 - name: TRANSFORMERS_OFFLINE
