@@ -50,7 +50,10 @@ def serve(hub: Hub, site: LabConfig, tmp_path: Path, **run_kw: Any) -> Agent:
 
 
 def test_a_job_runs_and_is_released(
-    hub: Hub, site: LabConfig, tiny_home: Settings, sentiment_spec: dict[str, Any],
+    hub: Hub,
+    site: LabConfig,
+    tiny_home: Settings,
+    sentiment_spec: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     job = approved_job(hub, sentiment_spec)
@@ -75,9 +78,7 @@ def test_a_result_failing_the_lab_checks_is_withheld_and_kept_in_the_lab(
     with hub.client("researcher") as r:
         final = r.get(job["id"])
     assert final["state"] == "withheld"
-    assert "tensors: table score holds 6 values, over the lab's cap of 4" in final[
-        "release_reason"
-    ]
+    assert "tensors: table score holds 6 values, over the lab's cap of 4" in final["release_reason"]
     assert final["result_size"] is None  # nothing of it left the lab
     kept = json.loads((tmp_path / "withheld" / f"job-{job['id']}.json").read_text())
     assert kept["result"]["method"] == "steering"

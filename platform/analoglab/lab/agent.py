@@ -171,13 +171,15 @@ class Agent:
         cfg = self.config.agent
         if not self.config.models:
             raise ConfigError(
-                f"lab site {self.config.lab} serves no frontier: add [models.\"<id>\"] with its "
+                f'lab site {self.config.lab} serves no frontier: add [models."<id>"] with its '
                 "weights to lab.toml"
             )
         if self.signing_key is not None:
             log.info(
                 "results are signed with key %s (%s): the hub's catalog must list it for lab %s",
-                key_id(self.signing_key), public_key_text(self.signing_key), self.config.lab,
+                key_id(self.signing_key),
+                public_key_text(self.signing_key),
+                self.config.lab,
             )
         self.verify_frontiers()
         self._done.clear()
@@ -399,8 +401,9 @@ class Agent:
         for entry in self.outbox.pending():
             if self.stopping:
                 break
-            log.info("job %s: replaying its finished result from %s", entry.job_id,
-                     self.outbox.folder)
+            log.info(
+                "job %s: replaying its finished result from %s", entry.job_id, self.outbox.folder
+            )
             held = _Held(self.outbox.job(entry), entry.lease_id, time.monotonic())
             if self._deliver(held, entry, replay=True):
                 landed += 1
@@ -442,15 +445,21 @@ class Agent:
                 must_land=True,
             )
         except Stopping:
-            log.warning("job %s: the hub stayed unreachable; the result waits in the outbox "
-                        "for the agent's next start", entry.job_id)
+            log.warning(
+                "job %s: the hub stayed unreachable; the result waits in the outbox "
+                "for the agent's next start",
+                entry.job_id,
+            )
             return "kept", "the hub is unreachable"
         except QueueError as exc:
             if exc.status == 422:
                 return "refused", str(exc)
             if exc.status not in (404, 409):
-                log.error("job %s: the hub refused the result (%s); it stays in the outbox",
-                          entry.job_id, exc)
+                log.error(
+                    "job %s: the hub refused the result (%s); it stays in the outbox",
+                    entry.job_id,
+                    exc,
+                )
                 return "kept", str(exc)
             self._lease_gone(entry, exc)
             return "lost", str(exc)
@@ -474,8 +483,12 @@ class Agent:
         except Stopping:
             return
         if state in REPLAYABLE_STATES:
-            log.warning("job %s: result not taken (%s); it stays in the outbox and is posted "
-                        "when this site claims the job again", entry.job_id, why)
+            log.warning(
+                "job %s: result not taken (%s); it stays in the outbox and is posted "
+                "when this site claims the job again",
+                entry.job_id,
+                why,
+            )
         else:
             self.outbox.undeliverable(entry, f"the lease was lost and the job is {state}")
             self.stats.undeliverable += 1
@@ -630,8 +643,11 @@ class Agent:
                 must_land=True,
             )
         except (QueueError, Stopping) as exc:
-            log.warning("job %s: could not give it back (%s); its lease will expire",
-                        held.id, exc or "the hub is unreachable")
+            log.warning(
+                "job %s: could not give it back (%s); its lease will expire",
+                held.id,
+                exc or "the hub is unreachable",
+            )
         self._release_hold(held)
 
     def _give_back_all(self, reason: str) -> None:
@@ -646,5 +662,6 @@ class Agent:
                 self.stats.given_back += 1
                 log.info("job %s: given back", held.id)
             except QueueError as exc:
-                log.warning("job %s: could not give it back (%s); its lease will expire",
-                            held.id, exc)
+                log.warning(
+                    "job %s: could not give it back (%s); its lease will expire", held.id, exc
+                )

@@ -228,9 +228,7 @@ def _site(lab: str | None, config: Path | None, volume_root: Path | None = None)
             raise AnalogLabError(f"{path} is outside the weights volume mounted at {root}")
         return full
 
-    models = {
-        k: v.model_copy(update={"path": inside(Path(v.path))}) for k, v in cfg.models.items()
-    }
+    models = {k: v.model_copy(update={"path": inside(Path(v.path))}) for k, v in cfg.models.items()}
     cfg = cfg.model_copy(update={"models": models})
     return _Site(cfg, config, inside(Path(cfg.maps or MAPS)))
 

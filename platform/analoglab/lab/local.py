@@ -106,8 +106,10 @@ class _Child:
             if not line:
                 break
             if not line.endswith("\n"):  # over the limit (or cut short): not an answer
-                self.answers.put('{"status": "failed", "reason": "the worker\'s answer is too '
-                                 'large or truncated"}\n')
+                self.answers.put(
+                    '{"status": "failed", "reason": "the worker\'s answer is too '
+                    'large or truncated"}\n'
+                )
                 self.kill()
                 break
             self.answers.put(line)
@@ -303,7 +305,9 @@ class LocalExecutor:
         if answer.get("status") == "ok" and "layout" in answer:  # a preload's answer
             return Outcome("ok", seconds=seconds, details=details)
         return Outcome(
-            "failed", reason=str(answer.get("reason", "no reason")), seconds=seconds,
+            "failed",
+            reason=str(answer.get("reason", "no reason")),
+            seconds=seconds,
             details=details,
         )
 

@@ -159,8 +159,7 @@ def verify_result(result: dict[str, Any], signature: str | None, public_key: str
 
 
 def verify_result_file(path: Path, public_key: str) -> str:
-    """Check a saved ``GET /api/jobs/{id}/result`` answer (``result``, ``signature``); the key id.
-    """
+    """Check a saved ``GET /api/jobs/{id}/result`` answer (result, signature); the key id."""
     try:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
