@@ -441,3 +441,22 @@ def test_each_analoglab_process_finds_the_store_and_catalog_where_they_are_mount
                 assert settings.catalog_path / "labs" in mounts, where
             checked += 1
     assert checked >= 5
+
+
+def test_mlflow_answers_the_host_name_the_demo_uses() -> None:
+    import fnmatch
+
+    docs = render(HUB_CHART, {})
+    (demo,) = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"] == "analoglab-demo"]
+    (mlflow,) = [
+        d for d in kinds(docs, "Deployment") if d["metadata"]["name"] == "analoglab-mlflow"
+    ]
+    env = {
+        e["name"]: e.get("value") for e in demo["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    host = env["ANALOGLAB_MLFLOW_TRACKING_URI"].split("//")[1]
+    server = mlflow["spec"]["template"]["spec"]["containers"][0]
+    allowed = next(e["value"] for e in server["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS")
+    patterns = allowed.split(",")
+    assert any(fnmatch.fnmatch(host, p) for p in patterns), (host, patterns)
+    assert any(fnmatch.fnmatch("127.0.0.1:5000", p) for p in patterns)  # the gate
