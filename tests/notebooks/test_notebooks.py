@@ -7,7 +7,8 @@ Those run in a plain Jupyter kernel that inherits the test's environment: the ti
 model store, catalog and lab sites, only read; ``ANALOG`` / ``FRONTIER`` pick the tiny build's
 models. Where the notebooks run for researchers, from top to bottom: 01, 02, 04 and 05 in a
 researcher's server on the running platform (``test_on_the_platform.py``), 03 there too, end
-to end with a reviewer and the lab's agent (``tests/hub/test_platform_end_to_end.py``).
+to end with a reviewer and the lab's agent (``tests/hub/test_platform_end_to_end.py``); 03 and
+06 against a real queue, lab agent and MLflow server in ``tests/lab/test_end_to_end.py``.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def images_of(nb: Any) -> int:
     )
 
 
-def test_there_are_five_shared_notebooks() -> None:
-    assert [p.name.split("-")[0] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+def test_there_are_six_shared_notebooks() -> None:
+    assert [p.name.split("-")[0] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -118,5 +119,17 @@ def test_checking_transfer_without_a_queue_says_what_to_set(
     monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
     with pytest.raises(CellExecutionError) as failed:
         execute("03-checking-transfer.ipynb", tmp_path, monkeypatch, ANALOG="tiny-analog-s")
+    assert "no queue is configured" in str(failed.value)
+    assert "ANALOGLAB_QUEUE_URL" in str(failed.value)
+
+
+@pytest.mark.slow
+def test_carrying_a_finding_without_a_queue_says_what_to_set(
+    reader: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 06 runs end to end against real services in tests/lab/test_end_to_end.py.
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    with pytest.raises(CellExecutionError) as failed:
+        execute("06-carrying-a-finding.ipynb", tmp_path, monkeypatch, ANALOG="tiny-analog-s")
     assert "no queue is configured" in str(failed.value)
     assert "ANALOGLAB_QUEUE_URL" in str(failed.value)
