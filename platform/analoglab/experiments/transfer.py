@@ -600,7 +600,8 @@ def verdict_of_mapped(
     ``does_not_transfer`` (the effect is not the artifact's), one straddling it
     ``inconclusive``."""
     band = verdict_of_interval(score.low, score.high)
-    if band in ("transfers", "partial") or (band == "inconclusive" and score.high >= PARTIAL):
+    # an inconclusive band straddles a cut-off, so its upper bound reaches partial at least
+    if band in ("transfers", "partial", "inconclusive"):
         if control.low >= CONTROL_CUT:
             return "does_not_transfer"
         if control.high >= CONTROL_CUT:
