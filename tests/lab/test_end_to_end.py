@@ -4,7 +4,9 @@ MLflow tracking server; the researcher calls :func:`analoglab.transfer_check` an
 approves through the API.
 
 Then the same with the agent killed (-9) mid-run: the job is claimed again after its lease
-expires, by a new agent, and completes exactly once.
+expires, by a new agent, and completes exactly once. Notebooks 03 and 06 (a steering vector
+found on the analog carried to the frontier through the lab's residual map, the build's) run
+against the same services.
 """
 
 from __future__ import annotations
@@ -63,10 +65,22 @@ class Platform:
     def start_agent(self) -> subprocess.Popen[bytes]:
         log = (self.folder / f"agent-{len(self.agents)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "analoglab", "lab", "agent",
-             "--config", str(self.folder / "lab.toml"),
-             "--hub", self.queue_url, "--token-file", str(self.folder / "agent.token")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "analoglab",
+                "lab",
+                "agent",
+                "--config",
+                str(self.folder / "lab.toml"),
+                "--hub",
+                self.queue_url,
+                "--token-file",
+                str(self.folder / "agent.token"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env=_env(),
         )
         self.agents.append(proc)
@@ -94,9 +108,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, seconds: floa
 
 
 @pytest.fixture(scope="module")
-def platform(
-    tiny_build: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
+def platform(tiny_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tiny: Settings = tiny_build[0]
     folder = tmp_path_factory.mktemp("e2e")
     tokens = "".join(
@@ -108,8 +120,9 @@ def platform(
     (folder / "agent.token").chmod(0o600)
     weights = tiny.lab_sites_path / "tiny-lab" / "models" / "tiny-frontier"
     key = tiny.lab_sites_path / "tiny-lab" / "signing.key"  # the key the catalog vouches for
+    maps = tiny.lab_sites_path / "tiny-lab" / "maps"  # fitted by the build, read here
     (folder / "lab.toml").write_text(
-        f'lab = "tiny-lab"\nsigning_key = "{key}"\n'
+        f'lab = "tiny-lab"\nsigning_key = "{key}"\nmaps = "{maps}"\n'
         f'[models."tiny-frontier"]\npath = "{weights}"\n'
         '[executor]\nkind = "local"\nthreads = 1\n'
         "[agent]\nlease_seconds = 6\nheartbeat_seconds = 1\nwait_seconds = 1\n"
@@ -121,9 +134,21 @@ def platform(
     procs: list[subprocess.Popen[bytes]] = []
     qport, mport = free_port(), free_port()
     queue_proc = subprocess.Popen(
-        [sys.executable, "-m", "analoglab", "queue", "serve", "--tokens",
-         str(folder / "tokens.toml"), "--database-url", db_url, "--port", str(qport)],
-        stdout=(folder / "queue.log").open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "analoglab",
+            "queue",
+            "serve",
+            "--tokens",
+            str(folder / "tokens.toml"),
+            "--database-url",
+            db_url,
+            "--port",
+            str(qport),
+        ],
+        stdout=(folder / "queue.log").open("wb"),
+        stderr=subprocess.STDOUT,
         env=_env(ANALOGLAB_HOME=str(tiny.home)),
     )
     procs.append(queue_proc)
@@ -136,7 +161,9 @@ def platform(
         ),
     )
     mlflow_proc = subprocess.Popen(
-        mlflow_cmd, stdout=(folder / "mlflow.log").open("wb"), stderr=subprocess.STDOUT,
+        mlflow_cmd,
+        stdout=(folder / "mlflow.log").open("wb"),
+        stderr=subprocess.STDOUT,
         env=_env(),
     )
     procs.append(mlflow_proc)
@@ -150,7 +177,7 @@ def platform(
         [],
     )
     try:
-        _wait_http(f"{queue_url}/health", queue_proc, "the queue service", 30)
+        _wait_http(f"{queue_url}/health", queue_proc, "the queue service", 90)
         wait_until_healthy(mlflow_url, timeout=90)
         yield plat
     finally:
@@ -308,8 +335,20 @@ def test_the_command_line_resumes_a_finished_check(
     monkeypatch.setenv("ANALOGLAB_MLFLOW_TRACKING_URI", platform.mlflow_url)
     with platform.client("ada") as ada:
         jobs_before = len(ada.list()["jobs"])
-    args = ["transfer", "--via-queue", "--spec", str(spec_file), "--analog", "tiny-analog-s",
-            "--frontier", "tiny-frontier", "--url", platform.queue_url, "--token", "tok-ada"]
+    args = [
+        "transfer",
+        "--via-queue",
+        "--spec",
+        str(spec_file),
+        "--analog",
+        "tiny-analog-s",
+        "--frontier",
+        "tiny-frontier",
+        "--url",
+        platform.queue_url,
+        "--token",
+        "tok-ada",
+    ]
     res = CliRunner().invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)["report"]
@@ -363,3 +402,48 @@ def test_the_transfer_notebook_runs_against_the_platform(
         new = [j for j in ada.list()["jobs"] if j["id"] not in before]
     assert [j["id"] for j in new] == approved and new[0]["state"] == "released"
     assert f"queue job: {approved[0]}" in text
+
+
+def test_the_carrying_notebook_runs_a_mapped_job_through_the_queue(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = Path(__file__).parents[2] / "shared-notebooks" / "06-carrying-a-finding.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)  # stored clean
+    if not any(a.poll() is None for a in platform.agents):
+        platform.start_agent()
+    with platform.client("ada") as ada:
+        before = {j["id"] for j in ada.list()["jobs"]}
+    for key, value in {
+        "ANALOGLAB_HOME": str(platform.settings.home),
+        "ANALOGLAB_QUEUE_URL": platform.queue_url,
+        "MLFLOW_TRACKING_URI": platform.mlflow_url,
+        "JUPYTERHUB_API_TOKEN": "tok-ada",
+        "ANALOG": "tiny-analog-s",
+        "OMP_NUM_THREADS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    approved: list[int] = []
+    reviewer = approve_when_submitted(platform, 1, approved)
+    NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    reviewer.join(5)
+    text = "\n".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+    )
+    assert "tiny-analog-s → tiny-frontier" in text
+    assert "effect on tiny-analog-s:" in text and "95% interval [" in text
+    assert "mlflow:runs/" in text and "/artifacts/steering_vector.json" in text
+    assert "steering_vector of tiny-analog-s: 24 values" in text
+    assert "verdict:" in text and "same report:" in text
+    assert "map_r2" in text and "ratio_to_native" in text
+    with platform.client("ada") as ada:
+        new = [j for j in ada.list()["jobs"] if j["id"] not in before]
+    assert [j["id"] for j in new] == approved and new[0]["state"] == "released"
+    assert new[0]["spec"]["method"] == "mapped_steering"
+    assert new[0]["spec"]["artifact"]["source"].startswith("mlflow:runs/")
