@@ -11,6 +11,7 @@ Command groups, each declared beside the area it drives:
 - ``queue`` (the gated queue, and ``queue audit``): :mod:`analoglab.queue.commands`
 - ``lab`` (a lab site's agent): :mod:`analoglab.lab.commands`
 - ``tracking`` (MLflow: analog cards, the tracking server): :mod:`analoglab.tracking.commands`
+- ``demo`` (the public demo; ``demo publish``): :mod:`analoglab.demos.commands`
 - ``up`` (the platform on this machine), ``status``, ``users``: :mod:`analoglab.hub.commands`
 
 Shared helpers (``handles_errors``, ``print_json``, ``JsonFlag``, the consoles) are in
@@ -68,6 +69,7 @@ def _assembled() -> typer.Typer:
     """The root with every area's commands and groups, in the order ``--help`` lists them."""
     from analoglab.activations.commands import activations_app
     from analoglab.cli.config import config_app, doctor
+    from analoglab.demos.commands import demo_app
     from analoglab.experiments.commands import map_app, run_command, spec_app, transfer_command
     from analoglab.foundry.commands import foundry_app
     from analoglab.hub.commands import register as register_platform
@@ -89,6 +91,7 @@ def _assembled() -> typer.Typer:
         ("queue", queue_app),
         ("lab", lab_app),
         ("tracking", tracking_app),
+        ("demo", demo_app),
     ):
         _root.add_typer(group, name=name)
     register_platform(_root)  # up, status, users
