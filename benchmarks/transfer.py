@@ -1012,10 +1012,19 @@ MAPPED_TEXT = [
 def summary(reports: list[BuildReport]) -> list[str]:
     lines = [
         "| build | labelled cases right | controls above partial | separation "
-        "| mapped sentiment / native (neutral map, scale 2) "
-        "| IOI mapped / native (neutral map, scale 2) |",
-        "|---|---:|---:|---:|---|---|",
+        "| mapped checks right | mapped / native, sentiment (neutral map, scale 2) "
+        "| the same, map on reviews, scale 1 | IOI mapped / native (neutral map, scale 2) |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
+
+    def ratios(rep: BuildReport, case: str, map_data: str, scale: float) -> str:
+        return "; ".join(
+            f"{m.analog}: {m.metrics['ratio_to_native']:.2f} "
+            f"{_ci(m.intervals.get('ratio_to_native'))}"
+            for m in rep.mapped
+            if m.case == case and m.map_data == map_data and m.scale == scale
+        )
+
     for rep in reports:
         labelled = [r for r in rep.rows if r.expected is not None]
         right = sum(1 for r in labelled if r.right)
@@ -1027,18 +1036,12 @@ def summary(reports: list[BuildReport]) -> list[str]:
             if r.expected == "control" and r.decided_high is not None
         ]
         gap = f"{min(real) - max(ctrl):+.3f}" if real and ctrl else ""
-        mapped = {
-            case: "; ".join(
-                f"{m.analog}: {m.metrics['ratio_to_native']:.2f} "
-                f"{_ci(m.intervals.get('ratio_to_native'))}"
-                for m in rep.mapped
-                if m.case == case and m.map_data == "neutral" and m.scale == 2.0
-            )
-            for case in ("sentiment", "ioi")
-        }
+        checks = [m.check for m in rep.mapped if m.check is not None]
+        mapped_right = sum(1 for c in checks if c.right)
         lines.append(
             f"| {rep.label} | {right} of {len(labelled)} | {above} | {gap} "
-            f"| {mapped['sentiment']} | {mapped['ioi']} |"
+            f"| {mapped_right} of {len(checks)} | {ratios(rep, 'sentiment', 'neutral', 2.0)} "
+            f"| {ratios(rep, 'sentiment', 'reviews', 1.0)} | {ratios(rep, 'ioi', 'neutral', 2.0)} |"
         )
     return lines
 
