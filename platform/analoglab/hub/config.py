@@ -20,7 +20,8 @@ What it configures:
 - the managed services: the queue (``/services/queue/``), the MLflow server on a private port
   (and its OAuth gate at ``/services/mlflow/`` when there is one), one lab agent per lab site
   of this machine, the idle culler, and the token-only ``analoglab-cli`` service the
-  ``users`` commands use;
+  ``users`` commands use; the public demo at ``/services/demo/`` (:func:`demo_service`)
+  where the demo extra is installed;
 - the roles: the ``custom:analoglab:*`` scopes (see :mod:`analoglab.queue.hubauth`) granted to
   the groups ``researchers``, ``reviewers-<lab>`` and ``admins``, and the scopes of notebook
   tokens (``Spawner.server_token_scopes``): reach the queue and MLflow, submit, never review.
@@ -41,6 +42,7 @@ MLFLOW_SERVER_SERVICE = "mlflow-server"
 CULLER_SERVICE = "idle-culler"
 ACTIVITY_EXTENSION = "analoglab.hub.activity"  # a running cell is activity (see that module)
 CLI_SERVICE = "analoglab-cli"
+DEMO_SERVICE = "demo"  # the public demo (Gradio): open to everyone, no hub login
 RESEARCHERS = "researchers"
 ADMINS = "admins"
 SCOPE = "custom:analoglab:"
@@ -100,6 +102,7 @@ class Ports:
     queue: int
     mlflow: int
     gate: int
+    demo: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Plan:
     cli_token: str = ""
     queue_page_secret: str = ""
     mlflow_gate: list[str] | None = None  # the gate's command line, when there is one
+    demo: bool = False  # run the public demo at /services/demo/ (needs the demo extra)
     mem_limit: str | None = None
     cpu_limit: float | None = None
     cull_timeout: int = 3600  # seconds a server may be idle before the culler stops it
@@ -341,6 +345,8 @@ def services(plan: Plan) -> list[dict[str, Any]]:
                 "info": {"description": "MLflow: runs, transfer reports, analog cards."},
             }
         )
+    if plan.demo:
+        result.append(demo_service(plan, env))
     for site in plan.agents:
         result.append(
             {
@@ -361,6 +367,29 @@ def services(plan: Plan) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+def demo_service(plan: Plan, env: dict[str, str]) -> dict[str, Any]:
+    """The public demo: a hub service routed by the proxy at ``/services/demo/`` that checks
+    no hub login (it never asks the hub who a visitor is). It reads the model store and,
+    read-only, MLflow itself on loopback (published and released results only); its links to
+    runs point at the MLflow gate, where a visitor with an account can sign in."""
+    link = f"{plan.public_url}/services/{MLFLOW_SERVICE}" if plan.mlflow_gate else None
+    command = [str(plan.bin_dir / "analoglab"), "demo"]
+    if link:
+        command += ["--mlflow-link", link]
+    return {
+        "name": DEMO_SERVICE,
+        "url": f"http://127.0.0.1:{plan.ports.demo}",
+        "command": command,
+        "environment": {
+            **env,
+            "ANALOGLAB_MLFLOW_TRACKING_URI": plan.mlflow_server_url,
+            "GRADIO_ANALYTICS_ENABLED": "False",
+        },
+        "display": True,
+        "info": {"description": "The public demo: talk to the analogs, steer them."},
+    }
 
 
 def singleuser_env(plan: Plan) -> dict[str, Any]:

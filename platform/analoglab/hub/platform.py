@@ -43,6 +43,7 @@ from analoglab.errors import AnalogLabError
 from analoglab.files import atomic_write
 from analoglab.hub.config import (
     CLI_SERVICE,
+    DEMO_SERVICE,
     MLFLOW_SERVICE,
     QUEUE_SERVICE,
     AgentSite,
@@ -91,6 +92,7 @@ class UpOptions:
     ssl_key: Path | None = None
     notebooks: Path | None = None
     ready_timeout: float = 120.0
+    demo: bool = True  # the public demo at /services/demo/, where Gradio is installed
 
 
 Say = Callable[[str], None]
@@ -260,6 +262,13 @@ def mlflow_gate_command(bin_dir: Path, upstream: str) -> list[str] | None:
     return None
 
 
+def demo_installed() -> bool:
+    """Whether this install has the public demo's Gradio (the ``demo`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("gradio") is not None
+
+
 # -- the credentials file --------------------------------------------------------------------
 
 
@@ -427,7 +436,7 @@ class Platform:
                 mode = "single-user"
         creds = admin_credentials(layout, o.admin, o.dev)
         check_port(o.ip, o.port)
-        ports = Ports(o.port, *(free_port() for _ in range(5)))
+        ports = Ports(o.port, *(free_port() for _ in range(6)))
         bin_dir = Path(sys.executable).parent
         notebooks = o.notebooks or (REPO / "shared-notebooks")
         return Plan(
@@ -458,6 +467,7 @@ class Platform:
             notebooks=notebooks if notebooks.is_dir() else None,
             ssl_cert=o.ssl_cert,
             ssl_key=o.ssl_key,
+            demo=o.demo and demo_installed(),
         )
 
     # starting
@@ -616,6 +626,9 @@ class Platform:
                     "ok": services.get("mlflow"),
                     "gated": bool(plan.mlflow_gate),
                 },
+                "demo": {"url": f"{plan.public_url}/services/{DEMO_SERVICE}/"}
+                if plan.demo
+                else None,
                 "agents": [f"agent-{s.lab}" for s in plan.agents],
                 "idle_culler": {"timeout": plan.cull_timeout, "every": plan.cull_every},
             },
@@ -686,6 +699,8 @@ def summary(plan: Plan, services: dict[str, bool], layout: Layout) -> list[str]:
         lines.append(f"  MLflow: {url}/services/{MLFLOW_SERVICE}/ ({ml}), signed in with the hub")
     else:
         lines.append(f"  MLflow: {plan.mlflow_server_url} on loopback only ({ml})")
+    if plan.demo:
+        lines.append(f"  public demo: {url}/services/{DEMO_SERVICE}/ (open to all, no sign-in)")
     if plan.agents:
         lines.append("  lab agents: " + ", ".join(s.lab for s in plan.agents))
     lines.append(
