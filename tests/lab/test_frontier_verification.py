@@ -218,3 +218,43 @@ def test_a_mapped_job_without_the_sites_map_fails_naming_the_command(
     )
     direct = run(parse_spec(mapped), frontier, residual_map=rmap)
     assert metrics["effect"] == pytest.approx(direct.metrics["effect"])
+
+
+@pytest.mark.slow
+def test_a_kubernetes_worker_once_reads_the_maps_folder_it_is_given(
+    site: LabConfig, tiny_home: Settings, tmp_path: Path
+) -> None:
+    import base64
+    import subprocess
+    import sys
+
+    from analoglab.lab.framing import unframe
+    from analoglab.models.loading import load_any
+    from analoglab.tracking.artifacts import steering_vector
+
+    analog = load_any("tiny-analog-s", device="cpu", settings=tiny_home)
+    pairs = {"kind": "task_set", "name": "sentiment_pairs", "n": 6}
+    prompts = {"kind": "task_set", "name": "neutral", "n": 6}
+    steer = {"method": "steering", "contrast": pairs, "evaluate": prompts}
+    steer |= {"target": " good", "foil": " bad"}
+    art = steering_vector(analog, steer, 0.0).model_dump(mode="json", exclude_none=True)
+    mapped = {**steer, "method": "mapped_steering", "artifact": art}
+    b64 = base64.b64encode(json.dumps(mapped).encode()).decode()
+    weights = str(site.weights("tiny-frontier").path)
+
+    def once(maps: Path) -> subprocess.CompletedProcess[bytes]:
+        args = ["once", "--frontier", "tiny-frontier", "--weights", weights, "--device", "cpu"]
+        args += ["--maps", str(maps), "--threads", "1", "--spec-b64", b64]
+        command = [sys.executable, "-m", "analoglab.lab.worker", *args]
+        return subprocess.run(command, capture_output=True, timeout=600, check=False)
+
+    missing = once(tmp_path / "no-maps")
+    assert missing.returncode == 2
+    assert b"analoglab lab map fit --frontier tiny-frontier --analog tiny-analog-s" in (
+        missing.stderr
+    )
+    assert site.maps is not None
+    done = once(site.maps)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = unframe(done.stdout.decode(), 2**24)
+    assert result["method"] == "mapped_steering" and "map_r2" in result["metrics"]
