@@ -252,3 +252,24 @@ def test_a_released_transfer_check_is_on_the_board(client: Any, demo_home: Setti
     assert [c[1] for c in method["choices"]] == ["all", "probe"]
     filtered, note, *_ = client.predict("all", "all", "ablation", "all", api_name="/board")
     assert filtered["value"]["data"] == [] and "0 of 1" in note
+
+
+def test_a_link_restores_its_view(client: Any) -> None:
+    """``/restore`` reads the page's query string: tab, analog, prompt, vector, strength and
+    seed; values out of bounds fall back to the defaults, never to an error."""
+    link = "?tab=steer&analog=tiny-analog-m&prompt=the+hotel+was&vector=demo%3Asentiment"
+    analog, prompt, vectors, _text, strength, seed = client.predict(
+        link + "&strength=-3&seed=9", api_name="/restore"
+    )
+    assert (analog, prompt, vectors["value"], strength, seed) == (
+        "tiny-analog-m",
+        "the hotel was",
+        "demo:sentiment",
+        -3.0,
+        9,
+    )
+    analog, prompt, _v, _t, strength, seed = client.predict(
+        "?analog=gpt-17&prompt=" + "x" * 5000 + "&strength=999&seed=-4", api_name="/restore"
+    )
+    assert analog in ("tiny-analog-m", "tiny-analog-s") and prompt == "the cake was"
+    assert (strength, seed) == (4.0, 0)
