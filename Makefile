@@ -75,7 +75,7 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/capture.py --shape large --batch 8 --iters 10
 	$(BIN)/python benchmarks/architectures.py
 	$(BIN)/analoglab models build
-	$(BIN)/python benchmarks/transfer.py
+	$(BIN)/python benchmarks/transfer.py --home $(ANALOGLAB_HOME)="$$(nproc) threads" --markdown docs/transfer-benchmark.md
 	$(BIN)/python benchmarks/activations.py
 	$(BIN)/python benchmarks/queue_load.py
 	$(BIN)/python benchmarks/lab.py
