@@ -104,8 +104,7 @@ def map_fit(
 
     Run it at the lab site: it needs the frontier's weights, and the map stays there unless
     the lab releases it."""
-    from analoglab.experiments.mapping import fit_map
-    from analoglab.foundry.tasks import task_set
+    from analoglab.experiments.mapping import fit_map, neutral_corpus
     from analoglab.models.loading import load_any
 
     if not (l2 > 0.0 and math.isfinite(l2)):
@@ -118,7 +117,7 @@ def map_fit(
     settings = get_settings()
     a = load_any(analog, device=device, settings=settings)
     f = load_any(frontier, device=device, settings=settings)
-    corpus = [str(t) for t in task_set("neutral", texts, seed + 12345).items]
+    corpus = neutral_corpus(texts, seed)
     rmap = fit_map(a, f, corpus, depths or [0.0, 0.25, 0.5, 0.75, 1.0], l2=l2, seed=seed)
     rmap.save(out_path)
     if as_json:

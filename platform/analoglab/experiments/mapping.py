@@ -39,6 +39,14 @@ from analoglab.errors import AnalogLabError
 MAP_VERSION = 1
 
 
+def neutral_corpus(texts: int, seed: int) -> list[str]:
+    """The neutral corpus texts a map is fitted on (``analoglab map fit``, ``lab map fit``,
+    the foundry's maps stage): a seeded draw apart from the task sets' default seed."""
+    from analoglab.foundry.tasks import task_set
+
+    return [str(t) for t in task_set("neutral", texts, seed + 12345).items]
+
+
 class MapError(AnalogLabError):
     """A residual map that cannot be fitted, read or used as asked."""
 

@@ -275,6 +275,9 @@ class FidelitySpec(_Common):
 
 #: The most numbers an inline artifact may hold (a vector of the analog's width).
 MAX_ARTIFACT_VALUES = 16384
+#: The equal-norm random directions each mapped method draws as its control (torch-free here,
+#: so the methods, the transfer comparison and the queue's cost estimate share one number).
+MAPPED_RANDOM_DRAWS = 4
 #: The longest provenance an artifact may carry (``Artifact.source``).
 MAX_SOURCE_CHARS = 300
 

@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from analoglab.errors import AnalogLabError
 from analoglab.experiments.result import ExperimentResult, LayerProfile, ModelIdentity
+from analoglab.experiments.spec import MAPPED_RANDOM_DRAWS
 from analoglab.experiments.uncertainty import LEVEL, bounded_interval, items_to_narrow
 
 GRID = np.linspace(0.0, 1.0, 11)
@@ -66,8 +67,8 @@ CUTOFFS = (PARTIAL, TRANSFERS)
 CONTROL_CUT = PARTIAL
 #: The methods that carry an analog's artifact (compared by :func:`compare_mapped`).
 MAPPED = ("mapped_steering", "mapped_probe")
-#: The random directions a mapped method draws (``methods.mapped.RANDOM_DRAWS``).
-MAPPED_DRAWS = 4
+#: The random directions a mapped method draws.
+MAPPED_DRAWS = MAPPED_RANDOM_DRAWS
 
 Verdict = Literal["transfers", "partial", "does_not_transfer", "no_effect", "inconclusive"]
 
@@ -370,7 +371,7 @@ def draws_of(method: str, spec: dict[str, Any]) -> tuple[int, str] | None:
     if method == "probe":
         return int(spec.get("splits", 4)), "splits"
     if method in MAPPED:
-        return MAPPED_DRAWS, "random draws (4, fixed)"
+        return MAPPED_DRAWS, f"random draws ({MAPPED_DRAWS}, fixed)"
     return None
 
 

@@ -100,8 +100,7 @@ def fit_site_map(
     """Fit the map between ``analog`` (a name in the model store, or a folder) and the site's
     ``frontier`` (its weights, checked against ``sha256``) on the neutral corpus, as
     ``analoglab map fit`` does, and store it (:func:`store_map`); the map and its path."""
-    from analoglab.experiments.mapping import MapError, fit_map
-    from analoglab.foundry.tasks import task_set
+    from analoglab.experiments.mapping import MapError, fit_map, neutral_corpus
     from analoglab.models.loading import load_any, load_model
 
     if l2 < 0:
@@ -110,8 +109,7 @@ def fit_site_map(
     f = load_model(weights, device=device, name=frontier, expected_sha256=sha256)
     a = load_any(analog, device=device, settings=settings)
     map_path(folder, frontier, a.name)
-    corpus = [str(t) for t in task_set("neutral", texts, seed + 12345).items]
-    rmap = fit_map(a, f, corpus, depths, l2=l2, seed=seed)
+    rmap = fit_map(a, f, neutral_corpus(texts, seed), depths, l2=l2, seed=seed)
     return rmap, store_map(folder, rmap)
 
 

@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from analoglab.depth import nearest_block
 from analoglab.experiments.spec import (
+    MAPPED_RANDOM_DRAWS,
     AblationSpec,
     ActivationStatsSpec,
     AnySpec,
@@ -150,7 +151,6 @@ def layer_count(spec: AnySpec, frontier: FrontierModel) -> int:
 #: Forward passes of each prompt in a mapped method besides its random draws: mapped steering
 #: runs unsteered, mapped and native; a mapped probe captures once.
 _MAPPED_PASSES = {"mapped_steering": 3, "mapped_probe": 1}
-_MAPPED_DRAWS = 4
 
 
 def settings_count(spec: AnySpec) -> int:
@@ -161,7 +161,7 @@ def settings_count(spec: AnySpec) -> int:
         draws = spec.random_draws if spec.control == "random_vector" else 1
         return len(spec.scales) + draws - 1
     if isinstance(spec, MappedSteeringSpec):
-        return _MAPPED_PASSES[spec.method] + getattr(spec, "random_draws", _MAPPED_DRAWS)
+        return _MAPPED_PASSES[spec.method] + MAPPED_RANDOM_DRAWS
     return 1
 
 

@@ -64,11 +64,16 @@ from analoglab.experiments.methods.common import (
 )
 from analoglab.experiments.methods.probe import examples_of, fit_logistic, stratified_split
 from analoglab.experiments.methods.steering import SWING_FLOOR, behaviour_data
-from analoglab.experiments.spec import Artifact, MappedProbeSpec, MappedSteeringSpec
+from analoglab.experiments.spec import (
+    MAPPED_RANDOM_DRAWS,
+    Artifact,
+    MappedProbeSpec,
+    MappedSteeringSpec,
+)
 from analoglab.experiments.uncertainty import make_replicates
 from analoglab.interventions import add_vector, block_at_depth, capture
 
-RANDOM_DRAWS = 4
+RANDOM_DRAWS = MAPPED_RANDOM_DRAWS
 
 
 @dataclass(frozen=True)
