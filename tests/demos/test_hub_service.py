@@ -82,3 +82,33 @@ def test_analoglab_demo_reads_the_hub_service_variables(
     done = CliRunner().invoke(app, ["demo"])
     assert done.exit_code == 0, done.output
     assert seen == {"host": "127.0.0.1", "port": 7999, "root_path": "/services/demo/"}
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--no-demo"], False)])
+def test_up_serves_the_demo_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flag: list[str], expected: bool
+) -> None:
+    """``analoglab up --no-demo`` hands ``up`` options without the demo (whose plan then
+    has no demo service: the test above); by default the demo is asked for."""
+    import os
+
+    import analoglab.hub.platform as platform_module
+    from analoglab.cli import app
+
+    seen: dict[str, Any] = {}
+
+    def fake_up(settings: Any, options: Any, say: Any) -> int:
+        seen["options"] = options
+        return 0
+
+    def no_exit(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setenv("ANALOGLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(platform_module, "up", fake_up)
+    monkeypatch.setattr(os, "_exit", no_exit)
+    from typer.testing import CliRunner
+
+    done = CliRunner().invoke(app, ["up", *flag])
+    assert done.exit_code == 0, done.output
+    assert seen["options"].demo is expected

@@ -164,6 +164,20 @@ def test_a_notebook_checks_transfer_through_the_platform(running: Running, tmp_p
     assert f"verdict: {tags['analoglab.verdict']}" in out
     assert "transfer.score" in metrics, metrics
 
+    # the public demo, through the proxy and with no sign-in: the analog answers, and the
+    # board shows the check the lab released (a visitor's view of the same result)
+    from gradio_client import Client
+
+    page = httpx.get(f"{running.url}/services/demo/", timeout=60, follow_redirects=True)
+    assert page.status_code == 200 and "gradio" in page.text.lower(), page.text[:500]
+    demo = Client(f"{running.url}/services/demo/", verbose=False)
+    said = demo.predict(ANALOG, "the cake was", 8, 0.8, 0.95, 40, 3, api_name="/talk")
+    assert isinstance(said, str) and said.strip(), said
+    board, note, *_ = demo.predict("all", "all", "all", "all", api_name="/board")
+    assert "1 of 1 released transfer checks" in note, note
+    row = board["value"]["data"][0]
+    assert ANALOG in row and "tiny-frontier" in row and tags["analoglab.verdict"] in row, row
+
     # Ctrl-C: nothing of the platform is left
     platform_id = running.state()["platform_id"]
     assert stop(running) < 10

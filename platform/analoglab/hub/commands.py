@@ -71,6 +71,13 @@ def up(
     notebooks: Annotated[
         Path | None, typer.Option(help="Shared notebooks copied into new homes.")
     ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo/--no-demo",
+            help="Serve the public demo at /services/demo/ (where the demo extra is installed).",
+        ),
+    ] = True,
 ) -> None:
     """Run the platform on this machine in the foreground: JupyterHub, the queue, MLflow,
     the lab agents and the idle culler. Ctrl-C stops everything."""
@@ -95,6 +102,7 @@ def up(
         ssl_cert=ssl_cert,
         ssl_key=ssl_key,
         notebooks=notebooks,
+        demo=demo,
     )
     status = run_up(get_settings(), options, _say)
     # Everything is stopped and the lock released: exit now rather than wait seconds for the
