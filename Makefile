@@ -11,12 +11,13 @@ export ANALOGLAB_HOME ?= $(CURDIR)/.analoglab
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: up test lint typecheck docs pytest bench clean help
+.PHONY: up test lint typecheck docs pytest bench images clean help
 
 help:
 	@echo "make up     run the platform: JupyterHub, the queue, MLflow, the demo lab (Ctrl-C stops)"
 	@echo "make test   ruff, mypy, the docs build and the whole pytest suite"
 	@echo "make bench  the benchmarks under benchmarks/ (figures in docs/performance.md)"
+	@echo "make images the container images of images/ (needs docker or podman)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +81,23 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/queue_load.py
 	$(BIN)/python benchmarks/lab.py
 	$(BIN)/python benchmarks/platform_up.py --home $(ANALOGLAB_HOME)
+
+# The container images of images/ (see images/README.md), with the first container builder
+# found (docker, podman; or CONTAINER_BUILDER=...). Tags: $(IMAGE_REGISTRY)/<image>:$(IMAGE_TAG).
+IMAGE_REGISTRY ?= ghcr.io/analoglab
+IMAGE_TAG ?= 0.1.0
+CONTAINER_BUILDER ?= $(firstword $(foreach b,docker podman,$(if $(shell command -v $(b) 2>/dev/null),$(b))))
+IMAGE_BUILD = $(CONTAINER_BUILDER) build --pull
+
+images:
+	@test -n "$(CONTAINER_BUILDER)" || { echo "make images: no container builder (docker or podman) on this machine; set CONTAINER_BUILDER" >&2; exit 1; }
+	$(IMAGE_BUILD) -f images/notebook/Dockerfile -t $(IMAGE_REGISTRY)/analoglab-notebook:$(IMAGE_TAG) .
+	$(IMAGE_BUILD) -f images/notebook/Dockerfile.cuda -t $(IMAGE_REGISTRY)/analoglab-notebook:$(IMAGE_TAG)-cuda .
+	$(IMAGE_BUILD) -f images/services/Dockerfile --target queue -t $(IMAGE_REGISTRY)/analoglab-queue:$(IMAGE_TAG) .
+	$(IMAGE_BUILD) -f images/services/Dockerfile --target mlflow -t $(IMAGE_REGISTRY)/analoglab-mlflow:$(IMAGE_TAG) .
+	$(IMAGE_BUILD) -f images/services/Dockerfile --target demo -t $(IMAGE_REGISTRY)/analoglab-demo:$(IMAGE_TAG) .
+	$(IMAGE_BUILD) -f images/lab-worker/Dockerfile -t $(IMAGE_REGISTRY)/analoglab-lab-worker:$(IMAGE_TAG) .
+	$(IMAGE_BUILD) -f images/hub/Dockerfile -t $(IMAGE_REGISTRY)/analoglab-hub:$(IMAGE_TAG) .
 
 clean:
 	rm -rf $(VENV) site

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,3 +147,61 @@ def test_the_charts_use_the_images_built_here() -> None:
     repos |= {jh["hub"]["image"]["name"], jh["singleuser"]["image"]["name"]}
     for repo in repos:
         assert f"`{repo.rsplit('/', 1)[-1]}`" in readme, repo
+
+
+def make_images(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "images", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_images_builds_every_dockerfile_with_the_tags_the_charts_pull() -> None:
+    """``make images`` (dry run: no container builder runs here) builds each Dockerfile, each
+    services target, with the repository and tag the charts and the hub values name."""
+    done = make_images("-n", "CONTAINER_BUILDER=docker")
+    assert done.returncode == 0, done.stderr
+    builds = [shlex.split(line) for line in done.stdout.splitlines() if " build " in line]
+    built = {
+        (b[b.index("-f") + 1], b[b.index("--target") + 1] if "--target" in b else None)
+        for b in builds
+    }
+    for path in DOCKERFILES:
+        rel = str(path.relative_to(ROOT))
+        targets = {t for f, t in built if f == rel}
+        assert targets, f"make images does not build {rel}"
+        if rel == "images/services/Dockerfile":
+            assert targets == {"queue", "mlflow", "demo"}, targets
+    tags = {b[b.index("-t") + 1] for b in builds}
+    hub = load_yaml(HELM / "analoglab-hub" / "values.yaml")
+    lab = load_yaml(HELM / "analoglab-lab" / "values.yaml")
+    jh = load_yaml(HELM / "values" / "jupyterhub.yaml")
+    pulled = {
+        f"{hub[c]['image']['repository']}:{hub[c]['image']['tag']}"
+        for c in ("queue", "mlflow", "demo", "modelStore")
+    }
+    pulled |= {
+        f"{lab[c]['image']['repository']}:{lab[c]['image']['tag']}" for c in ("agent", "executor")
+    }
+    pulled |= {f"{jh[c]['image']['name']}:{jh[c]['image']['tag']}" for c in ("hub", "singleuser")}
+    assert pulled <= tags, pulled - tags
+
+
+def test_make_images_without_a_builder_says_so() -> None:
+    done = make_images("CONTAINER_BUILDER=")
+    assert done.returncode != 0
+    assert "no container builder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_hub_image_is_built_on_the_chart_version_the_helmfile_pins() -> None:
+    """The official hub image's tag is the jupyterhub chart's version: our hub image must be
+    built on the one the helmfile installs (4.4.0 ships JupyterHub 5.5.0, the schema in
+    ../shared/schemas), and the upstream charts are pinned to exact versions."""
+    helmfile = load_yaml(HELM / "helmfile.yaml")
+    versions = {r["name"]: r.get("version") for r in helmfile["releases"]}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", versions["jupyterhub"] or ""), versions
+    assert re.fullmatch(r"\d{4}\.\d+\.\d+", versions["dask-gateway"] or ""), versions
+    hub = (IMAGES / "hub" / "Dockerfile").read_text()
+    assert f"quay.io/jupyterhub/k8s-hub:{versions['jupyterhub']}" in hub
