@@ -44,7 +44,13 @@ from typing import Any
 import torch
 
 from analoglab.config import get_settings
-from analoglab.experiments.mapping import ResidualMap, fit_map
+from analoglab.experiments.mapping import (
+    CORPORA,
+    DEFAULT_CORPUS,
+    ResidualMap,
+    fit_map,
+    map_corpus,
+)
 from analoglab.experiments.methods.common import chunked, encode, forward
 from analoglab.experiments.result import ExperimentResult
 from analoglab.experiments.runner import ExperimentError, run
@@ -59,7 +65,12 @@ from analoglab.experiments.spec import (
     TaskSetRef,
     load_spec,
 )
-from analoglab.experiments.transfer import TransferError, TransferReport, compare
+from analoglab.experiments.transfer import (
+    TransferError,
+    TransferReport,
+    compare,
+    verdict_of_effects,
+)
 from analoglab.experiments.uncertainty import percentile_interval
 from analoglab.foundry import corpus
 from analoglab.foundry import world as w
@@ -74,7 +85,7 @@ SPECS = ROOT / "docs" / "specs"
 
 SPEC_SEED = 12345  # the generated specs' items (the task sets' default seed)
 ABILITY_SEED = 777  # the ground-truth measurement's items: a draw apart from the specs'
-ABILITY_ITEMS = 200
+ABILITY_ITEMS = 1000
 FRONTIER_HAS_EFFECT = 0.6  # |2·acc − 1| at least: the frontier has the behaviour (acc ≥ 0.8)
 FRONTIER_LACKS_EFFECT = 0.2  # |2·acc − 1| at most: the frontier lacks it (acc 0.4–0.6)
 SHARE_CUTS = (0.3, 0.6)  # the analog's share of the frontier's effect: lacks / partly / has
@@ -82,7 +93,8 @@ BORDER = 0.05  # a share this close to a cut is too close to call: the case is n
 MAPPED_DEPTH = 0.5
 MAPPED_SCALES = (1.0, 2.0)  # 2: the headline scale of steer-sentiment.yaml; 1: half of it
 MAP_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-MAP_TEXTS = 256  # neutral texts the map is fitted on (as `analoglab map fit` does)
+MAP_TEXTS = 256  # texts a map is fitted on (as `analoglab map fit` and the foundry do)
+MAP_SEED = 1  # the maps' corpus draw and held-out split (apart from the specs' seed 12345)
 VERDICTS = ("transfers", "partial", "inconclusive", "does_not_transfer", "no_effect")
 EXPECTED_KINDS = ("transfers", "partial", "does not", "control")
 
@@ -184,10 +196,10 @@ CONTROL_OF: dict[str, str] = {
 }
 
 
-def level(share: float) -> str | None:
-    """The analog's share of the frontier's effect as a ground-truth level (None: too close
-    to a cut-off to call)."""
-    if any(abs(share - cut) < BORDER for cut in SHARE_CUTS):
+def level(share: float, border: float = BORDER) -> str | None:
+    """The analog's share of the frontier's effect as a ground-truth level (None: within
+    ``border`` of a cut-off, too close to call)."""
+    if any(abs(share - cut) < border for cut in SHARE_CUTS):
         return None
     if share >= SHARE_CUTS[1]:
         return "transfers"
@@ -208,7 +220,13 @@ def expected_of(
         return "control", "a control"
     if behaviour == "architecture":
         return "transfers", "norm profiles: same architecture family"
-    return expected_of_behaviour(behaviour, accuracy, analog, frontier)
+    expected, why = expected_of_behaviour(behaviour, accuracy, analog, frontier)
+    if spec_name.startswith("probe-") and expected in ("partial", "does not"):
+        # a probe reads whether the label is linearly decodable from the residual stream; a
+        # model that does not *produce* the answer may still carry it there, so the behaviour's
+        # accuracy labels a probe only where the analog has the behaviour
+        return None, why + " (a probe reads decodability, not the behaviour: not labelled)"
+    return expected, why
 
 
 def expected_of_behaviour(
@@ -223,8 +241,15 @@ def expected_of_behaviour(
     if abs(e_f) < FRONTIER_HAS_EFFECT:
         return None, why + " (the frontier has it partly: not labelled)"
     share = max(0.0, e_a / e_f)
-    lab = level(share)
-    return lab, why + f", share {share:.2f}" + ("" if lab else " (borderline: not labelled)")
+    # the share's own sampling error (delta method; each effect's variance 4·acc·(1−acc)/n):
+    # a case is labelled only where its ground truth is clear of the cut by its own 95% reach
+    var_a = 4 * acc_a * (1 - acc_a) / ABILITY_ITEMS
+    var_f = 4 * acc_f * (1 - acc_f) / ABILITY_ITEMS
+    reach = 1.96 * (var_a + share**2 * var_f) ** 0.5 / abs(e_f)
+    lab = level(share, max(BORDER, reach))
+    return lab, why + f", share {share:.2f} ± {reach:.2f}" + (
+        "" if lab else " (within its own 95% reach of a cut: not labelled)"
+    )
 
 
 def correct(expected: str, verdict: str) -> bool:
@@ -380,6 +405,9 @@ class Row:
     # a control decided on its draw-averaged score: the interval its verdict reads
     draw_low: float | None = None
     draw_high: float | None = None
+    # a verdict the two effects' own intervals settled (no effect / only one model shows
+    # it): those intervals, as text; the score's interval is then shown but not read
+    effects: str | None = None
 
     @property
     def right(self) -> bool | None:
@@ -387,13 +415,18 @@ class Row:
 
     @property
     def decided_high(self) -> float | None:
-        """The upper bound of the interval the verdict reads."""
+        """The upper bound of the score interval the verdict reads (None where the effects'
+        own intervals settled the verdict: no score interval was read)."""
+        if self.effects is not None:
+            return None
         return self.draw_high if self.draw_high is not None else self.high
 
     def interval_text(self) -> str:
         text = f"{_f(self.low)}–{_f(self.high)}"
         if self.draw_low is not None:
             text += f" (draws averaged: {_f(self.draw_low)}–{_f(self.draw_high)})"
+        if self.effects is not None:
+            text += f" (not read: {self.effects})"
         return text
 
 
@@ -513,6 +546,13 @@ def row_of(spec: str, analog: str, rep: TransferReport, expected: str | None, wh
         effect = f"{eff.analog:+.2f} / {eff.frontier:+.2f}"
     ci = rep.score_interval
     drawn = getattr(rep, "draw_mean_interval", None)  # code before draw-averaged controls: None
+    states = getattr(rep, "effect_states", None)  # code before effect states: None
+    ivs = getattr(rep, "effect_intervals", None)
+    effects = None
+    if states and ivs and verdict_of_effects(states["analog"], states["frontier"]) is not None:
+        effects = (
+            f"effects {states['analog']} {ivs['analog']} / {states['frontier']} {ivs['frontier']}"
+        )
     return Row(
         spec,
         analog,
@@ -526,6 +566,7 @@ def row_of(spec: str, analog: str, rep: TransferReport, expected: str | None, wh
         list(rep.notes),
         None if drawn is None else drawn.low,
         None if drawn is None else drawn.high,
+        effects,
     )
 
 
@@ -577,28 +618,24 @@ def run_mapped(
     frontier: str,
     resamples: int,
 ) -> None:
-    # neutral text for the map, drawn apart from the neutral prompts the mapped spec steers
-    neutral_texts = [str(t) for t in task_set("neutral", MAP_TEXTS, SPEC_SEED + 1).items]
     sentiment_pairs = [
         Pair(positive=p.positive, negative=p.negative)
         for p in task_set("sentiment_pairs", 64, SPEC_SEED).items
         if isinstance(p, ContrastPair)
     ]
     target_ioi, foil_ioi, pairs_ioi, prompts_ioi = ioi_pairs(64)
-    # the map as the issue asks for it (neutral text), and, as diagnostics, one fitted on the
-    # build's held-out corpus (every kind of document, reviews and IOI sentences included) and
-    # one on reviews (a draw of sentiment_pairs apart from the contrast pairs: seed 999)
+    # the maps: on the corpora `analoglab map fit --corpus` offers, drawn as it draws them
+    # (mapping.map_corpus; seed MAP_SEED keeps them apart from the specs' neutral prompts),
+    # the default first; and, as a diagnostic only, on review texts (the very task text a
+    # lab would not fit on: a draw of sentiment_pairs apart from the contrast pairs, seed 999)
     reviews = [p for p in task_set("sentiment_pairs", MAP_TEXTS // 2, 999).items]
     map_texts = {
-        "neutral": neutral_texts,
-        "held-out corpus": list(corpus.generate(MAP_TEXTS, 1000, World.create(0))),
-        "reviews": [
-            text
-            for p in reviews
-            if isinstance(p, ContrastPair)
-            for text in (p.positive, p.negative)
-        ],
+        name: map_corpus(name, MAP_TEXTS, MAP_SEED)
+        for name in [DEFAULT_CORPUS, *(c for c in CORPORA if c != DEFAULT_CORPUS)]
     }
+    map_texts["reviews"] = [
+        text for p in reviews if isinstance(p, ContrastPair) for text in (p.positive, p.negative)
+    ]
     cases = {
         "sentiment": (sentiment_pairs, TaskSetRef(name="neutral", n=64), " good", " bad"),
         "ioi": (pairs_ioi, Prompts(prompts=prompts_ioi), target_ioi, foil_ioi),
@@ -610,7 +647,9 @@ def run_mapped(
         }
         for map_data, texts in map_texts.items():
             t0 = time.perf_counter()
-            rmap: ResidualMap = fit_map(models[analog], models[frontier], texts, MAP_DEPTHS)
+            rmap: ResidualMap = fit_map(
+                models[analog], models[frontier], texts, MAP_DEPTHS, seed=MAP_SEED, corpus=map_data
+            )
             print(
                 f"  map {analog} → {frontier} on {map_data}: {time.perf_counter() - t0:.1f}s",
                 flush=True,
@@ -798,6 +837,13 @@ def separations(rows: list[Row]) -> list[str]:
             f"{strongest.analog}): **{gap:+.3f}**."
         )
         lines.append("")
+    settled = [r for r in rows if r.expected == "control" and r.effects is not None]
+    if settled:
+        lines.append(
+            f"{len(settled)} of the controls' verdicts were settled by the two effects' own "
+            "intervals (no score interval read); the separation is over the others."
+        )
+        lines.append("")
     lines.append(
         "| control | its real case | analog | real score [95%] | control score [95%] "
         "| separation (real low − control high) |"
@@ -810,7 +856,14 @@ def separations(rows: list[Row]) -> list[str]:
                 continue
             q = by_key.get((real_name, r.analog))
             high = r.decided_high
-            if q is None or q.low is None or high is None:
+            if q is None or q.low is None:
+                continue
+            if high is None:
+                lines.append(
+                    f"| {ctrl_name} | {real_name} | {r.analog} | {q.score:.3f} "
+                    f"[{_f(q.low)}, {_f(q.high)}] | {r.verdict.replace('_', ' ')}, from the "
+                    f"effects' intervals ({r.effects}) | — |"
+                )
                 continue
             lines.append(
                 f"| {ctrl_name} | {real_name} | {r.analog} | {q.score:.3f} "
@@ -971,13 +1024,26 @@ METHOD_TEXT = [
     "(nothing to transfer: `does not transfer` or `no effect` are right);",
     f"- the frontier has it (|e_f| ≥ {FRONTIER_HAS_EFFECT}); the analog's share of it, "
     f"e_a / e_f, is ≥ {SHARE_CUTS[1]} → `transfers`, {SHARE_CUTS[0]}–{SHARE_CUTS[1]} → `partial` "
-    f"(a behaviour the analog learned partly), < {SHARE_CUTS[0]} → `does not`; within "
-    f"{BORDER} of a cut, or with the frontier in between, the case is not labelled;",
+    f"(a behaviour the analog learned partly), < {SHARE_CUTS[0]} → `does not`; with the "
+    "frontier in between, or with the share within its own 95% reach of a cut (at least "
+    f"{BORDER}; the reach is 1.96 standard errors of the share, by the delta method from the "
+    f"two accuracies' binomial errors on the {ABILITY_ITEMS} items), the case is not labelled. "
+    "(Until this benchmark's second version the border was a fixed 0.05 on 200 items, while "
+    "the share's own 95% reach there is about ±0.14 for a share of 0.25: cases were labelled "
+    "whose ground truth could not tell `does not` from `partial`.)",
+    "- a probe reads whether the label is linearly decodable from the residual stream, not "
+    "whether the model produces the answer: where the analog lacks the behaviour (or has it "
+    "partly), its probe case is not labelled (a model that answers at chance may still carry "
+    "the answer in its stream; the ground truth measures the behaviour only);",
     "- norm profiles over depth (`stats-neutral.yaml`) are a property of the architecture "
     "family: `transfers`;",
     "- a control (random vector of equal norm, shuffled labels, shuffled contrast pairs, "
     "scrambled prompts) must not transfer: right when `does not transfer` or `no effect`; "
-    "it counts as *above partial* when its verdict is `transfers` or its interval reaches 0.6.",
+    "it counts as *above partial* when its verdict is `transfers`, or when the score interval "
+    "its verdict reads reaches 0.6. Where the two effects' own intervals settle the verdict "
+    "(both absent: `no effect`; one present, one absent: `does not transfer`; see "
+    "docs/transfer.md), no score interval is read: the table still shows it, marked *not "
+    "read*, with the effects' intervals, and the separations leave it out.",
     "",
     "Behaviours of the toy world and the specs on them: sentiment (evaluation, probe, steering, "
     "ablation, patching), country facts (evaluation, probe, ablation, patching), where people "
@@ -996,25 +1062,34 @@ MAPPED_TEXT = [
     f"{MAPPED_DEPTH} (sentiment: 64 `sentiment_pairs`; IOI: 64 pairs of IOI sentences between "
     "two fixed people P and Q, P the indirect object in the positive text and Q in the "
     "negative, all else equal). It goes to the frontier with `mapped_steering` at scale "
-    f"{' and '.join(f'{x:g}' for x in MAPPED_SCALES)} through a map fitted in-process "
-    "(`experiments.mapping.fit_map`, "
-    f"{MAP_TEXTS} texts, depths {', '.join(map(str, MAP_DEPTHS))}) on neutral text, as the "
-    "issue asks (`neutral`), and, as diagnostics, on the build's held-out corpus, every kind "
-    "of document (`held-out corpus`), and on review texts drawn apart from the contrast pairs "
-    "(`reviews`). Sentiment steers neutral prompts toward ' good'; IOI "
-    "steers prompts naming P and Q with a third person as the giver toward ' P'. Goals: "
-    "sentiment mapped ≥ 0.7× native, perplexity on neutral text ≤ 1.15×, random vector of "
-    "equal norm ≤ 0.1× native; IOI mapped ≤ 0.1× native (the analog lacks IOI). *met*: the "
-    "95% interval's bound meets it; *point only*: only the point estimate does.",
+    f"{' and '.join(f'{x:g}' for x in MAPPED_SCALES)} through a map fitted in-process as "
+    "`analoglab map fit` and the foundry's maps stage fit one (`experiments.mapping.fit_map`: "
+    "ridge on standardised analog activations, the ridge strength chosen per direction by "
+    f"validation R²; {MAP_TEXTS} texts drawn by `mapping.map_corpus` with seed {MAP_SEED}, "
+    f"depths {', '.join(map(str, MAP_DEPTHS))}) on each corpus `--corpus` offers: "
+    + ", ".join(f"`{name}` ({what})" for name, what in CORPORA.items())
+    + f"; `{DEFAULT_CORPUS}` is the default. As a diagnostic only, a map fitted on review texts "
+    "drawn apart from the contrast pairs (`reviews`: the very task text, which a lab would not "
+    "fit a general map on) shows what the vector carries where the map is fitted on the "
+    "activations it comes from. Sentiment steers neutral prompts toward ' good'; IOI steers "
+    "prompts naming P and Q with a third person as the giver toward ' P'. Goals (on the "
+    f"default `{DEFAULT_CORPUS}` map): sentiment mapped ≥ 0.7× native, perplexity on neutral "
+    "text ≤ 1.15×, random vector of equal norm ≤ 0.1× native; IOI mapped ≤ 0.1× native (the "
+    "analog lacks IOI). *met*: the 95% interval's bound meets it; *point only*: only the point "
+    "estimate does. The native vector's own perplexity ratio is shown beside the mapped one: "
+    "at scale 2 steering moves neutral text more than 15% even natively.",
 ]
 
 
 def summary(reports: list[BuildReport]) -> list[str]:
     lines = [
         "| build | labelled cases right | controls above partial | separation "
-        "| mapped checks right | mapped / native, sentiment (neutral map, scale 2) "
-        "| the same, map on reviews, scale 1 | IOI mapped / native (neutral map, scale 2) |",
-        "|---|---:|---:|---:|---:|---|---|---|",
+        f"| mapped checks right ({DEFAULT_CORPUS} map) "
+        f"| sentiment mapped / native, {DEFAULT_CORPUS} map, scale 1 "
+        "| its goals (≥0.7×; ppl ≤1.15; random ≤0.1×) "
+        "| the same on the neutral map | on the reviews map (diagnostic) "
+        f"| IOI mapped / native, {DEFAULT_CORPUS} map, scale 1 |",
+        "|---|---:|---:|---:|---:|---|---|---|---|---|",
     ]
 
     def ratios(rep: BuildReport, case: str, map_data: str, scale: float) -> str:
@@ -1023,6 +1098,13 @@ def summary(reports: list[BuildReport]) -> list[str]:
             f"{_ci(m.intervals.get('ratio_to_native'))}"
             for m in rep.mapped
             if m.case == case and m.map_data == map_data and m.scale == scale
+        )
+
+    def goals(rep: BuildReport) -> str:
+        return "; ".join(
+            f"{m.analog}: {mapped_goal(m)}"
+            for m in rep.mapped
+            if m.case == "sentiment" and m.map_data == DEFAULT_CORPUS and m.scale == 1.0
         )
 
     for rep in reports:
@@ -1036,12 +1118,19 @@ def summary(reports: list[BuildReport]) -> list[str]:
             if r.expected == "control" and r.decided_high is not None
         ]
         gap = f"{min(real) - max(ctrl):+.3f}" if real and ctrl else ""
-        checks = [m.check for m in rep.mapped if m.check is not None]
+        if real and not ctrl and any(r.expected == "control" for r in rep.rows):
+            gap = "— (every control settled by its effects' intervals)"
+        checks = [
+            m.check for m in rep.mapped if m.check is not None and m.map_data == DEFAULT_CORPUS
+        ]
         mapped_right = sum(1 for c in checks if c.right)
         lines.append(
             f"| {rep.label} | {right} of {len(labelled)} | {above} | {gap} "
-            f"| {mapped_right} of {len(checks)} | {ratios(rep, 'sentiment', 'neutral', 2.0)} "
-            f"| {ratios(rep, 'sentiment', 'reviews', 1.0)} | {ratios(rep, 'ioi', 'neutral', 2.0)} |"
+            f"| {mapped_right} of {len(checks)} "
+            f"| {ratios(rep, 'sentiment', DEFAULT_CORPUS, 1.0)} | {goals(rep)} "
+            f"| {ratios(rep, 'sentiment', 'neutral', 1.0)} "
+            f"| {ratios(rep, 'sentiment', 'reviews', 1.0)} "
+            f"| {ratios(rep, 'ioi', DEFAULT_CORPUS, 1.0)} |"
         )
     return lines
 
@@ -1050,8 +1139,9 @@ def render(reports: list[BuildReport], command: str) -> str:
     out = [
         "# The transfer benchmark",
         "",
-        "Generated by `benchmarks/transfer.py`; do not edit by hand. To regenerate (`make bench` "
-        "runs it):",
+        "Generated by `benchmarks/transfer.py`; do not edit by hand. This page came from the "
+        "command below, on the builds it names (each build's label says how it was made); "
+        "`make bench` runs the same benchmark on the one build of `ANALOGLAB_HOME` instead:",
         "",
         "```bash",
         command,

@@ -126,7 +126,10 @@ def test_a_map_saves_and_loads_and_shows_no_matrices(
         frontier.weights_sha256
     )
     assert np.array_equal(again.at(0.5).forward, rmap.at(0.5).forward)
-    layer_keys = {"depth", "analog_block", "frontier_block", "r2_forward", "r2_backward"}
+    layer_keys = {
+        "depth", "analog_block", "frontier_block", "r2_forward", "r2_backward", "l2_forward",
+        "l2_backward",
+    }  # fmt: skip
     assert all(set(layer) == layer_keys for layer in rmap.summary()["layers"])
     with pytest.raises(Exception, match="no depth 0.3"):
         rmap.at(0.3)
@@ -475,6 +478,13 @@ def test_unreadable_maps_and_bad_ridge_strengths_are_one_line_errors(
         assert fitted.exit_code == 2, fitted.stdout
         assert "--l2" in fitted.stderr and "positive" in fitted.stderr
         assert not (tmp_path / "m.npz").exists()
+    bad = CliRunner().invoke(
+        app,
+        ["map", "fit", "--analog", "tiny-analog-s", "--frontier", "tiny-frontier",
+         "--out", str(tmp_path / "m.npz"), "--corpus", "task"],
+    )  # fmt: skip
+    assert bad.exit_code == 1 and "unknown map corpus 'task'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.npz").exists()
     analog, frontier, _ = pair
     with pytest.raises(MapError, match="l2 must be a positive number"):
         fit_map(analog, frontier, NEUTRAL[:4], [0.5], l2=0.0)

@@ -14,6 +14,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,7 +131,10 @@ CONTRACT = {
     ),
     "probe": ({"accuracy", "chance", "effect", "best_depth"}, {"accuracy"}),
     "ablation": ({"clean_logit_diff", "effect"}, {"effect", "mlp"}),
-    "patching": ({"clean_logit_diff", "corrupt_logit_diff", "effect"}, {"recovery"}),
+    "patching": (
+        {"clean_logit_diff", "corrupt_logit_diff", "logit_swing", "effect"},
+        {"recovery"},
+    ),
     "evaluation": ({"accuracy", "logit_diff", "chance", "effect"}, set()),
     "fidelity": ({"kl", "top1_agreement", "behaviour_agreement", "cka_mean"}, {"cka"}),
 }
@@ -140,7 +144,7 @@ BOOTSTRAPPED: dict[str, tuple[set[str], set[str]]] = {
     "steering": ({"effect"}, {"effect"}),
     "probe": ({"accuracy", "effect"}, {"accuracy"}),
     "ablation": ({"effect"}, {"effect"}),
-    "patching": ({"effect"}, {"recovery"}),
+    "patching": ({"effect", "logit_swing"}, {"recovery"}),
     "evaluation": ({"accuracy", "effect", "logit_diff"}, set()),
 }
 TABLES = {
@@ -537,11 +541,18 @@ def test_ablation_effect_is_the_share_of_the_behaviour_removed(frontier: LoadedM
         heads, mlp = result.tables["heads"], result.profiles["mlp"].values
         n_heads = layout_of(frontier.model).n_heads
         assert len(heads) == 2 and all(len(row) == n_heads for row in heads)
+        shown = result.metrics["behaviour"] == 1.0
         expected = [
-            max(-d / max(abs(clean), 1.0) for d in [*row, m]) if abs(clean) >= 1e-3 else 0.0
+            max(-d / abs(clean) for d in [*row, m]) if shown else 0.0
             for row, m in zip(heads, mlp, strict=True)
         ]
         assert result.profiles["effect"].values == pytest.approx(expected)
+        # the headline component is chosen once; its replicates are of that one component
+        assert result.bootstrap is not None
+        reps = np.asarray(result.bootstrap.metrics["effect"])
+        assert abs(float(np.median(reps)) - result.metrics["effect"]) <= 0.5 * float(
+            np.ptp(reps)
+        ) + 1e-9
     only_mlp = run(spec.model_copy(update={"components": "mlp"}), frontier)
     assert "heads" not in only_mlp.tables and "mlp" in only_mlp.profiles
     only_heads = run(spec.model_copy(update={"components": "heads"}), frontier)
@@ -607,10 +618,12 @@ def test_patching_the_last_block_at_the_last_token_restores_the_clean_answer(
         }
     )
     result = run(spec, frontier)
-    assert abs(result.metrics["effect"]) >= 1e-3
-    assert result.metrics["effect"] == pytest.approx(
+    assert abs(result.metrics["logit_swing"]) >= 1e-3
+    assert result.metrics["logit_swing"] == pytest.approx(
         result.metrics["clean_logit_diff"] - result.metrics["corrupt_logit_diff"]
     )
+    # the effect transfer compares: the share of items the corruption flips, in [-1, 1]
+    assert -1.0 <= result.metrics["effect"] <= 1.0
     recovery = result.profiles["recovery"].values
     assert recovery[-1] == pytest.approx(1.0, abs=1e-4)
     table = result.tables["recovery_by_position"]

@@ -69,9 +69,11 @@ def test_a_shared_behaviour_transfers() -> None:
     parts = {p.name: p for p in report.parts}
     assert parts["effect_agreement"].value == pytest.approx(0.8)
     assert parts["profile_correlation"].value > 0.95
-    assert parts["peak_agreement"].value == 1.0
+    # the profiles' centre depths (magnitude-weighted): 0.62 and 0.67
+    assert parts["depth_agreement"].value == pytest.approx(1 - (0.6723 - 0.62), abs=1e-3)
     assert report.score == pytest.approx(
-        0.8 * (1 + parts["profile_correlation"].value + 1) / 3, abs=1e-4
+        0.8 * (1 + parts["profile_correlation"].value + parts["depth_agreement"].value) / 3,
+        abs=1e-4,
     )
     assert report.verdict == "transfers"
 

@@ -59,6 +59,31 @@ def test_map_fit_stores_the_map_at_the_site_and_list_shows_it(site_toml: Path) -
     assert "tiny-frontier ← tiny-analog-s:" in shown.output
 
 
+def test_map_fit_names_its_corpus_and_refuses_an_unknown_one(site_toml: Path) -> None:
+    runner = CliRunner()
+    base = [
+        "lab", "map", "fit", "--config", str(site_toml), "--frontier", "tiny-frontier",
+        "--analog", "tiny-analog-s", "--depth", "0.5", "--texts", "24",
+    ]  # fmt: skip
+    stored = site_toml.parent / "my-maps" / "tiny-frontier" / "tiny-analog-s.npz"
+    bad = runner.invoke(app, [*base, "--corpus", "reviews"])
+    assert bad.exit_code == 1
+    assert "unknown map corpus 'reviews'" in bad.output and "Traceback" not in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert not stored.exists() and not (site_toml.parent / "my-maps").exists()
+    res = runner.invoke(app, [*base, "--corpus", "neutral", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["corpus"] == "neutral" and summary["texts"] == 24
+    assert summary["l2"] is None  # chosen per direction by validation R²
+    (layer,) = summary["layers"]
+    assert layer["l2_forward"] > 0 and layer["l2_backward"] > 0
+    listed = runner.invoke(app, ["lab", "map", "list", "--config", str(site_toml), "--json"])
+    assert json.loads(listed.output)["maps"][0]["corpus"] == "neutral"
+    default = runner.invoke(app, base)
+    assert default.exit_code == 0 and "on the general corpus (24 texts)" in default.output
+
+
 def test_map_fit_refuses_a_frontier_the_site_does_not_serve(site_toml: Path) -> None:
     res = CliRunner().invoke(
         app,

@@ -3,6 +3,8 @@ checked against the frontier's weights; the config and the Kubernetes Job that c
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,52 @@ def test_a_kubernetes_job_reads_maps_from_the_weights_volume() -> None:
         build_job(
             Task(1, "f", {}, "f", maps="../elsewhere"), cfg, name="a-1", max_result_bytes=1000
         )
+
+
+def test_a_map_keeps_the_corpus_it_was_fitted_on_and_old_maps_read_as_neutral(
+    tmp_path: Path,
+) -> None:
+    general = dataclasses.replace(a_map(), corpus="general", texts=256)
+    path = store_map(tmp_path, general)
+    again = ResidualMap.load(path)
+    assert again.corpus == "general" and again.texts == 256
+    (listed,) = list_maps(tmp_path)
+    assert listed.summary["corpus"] == "general"
+    # a map saved before the corpus choice (no "corpus" in its metadata) was fitted on
+    # neutral text
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: np.asarray(data[k]) for k in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["corpus"], meta["texts"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)  # type: ignore[arg-type]
+    assert ResidualMap.load(old).corpus == "neutral"
+
+
+def test_an_unknown_corpus_fails_before_anything_is_loaded_or_written(tmp_path: Path) -> None:
+    from analoglab.experiments.mapping import MapError
+    from analoglab.lab.maps import fit_site_map
+
+    with pytest.raises(MapError, match="unknown map corpus 'reviews': choose one of general"):
+        fit_site_map(
+            tmp_path / "maps",
+            frontier="demo-frontier",
+            weights=tmp_path / "no-such-weights",  # never read: the corpus fails first
+            sha256=None,
+            analog="demo-analog-s",
+            depths=[0.5],
+            corpus="reviews",
+        )
+    assert not (tmp_path / "maps").exists()
+
+
+def test_the_foundry_fits_with_the_default_corpus() -> None:
+    import inspect
+
+    from analoglab.experiments.mapping import DEFAULT_CORPUS
+    from analoglab.lab.maps import fit_site_map
+
+    # the foundry's maps stage passes no corpus: the default is what it fits on
+    assert inspect.signature(fit_site_map).parameters["corpus"].default == DEFAULT_CORPUS
+    assert inspect.signature(fit_site_map).parameters["l2"].default is None

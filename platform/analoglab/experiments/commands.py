@@ -92,40 +92,54 @@ def map_fit(
     depths: Annotated[
         list[float] | None, typer.Option("--depth", help="A relative depth (repeatable).")
     ] = None,
-    texts: Annotated[int, typer.Option(help="Neutral corpus texts to fit on.")] = 256,
-    l2: Annotated[float, typer.Option(help="Ridge strength, relative to the stream's scale.")] = (
-        1e-3
-    ),
+    texts: Annotated[int, typer.Option(help="Corpus texts to fit on.")] = 256,
+    corpus: Annotated[
+        str,
+        typer.Option(
+            help="The text to fit on: 'general' (the toy world's mixed text; the default) or "
+            "'neutral' (filler sentences)."
+        ),
+    ] = "general",
+    l2: Annotated[
+        float | None,
+        typer.Option(
+            help="Ridge strength (per token, in units of each standardised input's variance); "
+            "default: chosen per direction by validation R²."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")] = 0,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit the map between an analog's and a frontier's residual streams on neutral text.
+    """Fit the map between an analog's and a frontier's residual streams on a corpus.
 
     Run it at the lab site: it needs the frontier's weights, and the map stays there unless
     the lab releases it."""
-    from analoglab.experiments.mapping import fit_map, neutral_corpus
+    from analoglab.experiments.mapping import fit_map, map_corpus
     from analoglab.models.loading import load_any
 
-    if not (l2 > 0.0 and math.isfinite(l2)):
+    if l2 is not None and not (l2 > 0.0 and math.isfinite(l2)):
         raise typer.BadParameter(
-            f"{l2:g}: the ridge strength must be a positive number (1e-3 by default)",
+            f"{l2:g}: the ridge strength must be a positive number (or left out: chosen by "
+            "validation R²)",
             param_hint="--l2",
         )
     if texts < 2:
         raise typer.BadParameter(f"{texts}: fit on at least 2 texts", param_hint="--texts")
+    texts_to_fit = map_corpus(corpus, texts, seed)  # an unknown corpus fails before any load
     settings = get_settings()
     a = load_any(analog, device=device, settings=settings)
     f = load_any(frontier, device=device, settings=settings)
-    corpus = neutral_corpus(texts, seed)
-    rmap = fit_map(a, f, corpus, depths or [0.0, 0.25, 0.5, 0.75, 1.0], l2=l2, seed=seed)
+    rmap = fit_map(
+        a, f, texts_to_fit, depths or [0.0, 0.25, 0.5, 0.75, 1.0], l2=l2, seed=seed, corpus=corpus
+    )
     rmap.save(out_path)
     if as_json:
         print_json(rmap.summary() | {"path": str(out_path)})
         return
     out.print(
-        f"map {rmap.analog} → {rmap.frontier}: {rmap.tokens_fit:,} tokens fitted, "
-        f"{rmap.tokens_held_out:,} held out; wrote {out_path}"
+        f"map {rmap.analog} → {rmap.frontier} on the {rmap.corpus} corpus ({rmap.texts} texts): "
+        f"{rmap.tokens_fit:,} tokens fitted, {rmap.tokens_held_out:,} held out; wrote {out_path}"
     )
     for layer in rmap.layers:
         out.print(

@@ -2,16 +2,32 @@
 
 At each relative depth ``d`` the analog's block ``i_a = block_at_depth(d, L_a)`` and the
 frontier's ``i_f = block_at_depth(d, L_f)`` read the same tokens (an analog shares its
-frontier's tokenizer). Over every real token of a neutral corpus, with ``X`` the analog's
+frontier's tokenizer). Over every real token of a corpus, with ``X`` the analog's
 ``hook_resid_post`` rows ``[n, d_a]`` and ``Y`` the frontier's ``[n, d_f]``, the map is the
-ridge least-squares fit
+ridge least-squares fit on standardised inputs
 
-    Y ≈ X W + b,   W = (XcᵀXc + λ I)⁻¹ XcᵀYc,   b = ȳ − x̄ W
+    Y ≈ Z W_z + b,   Z = (X − x̄) / s,   W_z = (ZᵀZ + λ I)⁻¹ ZᵀYc,   W = W_z / s,
+    b = ȳ − x̄ W
 
-(``Xc``, ``Yc`` centred on the fitting tokens; ``λ = l2 · tr(XcᵀXc) / d_a``, so ``l2`` does not
-depend on the stream's scale), and the map back, ``X ≈ Y M + c``, the same way. Texts are split
-(seeded) into fitting and held-out ones; the fit is reported as R² on the held-out tokens,
-``1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖²``.
+(``s`` the per-dimension standard deviation on the fitting tokens; ``λ = l2 · n``, so that
+``l2`` is the ridge strength per token in units of each input dimension's variance: every
+direction of the analog's stream is shrunk alike, not only the ones the corpus rarely moves),
+and the map back, ``X ≈ Y M + c``, the same way. Texts are split (seeded) into fitting and
+held-out ones; the fit is reported as R² on the held-out tokens,
+``1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖²``. Without a given ``l2``, each direction's ridge strength is
+chosen from :data:`L2_GRID` by R² on a seeded validation share of the *fitting* texts
+(:func:`choose_l2`), then the map is refitted on all of them; the held-out texts, which
+report R², take no part in the choice.
+
+**The corpus** (:data:`CORPORA`, :func:`map_corpus`). A map only learns how the analog's
+stream relates to the frontier's along the directions its corpus moves: one fitted on
+filler text (``neutral``: no sentiment at all) carries a sentiment vector nowhere near the
+frontier's own (0.0–0.1× its effect on the demo builds), because reviews' sentiment
+direction barely varies in filler. The default is ``general``: the toy world's mixed text
+(every kind of document in the training mix, drawn with a seed apart from the training and
+held-out corpora), what a lab would fit on — its general text, not the very task text a
+finding is about. ``docs/transfer-benchmark.md`` reports R² and mapped/native ratios per
+corpus.
 
 What the maps carry: a steering vector ``v_a`` found on the analog becomes ``v_a W`` on the
 frontier (a difference of activations: the offset cancels); a probe direction ``w_a`` (read as
@@ -37,14 +53,46 @@ import numpy as np
 from analoglab.errors import AnalogLabError
 
 MAP_VERSION = 1
+#: The corpora a map can be fitted on, and what each is.
+CORPORA = {
+    "general": "the toy world's mixed text: every kind of document in the training mix",
+    "neutral": "filler sentences without sentiment (the steering side-effect set)",
+}
+#: The corpus ``analoglab map fit``, ``lab map fit`` and the foundry's maps stage fit on.
+DEFAULT_CORPUS = "general"
+#: The ridge strengths (per token, in units of each standardised input's variance) a fit
+#: without a given ``l2`` chooses from by validation R².
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: The share of the fitting texts that validates the choice of ``l2``.
+VALIDATION = 0.2
 
 
 def neutral_corpus(texts: int, seed: int) -> list[str]:
-    """The neutral corpus texts a map is fitted on (``analoglab map fit``, ``lab map fit``,
-    the foundry's maps stage): a seeded draw apart from the task sets' default seed."""
+    """The neutral corpus texts: a seeded draw apart from the task sets' default seed."""
     from analoglab.foundry.tasks import task_set
 
     return [str(t) for t in task_set("neutral", texts, seed + 12345).items]
+
+
+def general_corpus(texts: int, seed: int) -> list[str]:
+    """The toy world's mixed text (the foundry's document mix), drawn with a seed apart from
+    a build's training (``seed``) and held-out (``seed + 1000``) corpora."""
+    from analoglab.foundry import corpus
+    from analoglab.foundry.world import World
+
+    return list(corpus.generate(texts, seed + 12345, World.create(0)))
+
+
+def map_corpus(name: str, texts: int, seed: int) -> list[str]:
+    """The ``texts`` texts of corpus ``name`` (:data:`CORPORA`) a map is fitted on."""
+    if name == "general":
+        return general_corpus(texts, seed)
+    if name == "neutral":
+        return neutral_corpus(texts, seed)
+    raise MapError(
+        f"unknown map corpus {name[:40]!r}: choose one of {', '.join(CORPORA)} "
+        f"({DEFAULT_CORPUS} by default)"
+    )
 
 
 class MapError(AnalogLabError):
@@ -52,15 +100,32 @@ class MapError(AnalogLabError):
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """``W [d_x, d_y]`` and ``b [d_y]`` of the ridge fit ``y ≈ x W + b`` (module docstring)."""
+    """``W [d_x, d_y]`` and ``b [d_y]`` of the ridge fit ``y ≈ x W + b`` on standardised
+    ``x`` (module docstring; ``λ = l2 · n``)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    gram = xc.T @ xc
-    lam = l2 * float(np.trace(gram)) / max(x.shape[1], 1)
-    w: np.ndarray = np.linalg.solve(gram + lam * np.eye(x.shape[1]), xc.T @ yc)
+    sd = x.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    z, yc = (x - mx) / sd, y - my
+    lam = l2 * x.shape[0]
+    w_z: np.ndarray = np.linalg.solve(z.T @ z + lam * np.eye(x.shape[1]), z.T @ yc)
+    w: np.ndarray = w_z / sd[:, None]
     b: np.ndarray = my - mx @ w
     return w, b
+
+
+def choose_l2(
+    x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray], grid: Sequence[float]
+) -> float:
+    """The ridge strength of ``grid`` whose fit on ``x[0] → y[0]`` predicts the validation
+    rows ``y[1]`` from ``x[1]`` best (largest R²; the larger strength on ties)."""
+    best, best_r2 = max(grid), -math.inf
+    for l2 in sorted(grid, reverse=True):
+        w, b = fit_ridge(x[0], y[0], l2)
+        r2 = r_squared(y[1], x[1] @ w + b)
+        if r2 > best_r2 + 1e-9:
+            best, best_r2 = l2, r2
+    return best
 
 
 def r_squared(y: np.ndarray, predicted: np.ndarray) -> float:
@@ -85,6 +150,8 @@ class LayerMap:
     backward_bias: np.ndarray  # c [d_a]
     r2_forward: float
     r2_backward: float
+    l2_forward: float = 0.0
+    l2_backward: float = 0.0
 
     @property
     def analog_width(self) -> int:
@@ -113,10 +180,12 @@ class ResidualMap:
     analog_weights_sha256: str
     frontier: str
     frontier_weights_sha256: str
-    l2: float
+    l2: float | None
     tokens_fit: int
     tokens_held_out: int
     layers: tuple[LayerMap, ...]
+    corpus: str = "neutral"
+    texts: int = 0
 
     def at(self, depth: float) -> LayerMap:
         """The map at ``depth`` (within 1e-6 of a fitted depth); else a :class:`MapError`."""
@@ -135,6 +204,8 @@ class ResidualMap:
             "analog": self.analog,
             "frontier": self.frontier,
             "l2": self.l2,
+            "corpus": self.corpus,
+            "texts": self.texts,
             "tokens_fit": self.tokens_fit,
             "tokens_held_out": self.tokens_held_out,
             "layers": [
@@ -144,6 +215,8 @@ class ResidualMap:
                     "frontier_block": layer.frontier_block,
                     "r2_forward": round(layer.r2_forward, 6),
                     "r2_backward": round(layer.r2_backward, 6),
+                    "l2_forward": layer.l2_forward,
+                    "l2_backward": layer.l2_backward,
                 }
                 for layer in self.layers
             ],
@@ -196,10 +269,13 @@ class ResidualMap:
                 analog_weights_sha256=str(meta["analog_weights_sha256"]),
                 frontier=str(meta["frontier"]),
                 frontier_weights_sha256=str(meta["frontier_weights_sha256"]),
-                l2=float(meta["l2"]),
+                l2=None if meta["l2"] is None else float(meta["l2"]),
                 tokens_fit=int(meta["tokens_fit"]),
                 tokens_held_out=int(meta["tokens_held_out"]),
                 layers=layers,
+                # maps saved before the corpus choice were fitted on neutral text
+                corpus=str(meta.get("corpus", "neutral")),
+                texts=int(meta.get("texts", 0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MapError(
@@ -219,6 +295,8 @@ def _layer_of(info: dict[str, Any], arrays: dict[str, np.ndarray], k: int) -> La
         backward_bias=arrays[f"backward_bias_{k}"],
         r2_forward=float(info["r2_forward"]),
         r2_backward=float(info["r2_backward"]),
+        l2_forward=float(info.get("l2_forward", 0.0)),
+        l2_backward=float(info.get("l2_backward", 0.0)),
     )
     d_a, d_f = layer.forward.shape if layer.forward.ndim == 2 else (-1, -1)
     if (
@@ -235,11 +313,24 @@ def fit_layer(
     blocks: tuple[int, int],
     x: tuple[np.ndarray, np.ndarray],
     y: tuple[np.ndarray, np.ndarray],
-    l2: float,
+    l2: float | None,
+    validation: np.ndarray | None = None,
 ) -> LayerMap:
-    """The map at one depth from analog rows ``x = (fit, held_out)`` and frontier rows ``y``."""
-    w, b = fit_ridge(x[0], y[0], l2)
-    m, c = fit_ridge(y[0], x[0], l2)
+    """The map at one depth from analog rows ``x = (fit, held_out)`` and frontier rows ``y``.
+    ``l2`` None: each direction's strength is chosen (:func:`choose_l2`) with the fitting rows
+    flagged by ``validation`` held back, then the map is refitted on all fitting rows."""
+
+    def strength(src: np.ndarray, dst: np.ndarray) -> float:
+        if l2 is not None:
+            return l2
+        if validation is None or validation.all() or not validation.any():
+            return 1e-2
+        keep = ~validation
+        return choose_l2((src[keep], src[validation]), (dst[keep], dst[validation]), L2_GRID)
+
+    l2_f, l2_b = strength(x[0], y[0]), strength(y[0], x[0])
+    w, b = fit_ridge(x[0], y[0], l2_f)
+    m, c = fit_ridge(y[0], x[0], l2_b)
     return LayerMap(
         depth=depth,
         analog_block=blocks[0],
@@ -250,6 +341,8 @@ def fit_layer(
         backward_bias=c,
         r2_forward=r_squared(y[1], x[1] @ w + b),
         r2_backward=r_squared(x[1], y[1] @ m + c),
+        l2_forward=l2_f,
+        l2_backward=l2_b,
     )
 
 
@@ -259,24 +352,28 @@ def fit_map(
     texts: Sequence[str],
     depths: Sequence[float],
     *,
-    l2: float = 1e-3,
+    l2: float | None = None,
     held_out: float = 0.2,
     seed: int = 0,
     batch_size: int = 16,
     max_tokens: int = 128,
+    corpus: str = "given",
 ) -> ResidualMap:
     """Fit the map between ``analog`` and ``frontier`` (two ``LoadedModel``) at ``depths`` on
-    every real token of ``texts``; a seeded ``held_out`` share of the texts measures R²."""
+    every real token of ``texts``; a seeded ``held_out`` share of the texts measures R².
+    ``l2`` None chooses each direction's ridge strength by validation R² (module docstring);
+    ``corpus`` names where the texts came from, in the map's metadata."""
     import torch
 
     from analoglab.experiments.methods.common import encode, forward
     from analoglab.experiments.methods.fidelity import check_same_vocabulary
     from analoglab.interventions import block_at_depth, capture, layout_of
 
-    if not (l2 > 0.0 and math.isfinite(l2)):
+    if l2 is not None and not (l2 > 0.0 and math.isfinite(l2)):
         raise MapError(
             f"l2 must be a positive number (got {l2:g}): without ridge the fit is singular "
-            "wherever the stream has fewer directions than dimensions; 1e-3 is the default"
+            "wherever the stream has fewer directions than dimensions; without one it is "
+            "chosen by validation R²"
         )
     if len(texts) < 2:
         raise MapError("a map needs at least 2 texts (some to fit on, some held out)")
@@ -291,7 +388,12 @@ def fit_map(
     n_out = min(max(1, round(held_out * len(texts))), len(texts) - 1)
     is_held_out = np.zeros(len(texts), dtype=bool)
     is_held_out[order[:n_out]] = True
+    # a seeded share of the fitting texts validates the choice of l2
+    n_val = max(1, round(VALIDATION * (len(texts) - n_out)))
+    is_validation = np.zeros(len(texts), dtype=bool)
+    is_validation[order[n_out : n_out + n_val]] = True
     rows: dict[tuple[str, bool], list[np.ndarray]] = {}
+    validation_rows: list[np.ndarray] = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
@@ -301,6 +403,13 @@ def fit_map(
                 with capture(loaded.model, names) as cache:
                     forward(loaded.model, enc)
                 real = enc.real
+                if side == "a":
+                    fitting = real & torch.as_tensor(~flags, device=real.device)[:, None]
+                    per_text = np.repeat(
+                        is_validation[start : start + len(chunk)],
+                        fitting.sum(dim=1).cpu().numpy(),
+                    )
+                    validation_rows.append(per_text)
                 for k, name in enumerate(names):
                     acts = cache[name].double()
                     for held in (False, True):
@@ -319,6 +428,7 @@ def fit_map(
                 (stacked(f"a{k}", False), stacked(f"a{k}", True)),
                 (stacked(f"f{k}", False), stacked(f"f{k}", True)),
                 l2,
+                np.concatenate(validation_rows),
             )
             for k, d in enumerate(depths)
         )
@@ -333,4 +443,6 @@ def fit_map(
         tokens_fit=int(stacked("a0", False).shape[0]),
         tokens_held_out=int(stacked("a0", True).shape[0]),
         layers=layers,
+        corpus=corpus,
+        texts=len(texts),
     )

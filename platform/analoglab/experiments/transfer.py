@@ -10,26 +10,39 @@ transfer score in [0, 1] combining them. The formulas (see ``docs/transfer.md``)
   ``s_e = 0``; otherwise ``s_e = min(|a|, |f|) / max(|a|, |f|)``.
 - **profile correlation** ``s_r = max(0, r)``: Pearson's r of the method's layer profiles,
   both interpolated onto a common grid of relative depths (two flat profiles at the same
-  level count as r = 1; a flat one against a shaped one as r = 0).
-- **peak agreement** ``s_p = 1 − |peak depth(a) − peak depth(f)|`` (1 for two flat profiles).
-- **score** ``= s_e · (1 + s_r + s_p) / 3`` where the method has a profile, else ``s_e``;
-  methods without a headline effect (activation statistics) score ``(s_r + s_p) / 2``.
+  level count as r = 1). Where exactly one profile is flat, r is undefined and the part is
+  left out of the score (:func:`correlation_defined`). With replicates, whether a profile is
+  flat is decided once, from its bootstrap (:func:`shaped_beyond_noise`).
+- **depth agreement** ``s_d = 1 − |centre depth(a) − centre depth(f)|``, the centre depth
+  being the profile's magnitude-weighted mean relative depth (:func:`centre_depth`; 1 for two
+  flat profiles). A profile is flat when its spread is within :data:`FLAT` of
+  ``max(1, its largest magnitude)``.
+- **score** ``= s_e · (1 + s_r + s_d) / 3`` where the method has a profile (``s_e · (1 +
+  s_d) / 2`` where the correlation is left out), else ``s_e``; methods without a headline
+  effect (activation statistics) score the mean of their shape parts.
 
 **Intervals.** Where both results carry their bootstrap (``result.bootstrap``: replicates
 ``b = 1..B`` drawn over the same items on both models, a paired bootstrap; see
 :mod:`.uncertainty`), every part and the score are computed again on each replicate pair,
 and each gets its 95% interval (:func:`~analoglab.experiments.uncertainty.bounded_interval`:
 the percentile interval widened to the basic one, within [0, 1]). Two bootstraps drawn
-differently (resamples, seed or items) are refused (:class:`TransferError`). The verdict
-then comes from the score's interval (:func:`verdict_of_interval`): ``transfers`` when its
-lower bound is at least 0.6, ``partial`` when it lies within [0.3, 0.6),
-``does_not_transfer`` when its upper bound is below 0.3, and ``inconclusive`` when it
-straddles a cut-off; ``no_effect`` where it does not transfer and neither model's point
-effect reaches the floor. An inconclusive report says how many items would settle it
-(:func:`items_to_settle`), or, where the spread between a method's random draws dominates the
-width (:func:`draw_spread`), that items will not and draws would. A **control** (a random
-steering vector, shuffled probe labels) is decided on the score averaged over its draws
-(:func:`draw_averaged`): one draw agreeing by chance does not make a control inconclusive.
+differently (resamples, seed or items) are refused (:class:`TransferError`).
+
+**Verdicts.** First each model's effect is read from its own 95% interval
+(:func:`effect_states`, :func:`effect_state`): *absent* (below the gate ``floor``, or holding
+0 within :data:`NULL_REACH`), *present* (excluding 0, the point reaching the gate) or
+*unclear*. Neither present (both absent) → ``no_effect``; one present, the other absent →
+``does_not_transfer`` (:func:`verdict_of_effects`). Only otherwise is the score's interval
+read (:func:`verdict_of_interval`): ``transfers`` when its lower bound is at least 0.6,
+``partial`` within [0.3, 0.6), ``does_not_transfer`` under 0.3, ``inconclusive`` when it
+straddles a cut-off. Where both effects are present, the gate is not applied again inside
+each replicate (the decision was made once, on the full data): a replicate's effect
+agreement needs only the same sign, so the score's interval is the ratio's own and not a
+pile of zeros from replicates that dipped under the gate. An inconclusive report says how
+many items would settle it (:func:`items_to_settle`), or, where the spread between a
+method's random draws dominates the width (:func:`draw_spread`), that items will not and
+draws would. A **control** (a random steering vector, shuffled probe labels) whose effects
+do not settle it is decided on the score averaged over its draws (:func:`draw_averaged`).
 Results without a bootstrap (made before intervals) get the point verdict, as before:
 ``transfers`` (score ≥ 0.6), ``partial`` (≥ 0.3), ``does_not_transfer``, ``no_effect``.
 
@@ -47,7 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -56,12 +69,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from analoglab.errors import AnalogLabError
 from analoglab.experiments.result import ExperimentResult, LayerProfile, ModelIdentity
 from analoglab.experiments.spec import MAPPED_RANDOM_DRAWS
-from analoglab.experiments.uncertainty import LEVEL, bounded_interval, items_to_narrow
+from analoglab.experiments.uncertainty import (
+    LEVEL,
+    bounded_interval,
+    items_to_narrow,
+    percentile_interval,
+)
 
 GRID = np.linspace(0.0, 1.0, 11)
 DEFAULT_FLOOR = 0.1
 TRANSFERS, PARTIAL = 0.6, 0.3
 CUTOFFS = (PARTIAL, TRANSFERS)
+#: An effect the items cannot tell apart from none (its 95% interval holds 0) counts as
+#: absent only where that interval also stays within this reach of 0 (in units of the
+#: behaviour's full swing, like every ``effect``); a wider one is unclear: too few items.
+NULL_REACH = 0.3
+#: A profile is flat (no shape to compare) when its spread is within this share of
+#: ``max(1, its largest magnitude)``: 0.05 of the full swing for the unit-scale profiles
+#: (recovery, shares, accuracies, steering effects), 5% for norm profiles.
+FLAT = 0.05
 #: A mapped check's random control (|random / native effect| on the frontier) must stay
 #: below this for the check to transfer: no control above ``partial``.
 CONTROL_CUT = PARTIAL
@@ -71,6 +97,7 @@ MAPPED = ("mapped_steering", "mapped_probe")
 MAPPED_DRAWS = MAPPED_RANDOM_DRAWS
 
 Verdict = Literal["transfers", "partial", "does_not_transfer", "no_effect", "inconclusive"]
+EffectState = Literal["present", "absent", "unclear"]
 
 # The layer profile each method is compared on (None: the method has no layer profile).
 MAIN_PROFILE: dict[str, str | None] = {
@@ -141,6 +168,12 @@ class TransferReport(BaseModel):
     draw_mean_interval: Interval | None = Field(
         None, description="a control: the interval of the score averaged over its draws"
     )
+    effect_states: dict[str, EffectState] | None = Field(
+        None, description="whether each model shows the effect, read from its own interval"
+    )
+    effect_intervals: dict[str, Interval] | None = Field(
+        None, description="the 95% interval of each model's effect the states were read from"
+    )
 
     def summary(self) -> str:
         """One line: verdict, score and its interval (what a notebook prints)."""
@@ -164,30 +197,69 @@ def on_grid(profile: LayerProfile) -> np.ndarray:
 
 
 def is_flat(values: np.ndarray) -> bool:
-    """No shape to compare: the spread is within 0.1% of the largest magnitude."""
-    return float(np.ptp(values)) <= 1e-9 + 1e-3 * float(np.max(np.abs(values)))
+    """No shape to compare: the spread is within :data:`FLAT` of ``max(1, the largest
+    magnitude)`` (a profile whose values all lie within 0.05 of each other on a unit scale
+    has no peak and no slope a correlation could read; only noise)."""
+    return float(np.ptp(values)) <= 1e-9 + FLAT * max(1.0, float(np.max(np.abs(values))))
 
 
-def profile_correlation(a: LayerProfile, f: LayerProfile) -> float:
+def profile_correlation(
+    a: LayerProfile, f: LayerProfile, flat: tuple[bool, bool] | None = None
+) -> float:
     """Pearson's r on the common grid. Two flat profiles agree (1) when their levels are
-    within 5% of each other and not otherwise (0); one flat profile against a shaped one: 0."""
+    within 5% of each other and not otherwise (0); one flat profile against a shaped one: 0.
+    ``flat`` gives each profile's flatness as decided once (:func:`shaped_beyond_noise`);
+    without it, each profile's own :func:`is_flat`."""
     x, y = on_grid(a), on_grid(f)
-    if is_flat(x) and is_flat(y):
+    flat_x, flat_y = flat if flat is not None else (is_flat(x), is_flat(y))
+    if flat_x and flat_y:
         level_x, level_y = float(np.mean(x)), float(np.mean(y))
         return (
             1.0 if abs(level_x - level_y) <= 0.05 * max(abs(level_x), abs(level_y), 1e-9) else 0.0
         )
-    if is_flat(x) or is_flat(y):
+    # a flat profile against a shaped one; or a replicate that came out exactly level
+    if flat_x or flat_y or np.ptp(x) <= 1e-12 or np.ptp(y) <= 1e-12:
         return 0.0
     r = float(np.corrcoef(x, y)[0, 1])
     return 0.0 if math.isnan(r) else r
 
 
-def peak_distance(a: LayerProfile, f: LayerProfile) -> float:
-    """Distance between the peak depths; 0 for two flat profiles (no peak to disagree on)."""
-    if is_flat(on_grid(a)) and is_flat(on_grid(f)):
+def shaped_beyond_noise(profile: LayerProfile, rows: Sequence[Sequence[float]] | None) -> bool:
+    """Whether a profile has a shape its noise cannot make: it is not flat (:func:`is_flat`),
+    and, where its bootstrap replicates are given, the difference between its highest and its
+    lowest layer (the two chosen on the full data) has a 95% interval that excludes 0.
+    Decided once, on the full data: a near-flat profile whose replicates tip one way and the
+    other would otherwise make the correlation jump between −1 and 1."""
+    values = np.asarray(profile.values, dtype=np.float64)
+    if is_flat(on_grid(profile)):
+        return False
+    if not rows:
+        return True
+    hi, lo = int(np.argmax(values)), int(np.argmin(values))
+    reps = np.asarray(rows, dtype=np.float64)
+    low, _ = percentile_interval(reps[:, hi] - reps[:, lo])
+    return low > 0.0
+
+
+def centre_depth(profile: LayerProfile) -> float:
+    """Where a profile's mass lies over relative depth: the mean depth on :data:`GRID`
+    weighted by the profile's magnitude (0.5 for a profile of zeros). Unlike the peak's
+    depth it moves continuously as the values do, so two layers of nearly equal value do not
+    make it jump from one end of the model to the other between bootstrap replicates."""
+    weights = np.abs(on_grid(profile))
+    total = float(weights.sum())
+    return 0.5 if total <= 1e-12 else float((weights * GRID).sum() / total)
+
+
+def depth_distance(
+    a: LayerProfile, f: LayerProfile, flat: tuple[bool, bool] | None = None
+) -> float:
+    """Distance between the profiles' centre depths; 0 for two flat profiles (``flat`` as
+    in :func:`profile_correlation`)."""
+    flat_a, flat_f = flat if flat is not None else (is_flat(on_grid(a)), is_flat(on_grid(f)))
+    if flat_a and flat_f:
         return 0.0
-    return abs(a.peak_depth() - f.peak_depth())
+    return abs(centre_depth(a) - centre_depth(f))
 
 
 def effect_agreement(a: float, f: float, floor: float) -> float:
@@ -195,6 +267,22 @@ def effect_agreement(a: float, f: float, floor: float) -> float:
     if min(abs(a), abs(f)) < floor or a * f <= 0:
         return 0.0
     return min(abs(a), abs(f)) / max(abs(a), abs(f))
+
+
+def effect_state(low: float, high: float, point: float, floor: float) -> EffectState:
+    """Whether one model shows the effect, read from its effect's 95% interval:
+
+    - ``absent``: the interval lies below the gate (within ``(−floor, floor)``), or it holds
+      0 (the items cannot tell the effect from none) and reaches no further than
+      :data:`NULL_REACH` from it;
+    - ``present``: the interval excludes 0 and the point effect reaches the gate;
+    - ``unclear``: anything else (an interval holding 0 that reaches far: too few items).
+    """
+    if -floor < low and high < floor:
+        return "absent"
+    if low <= 0.0 <= high:
+        return "absent" if max(-low, high) <= NULL_REACH else "unclear"
+    return "present" if abs(point) >= floor else "unclear"
 
 
 def verdict_of_score(score: float) -> Literal["transfers", "partial", "does_not_transfer"]:
@@ -250,27 +338,49 @@ class _Inputs:
     profile_f: LayerProfile | None
     accuracy_a: float | None
     accuracy_f: float | None
+    # each profile's flatness, decided once on the full data (None: each profile's own)
+    flat: tuple[bool, bool] | None = None
 
 
-def _scored(inputs: _Inputs, floor: float) -> tuple[dict[str, float], float]:
-    """The parts' values and the score (formulas in the module docstring)."""
+def _scored(inputs: _Inputs, floor: float, gated: bool = True) -> tuple[dict[str, float], float]:
+    """The parts' values and the score (formulas in the module docstring). ``gated=False``
+    (both models' effects shown present from their intervals, decided once on the full
+    data): a replicate's effect agreement needs the same sign but not the floor again."""
     parts: dict[str, float] = {}
     shape: list[float] = []
     if inputs.profile_a is not None and inputs.profile_f is not None:
-        r = profile_correlation(inputs.profile_a, inputs.profile_f)
-        dist = peak_distance(inputs.profile_a, inputs.profile_f)
-        parts["profile_correlation"] = max(0.0, r)
-        parts["peak_agreement"] = 1.0 - dist
-        shape = [max(0.0, r), 1.0 - dist]
+        dist = depth_distance(inputs.profile_a, inputs.profile_f, inputs.flat)
+        parts["depth_agreement"] = 1.0 - dist
+        shape = [1.0 - dist]
+        if correlation_defined(inputs):
+            r = profile_correlation(inputs.profile_a, inputs.profile_f, inputs.flat)
+            parts["profile_correlation"] = max(0.0, r)
+            shape.insert(0, max(0.0, r))
     if inputs.effect_a is not None and inputs.effect_f is not None:
-        se = effect_agreement(inputs.effect_a, inputs.effect_f, floor)
+        se = effect_agreement(inputs.effect_a, inputs.effect_f, floor if gated else 0.0)
         parts["effect_agreement"] = se
         if inputs.accuracy_a is not None and inputs.accuracy_f is not None:
             parts["accuracy_gap"] = max(0.0, 1.0 - abs(inputs.accuracy_a - inputs.accuracy_f))
-        score = se * (1.0 + sum(shape)) / 3.0 if shape else se
+        score = se * (1.0 + sum(shape)) / (1 + len(shape)) if shape else se
     else:
         score = sum(shape) / len(shape) if shape else 0.0
     return parts, min(1.0, max(0.0, score))
+
+
+def correlation_defined(inputs: _Inputs) -> bool:
+    """Whether the profiles' correlation says anything: not where exactly one of them is
+    flat (a profile with no shape beyond its noise has no correlation with anything; that
+    the other is localised and it is not shows in the depth agreement instead)."""
+    if inputs.profile_a is None or inputs.profile_f is None:
+        return False
+    flat = correlation_flat(inputs)
+    return flat[0] == flat[1]
+
+
+def correlation_flat(inputs: _Inputs) -> tuple[bool, bool]:
+    """Each profile's flatness as the score reads it."""
+    assert inputs.profile_a is not None and inputs.profile_f is not None
+    return inputs.flat or (is_flat(on_grid(inputs.profile_a)), is_flat(on_grid(inputs.profile_f)))
 
 
 def _point_inputs(a: ExperimentResult, f: ExperimentResult, profile: str | None) -> _Inputs:
@@ -394,7 +504,7 @@ def draw_spread(values: Sequence[float], draws: int) -> tuple[float, float]:
     return between, within
 
 
-def draw_averaged(values: Sequence[float], draws: int) -> np.ndarray:
+def draw_averaged(values: Sequence[float] | np.ndarray, draws: int) -> np.ndarray:
     """Replicates of the value averaged over the draws: replicates ``jK … jK+K−1`` use draws
     ``0 … K−1``, each on a resample of its own, so their mean is one replicate of the
     average over the ``K`` draws (``B // K`` of them)."""
@@ -427,12 +537,23 @@ def compare(
         raise TransferError(f"method {analog.method!r} has no transfer comparison")
     profile_name = MAIN_PROFILE[analog.method]
     point = _point_inputs(analog, frontier, profile_name)
-    values, score = _scored(point, floor)
     replicates = _replicate_inputs(analog, frontier, point, profile_name)
+    if replicates is not None and point.profile_a is not None and point.profile_f is not None:
+        assert analog.bootstrap is not None and frontier.bootstrap is not None
+        assert profile_name is not None
+        flat = (
+            not shaped_beyond_noise(point.profile_a, analog.bootstrap.profiles[profile_name]),
+            not shaped_beyond_noise(point.profile_f, frontier.bootstrap.profiles[profile_name]),
+        )
+        point = replace(point, flat=flat)
+        replicates = [replace(inputs, flat=flat) for inputs in replicates]
+    values, score = _scored(point, floor)
+    states = effect_states(analog, frontier, point, floor) if replicates is not None else None
+    both_present = states is not None and states[0] == states[1] == "present"
     distribution: dict[str, list[float]] = {}
     if replicates is not None:
         for inputs in replicates:
-            rep_values, rep_score = _scored(inputs, floor)
+            rep_values, rep_score = _scored(inputs, floor, gated=not both_present)
             distribution.setdefault("score", []).append(round(rep_score, 6))
             for name, value in rep_values.items():
                 distribution.setdefault(name, []).append(round(value, 6))
@@ -452,20 +573,29 @@ def compare(
         )
 
     parts: list[TransferPart] = []
+    early_notes: list[str] = []
     if "effect_agreement" in values:
         detail = "same sign × smaller/larger effect"
         parts.append(part("effect_agreement", detail, point.effect_a, point.effect_f))
-    if "profile_correlation" in values and point.profile_a and point.profile_f:
-        r = profile_correlation(point.profile_a, point.profile_f)
-        pa, pf = point.profile_a.peak_depth(), point.profile_f.peak_depth()
-        detail = f"Pearson r of the {profile_name} profiles over relative depth: {r:.3f}"
-        parts.append(part("profile_correlation", detail))
-        parts.append(part("peak_agreement", f"peak depths {pa:.2f} vs {pf:.2f}", pa, pf))
+    if "depth_agreement" in values and point.profile_a and point.profile_f:
+        if "profile_correlation" in values:
+            r = profile_correlation(point.profile_a, point.profile_f, point.flat)
+            detail = f"Pearson r of the {profile_name} profiles over relative depth: {r:.3f}"
+            parts.append(part("profile_correlation", detail))
+        else:
+            notes_flat = "the analog's" if correlation_flat(point)[0] else "the frontier's"
+            early_notes.append(
+                f"{notes_flat} {profile_name} profile has no shape beyond its noise: the "
+                "profiles' correlation is undefined and left out of the score"
+            )
+        pa, pf = centre_depth(point.profile_a), centre_depth(point.profile_f)
+        detail = f"centre depths {pa:.2f} vs {pf:.2f}"
+        parts.append(part("depth_agreement", detail, pa, pf))
     if "accuracy_gap" in values:
         detail = f"1 − |accuracy gap| = {values['accuracy_gap']:.3f}"
         parts.append(part("accuracy_gap", detail, point.accuracy_a, point.accuracy_f))
 
-    notes: list[str] = []
+    notes: list[str] = list(early_notes)
     no_effect = False
     if point.effect_a is not None and point.effect_f is not None:
         ea, ef = point.effect_a, point.effect_f
@@ -522,10 +652,74 @@ def compare(
     verdict: Verdict = verdict_of_interval(decided_by.low, decided_by.high)
     if verdict == "does_not_transfer" and no_effect:
         verdict = "no_effect"
+    if states is not None:
+        report.effect_states = {"analog": states[0], "frontier": states[1]}
+        report.effect_intervals = {"analog": states[2], "frontier": states[3]}
+        by_effects = verdict_of_effects(states[0], states[1])
+        if by_effects is not None:
+            verdict = by_effects
+            report.notes.append(_effects_note(states, by_effects, floor))
     report.verdict = verdict
     if verdict == "inconclusive":
         _advise(report, decided_by, centre, draws, report.draws is not None)
     return report
+
+
+def verdict_of_effects(analog: EffectState, frontier: EffectState) -> Verdict | None:
+    """The verdict the two effects' own intervals settle before the score's is read:
+    ``no_effect`` when neither model shows the effect, ``does_not_transfer`` when one shows
+    it and the other does not; None (read the score's interval) otherwise."""
+    if analog == frontier == "absent":
+        return "no_effect"
+    if {analog, frontier} == {"absent", "present"}:
+        return "does_not_transfer"
+    return None
+
+
+def _effects_note(
+    states: tuple[EffectState, EffectState, Interval, Interval], verdict: Verdict, floor: float
+) -> str:
+    sa, sf, ia, if_ = states
+    said = (
+        f"the effect's 95% interval is {ia} on the analog ({sa}) and {if_} on the frontier "
+        f"({sf}); absent: below the gate of {floor}, or holding 0 within {NULL_REACH}"
+    )
+    if verdict == "no_effect":
+        return f"{said}: neither model shows the effect, so nothing transfers"
+    who = "the frontier" if sf == "present" else "the analog"
+    return f"{said}: only {who} shows the effect, so it does not transfer"
+
+
+def effect_states(
+    analog: ExperimentResult, frontier: ExperimentResult, point: _Inputs, floor: float
+) -> tuple[EffectState, EffectState, Interval, Interval] | None:
+    """Each model's :func:`effect_state` and the interval it was read from; None where the
+    method has no effect or a result lacks its replicates. Where a method's replicates go
+    through draws that are resampling of its own (a probe's train/test splits), the interval
+    is that of the effect averaged over the draws (:func:`draw_averaged`): the splits are
+    one estimate, not several interventions. A random steering control's draws are distinct
+    directions: its interval is read over all of them."""
+    if point.effect_a is None or point.effect_f is None:
+        return None
+    ra, rf = analog.bootstrap, frontier.bootstrap
+    if ra is None or rf is None or "effect" not in ra.metrics or "effect" not in rf.metrics:
+        return None
+    splits = int(analog.spec.get("splits", 4)) if analog.method == "probe" else None
+    out: list[Any] = []
+    intervals: list[Interval] = []
+    for values, centre in (
+        (ra.metrics["effect"], point.effect_a),
+        (rf.metrics["effect"], point.effect_f),
+    ):
+        reps = np.asarray(values, dtype=np.float64)
+        if splits is not None and splits > 1:
+            averaged = draw_averaged(reps, splits)
+            if len(averaged) >= MIN_AVERAGED:
+                reps, centre = averaged, float(averaged.mean())
+        low, high = percentile_interval(reps)
+        intervals.append(Interval(low=low, high=high))
+        out.append(effect_state(low, high, centre, floor))
+    return out[0], out[1], intervals[0], intervals[1]
 
 
 MIN_AVERAGED = 10

@@ -249,10 +249,22 @@ def lab_map_fit(
         list[float] | None,
         typer.Option("--depth", help="A relative depth (repeatable); default 0, .25, .5, .75, 1."),
     ] = None,
-    texts: Annotated[int, typer.Option(help="Neutral corpus texts to fit on.", min=4)] = 256,
+    texts: Annotated[int, typer.Option(help="Corpus texts to fit on.", min=4)] = 256,
+    corpus: Annotated[
+        str,
+        typer.Option(
+            help="The text to fit on: 'general' (the toy world's mixed text; the default) or "
+            "'neutral' (filler sentences)."
+        ),
+    ] = "general",
     l2: Annotated[
-        float, typer.Option(help="Ridge strength, relative to the stream's scale.", min=0.0)
-    ] = 1e-3,
+        float | None,
+        typer.Option(
+            help="Ridge strength (per token, in units of each standardised input's variance); "
+            "default: chosen per direction by validation R².",
+            min=0.0,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")] = 0,
     lab: LabOpt = None,
     config: ConfigOpt = None,
@@ -260,7 +272,7 @@ def lab_map_fit(
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit the residual map between an analog and one of this site's frontiers on neutral text,
+    """Fit the residual map between an analog and one of this site's frontiers on a corpus,
     and store it in the site's maps folder (atomically), where mapped jobs find it.
 
     The map stays at the lab: nothing sends it to the hub (releasing one is a release decision).
@@ -277,6 +289,7 @@ def lab_map_fit(
         analog=analog,
         depths=depths or [0.0, 0.25, 0.5, 0.75, 1.0],
         texts=texts,
+        corpus=corpus,
         l2=l2,
         seed=seed,
         device=device,
@@ -285,8 +298,9 @@ def lab_map_fit(
         print_json(rmap.summary() | {"path": str(path)})
         return
     out.print(
-        f"map {rmap.analog} → {rmap.frontier}: {rmap.tokens_fit:,} tokens fitted, "
-        f"{rmap.tokens_held_out:,} held out; stored at {path} (it stays at the lab)"
+        f"map {rmap.analog} → {rmap.frontier} on the {rmap.corpus} corpus ({rmap.texts} texts): "
+        f"{rmap.tokens_fit:,} tokens fitted, {rmap.tokens_held_out:,} held out; stored at "
+        f"{path} (it stays at the lab)"
     )
     for layer in rmap.layers:
         out.print(

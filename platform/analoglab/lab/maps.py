@@ -2,7 +2,8 @@
 
 A residual map (:class:`~analoglab.experiments.mapping.ResidualMap`) between an analog and a
 frontier is fitted at the lab site (``analoglab lab map fit``: it needs the frontier's
-activations) and kept there, one file per pair::
+activations; on the toy world's general text by default, ``--corpus`` to choose) and kept
+there, one file per pair::
 
     <maps>/<frontier>/<analog>.npz
 
@@ -92,24 +93,30 @@ def fit_site_map(
     analog: str,
     depths: list[float],
     texts: int = 256,
-    l2: float = 1e-3,
+    corpus: str = "general",
+    l2: float | None = None,
     seed: int = 0,
     device: str | None = None,
     settings: Any = None,
 ) -> tuple[Any, Path]:
     """Fit the map between ``analog`` (a name in the model store, or a folder) and the site's
-    ``frontier`` (its weights, checked against ``sha256``) on the neutral corpus, as
-    ``analoglab map fit`` does, and store it (:func:`store_map`); the map and its path."""
-    from analoglab.experiments.mapping import MapError, fit_map, neutral_corpus
+    ``frontier`` (its weights, checked against ``sha256``) on ``texts`` texts of ``corpus``
+    (:data:`~analoglab.experiments.mapping.CORPORA`; ``general``, the toy world's mixed text,
+    by default: what the foundry's maps stage and ``lab map fit`` use), as ``analoglab map
+    fit`` does, and store it (:func:`store_map`); the map and its path. ``l2`` None: the
+    ridge strength is chosen by validation R². An unknown corpus or a negative ``l2`` fails
+    before anything is loaded or written."""
+    from analoglab.experiments.mapping import MapError, fit_map, map_corpus
     from analoglab.models.loading import load_any, load_model
 
-    if l2 < 0:
-        raise MapError(f"the ridge strength l2 must be ≥ 0, not {l2:g}")
+    if l2 is not None and l2 <= 0:
+        raise MapError(f"the ridge strength l2 must be > 0, not {l2:g} (or left out)")
+    corpus_texts = map_corpus(corpus, texts, seed)
     map_path(folder, frontier, "x")  # a frontier name the store can file under
     f = load_model(weights, device=device, name=frontier, expected_sha256=sha256)
     a = load_any(analog, device=device, settings=settings)
     map_path(folder, frontier, a.name)
-    rmap = fit_map(a, f, neutral_corpus(texts, seed), depths, l2=l2, seed=seed)
+    rmap = fit_map(a, f, corpus_texts, depths, l2=l2, seed=seed, corpus=corpus)
     return rmap, store_map(folder, rmap)
 
 

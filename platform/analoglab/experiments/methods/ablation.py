@@ -8,19 +8,28 @@ at each prompt's last token. For each selected block, each head (at ``attn.hook_
 MLP (at ``hook_mlp_out``) is ablated in turn, at every position: set to zero
 (``ablation="zero"``) or to its mean over every real token of the data (``"mean"``). The
 change is ``Δ = LD_ablated − LD_clean``, and the share of the behaviour removed is
-``−Δ / max(|LD_clean|, 1)`` (positive: the ablation hurts the behaviour). The floor of one
-nat keeps a model that lacks the behaviour (LD near 0) from showing large shares of nothing.
+``−Δ / |LD_clean|`` (positive: the ablation hurts the behaviour; 1: it removes all of it).
+
+Only a model that shows the behaviour has shares of it: one whose share of items answered
+right (``LD > 0``) has a 95% bootstrap interval clear of chance (:func:`behaviour_shown`).
+A model at chance shows every share (and ``effect``) 0, whatever its mean logit difference:
+a consistent bias between the two answers is not the behaviour, and dividing by a logit
+difference near 0 would make shares of nothing. (This replaces a floor of one nat under
+``|LD_clean|``, which counted a model on another logit scale differently.)
 
 Outputs: table ``heads`` ``[layer][head]`` (Δ; with heads), profile ``mlp`` (Δ per layer; with
-the MLP), profile ``effect`` (per layer, the largest share removed among its ablated
-components); metrics ``clean_logit_diff``, ``effect`` (the ``effect`` profile's value of
-largest magnitude, signed), ``best_depth``. When ``|LD_clean| < 1e-3`` there is no
-behaviour at all: every share is 0 and so is ``effect``. Transfer compares ``effect`` and
-the ``effect`` profiles.
+the MLP), profile ``effect`` (per layer, the share removed by the component that removes the
+most on the full data); metrics ``clean_logit_diff``, ``effect`` (the ``effect`` profile's
+value of largest magnitude, signed), ``best_depth``, ``behaviour`` (1 where shown),
+``top_layer`` and ``top_head`` (that component; head −1: the MLP). Transfer compares
+``effect`` and the ``effect`` profiles.
 
 Uncertainty (``result.bootstrap``): replicates of the ``effect`` profile and metric from
 resampled items (per-item clean and ablated logit differences; the mean activations of mean
-ablation are held fixed).
+ablation are held fixed). Each layer's component and the headline layer are **chosen once**,
+on the full data, and held fixed in every replicate: choosing the largest of many noisy
+shares again in each replicate would bias the interval upward (:func:`chosen_components`).
+Whether the model shows the behaviour is decided once too.
 """
 
 from __future__ import annotations
@@ -41,11 +50,10 @@ from analoglab.experiments.methods.common import (
 )
 from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import AblationSpec
-from analoglab.experiments.uncertainty import headline_rows, make_replicates
+from analoglab.experiments.uncertainty import make_replicates, percentile_interval
 from analoglab.interventions import ablate, capture
 
 MIN_LOGIT_DIFF = 1e-3
-SHARE_FLOOR = 1.0  # nats: shares are of max(|LD_clean|, this)
 
 
 def run(spec: AblationSpec, ctx: Context) -> Outcome:
@@ -120,45 +128,95 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
 
     head_table = [[0.0] * n_heads for _ in blocks.indices]
     mlp_delta = [0.0] * len(blocks)
-    share: list[list[float]] = [[] for _ in blocks.indices]
-    scale = max(abs(clean), SHARE_FLOOR)
     for (li, head), delta in zip(conditions, deltas, strict=True):
         if head is None:
             mlp_delta[li] = delta
         else:
             head_table[li][head] = delta
-        share[li].append(-delta / scale if abs(clean) >= MIN_LOGIT_DIFF else 0.0)
-    effect = blocks.profile([max(s) for s in share])
+    has_behaviour = behaviour_shown(ctx, clean_items)
+    shares = removed_shares(clean_items.mean(), ablated.mean(axis=1), has_behaviour)
+    layer_of = [li for li, _ in conditions]
+    chosen = chosen_components(shares, layer_of, len(blocks))
+    effect = blocks.profile([float(shares[c]) for c in chosen])
 
     outcome = Outcome(profiles={"effect": effect})
-    outcome.bootstrap = _replicates(ctx, clean_items, ablated, [li for li, _ in conditions])
+    value, depth = headline(effect)
+    top = max(range(len(chosen)), key=lambda k: abs(effect.values[k]))
+    outcome.bootstrap = _replicates(ctx, clean_items, ablated, chosen, top, has_behaviour)
     if do_heads:
         outcome.tables["heads"] = head_table
     if do_mlp:
         outcome.profiles["mlp"] = blocks.profile(mlp_delta)
-    value, depth = headline(effect)
-    outcome.metrics = {"clean_logit_diff": clean, "effect": value, "best_depth": depth}
+    top_li, top_head = conditions[chosen[top]]
+    outcome.metrics = {
+        "clean_logit_diff": clean,
+        "effect": value,
+        "best_depth": depth,
+        "behaviour": 1.0 if has_behaviour else 0.0,
+        "top_head": float(-1 if top_head is None else top_head),
+        "top_layer": float(blocks.indices[top_li]),
+    }
     return outcome
 
 
+def behaviour_shown(ctx: Context, clean_items: np.ndarray) -> bool:
+    """Whether the model shows the behaviour at all: the share of items it answers right
+    (clean logit difference above 0) has a 95% bootstrap interval clear of chance (0.5), and
+    the mean clean logit difference is at least ``MIN_LOGIT_DIFF``. A model at chance may
+    still hold a consistent bias between the two answers (a mean logit difference told apart
+    from 0); ablations that move a bias are not shares of a behaviour."""
+    if abs(float(clean_items.mean())) < MIN_LOGIT_DIFF:
+        return False
+    right = (clean_items > 0).astype(np.float64)
+    low, high = percentile_interval(ctx.weights(len(clean_items), "data") @ right)
+    return low > 0.5 or high < 0.5
+
+
+def removed_shares(
+    clean: float | np.ndarray, ablated: np.ndarray, has_behaviour: bool
+) -> np.ndarray:
+    """The share of the behaviour each ablation removes, ``−(LD_ablated − LD_clean) /
+    |LD_clean|`` (``clean`` a number or ``[B]``, ``ablated`` ``[C]`` or ``[B, C]``); all 0
+    where the model shows no behaviour to remove."""
+    clean_arr = np.asarray(clean, dtype=np.float64)
+    ablated = np.asarray(ablated, dtype=np.float64)
+    if not has_behaviour:
+        return np.zeros_like(ablated)
+    scale = np.maximum(np.abs(clean_arr), MIN_LOGIT_DIFF)
+    if clean_arr.ndim:
+        return np.asarray(-(ablated - clean_arr[:, None]) / scale[:, None])
+    return np.asarray(-(ablated - clean_arr) / scale)
+
+
+def chosen_components(shares: np.ndarray, layer_of: list[int], n_layers: int) -> list[int]:
+    """Per layer, the condition removing the largest share on the full data (the first on
+    ties): chosen once, then held fixed in every bootstrap replicate."""
+    chosen: list[int] = []
+    for li in range(n_layers):
+        members = [c for c, layer in enumerate(layer_of) if layer == li]
+        chosen.append(max(members, key=lambda c: (shares[c], -c)))
+    return chosen
+
+
 def _replicates(
-    ctx: Context, clean_items: np.ndarray, ablated: np.ndarray, layer_of: list[int]
+    ctx: Context,
+    clean_items: np.ndarray,
+    ablated: np.ndarray,
+    chosen: list[int],
+    top: int,
+    has_behaviour: bool,
 ) -> Replicates:
     """Replicates of the ``effect`` profile and metric: ``clean_items`` ``[item]``,
-    ``ablated`` ``[condition, item]``, ``layer_of`` each condition's layer position."""
+    ``ablated`` ``[condition, item]``; ``chosen`` the condition of each layer and ``top`` the
+    headline layer, both chosen on the full data and held fixed (re-choosing them in each
+    replicate would take the largest of noisy shares and bias the interval upward)."""
     weights = ctx.weights(len(clean_items), "data")
     clean = weights @ clean_items  # [B]
-    deltas = weights @ ablated.T - clean[:, None]  # [B, C]
-    shares = -deltas / np.maximum(np.abs(clean), SHARE_FLOOR)[:, None]
-    shares[np.abs(clean) < MIN_LOGIT_DIFF] = 0.0
-    n_layers = max(layer_of) + 1
-    profiles = np.full((len(clean), n_layers), -np.inf)
-    for c, li in enumerate(layer_of):
-        profiles[:, li] = np.maximum(profiles[:, li], shares[:, c])
+    shares = removed_shares(clean, weights @ ablated[chosen].T, has_behaviour)  # [B, L]
     return make_replicates(
         resamples=len(clean),
         seed=ctx.bootstrap_seed,
         items={"data": len(clean_items)},
-        metrics={"effect": headline_rows(profiles)},
-        profiles={"effect": profiles},
+        metrics={"effect": shares[:, top]},
+        profiles={"effect": shares},
     )

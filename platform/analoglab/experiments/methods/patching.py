@@ -43,7 +43,7 @@ from analoglab.experiments.methods.common import (
 )
 from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import PatchingSpec
-from analoglab.experiments.uncertainty import make_replicates
+from analoglab.experiments.uncertainty import make_replicates, percentile_interval
 from analoglab.interventions import capture, patch
 
 MIN_EFFECT = 1e-3
@@ -92,19 +92,24 @@ def run(spec: PatchingSpec, ctx: Context) -> Outcome:
                     ctx.progress.step()
 
     clean, corrupt = float(clean_items.mean()), float(corrupt_items.mean())
-    effect = clean - corrupt
-    if abs(effect) < MIN_EFFECT:
-        table = [[0.0] * n_pos for _ in names]
+    swing = clean - corrupt
+    weights = ctx.weights(n, "data")
+    shown = swing_shown(weights, clean_items, corrupt_items)
+    if shown:
+        table = ((patched.mean(axis=2) - corrupt) / swing).tolist()
     else:
-        table = ((patched.mean(axis=2) - corrupt) / effect).tolist()
+        table = [[0.0] * n_pos for _ in names]
     recovery = blocks.profile([row[-1] for row in table])
     outcome = Outcome(profiles={"recovery": recovery})
-    outcome.bootstrap = _replicates(ctx, clean_items, corrupt_items, patched[:, -1, :])
+    outcome.bootstrap = _replicates(
+        ctx, weights, clean_items, corrupt_items, patched[:, -1, :], shown
+    )
     _, depth = headline(recovery)
     outcome.metrics = {
         "clean_logit_diff": clean,
         "corrupt_logit_diff": corrupt,
-        "effect": effect,
+        "logit_swing": swing,
+        "effect": float(flips(clean_items, corrupt_items).mean()),
         "best_depth": depth,
     }
     if spec.per_position:
@@ -113,28 +118,52 @@ def run(spec: PatchingSpec, ctx: Context) -> Outcome:
     return outcome
 
 
+def flips(clean_items: np.ndarray, corrupt_items: np.ndarray) -> np.ndarray:
+    """Per item, ``1[LD_clean > 0] − 1[LD_corrupt > 0]``: 1 where the corruption turns the
+    target into the foil, −1 where it turns the foil into the target, 0 where it changes
+    nothing (the item's part of ``effect``, on the scale of an evaluation's ``2·acc − 1``)."""
+    flipped: np.ndarray = (clean_items > 0).astype(np.float64) - (corrupt_items > 0)
+    return flipped
+
+
+def swing_shown(weights: np.ndarray, clean_items: np.ndarray, corrupt_items: np.ndarray) -> bool:
+    """Whether the corruption moves the logit difference at all: the mean of ``LD_clean −
+    LD_corrupt`` is at least ``MIN_EFFECT`` and its 95% bootstrap interval excludes 0 (else
+    there is nothing to recover and every recovery is 0)."""
+    per_item = clean_items - corrupt_items
+    if abs(float(per_item.mean())) < MIN_EFFECT:
+        return False
+    low, high = percentile_interval(weights @ per_item)
+    return low > 0.0 or high < 0.0
+
+
 def _diffs(logits: Tensor, target: Tensor, foil: Tensor) -> np.ndarray:
     diffs: np.ndarray = logit_diff(logits, target, foil).double().cpu().numpy()
     return diffs
 
 
 def _replicates(
-    ctx: Context, clean_items: np.ndarray, corrupt_items: np.ndarray, patched: np.ndarray
+    ctx: Context,
+    weights: np.ndarray,
+    clean_items: np.ndarray,
+    corrupt_items: np.ndarray,
+    patched: np.ndarray,
+    shown: bool,
 ) -> Replicates:
-    """Replicates of ``effect`` and of the recovery profile; ``patched`` is ``[layer, item]``
-    at the last position."""
-    weights = ctx.weights(len(clean_items), "data")
+    """Replicates of ``effect`` (the flip share) and of the recovery profile; ``patched`` is
+    ``[layer, item]`` at the last position. Whether there is a swing to recover is decided
+    once, on the full data (``shown``), and held fixed."""
     clean, corrupt = weights @ clean_items, weights @ corrupt_items
-    effect = clean - corrupt
-    usable = np.abs(effect) >= MIN_EFFECT
-    safe = np.where(usable, effect, 1.0)
+    swing = clean - corrupt
+    usable = np.abs(swing) >= MIN_EFFECT if shown else np.zeros(len(swing), dtype=bool)
+    safe = np.where(usable, swing, 1.0)
     recovery = np.where(
         usable[:, None], (weights @ patched.T - corrupt[:, None]) / safe[:, None], 0.0
     )
     return make_replicates(
-        resamples=len(effect),
+        resamples=len(swing),
         seed=ctx.bootstrap_seed,
         items={"data": len(clean_items)},
-        metrics={"effect": effect},
+        metrics={"effect": weights @ flips(clean_items, corrupt_items), "logit_swing": swing},
         profiles={"recovery": recovery},
     )

@@ -14,16 +14,19 @@ full batch, by L-BFGS from zero weights (deterministic), minimising
 
     mean cross-entropy + (l2 / 2) · ‖W‖²
 
-Outputs: profiles ``accuracy`` (held-out) and ``train_accuracy``; metrics ``accuracy`` (the
-best layer's), ``chance`` (the majority class's share of the test split), ``effect`` =
-(accuracy − chance) / (1 − chance), ``best_depth``, ``classes``, ``train_examples``,
+Outputs: profiles ``accuracy`` (held-out, averaged over the splits) and ``train_accuracy``
+(split 0); metrics ``accuracy`` (each split read at the layer the *other* splits chose,
+averaged: :func:`held_out_layers`), ``chance`` (the majority class's share of the test
+split, averaged over the splits), ``effect`` = (accuracy − chance) / (1 − chance),
+``best_depth`` (the layer best on average), ``classes``, ``train_examples``,
 ``test_examples``. Transfer compares ``effect``, ``accuracy`` and the ``accuracy`` profiles.
 
-Uncertainty (``result.bootstrap``): ``splits`` train/test splits are fitted (the first is the
-one above; split ``k > 0`` is seeded by ``[seed, k]``, and with the shuffled-labels control
-draws its own shuffle). Replicate ``b`` takes split ``b mod splits`` and resamples its test
-examples (each split holds the same number per class), giving replicates of the ``accuracy``
-profile, of ``accuracy`` (the best layer's) and of ``effect`` (with the resample's chance).
+Uncertainty (``result.bootstrap``): ``splits`` train/test splits are fitted (split ``k > 0``
+is seeded by ``[seed, k]``, and with the shuffled-labels control draws its own shuffle).
+Replicate ``b`` takes split ``b mod splits`` and resamples its test examples (each split
+holds the same number per class), giving replicates of the ``accuracy`` profile, of
+``accuracy`` and of ``effect`` (at the split's layer and with the split's chance, both held
+fixed).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from analoglab.experiments.methods.common import (
+    Blocks,
     Context,
     ExperimentError,
     Outcome,
@@ -172,16 +176,33 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
                     train_accuracy.append(int((pred[tr] == y[tr]).sum()) / len(train_idx))
                 ctx.progress.step()
 
-    split_labels, train_idx, test_idx = splits[0]
-    accuracy = correct[0].mean(axis=1).tolist()
-    test_counts = np.bincount(split_labels[test_idx], minlength=n_classes)
-    chance = float(test_counts.max() / test_counts.sum())
+    return outcome_of(ctx, blocks, splits, correct, train_accuracy, n_classes)
+
+
+def outcome_of(
+    ctx: Context,
+    blocks: Blocks,
+    splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    correct: np.ndarray,
+    train_accuracy: list[float],
+    n_classes: int,
+) -> Outcome:
+    """The probe's outcome from its fits: ``splits`` (each split's labels, train and test
+    indices), ``correct`` ``[split, layer, test example]`` and split 0's training accuracy
+    per layer (the module docstring says what each output is)."""
+    _, train_idx, test_idx = splits[0]
+    per_split = correct.mean(axis=2)  # [split, layer]
+    accuracy = per_split.mean(axis=0).tolist()
+    layers = held_out_layers(per_split)
+    chances = [_chance(lab[test], n_classes) for lab, _, test in splits]
+    held = float(np.mean([per_split[k, layers[k]] for k in range(len(splits))]))
+    chance = float(np.mean(chances))
     best = int(np.argmax(accuracy))
     return Outcome(
         metrics={
-            "accuracy": accuracy[best],
+            "accuracy": held,
             "chance": chance,
-            "effect": (accuracy[best] - chance) / (1.0 - chance),
+            "effect": (held - chance) / (1.0 - chance) if chance < 1.0 else 0.0,
             "best_depth": blocks.depths[best],
             "classes": float(n_classes),
             "train_examples": float(len(train_idx)),
@@ -191,31 +212,59 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
             "accuracy": blocks.profile(accuracy),
             "train_accuracy": blocks.profile(train_accuracy),
         },
-        bootstrap=_replicates(ctx, correct, [lab[test] for lab, _, test in splits], n_classes),
+        bootstrap=_replicates(
+            ctx, correct, [lab[test] for lab, _, test in splits], n_classes, layers
+        ),
     )
 
 
+def held_out_layers(per_split: np.ndarray) -> list[int]:
+    """For each split ``k``, the layer whose accuracy averaged over the *other* splits is
+    highest (the first on ties; with one split, its own best). Reading split ``k``'s accuracy
+    at a layer chosen without it keeps the choice from picking the luckiest test set: the
+    largest of several noisy accuracies is biased upward, most visibly for a control at
+    chance."""
+    n_splits = per_split.shape[0]
+    if n_splits == 1:
+        return [int(np.argmax(per_split[0]))]
+    total = per_split.sum(axis=0)
+    return [int(np.argmax((total - per_split[k]) / (n_splits - 1))) for k in range(n_splits)]
+
+
+def _chance(labels: np.ndarray, n_classes: int) -> float:
+    counts = np.bincount(labels, minlength=n_classes)
+    return float(counts.max() / counts.sum())
+
+
 def _replicates(
-    ctx: Context, correct: np.ndarray, test_labels: list[np.ndarray], n_classes: int
+    ctx: Context,
+    correct: np.ndarray,
+    test_labels: list[np.ndarray],
+    n_classes: int,
+    layers: list[int],
 ) -> Replicates:
-    """Replicates of the accuracy profile, the best accuracy and the effect: ``correct`` is
-    ``[split, layer, test example]``, ``test_labels`` each split's test labels."""
+    """Replicates of the accuracy profile, the accuracy and the effect: ``correct`` is
+    ``[split, layer, test example]``, ``test_labels`` each split's test labels, ``layers``
+    the layer each split is read at (:func:`held_out_layers`, held fixed)."""
     n_test = correct.shape[2]
     weights = ctx.weights(n_test, "test")
     resamples = weights.shape[0]
     split = np.arange(resamples) % correct.shape[0]
     # accuracy of each layer under each resample of its replicate's split: [B, L]
     accuracy = np.einsum("bn,bln->bl", weights, correct[split])
-    onehot = np.stack([np.eye(n_classes)[labels] for labels in test_labels])  # [K, n, C]
-    chance = np.einsum("bn,bnc->bc", weights, onehot[split]).max(axis=1)
-    best = accuracy.max(axis=1)
+    # chance is the design's: the majority share of the split's test set, as for the point
+    # estimate (the larger class share of each resample would be biased upward: the maximum
+    # of shares that vary around it)
+    chances = np.asarray([_chance(labels, n_classes) for labels in test_labels])
+    chance = chances[split]
+    held = accuracy[np.arange(resamples), np.asarray(layers)[split]]
     headroom = 1.0 - chance
     usable = headroom > 1e-12
-    effect = np.where(usable, (best - chance) / np.where(usable, headroom, 1.0), 0.0)
+    effect = np.where(usable, (held - chance) / np.where(usable, headroom, 1.0), 0.0)
     return make_replicates(
         resamples=resamples,
         seed=ctx.bootstrap_seed,
         items={"test": n_test},
-        metrics={"accuracy": best, "effect": effect},
+        metrics={"accuracy": held, "effect": effect},
         profiles={"accuracy": accuracy},
     )
