@@ -77,6 +77,7 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/architectures.py
 	$(BIN)/analoglab models build
 	$(BIN)/python benchmarks/transfer.py --home $(ANALOGLAB_HOME)="$$(nproc) threads" --markdown docs/transfer-benchmark.md
+	$(BIN)/python benchmarks/demo.py --home $(ANALOGLAB_HOME) --markdown docs/performance.md
 	$(BIN)/python benchmarks/activations.py
 	$(BIN)/python benchmarks/queue_load.py
 	$(BIN)/python benchmarks/lab.py

@@ -4,7 +4,11 @@
 - ``home``: a fresh, empty data folder; ``ANALOGLAB_HOME`` points at it; yields its Settings.
 - ``tiny_home``: the ``tiny`` foundry preset, built once per session into its own data folder
   (frontier on the lab site, two analogs in the model store, the lab in the catalog).
-  Read it, never change it: copy what a test must alter.
+  Read it, never change it: copy what a test must alter. With ``ANALOGLAB_TEST_TINY_HOME``
+  set to a data folder where the tiny preset was built (``ANALOGLAB_HOME=DIR analoglab
+  foundry build --preset tiny``), each session starts from a copy of it, and the build
+  returns at once where the preset is unchanged (or redoes only what changed): for several
+  test runs side by side on a small machine. CI leaves it unset.
 - ``use_tiny_home``: ``ANALOGLAB_HOME`` pointed at ``tiny_home`` (for CLI tests).
 - ``one_thread`` (autouse): torch on one thread during each test (tiny models gain nothing
   from threads, and on two shared cores torch's threads wait on each other).
@@ -84,9 +88,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings()
 
 
+#: Read at import, before ``clean_env`` empties ANALOGLAB_* for each test.
+PREBUILT_TINY = os.environ.get("ANALOGLAB_TEST_TINY_HOME")
+
+
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, BuildResult]:
-    settings = Settings(home=tmp_path_factory.mktemp("tiny") / "home")
+    home = tmp_path_factory.mktemp("tiny") / "home"
+    prebuilt = PREBUILT_TINY
+    if prebuilt and (Path(prebuilt) / "foundry" / "tiny").is_dir():
+        import shutil
+
+        shutil.copytree(prebuilt, home, symlinks=True, ignore=shutil.ignore_patterns("mlflow"))
+    settings = Settings(home=home)
     result = build(get_preset("tiny"), settings, device="cpu")
     return settings, result
 

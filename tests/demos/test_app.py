@@ -35,7 +35,16 @@ def refused(client: Any, *args: Any, api_name: str) -> str:
 
 def test_the_api_lists_every_endpoint(client: Any) -> None:
     named = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    for name in ("/card", "/talk", "/look", "/vectors", "/steer", "/fidelity", "/board"):
+    for name in (
+        "/card",
+        "/talk",
+        "/look",
+        "/vectors",
+        "/steer",
+        "/fidelity",
+        "/board",
+        "/profiles",
+    ):
         assert name in named
 
 
@@ -241,7 +250,7 @@ def test_a_released_transfer_check_is_on_the_board(client: Any, demo_home: Setti
             tags.VERDICT: "transfers",
         },
     )
-    table, note, _lab, _frontier, method, _verdict = client.predict(
+    table, note, _lab, _frontier, method, _verdict, scores, picker = client.predict(
         "all", "all", "all", "all", api_name="/board"
     )
     rows = table["value"]["data"]
@@ -250,8 +259,51 @@ def test_a_released_transfer_check_is_on_the_board(client: Any, demo_home: Setti
     assert rows[0][5] == "0.83 [0.70, 0.90]" and "profile correlation 0.95" in rows[0][6]
     assert "1 of 1" in note
     assert [c[1] for c in method["choices"]] == ["all", "probe"]
-    filtered, note, *_ = client.predict("all", "all", "ablation", "all", api_name="/board")
+    # the chart draws the shown checks; the profile picker offers them, the first picked
+    assert scores["type"] == "matplotlib" and scores["plot"].startswith("data:image/")
+    assert [c[1] for c in picker["choices"]] == [released] and picker["value"] == released
+    filtered, note, *_, picker = client.predict("all", "all", "ablation", "all", api_name="/board")
     assert filtered["value"]["data"] == [] and "0 of 1" in note
+    assert picker["choices"] == [] and picker["value"] is None
+
+
+def test_a_released_checks_layer_profiles_share_one_depth_axis(
+    client: Any, demo_home: Settings
+) -> None:
+    """``/profiles`` draws the analog's and the frontier's profiles of a check the board
+    shows (from the check's child runs); a run the board does not show is refused."""
+    from analoglab.experiments.spec import parse_spec
+    from analoglab.experiments.transfer import compare
+    from analoglab.tracking import TransferCheckRun
+
+    from ..tracking.conftest import PROBE, build_result
+
+    spec = parse_spec(PROBE)
+    check = TransferCheckRun.open(spec, analog=ANALOG, frontier="tiny-frontier", settings=demo_home)
+    analog = build_result(spec, ANALOG, values=[0.5, 0.9, 0.7])
+    frontier = build_result(spec, "tiny-frontier", values=[0.5, 0.6, 0.95, 0.9, 0.8], weights="f")
+    check.log_analog(analog)
+    check.set_job("job-7")
+    check.log_frontier(frontier)
+    check.log_report(compare(analog, frontier))
+
+    *_, picker = client.predict("all", "all", "all", "all", api_name="/board")
+    assert check.run_id in [c[1] for c in picker["choices"]]
+    plot, sentence = client.predict(check.run_id, api_name="/profiles")
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/")
+    assert "first block (0) to the last (1)" in sentence
+
+    from analoglab.demos.published import Published
+
+    drawn = Published(demo_home, cache_seconds=0.0).profiles(check.run_id)
+    assert drawn is not None and set(drawn.profiles) == {"accuracy"}
+    analog_curve, frontier_curve = drawn.profiles["accuracy"]
+    assert [p[0] for p in analog_curve] == [0.0, 0.5, 1.0]  # 3 blocks on the 0–1 axis
+    assert [p[0] for p in frontier_curve] == [0.0, 0.25, 0.5, 0.75, 1.0]  # 5 blocks on it
+    assert [p[1] for p in frontier_curve] == [0.5, 0.6, 0.95, 0.9, 0.8]
+
+    message = refused(client, "f" * 32, api_name="/profiles")
+    assert "no released transfer check" in message
 
 
 def test_a_link_restores_its_view(client: Any) -> None:

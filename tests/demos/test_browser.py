@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from analoglab.config import Settings
+
 from ..browser import Browser
 
 pytestmark = pytest.mark.slow
@@ -44,8 +46,33 @@ def query(browser: Browser) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(browser.url()).query))
 
 
-def test_every_tab_renders_for_a_visitor(demo_url: str, tmp_path: Path) -> None:
+def released_check(home: Settings) -> str:
+    """A transfer check of the tiny analog released through the queue (its two results with
+    layer profiles of 3 and 5 blocks), so the board has a row, a score and profiles."""
+    from analoglab.experiments.spec import parse_spec
+    from analoglab.experiments.transfer import compare
+    from analoglab.tracking import TransferCheckRun
+
+    from ..tracking.conftest import PROBE, build_result
+
+    spec = parse_spec(PROBE)
+    check = TransferCheckRun.open(
+        spec, analog="tiny-analog-s", frontier="tiny-frontier", settings=home
+    )
+    analog = build_result(spec, "tiny-analog-s", values=[0.5, 0.9, 0.7])
+    frontier = build_result(spec, "tiny-frontier", values=[0.5, 0.6, 0.95, 0.9, 0.8], weights="f")
+    check.log_analog(analog)
+    check.set_job("job-1")
+    check.log_frontier(frontier)
+    check.log_report(compare(analog, frontier))
+    return check.run_id
+
+
+def test_every_tab_renders_for_a_visitor(
+    demo_url: str, demo_home: Settings, tmp_path: Path
+) -> None:
     shots = tmp_path / "screenshots"
+    released_check(demo_home)
     link = (
         demo_url
         + "?"
@@ -98,12 +125,14 @@ def test_every_tab_renders_for_a_visitor(demo_url: str, tmp_path: Path) -> None:
         )
         shoot(browser, shots / "4-fidelity.png")
 
-        # 5. Transfer board: a table or the empty state explained
+        # 5. Transfer board: the released check's row, its score chart and its layer profiles
         click(browser, "[role=tab]", "Transfer board")
+        browser.wait_for("document.body.innerText.includes('1 of 1 released transfer checks')")
         browser.wait_for(
-            "document.body.innerText.includes('released transfer checks') || "
-            "document.body.innerText.includes('No transfer check has been released yet')"
+            "[...document.querySelectorAll('img')].filter(i => i.src.startsWith('data:image')"
+            " && i.offsetParent !== null && i.naturalWidth > 0).length >= 2"
         )
+        browser.wait_for("document.body.innerText.includes('first block (0) to the last (1)')")
         browser.wait_for("location.search.includes('tab=board')")
         shoot(browser, shots / "5-board.png")
 

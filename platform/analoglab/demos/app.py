@@ -11,7 +11,8 @@ string (``?tab=steer&analog=…``) as it changes, and restored when a page opens
 a link shows what its sender saw.
 
 API names (for ``gradio_client``): ``/card``, ``/talk`` (streamed), ``/look``, ``/vectors``,
-``/steer``, ``/fidelity``, ``/board``, ``/restore``.
+``/steer``, ``/fidelity``, ``/board`` (the table, the scores chart, the profile picker),
+``/profiles`` (a released check's layer profiles on relative depth), ``/restore``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ from analoglab.demos.views import (
     lens_figure,
     moved_rows,
     norms_figure,
+    profiles_figure,
+    row_label,
+    scores_figure,
 )
+from analoglab.demos.views import shown as shown_checks
 from analoglab.errors import AnalogLabError
 
 log = logging.getLogger("analoglab.demos")
@@ -67,6 +72,16 @@ LENS_SENTENCE = (
 NORMS_SENTENCE = (
     "How large the residual stream is after each block, averaged over the prompt's tokens: "
     "each block adds its part to the stream, and the norm shows how much the stream grows."
+)
+SCORES_SENTENCE = (
+    "Each row is one released check: the dot is its transfer score, the bar the range the score "
+    "is 95% sure to lie in, and its colour the verdict. A verdict only says *transfers* when the "
+    "whole bar clears the 0.6 line; a bar across a line is *inconclusive*."
+)
+PROFILES_SENTENCE = (
+    "The same measurement after each block of the analog and of the frontier, on one axis from "
+    "the first block (0) to the last (1), so models of different depths line up: where the "
+    "curves peak at the same depth, the finding sits at the same place in both."
 )
 STEER_SENTENCE = (
     "Both completions use the same prompt and the same seed; only the steering vector differs. "
@@ -306,7 +321,7 @@ def build_app(
     @_clear
     def board(
         lab: Any, frontier: Any, method: Any, verdict: Any
-    ) -> tuple[Any, str, Any, Any, Any, Any]:
+    ) -> tuple[Any, str, Any, Any, Any, Any, Any, Any]:
         rows = demo.published.transfers()
         choices = board_filters(rows)
         picked = {
@@ -332,7 +347,32 @@ def build_app(
         else:
             note = f"{len(shown)} of {len(rows)} released transfer checks."
         dropdowns = [gr.Dropdown(choices=choices[k], value=picked[k]) for k in picked]
-        return (gr.Dataframe(value=shown, headers=BOARD_HEADERS), note, *dropdowns)
+        checks = shown_checks(rows, **{k: str(v) for k, v in picked.items()})
+        picker = gr.Dropdown(
+            choices=[(row_label(r), r.run_id) for r in checks],
+            value=checks[0].run_id if checks else None,
+        )
+        return (
+            gr.Dataframe(value=shown, headers=BOARD_HEADERS),
+            note,
+            *dropdowns,
+            scores_figure(checks),
+            picker,
+        )
+
+    @_clear
+    def profiles(run_id: Any) -> tuple[Any, str]:
+        if not isinstance(run_id, str) or not run_id or len(run_id) > 64:
+            return None, "Pick a released check above to see its layer profiles."
+        found = demo.published.profiles(run_id)
+        if found is None:
+            raise DemoInputError("no released transfer check has that run id")
+        if not found.profiles:
+            return profiles_figure(found), (
+                "This check's results logged no layer profile (its method measures one number "
+                "per model)."
+            )
+        return profiles_figure(found), PROFILES_SENTENCE
 
     @_clear
     def restore(search: Any) -> tuple[Any, ...]:
@@ -470,6 +510,13 @@ def build_app(
                 board_out = gr.Dataframe(
                     headers=BOARD_HEADERS, interactive=False, datatype="markdown"
                 )
+                scores_out = gr.Plot(label="Transfer scores with their 95% intervals")
+                gr.Markdown(SCORES_SENTENCE)
+                profile_in = gr.Dropdown(
+                    choices=[], value=None, label="Layer profiles of", allow_custom_value=True
+                )
+                profile_out = gr.Plot(label="The analog's and the frontier's layer profiles")
+                profile_note = gr.Markdown()
 
         # -- events ------------------------------------------------------------------------
 
@@ -488,9 +535,12 @@ def build_app(
             api_name="steer",
         )
         board_inputs = [lab_in, frontier_in, method_in, verdict_in]
-        board_outputs = [board_out, board_note, *board_inputs]
+        board_outputs = [board_out, board_note, *board_inputs, scores_out, profile_in]
         for dropdown in board_inputs:
-            dropdown.input(board, board_inputs, board_outputs, api_name=False)
+            dropdown.input(board, board_inputs, board_outputs, api_name=False).then(
+                profiles, profile_in, [profile_out, profile_note], api_name=False
+            )
+        profile_in.input(profiles, profile_in, [profile_out, profile_note], api_name="profiles")
 
         for tab, tab_id in (
             (talk_tab, "talk"),
@@ -515,7 +565,9 @@ def build_app(
             api_name="restore",
         ).then(None, None, None, js=RESTORED_JS, api_name=False).then(
             fidelity, None, fidelity_out, api_name="fidelity"
-        ).then(board, board_inputs, board_outputs, api_name="board")
+        ).then(board, board_inputs, board_outputs, api_name="board").then(
+            profiles, profile_in, [profile_out, profile_note], api_name=False
+        )
 
     app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     app.analogs = analogs  # for tests and the benchmark: the models it serves

@@ -11,7 +11,9 @@ of its ``best_depth`` metric, so what a visitor turns up is exactly the finding 
 **Released transfer checks.** The board shows transfer-check parent runs
 (``analoglab.kind = transfer``) that carry a verdict and a queue job: the frontier's side
 came through the gated queue and its result was released by the lab. Checks run without the
-queue (a laptop holding the frontier itself) are not shown.
+queue (a laptop holding the frontier itself) are not shown. A row's **layer profiles** (the
+analog's and the frontier's, on one relative-depth axis) are read from the check's two child
+runs' ``result.json``, and only for a run the board shows.
 
 Every query is cached for :data:`CACHE_SECONDS` (by default), so a busy demo asks MLflow
 little; an MLflow that cannot be reached gives an empty list and a sentence saying so, never
@@ -102,6 +104,15 @@ class Published:
             if row.spec_hash == spec_hash and row.analog == analog:
                 return row
         return None
+
+    def profiles(self, run_id: str) -> RowProfiles | None:
+        """The analog's and the frontier's layer profiles of a released check on the board
+        (None for a run the board does not show: nothing else is read)."""
+        row = next((r for r in self.transfers() if r.run_id == run_id), None)
+        if row is None:
+            return None
+        found = self._cached(f"profiles:{run_id}", lambda: [self._profiles(row)])
+        return found[0] if found else None
 
     def forget(self) -> None:
         """Drop the cache (the next query asks MLflow again)."""
@@ -220,6 +231,55 @@ class Published:
                 )
             )
         return rows
+
+    def _profiles(self, row: TransferRow) -> RowProfiles:
+        from analoglab.experiments.result import ExperimentResult
+        from analoglab.tracking.results import RESULT_FILE
+
+        assert self._store is not None  # transfers() opened it
+        client = self._store.client
+        runs = client.search_runs(
+            [client.get_run(row.run_id).info.experiment_id],
+            filter_string=tags.tag_filter({tags.PARENT_RUN_ID: row.run_id}),
+            max_results=20,
+            order_by=["attributes.start_time ASC"],
+        )
+        results: dict[str, ExperimentResult] = {}
+        for run in runs:
+            kind = run.data.tags.get(tags.KIND)
+            if run.info.status != "FINISHED" or kind not in ("analog", "frontier"):
+                continue
+            if kind in results:
+                continue  # the oldest finished child is the one the check compared
+            text = self._store.read_text(str(run.info.run_id), RESULT_FILE)
+            if text is not None:
+                results[kind] = ExperimentResult.model_validate_json(text)
+        analog, frontier = results.get("analog"), results.get("frontier")
+        profiles: dict[str, tuple[Curve, Curve]] = {}
+        if analog is not None and frontier is not None:
+            for name in sorted(set(analog.profiles) & set(frontier.profiles)):
+                profiles[name] = (_curve(analog.profiles[name]), _curve(frontier.profiles[name]))
+        return RowProfiles(row=row, profiles=profiles)
+
+
+Curve = list[tuple[float, float, int]]
+"""A layer profile as (relative depth, value, block index) points."""
+
+
+@dataclass(frozen=True)
+class RowProfiles:
+    """A released check's layer profiles: name → (analog, frontier), each a list of
+    (relative depth, value, block index)."""
+
+    row: TransferRow
+    profiles: dict[str, tuple[Curve, Curve]]
+
+
+def _curve(profile: Any) -> Curve:
+    return [
+        (float(d), float(v), int(i))
+        for d, v, i in zip(profile.depths, profile.values, profile.indices, strict=True)
+    ]
 
 
 def publish(run_id: str, settings: Settings | None = None, public: bool = True) -> None:

@@ -1,8 +1,9 @@
 """What each view shows, as plain data and figures: the handlers of :mod:`.app` call these.
 
 Pure functions over the engine's results and the cards (no Gradio here): the analog card as
-Markdown, the fidelity table, the transfer board's rows and filters, the logit-lens heatmap
-and the norms plot (matplotlib figures, built without pyplot so nothing is kept globally).
+Markdown, the fidelity table, the transfer board's rows, filters and charts (scores with their
+intervals; a check's layer profiles on relative depth), the logit-lens heatmap and the norms
+plot (matplotlib figures, built without pyplot so nothing is kept globally).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from analoglab.demos.engine import Lens, Moved
-from analoglab.demos.published import TransferRow
+from analoglab.demos.published import RowProfiles, TransferRow
 from analoglab.models.card import AnalogCard
 
 ALL = "all"
@@ -98,17 +99,7 @@ def board_rows(
 ) -> list[list[str]]:
     """The board's rows after the filters (``all`` lets everything through)."""
     out: list[list[str]] = []
-    for r in rows:
-        if any(
-            want not in (ALL, "", None) and have != want
-            for want, have in (
-                (lab, r.lab),
-                (frontier, r.frontier),
-                (method, r.method),
-                (verdict, r.verdict),
-            )
-        ):
-            continue
+    for r in shown(rows, lab, frontier, method, verdict):
         score = "—" if r.score is None else f"{r.score:.2f}"
         if r.low is not None and r.high is not None:
             score += f" [{r.low:.2f}, {r.high:.2f}]"
@@ -137,6 +128,123 @@ def board_filters(rows: Sequence[TransferRow]) -> dict[str, list[str]]:
         "method": [ALL, *sorted({r.method for r in rows})],
         "verdict": [ALL, *sorted({r.verdict for r in rows})],
     }
+
+
+def row_label(row: TransferRow) -> str:
+    """How a released check is named in the board's charts and its profile picker."""
+    return f"{row.analog} → {row.frontier} · {row.method} ({row.run_id[:6]})"
+
+
+def shown(
+    rows: Sequence[TransferRow], lab: str, frontier: str, method: str, verdict: str
+) -> list[TransferRow]:
+    """The released checks the filters let through, in the board's order."""
+    return [
+        r
+        for r in rows
+        if all(
+            want in (ALL, "", None) or have == want
+            for want, have in (
+                (lab, r.lab),
+                (frontier, r.frontier),
+                (method, r.method),
+                (verdict, r.verdict),
+            )
+        )
+    ]
+
+
+#: Colours of the verdicts in the board's charts.
+VERDICT_COLOURS = {
+    "transfers": "#2a7d2a",
+    "partial": "#c98a00",
+    "inconclusive": "#7a7a7a",
+    "does_not_transfer": "#b03030",
+    "no_effect": "#5a5a9a",
+}
+MAX_CHART_ROWS = 30
+
+
+def scores_figure(rows: Sequence[TransferRow]) -> Any:
+    """Each shown check's transfer score with its 95% interval, coloured by verdict, against
+    the cut-offs a verdict reads (0.3: partial, 0.6: transfers); its parts as small marks."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    rows = list(rows)[:MAX_CHART_ROWS]
+    fig = Figure(figsize=(7.5, max(1.8, 0.42 * len(rows) + 1.2)), dpi=100)
+    ax = fig.subplots()
+    for y, r in enumerate(rows):
+        colour = VERDICT_COLOURS.get(r.verdict, "#333333")
+        if r.low is not None and r.high is not None:
+            ax.plot([r.low, r.high], [y, y], color=colour, linewidth=3, alpha=0.5)
+        if r.score is not None:
+            ax.plot([r.score], [y], "o", color=colour, markersize=7)
+        for value in r.parts.values():
+            if 0.0 <= value <= 1.0:
+                ax.plot([value], [y + 0.22], "|", color="#555555", markersize=6)
+    for cut, name in ((0.3, "partial"), (0.6, "transfers")):
+        ax.axvline(cut, color="#999999", linestyle="--", linewidth=1)
+        ax.text(cut, -0.9, name, fontsize=7, color="#666666", ha="center")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(len(rows) - 0.4, -1.2)
+    ax.set_yticks(range(len(rows)), [row_label(r) for r in rows], fontsize=8)
+    ax.set_xlabel("transfer score (dot) with its 95% interval (bar); parts as ticks above")
+    used = sorted({r.verdict for r in rows})
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=VERDICT_COLOURS.get(v, "#333333"))
+        for v in used
+    ]
+    if handles:
+        ax.legend(
+            handles,
+            [VERDICTS.get(v, v) for v in used],
+            fontsize=7,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            frameon=False,
+        )
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+MAX_PROFILES = 4
+
+
+def profiles_figure(found: RowProfiles) -> Any:
+    """The analog's and the frontier's layer profiles of one check on one relative-depth axis
+    (0: the first block, 1: the last), one panel per measured quantity."""
+    from matplotlib.figure import Figure
+
+    names = list(found.profiles)[:MAX_PROFILES]
+    fig = Figure(figsize=(7.5, 2.6 * max(1, len(names))), dpi=100)
+    axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
+    if not names:
+        axes[0].text(0.5, 0.5, "this check logged no layer profile", ha="center", va="center")
+        axes[0].set_axis_off()
+    for ax, name in zip(axes, names, strict=False):
+        analog, frontier = found.profiles[name]
+        for curve, label, style in (
+            (analog, f"{found.row.analog} (analog)", "o-"),
+            (frontier, f"{found.row.frontier} (frontier)", "s--"),
+        ):
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], style, label=label)
+            for depth, value, index in curve:
+                ax.annotate(
+                    str(index),
+                    (depth, value),
+                    fontsize=6,
+                    xytext=(2, 3),
+                    textcoords="offset points",
+                )
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_xlabel("relative depth (block index beside each point)", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def checked_sentence(row: TransferRow | None) -> str:
