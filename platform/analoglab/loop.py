@@ -3,9 +3,11 @@
 :func:`transfer_check` runs the spec on the analog here, logs it to MLflow (a transfer check's
 parent run and its analog child, :mod:`analoglab.tracking.transfer`), submits the same spec
 to the gated queue for the frontier (linked to the analog run), waits while showing the job's
-state as it changes, fetches the released frontier result, logs it, computes the
-:class:`~analoglab.experiments.transfer.TransferReport`, logs it on the parent run, and
-returns it::
+state as it changes (and, while it is approved and waiting, its place in line among the
+frontier's approved jobs and its estimated start, as the queue gives them), fetches the
+released frontier result, logs it, computes the
+:class:`~analoglab.experiments.transfer.TransferReport`, logs it on the parent run, and returns
+it::
 
     import analoglab
     report = analoglab.transfer_check(
@@ -35,7 +37,7 @@ from analoglab.errors import AnalogLabError
 from analoglab.experiments.result import ExperimentResult
 from analoglab.experiments.spec import AnySpec, load_spec, parse_spec, resolve_task_sets
 from analoglab.experiments.transfer import TransferReport, compare
-from analoglab.queue.client import QueueClient
+from analoglab.queue.client import SETTLED, QueueClient
 from analoglab.queue.errors import QueueError
 
 
@@ -168,7 +170,7 @@ def transfer_check(
         start = time.monotonic()
 
         def changed(job: dict[str, Any]) -> None:
-            say(f"job {job_id}: {job['state']} ({time.monotonic() - start:.0f} s)")
+            say(progress_line(job_id, job, time.monotonic() - start))
 
         frontier_result = check.frontier_result()
         if frontier_result is None:
@@ -214,7 +216,7 @@ def _wait(
 
     def wait_once() -> dict[str, Any]:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return client.wait(job_id, poll=poll, timeout=left, on_change=changed)
+        return _follow(client, job_id, poll, left, changed)
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(unreachable),
@@ -224,6 +226,42 @@ def _wait(
     )
     job: dict[str, Any] = retrying(wait_once)
     return job
+
+
+def _follow(
+    client: QueueClient,
+    job_id: int,
+    poll: float,
+    timeout: float | None,
+    changed: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Poll until the job is settled (as ``QueueClient.wait``); ``changed`` sees each new
+    state and, while the job waits approved, each move of its place in line."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: tuple[str, Any] | None = None
+    while True:
+        job = client.get(job_id)
+        place = job.get("place") or {}
+        seen = (str(job["state"]), place.get("position"))
+        if seen != last:
+            last = seen
+            changed(job)
+        if job["state"] in SETTLED:
+            return job
+        if deadline is not None and time.monotonic() >= deadline:
+            raise QueueError(f"job {job_id} is still {job['state']} after {timeout} s", status=408)
+        time.sleep(poll)
+
+
+def progress_line(job_id: int, job: dict[str, Any], seconds: float) -> str:
+    """One line of the wait: the job's state, and while it waits approved its place in line
+    and estimated start (``analoglab queue show``'s "in line")."""
+    from analoglab.queue.commands import place_text
+
+    line = f"job {job_id}: {job['state']} ({seconds:.0f} s)"
+    if job.get("place"):
+        line += f"; in line: {place_text(job['place'])}"
+    return line
 
 
 def _why(job: dict[str, Any]) -> str:

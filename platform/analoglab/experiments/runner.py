@@ -13,6 +13,12 @@ timings. Example::
 
     result = run(load_spec("steer.yaml"), load_model("models/demo-analog-s"))
     result.metrics["effect"], result.profiles["effect"].depths
+
+:func:`run_batch` runs several specs on one model at once: those whose methods can share
+forward passes (:mod:`.batching`) run together, their prompts packed into shared passes
+(:mod:`.packed`), each with its own seed; the others run alone. Each spec's result is the one
+:func:`run` gives it (up to float rounding); ``timings["batched_with"]`` says how many jobs
+shared its passes.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import math
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 
 from analoglab import __version__
+from analoglab.experiments.batching import DEFAULT_BATCH_TOKENS, why_alone
 from analoglab.experiments.mapping import ResidualMap
 from analoglab.experiments.methods import run_method
 from analoglab.experiments.methods.common import Context, ExperimentError, Outcome, Progress
@@ -42,7 +50,7 @@ from analoglab.experiments.spec import (
 from analoglab.interventions import layout_of
 from analoglab.models.loading import LoadedModel
 
-__all__ = ["ExperimentError", "model_identity", "run", "versions"]
+__all__ = ["ExperimentError", "model_identity", "run", "run_batch", "versions"]
 
 
 def model_identity(loaded: LoadedModel) -> ModelIdentity:
@@ -88,48 +96,143 @@ def run(
     Raises :class:`ExperimentError` for a spec that cannot run on this model (a layer index
     out of range, data of the wrong kind, a missing reference, ...).
     """
-    start = time.perf_counter()
-    given_hash = spec_hash(spec)
-    resolved = resolve_task_sets(spec)
-    if isinstance(resolved, FidelitySpec) and reference is None:
-        raise ExperimentError(
-            "fidelity compares a model with its reference (the frontier); pass reference= to "
-            "run (on the command line: --reference)"
-        )
-    timings: dict[str, float] = {"resolve_seconds": time.perf_counter() - start}
-    ctx = Context(
-        loaded=model,
-        layout=layout_of(model.model),
-        batch_size=resolved.batch_size,
-        max_tokens=resolved.max_tokens_per_prompt,
-        seed=resolved.seed,
-        resamples=resolved.bootstrap.resamples,
-        bootstrap_seed=resolved.bootstrap.seed,
-        progress=Progress(progress),
-        timings=timings,
-        reference=reference,
-        residual_map=residual_map,
-    )
-    seed_everything(resolved.seed)
+    prepared = _prepare(spec, model, reference, residual_map, progress)
+    seed_everything(prepared.resolved.seed)
     with torch.no_grad():
-        outcome = run_method(resolved, ctx)
-    _check_finite(outcome, resolved.method)
-    timings["total_seconds"] = time.perf_counter() - start
-    result = ExperimentResult(
-        method=resolved.method,
-        spec_hash=given_hash,
-        spec=spec_to_dict(resolved),
-        model=model_identity(model),
-        device=str(model.device),
-        versions=versions(),
-        timings={k: round(v, 4) for k, v in timings.items()},
-        metrics=outcome.metrics,
-        profiles=outcome.profiles,
-        tables=outcome.tables,
-        samples=outcome.samples,
-        bootstrap=outcome.bootstrap,
-    )
-    return result.with_size()
+        outcome = run_method(prepared.resolved, prepared.ctx)
+    return prepared.finish(outcome)
+
+
+class _Prepared:
+    """One spec made ready to run on one model: resolved, hashed, its context built."""
+
+    def __init__(
+        self,
+        spec: AnySpec,
+        model: LoadedModel,
+        reference: LoadedModel | None,
+        residual_map: ResidualMap | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.start = time.perf_counter()
+        self.model = model
+        self.given_hash = spec_hash(spec)
+        self.resolved = resolve_task_sets(spec)
+        if isinstance(self.resolved, FidelitySpec) and reference is None:
+            raise ExperimentError(
+                "fidelity compares a model with its reference (the frontier); pass reference= "
+                "to run (on the command line: --reference)"
+            )
+        self.timings: dict[str, float] = {"resolve_seconds": time.perf_counter() - self.start}
+        self.ctx = Context(
+            loaded=model,
+            layout=layout_of(model.model),
+            batch_size=self.resolved.batch_size,
+            max_tokens=self.resolved.max_tokens_per_prompt,
+            seed=self.resolved.seed,
+            resamples=self.resolved.bootstrap.resamples,
+            bootstrap_seed=self.resolved.bootstrap.seed,
+            progress=Progress(progress),
+            timings=self.timings,
+            reference=reference,
+            residual_map=residual_map,
+        )
+
+    def finish(self, outcome: Outcome) -> ExperimentResult:
+        _check_finite(outcome, self.resolved.method)
+        self.timings["total_seconds"] = time.perf_counter() - self.start
+        result = ExperimentResult(
+            method=self.resolved.method,
+            spec_hash=self.given_hash,
+            spec=spec_to_dict(self.resolved),
+            model=model_identity(self.model),
+            device=str(self.model.device),
+            versions=versions(),
+            timings={k: round(v, 4) for k, v in self.timings.items()},
+            metrics=outcome.metrics,
+            profiles=outcome.profiles,
+            tables=outcome.tables,
+            samples=outcome.samples,
+            bootstrap=outcome.bootstrap,
+        )
+        return result.with_size()
+
+
+def _prepare(
+    spec: AnySpec,
+    model: LoadedModel,
+    reference: LoadedModel | None = None,
+    residual_map: ResidualMap | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> _Prepared:
+    return _Prepared(spec, model, reference, residual_map, progress)
+
+
+def run_batch(
+    specs: Sequence[AnySpec],
+    model: LoadedModel,
+    *,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> list[ExperimentResult | Exception]:
+    """Each spec's result on ``model`` (or the exception that stopped it: an
+    :class:`ExperimentError` for a spec that cannot run), in order. Specs whose methods can
+    share passes run together, packed at most ``batch_tokens`` tokens a pass (0: each
+    alone); the others run alone, one after another, as :func:`run` runs them."""
+    from analoglab.experiments.packed import run_shared_method, run_together
+
+    out: list[ExperimentResult | Exception | None] = [None] * len(specs)
+    shared: list[tuple[int, _Prepared]] = []
+    for i, spec in enumerate(specs):
+        alone = batch_tokens <= 0 or why_alone({"method": spec.method}) is not None
+        try:
+            if alone:
+                out[i] = run(spec, model)
+            else:
+                shared.append((i, _prepare(spec, model)))
+        except Exception as exc:
+            out[i] = exc
+    if len(shared) == 1:
+        i, prepared = shared[0]
+        out[i] = _run_prepared(prepared)
+    elif shared:
+
+        def body(prepared: _Prepared) -> Callable[[Any], Outcome]:
+            def go(submit: Any) -> Outcome:
+                prepared.ctx.shared = submit
+                seed_everything(prepared.resolved.seed)
+                with torch.no_grad():
+                    return run_shared_method(prepared.resolved, prepared.ctx)
+
+            return go
+
+        pad = model.tokenizer.pad_token_id
+        outcomes = run_together(
+            [body(p) for _, p in shared],
+            model.model,
+            batch_tokens=batch_tokens,
+            pad=pad if pad is not None else 0,
+        )
+        for (i, prepared), outcome in zip(shared, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                out[i] = outcome
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            try:
+                prepared.timings["batched_with"] = float(len(shared))
+                out[i] = prepared.finish(outcome)
+            except Exception as exc:
+                out[i] = exc
+    return [r for r in out if r is not None]
+
+
+def _run_prepared(prepared: _Prepared) -> ExperimentResult | Exception:
+    try:
+        seed_everything(prepared.resolved.seed)
+        with torch.no_grad():
+            return prepared.finish(run_method(prepared.resolved, prepared.ctx))
+    except Exception as exc:
+        return exc
 
 
 def _check_finite(outcome: Outcome, method: str) -> None:

@@ -10,6 +10,13 @@ counted) or when it is told to stop (no attempt counted).
   more approved jobs at once (without waiting) and runs them grouped by frontier, so jobs for
   one model run back to back in one warm worker that loaded the weights once. Every held lease
   is renewed while any of them waits or runs.
+- **Batched execution.** Where the executor can run several jobs as one batch (the local
+  one, ``executor.batch_tokens`` > 0), the jobs claimed together are planned into groups
+  (:func:`analoglab.experiments.batching.plan_groups`, in claim order: the queue's fair
+  order): shareable jobs for the same frontier run as one batch, their forward passes shared;
+  any other job (ablation, patching, the mapped methods, a job whose result waits in the
+  outbox) runs alone. Each job of a batch gets its own outcome, and each result goes through
+  the same release checks, outbox, signature and posting as a job run alone.
 - **The hub unreachable** (connection errors, 5xx, 503 from a busy database): every call is
   retried with exponential backoff (capped at ``agent.backoff_max_seconds``).
 - **Nothing lost.** A result that passed the release checks is written to the site's outbox
@@ -46,10 +53,11 @@ import tenacity
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from analoglab.errors import ConfigError
+from analoglab.experiments.batching import JobShape, plan_groups
 from analoglab.experiments.result import ExperimentResult
 from analoglab.files import atomic_write
 from analoglab.lab.config import LabConfig
-from analoglab.lab.executor import Executor, Outcome, Preloader, Task
+from analoglab.lab.executor import BatchRunner, Executor, Outcome, Preloader, Task
 from analoglab.lab.outbox import Entry, Outbox
 from analoglab.lab.release import check_release, for_release, sign_result
 from analoglab.models.catalog import FrontierPolicy
@@ -200,12 +208,14 @@ class Agent:
                     if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                         break
                     continue
-                batch.sort(key=lambda h: (str(h.job["frontier"]), h.id))
-                for held in batch:
+                for group in self._groups(batch):
                     if self.stopping:
                         break
-                    self._work(held)
-                    done += 1
+                    if len(group) == 1:
+                        self._work(group[0])
+                    else:
+                        self._work_batch(group)
+                    done += len(group)
                 idle_since = time.monotonic()
         finally:
             self._stop.set()
@@ -493,6 +503,62 @@ class Agent:
             self.outbox.undeliverable(entry, f"the lease was lost and the job is {state}")
             self.stats.undeliverable += 1
 
+    # -- batches ------------------------------------------------------------------------------
+
+    def _groups(self, batch: list[_Held]) -> list[list[_Held]]:
+        """The claimed jobs in the groups they run in: with a batching executor, shareable
+        jobs for one frontier together (see the module docstring); else (or batching off)
+        one by one, grouped by frontier so one warm worker serves each in turn."""
+        tokens = self.executor.batch_tokens if isinstance(self.executor, BatchRunner) else 0
+        if tokens <= 0:
+            return [[h] for h in sorted(batch, key=lambda h: (str(h.job["frontier"]), h.id))]
+        by_id = {h.id: h for h in batch}
+        shapes = []
+        for h in batch:
+            frontier = str(h.job["frontier"])
+            weights = self.config.models.get(frontier)
+            alone = (
+                weights is None
+                or h.lost.is_set()
+                or (self.outbox is not None and self.outbox.get(h.id) is not None)
+            )
+            spec = {"method": ""} if alone else h.job["spec"]
+            shapes.append(JobShape(h.id, frontier, str(weights.path) if weights else "", spec))
+        return [[by_id[k] for k in group] for group in plan_groups(shapes, tokens)]
+
+    def _task(self, held: _Held) -> Task | None:
+        """The executor's task for a held job (None, the job failed, without weights)."""
+        frontier = str(held.job["frontier"])
+        weights = self.config.models.get(frontier)
+        if weights is None:
+            self._fail(held, f"this lab site has no weights configured for {frontier!r}")
+            return None
+        return Task(
+            job_id=held.id,
+            frontier=frontier,
+            spec=held.job["spec"],
+            weights=str(weights.path),
+            weights_sha256=weights.sha256,
+            maps=None if self.config.maps is None else str(self.config.maps),
+        )
+
+    def _work_batch(self, group: list[_Held]) -> None:
+        """Run a group of shareable jobs for one frontier as one batch; each job's outcome
+        then goes its own way, exactly as :meth:`_work` takes a job run alone."""
+        assert isinstance(self.executor, BatchRunner)
+        tasks = [self._task(h) for h in group]
+        ready = [(h, t) for h, t in zip(group, tasks, strict=True) if t is not None]
+        if not ready:
+            return
+        log.info("jobs %s: running as one batch", ", ".join(str(h.id) for h, _ in ready))
+        try:
+            outcomes = self.executor.run_batch([t for _, t in ready], self._stop)
+        except Exception as exc:  # an executor bug must fail the jobs, not the agent
+            log.exception("jobs %s: the executor failed", [h.id for h, _ in ready])
+            outcomes = [Outcome("failed", reason=f"the lab's executor failed: {exc}")] * len(ready)
+        for (held, _), outcome in zip(ready, outcomes, strict=True):
+            self._finish(held, outcome)
+
     # -- one job ------------------------------------------------------------------------------
 
     def _work(self, held: _Held) -> None:
@@ -508,26 +574,22 @@ class Agent:
                 self.outbox.put(stored)
             self._deliver(held, stored, replay=True)
             return
-        job = held.job
-        frontier = str(job["frontier"])
-        weights = self.config.models.get(frontier)
-        if weights is None:
-            self._fail(held, f"this lab site has no weights configured for {frontier!r}")
+        task = self._task(held)
+        if task is None:
             return
-        task = Task(
-            job_id=held.id,
-            frontier=frontier,
-            spec=job["spec"],
-            weights=str(weights.path),
-            weights_sha256=weights.sha256,
-            maps=None if self.config.maps is None else str(self.config.maps),
-        )
         log.info("job %s: running", held.id)
         try:
             outcome = self.executor.run(task, held.cancel)
         except Exception as exc:  # an executor bug must fail the job, not the agent
             log.exception("job %s: the executor failed", held.id)
             outcome = Outcome("failed", reason=f"the lab's executor failed: {exc}")
+        self._finish(held, outcome)
+
+    def _finish(self, held: _Held, outcome: Outcome) -> None:
+        """Take a run's outcome: post or withhold the result (release checks, outbox), fail
+        the job, or drop it (lease lost, cancelled)."""
+        job = held.job
+        frontier = str(job["frontier"])
         record: dict[str, Any] = {
             "job_id": held.id,
             "status": outcome.status,

@@ -18,6 +18,7 @@ three lines for its lab)::
     kind = "local"                         # or "kubernetes" (see [executor.kubernetes])
     timeout_seconds = 1800
     memory_mb = 8192
+    batch_tokens = 8192                    # per shared forward pass; 0: each job alone
 
     [agent]
     lease_seconds = 120
@@ -69,6 +70,12 @@ class LocalExecutorConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
     warm: bool = Field(True, description="keep the worker (and its model) between jobs")
     threads: int | None = Field(None, gt=0, description="torch threads in the worker")
+    batch_tokens: int = Field(
+        8192,
+        ge=0,
+        description="tokens per shared forward pass when jobs claimed together run as one "
+        "batch (evaluation, activation statistics, probes, steering); 0 runs each job alone",
+    )
     env_passthrough: list[str] = Field(
         default_factory=list,
         description="extra environment variables the worker keeps (e.g. LD_LIBRARY_PATH); "

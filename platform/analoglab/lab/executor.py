@@ -7,6 +7,9 @@ crash, a timeout, a spec that cannot run on the model, a result too large): thos
 ``cancel`` event asks it to stop the job now (the lease was lost, or the agent is stopping):
 it then returns ``status="cancelled"``.
 
+A backend that can run several jobs for one frontier as one batch (their forward passes
+shared, :mod:`analoglab.experiments.batching`) is a :class:`BatchRunner` too: the local one.
+
 Two backends implement it: :mod:`analoglab.lab.local` (a child process on this machine) and
 :mod:`analoglab.lab.kubernetes` (a ``batch/v1`` Job in the lab's cluster).
 """
@@ -74,4 +77,18 @@ class Preloader(Protocol):
     def preload(self, task: Task, cancel: threading.Event) -> Outcome:
         """Load ``task``'s frontier and verify its layout; ``ok`` with ``details["layout"]``
         and ``details["summary"]``, or ``failed`` with the reason."""
+        ...
+
+
+@runtime_checkable
+class BatchRunner(Protocol):
+    """A backend that runs several jobs for one frontier together (:mod:`.local`)."""
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per shared forward pass; 0 when batched execution is off."""
+        ...
+
+    def run_batch(self, tasks: list[Task], cancel: threading.Event) -> list[Outcome]:
+        """One outcome per task, in order; never raise for a job (see :class:`Executor`)."""
         ...

@@ -13,6 +13,12 @@ hub or the agent's credentials. The executor enforces, from outside the child:
 In any of these cases the child is killed and the next job starts a fresh one. Otherwise the
 child stays up between jobs and keeps its model loaded while jobs name the same weights (a
 warm worker): consecutive jobs for one frontier pay the load once.
+
+:meth:`LocalExecutor.run_batch` sends several jobs for one frontier as one batch task (their
+forward passes shared where their methods allow, at most ``batch_tokens`` tokens a pass) and
+gives back one outcome per job. The batch as a whole gets one job's wall-clock limit and the
+memory cap; if it breaks them, or the worker dies, the jobs it had not answered yet run again
+one by one, each under its own limits, so the job at fault fails alone.
 """
 
 from __future__ import annotations
@@ -205,6 +211,38 @@ class LocalExecutor:
             cancel,
         )
 
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per shared forward pass (0: batched execution off)."""
+        return self.cfg.batch_tokens
+
+    def run_batch(self, tasks: list[Task], cancel: threading.Event) -> list[Outcome]:
+        """Each task's outcome, the tasks (all for one frontier) run as one batch; see the
+        module docstring."""
+        if len(tasks) <= 1 or self.cfg.batch_tokens <= 0:
+            return [self.run(t, cancel) for t in tasks]
+        first = tasks[0]
+        payload = {
+            "op": "batch",
+            "frontier": first.frontier,
+            "weights": first.weights,
+            "weights_sha256": first.weights_sha256,
+            "maps": first.maps,
+            "jobs": [{"job_id": t.job_id, "spec": t.spec} for t in tasks],
+            "device": self.cfg.device,
+            "threads": self.cfg.threads,
+            "batch_tokens": self.cfg.batch_tokens,
+            "memory_mb": self.cfg.memory_mb,
+        }
+        answered, broke = self._exchange_many(payload, len(tasks), cancel)
+        outcomes = list(answered)
+        for task in tasks[len(answered) :]:
+            if broke is not None and broke.status == "cancelled":
+                outcomes.append(broke)
+            else:  # the batch broke a limit or the worker died: the rest alone
+                outcomes.append(self.run(task, cancel))
+        return outcomes
+
     def preload(self, task: Task, cancel: threading.Event) -> Outcome:
         """Load ``task``'s frontier in the warm worker and verify its layout, running nothing:
         what the agent does for each frontier when it starts, before it claims any job.
@@ -224,22 +262,47 @@ class LocalExecutor:
 
     def _exchange(self, payload: dict[str, Any], cancel: threading.Event) -> Outcome:
         """Send one task to the worker and wait for its answer, within the lab's limits."""
+        answered, broke = self._exchange_many(payload, 1, cancel)
+        if answered:
+            return answered[0]
+        assert broke is not None
+        return broke
+
+    def _exchange_many(
+        self, payload: dict[str, Any], n: int, cancel: threading.Event
+    ) -> tuple[list[Outcome], Outcome | None]:
+        """Send one task and read its ``n`` answers within the lab's limits: the outcomes of
+        those answered, and how the exchange broke off before the rest (None if it did not)."""
         start = time.monotonic()
         if cancel.is_set():
-            return Outcome("cancelled", reason="cancelled before it started")
+            return [], Outcome("cancelled", reason="cancelled before it started")
         try:
             child = self._worker()
         except (OSError, psutil.Error) as exc:
             self._drop()
-            return Outcome("failed", reason=f"the lab could not start a worker: {exc}")
+            return [], Outcome("failed", reason=f"the lab could not start a worker: {exc}")
         try:
             child.send(payload)
         except OSError:
             self._drop()
-            return Outcome("failed", reason=child.death(), seconds=time.monotonic() - start)
+            return [], Outcome("failed", reason=child.death(), seconds=time.monotonic() - start)
+        answered: list[Outcome] = []
+        broke = self._await(child, start, n, answered, cancel)
+        if broke is None and not self.cfg.warm:
+            self._drop()
+        return answered, broke
+
+    def _await(
+        self,
+        child: _Child,
+        start: float,
+        n: int,
+        answered: list[Outcome],
+        cancel: threading.Event,
+    ) -> Outcome | None:
         cap = self.cfg.memory_mb * 2**20
         peak = 0
-        while True:
+        while len(answered) < n:
             elapsed = time.monotonic() - start
             try:
                 line = child.answers.get(timeout=_POLL)
@@ -252,7 +315,11 @@ class LocalExecutor:
                 self._drop()
                 return Outcome("failed", reason=reason, seconds=elapsed)
             if line:
-                return self._answered(line, start, peak)
+                outcome = self._answered(line, start, peak)
+                answered.append(outcome)
+                if outcome.details.get("garbage"):
+                    return outcome
+                continue
             if cancel.is_set():
                 self._drop()
                 return Outcome("cancelled", reason="cancelled by the agent", seconds=elapsed)
@@ -275,6 +342,7 @@ class LocalExecutor:
                     ),
                     seconds=elapsed,
                 )
+        return None
 
     def _answered(self, line: str, start: float, peak: int) -> Outcome:
         seconds = time.monotonic() - start
@@ -282,7 +350,12 @@ class LocalExecutor:
             answer = json.loads(line)
         except json.JSONDecodeError:
             self._drop()
-            return Outcome("failed", reason="the worker answered garbage", seconds=seconds)
+            return Outcome(
+                "failed",
+                reason="the worker answered garbage",
+                seconds=seconds,
+                details={"garbage": True},
+            )
         details = {
             k: answer[k]
             for k in (
@@ -292,14 +365,16 @@ class LocalExecutor:
                 "layout",
                 "summary",
                 "layout_refused",
+                "batched_with",
+                "batch_index",
+                "batch_size",
+                "batch_tokens",
             )
             if k in answer
         }
         details["peak_rss_mb"] = round(peak / 2**20, 1)
-        if answer.get("reused_model") is False:
+        if answer.get("reused_model") is False and answer.get("batch_index", 0) == 0:
             self.loads += 1
-        if not self.cfg.warm:
-            self._drop()
         if answer.get("status") == "ok" and isinstance(answer.get("result"), dict):
             return Outcome("ok", result=answer["result"], seconds=seconds, details=details)
         if answer.get("status") == "ok" and "layout" in answer:  # a preload's answer

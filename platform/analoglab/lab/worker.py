@@ -14,7 +14,12 @@ Two ways to run it:
   consecutive tasks name the same weights (a warm worker): what the local executor runs.
   Anything libraries print goes to stderr, so it cannot corrupt the answers. A task
   ``{"op": "load", ...}`` only loads the frontier and answers its verified layout: the agent
-  sends one per frontier when it starts, before it claims any job.
+  sends one per frontier when it starts, before it claims any job. A task ``{"op": "batch",
+  "jobs": [{"job_id": ..., "spec": ...}, ...], "batch_tokens": N, ...}`` runs several jobs
+  for the frontier at once (:func:`analoglab.experiments.runner.run_batch`: those whose
+  methods can share forward passes share them, the others run alone) and answers one line
+  per job, in order, each as if the job had run alone (a job that cannot run answers its
+  own error; the others still get their results).
 
 Every load verifies the frontier's hook layout (:func:`analoglab.interventions.verify_layout`,
 cached per model type and config hash), once per load and never per job; a frontier whose
@@ -118,6 +123,62 @@ class Worker:
             self._maps = {key: rmap}  # one map held at a time: they can be large
         return rmap
 
+    def run_batch(
+        self,
+        frontier: str,
+        weights: str,
+        jobs: list[dict[str, Any]],
+        device: str = "auto",
+        sha256: str | None = None,
+        maps: str | None = None,
+        batch_tokens: int = 8192,
+        memory_mb: int | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Each job's answer (``status`` ``ok`` with its ``result``, or ``failed`` with its
+        ``reason``), in order, and the batch's timings. Jobs whose methods can share forward
+        passes run together, at most ``batch_tokens`` tokens a pass (fewer where the memory
+        left beside the weights under ``memory_mb`` holds fewer); the others run alone."""
+        from analoglab.experiments.batching import why_alone
+        from analoglab.experiments.runner import run_batch
+        from analoglab.experiments.spec import parse_spec
+
+        start = time.perf_counter()
+        loaded, reused = self.load(frontier, weights, device=device, sha256=sha256)
+        loaded_at = time.perf_counter()
+        answers: list[dict[str, Any] | None] = [None] * len(jobs)
+        shared: list[tuple[int, Any]] = []
+        for i, job in enumerate(jobs):
+            job_id = job.get("job_id")
+            try:
+                parsed = parse_spec(job["spec"])
+                if why_alone({"method": parsed.method}) is None:
+                    shared.append((i, parsed))
+                    continue
+                result, _ = self.run(frontier, weights, job["spec"], device, sha256, maps)
+                answers[i] = {"job_id": job_id, "status": "ok", "result": result}
+            except Exception as exc:
+                answers[i] = {"job_id": job_id, **_failure(exc)}
+        bound = min(batch_tokens, _memory_tokens(loaded, memory_mb))
+        results = run_batch([p for _, p in shared], loaded, batch_tokens=bound) if shared else []
+        for (i, _), res in zip(shared, results, strict=True):
+            job_id = jobs[i].get("job_id")
+            if isinstance(res, Exception):
+                answers[i] = {"job_id": job_id, **_failure(res)}
+            else:
+                answers[i] = {
+                    "job_id": job_id,
+                    "status": "ok",
+                    "result": res.model_dump(mode="json"),
+                }
+        timings = {
+            "load_seconds": round(loaded_at - start, 4),
+            "run_seconds": round(time.perf_counter() - loaded_at, 4),
+            "reused_model": reused,
+            "batched_with": len(shared),
+            "batch_tokens": bound,
+        }
+        return [a for a in answers if a is not None], timings
+
     def run(
         self,
         frontier: str,
@@ -152,6 +213,42 @@ class Worker:
         return result.model_dump(mode="json"), timings
 
 
+def _memory_tokens(loaded: Any, memory_mb: int | None) -> int:
+    """Tokens a packed pass may hold in the memory the lab allows beside the weights: on a
+    CUDA device the free device memory, else ``memory_mb`` less the weights (no cap when
+    neither is known)."""
+    from analoglab.experiments.batching import tokens_within_memory
+
+    model = loaded.model
+    params = list(model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    dtype_bytes = params[0].element_size() if params else 4
+    if str(loaded.device).startswith("cuda"):
+        import torch
+
+        free = int(torch.cuda.mem_get_info(loaded.device)[0])
+    elif memory_mb:
+        free = memory_mb * 2**20 - 2 * weight_bytes  # the weights, and the process around them
+    else:
+        return 2**31
+    cfg = model.config
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 1))
+    inner = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 1))
+    return tokens_within_memory(max(free // 2, 0), hidden, inner, layers, dtype_bytes)
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """A job's failure as its answer (the reason, and whether the layout was refused)."""
+    if isinstance(exc, LayoutRefused):
+        return {"status": "failed", "reason": str(exc), "layout_refused": True}
+    if isinstance(exc, AnalogLabError):
+        return {"status": "failed", "reason": str(exc)}
+    if isinstance(exc, KeyError | ValueError | TypeError):
+        return {"status": "failed", "reason": f"bad task: {type(exc).__name__}: {exc}"}
+    return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -183,6 +280,11 @@ def serve(inp: IO[str], out: IO[str]) -> int:
         try:
             task = json.loads(line)
             _threads(task.get("threads"))
+            if task.get("op") == "batch":
+                for each in _batch(worker, task):
+                    out.write(json.dumps(each) + "\n")
+                    out.flush()
+                continue
             if task.get("op") == "load":
                 answer = _load(worker, task)
             else:
@@ -206,6 +308,33 @@ def serve(inp: IO[str], out: IO[str]) -> int:
         out.write(json.dumps(answer) + "\n")
         out.flush()
     return 0
+
+
+def _batch(worker: Worker, task: dict[str, Any]) -> list[dict[str, Any]]:
+    """A batch task's answers: one per job, in order, each with the batch's timings (or, where
+    the batch as a whole cannot run, e.g. the weights fail to load, each with that reason)."""
+    jobs = task.get("jobs")
+    if not isinstance(jobs, list) or not jobs:
+        return [{"status": "failed", "reason": "bad task: a batch names no jobs"}]
+    try:
+        answers, timings = worker.run_batch(
+            task["frontier"],
+            task["weights"],
+            jobs,
+            device=task.get("device", "auto"),
+            sha256=task.get("weights_sha256"),
+            maps=task.get("maps"),
+            batch_tokens=int(task.get("batch_tokens", 8192)),
+            memory_mb=task.get("memory_mb"),
+        )
+    except Exception as exc:
+        return [
+            {"job_id": j.get("job_id") if isinstance(j, dict) else None, **_failure(exc)}
+            for j in jobs
+        ]
+    return [
+        {**a, **timings, "batch_index": i, "batch_size": len(jobs)} for i, a in enumerate(answers)
+    ]
 
 
 def _load(worker: Worker, task: dict[str, Any]) -> dict[str, Any]:

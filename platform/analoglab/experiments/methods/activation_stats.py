@@ -30,13 +30,12 @@ from analoglab.experiments.methods.common import (
     Context,
     Moments,
     Outcome,
-    forward,
+    Pass,
     masked_mean,
     texts_of,
 )
 from analoglab.experiments.spec import ActivationStatsSpec
 from analoglab.experiments.uncertainty import make_replicates
-from analoglab.interventions import capture
 
 
 def run(spec: ActivationStatsSpec, ctx: Context) -> Outcome:
@@ -46,7 +45,7 @@ def run(spec: ActivationStatsSpec, ctx: Context) -> Outcome:
     moments = [Moments(ctx.layout.d_model, ctx.device) for _ in names]
     chunks = ctx.chunks(texts)
     ctx.progress.plan(len(chunks) + 1)
-    positions = [-1] if spec.position == "last" else None
+    positions = (-1,) if spec.position == "last" else None
     # per text and layer: the sum of its vectors' norms, and how many vectors it gave
     norm_sums = np.zeros((len(names), len(texts)))
     counts = np.ones(len(texts))
@@ -56,8 +55,7 @@ def run(spec: ActivationStatsSpec, ctx: Context) -> Outcome:
             rows = slice(start, start + len(chunk))
             start += len(chunk)
             enc = ctx.encode(chunk)
-            with capture(ctx.model, names, positions=positions) as cache:
-                forward(ctx.model, enc)
+            cache = ctx.run_pass(Pass(enc, capture=tuple(names), positions=positions)).cache
             for li, (name, m) in enumerate(zip(names, moments, strict=True)):
                 x = cache[name]
                 if spec.position == "last":

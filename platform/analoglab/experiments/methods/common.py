@@ -13,6 +13,10 @@
   (:func:`answer_ids`: the first token of each answer, as it follows the prompt);
 - streamed sums (:class:`Moments`, :class:`CrossMoments`) for statistics over many tokens
   without keeping the activations.
+- forward passes as data (:class:`Pass`: a batch, what to capture, what to add): a method
+  asks :meth:`Context.run_pass` / :meth:`Context.run_passes` for them, which run them at
+  once (:func:`run_alone`) or, when the job runs batched with others
+  (:mod:`analoglab.experiments.packed`), hand them to the pass they share.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,7 +50,14 @@ from analoglab.experiments.spec import (
 )
 from analoglab.experiments.uncertainty import resample_weights
 from analoglab.foundry.fidelity import first_token_ids
-from analoglab.interventions import ModelLayout, Site, block_at_depth, position_ids_from_mask
+from analoglab.interventions import (
+    ModelLayout,
+    Site,
+    add_vector,
+    block_at_depth,
+    capture,
+    position_ids_from_mask,
+)
 from analoglab.models.loading import LoadedModel
 
 T = TypeVar("T")
@@ -107,6 +118,20 @@ class Context:
     timings: dict[str, float] = field(default_factory=dict)
     reference: LoadedModel | None = None
     residual_map: ResidualMap | None = None
+    #: Where forward passes go when the job shares them with others (batched execution);
+    #: None runs each at once on ``loaded``.
+    shared: Callable[[list[Pass]], list[Answer]] | None = None
+
+    def run_pass(self, p: Pass) -> Answer:
+        """One forward pass of the model: last-position logits and what ``p`` captures."""
+        return self.run_passes([p])[0]
+
+    def run_passes(self, passes: list[Pass]) -> list[Answer]:
+        """Forward passes that do not depend on each other; alone they run one after the
+        other, batched they may share packed passes with other jobs' rows."""
+        if self.shared is not None:
+            return self.shared(passes)
+        return [run_alone(self.model, p) for p in passes]
 
     @property
     def model(self) -> Any:
@@ -207,6 +232,54 @@ def encode_rows(rows: Sequence[Sequence[int]], pad: int, device: Any) -> Encoded
         ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         mask[b, width - len(row) :] = 1
     return Encoded(ids.to(device), mask.to(device), tuple(len(r) for r in rows))
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``scale * vector`` at hook point ``point`` (at ``positions``, else everywhere)."""
+
+    point: str
+    vector: Tensor
+    scale: float
+    positions: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass a method asks for: the batch, the hook points to capture (at
+    ``positions``, else every position) and at most one steering edit (applied before the
+    capture where both touch one point)."""
+
+    enc: Encoded
+    capture: tuple[str, ...] = ()
+    positions: tuple[int, ...] | None = None
+    steer: Steer | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A pass's float32 last-position logits ``[batch, vocab]`` and its captures by name
+    (``[batch, len(positions) or seq, ...]``, aligned with the pass's own batch; captured at
+    every position in a shared pass, a row's left padding is zeros: read real tokens only)."""
+
+    logits: Tensor
+    cache: dict[str, Tensor]
+
+
+def run_alone(model: Any, p: Pass) -> Answer:
+    """``p`` on ``model`` by itself: :func:`capture` and :func:`add_vector` around one
+    :func:`forward`."""
+    with ExitStack() as stack:
+        if p.steer is not None:
+            s = p.steer
+            stack.enter_context(
+                add_vector(model, s.point, s.vector, scale=s.scale, positions=s.positions)
+            )
+        cache: dict[str, Tensor] = {}
+        if p.capture:
+            cache = stack.enter_context(capture(model, list(p.capture), positions=p.positions))
+        logits = forward(model, p.enc)
+    return Answer(logits, dict(cache))
 
 
 _KEEPS_LOGITS: dict[type, bool] = {}

@@ -22,9 +22,9 @@ import numpy as np
 from analoglab.experiments.methods.common import (
     Context,
     Outcome,
+    Pass,
     answer_ids,
     choices_of,
-    forward,
     logit_diff,
 )
 from analoglab.experiments.spec import EvaluationSpec
@@ -45,7 +45,7 @@ def run(spec: EvaluationSpec, ctx: Context) -> Outcome:
         for k, chunk in enumerate(chunks):
             rows = slice(k * ctx.batch_size, k * ctx.batch_size + len(chunk))
             enc = ctx.encode([it.prompt for it in chunk])
-            logits = forward(ctx.model, enc)
+            logits = ctx.run_pass(Pass(enc)).logits
             diffs.extend(logit_diff(logits, targets[rows], foils[rows]).double().tolist())
             ctx.progress.step()
 

@@ -47,8 +47,9 @@ from analoglab.experiments.methods.common import (
     Encoded,
     ExperimentError,
     Outcome,
+    Pass,
+    Steer,
     answer_ids,
-    forward,
     headline,
     pairs_of,
     prompts_of,
@@ -57,7 +58,6 @@ from analoglab.experiments.methods.common import (
 from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import MappedSteeringSpec, Pair, SteeringSpec
 from analoglab.experiments.uncertainty import headline_rows, make_replicates
-from analoglab.interventions import add_vector, capture
 
 SWING_FLOOR = 0.5
 
@@ -92,11 +92,13 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
     scales = [float(s) for s in spec.scales]
     steered = list(dict.fromkeys(s for s in scales if s != 0.0))
     top = headline_scale(scales)
-    positions = [-1] if spec.position == "last" else None
+    positions = (-1,) if spec.position == "last" else None
 
-    def score(enc: Encoded) -> Tensor:
-        logits = forward(ctx.model, enc)
+    def score(logits: Tensor) -> Tensor:
         return (logits[:, target] - logits[:, foil]).double()
+
+    def steer(enc: Encoded, li: int, vector: Tensor, scale: float) -> Pass:
+        return Pass(enc, steer=Steer(names[li], vector, scale, positions))
 
     positives = [p.positive for p in pairs]
     negatives = [p.negative for p in pairs]
@@ -122,9 +124,11 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
             total = torch.zeros(len(names), d_model, dtype=torch.float64, device=ctx.device)
             per_text: list[float] = []
             for chunk in chunks:
-                enc = ctx.encode(chunk)
-                with capture(ctx.model, names, positions=[-1]) as cache:
-                    per_text.extend(score(enc).tolist())
+                answer = ctx.run_pass(
+                    Pass(ctx.encode(chunk), capture=tuple(names), positions=(-1,))
+                )
+                cache = answer.cache
+                per_text.extend(score(answer.logits).tolist())
                 total += torch.stack([cache[n][:, 0].double().sum(0) for n in names])
                 ctx.progress.step()
             means.append(total / count)
@@ -153,13 +157,24 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
             rows = slice(start, start + len(chunk))
             start += len(chunk)
             enc = ctx.encode(chunk)
-            base_items[rows] = score(enc).cpu().numpy()
+            # the unsteered pass and every steered one of the chunk: independent passes
+            order = [
+                (k, li, s)
+                for k in range(len(vector_sets))
+                for li in range(len(names))
+                for s in sweeps[k]
+            ]
+            answers = iter(
+                ctx.run_passes(
+                    [Pass(enc)] + [steer(enc, li, vector_sets[k][li], s) for k, li, s in order]
+                )
+            )
+            base_items[rows] = score(next(answers).logits).cpu().numpy()
             ctx.progress.step()
-            for k, vecs in enumerate(vector_sets):
-                for li, name in enumerate(names):
+            for k, _vecs in enumerate(vector_sets):
+                for li in range(len(names)):
                     for s in sweeps[k]:
-                        with add_vector(ctx.model, name, vecs[li], scale=s, positions=positions):
-                            scores = score(enc).cpu().numpy()
+                        scores = score(next(answers).logits).cpu().numpy()
                         if k == 0:
                             sums[li, steered.index(s)] += float(scores.sum())
                         if s == top:
@@ -186,13 +201,16 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
         with ctx.phase("side_effects"):
             for chunk in neutral_chunks:
                 enc = ctx.encode(chunk)
-                clean = F.log_softmax(forward(ctx.model, enc), dim=-1)
+                moves = (
+                    []
+                    if top == 0.0
+                    else [steer(enc, li, vectors[li], top) for li in range(len(names))]
+                )
+                side = ctx.run_passes([Pass(enc), *moves])
+                clean = F.log_softmax(side[0].logits, dim=-1)
                 ctx.progress.step()
-                if top == 0.0:
-                    continue
-                for li, name in enumerate(names):
-                    with add_vector(ctx.model, name, vectors[li], scale=top, positions=positions):
-                        moved = F.log_softmax(forward(ctx.model, enc), dim=-1)
+                for li in range(len(moves)):
+                    moved = F.log_softmax(side[1 + li].logits, dim=-1)
                     kl[li] += float((clean.exp() * (clean - moved)).sum(-1).clamp_min(0).sum())
                     ctx.progress.step()
         outcome.profiles["side_effect_kl"] = blocks.profile(kl / len(neutral))

@@ -1,0 +1,558 @@
+"""Many researchers, one frontier: batched execution against today's sequential warm worker.
+
+    python benchmarks/frontier_throughput.py [--home DATA_FOLDER] [--frontier ID] [--jobs 64]
+        [--users 8] [--threads 2] [--claim 16] [--batch-tokens 8192] [--flood 200]
+        [--markdown OUT.md] [--json OUT.json]
+    python benchmarks/frontier_throughput.py --worker-only [--device cpu|cuda]
+        [--frontier-path WEIGHTS] [--jobs 64] [--users 8] [--threads N] [--markdown OUT.md]
+
+**Through the real queue and agent** (the default). Starts a queue service (uvicorn on
+loopback, SQLite) over the catalog of ``--home`` (default: a tiny foundry build in a
+temporary folder), has ``--users`` researchers submit ``--jobs`` small jobs between them
+(evaluations, activation statistics, probes and steering on a few prompts each; the
+frontier's policy set to approve at once), and serves them with an in-process lab agent and
+its local executor (a warm worker, ``--threads`` torch threads), twice:
+
+- **sequential**: today's warm worker, one job after another (``batch_tokens = 0``; the agent
+  claims ahead as many jobs as in the batched run);
+- **batched**: the agent claims up to ``--claim`` jobs and runs the shareable ones for the
+  frontier as one batch, their passes packed at most ``--batch-tokens`` tokens a pass.
+
+Per mode: jobs per second (from the first claim to the last result posted) and p50 / p95 time
+to result (from submission to the result posted). Then the **flood**: one user submits
+``--flood`` jobs, another one job after them; the batched agent serves until the single job's
+result is posted: how many of the flood's jobs were posted before it and its wait.
+
+**Worker only** (``--worker-only``): no queue, no database, no web service. The same job specs
+run through the worker in-process (:meth:`analoglab.lab.worker.Worker.run` one after another
+against :meth:`~analoglab.lab.worker.Worker.run_batch` in batches of ``--claim``) on
+``--frontier-path`` (a frontier's weights folder) or, without it, a randomly initialised
+Llama of the demo frontier's shape with a tokenizer trained here on the task sets' texts; the
+results of the two modes are checked equal. It imports the package's modules without its
+``__init__`` (which would pull in the queue client and its HTTP stack): besides torch,
+transformers, tokenizers and numpy it needs pydantic (with pydantic-core, annotated-types,
+typing-inspection), pydantic-settings, python-dotenv, platformdirs, and cryptography (with
+cffi) and bcrypt, which the model catalog's signing imports.
+
+Figures: docs/performance.md ("Many researchers, one frontier"), written with ``--markdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS_MIX = ("evaluation", "activation_stats", "evaluation", "probe") * 3 + (
+    "evaluation",
+    "activation_stats",
+    "steering",
+    "evaluation",
+)
+
+
+def job_spec(k: int, mix: str = "mixed") -> dict[str, Any]:
+    """The ``k``-th small job, seeded by ``k``: with ``mix="mixed"`` evaluations, activation
+    statistics, probes and steering on 4–24 prompts each (:data:`METHODS_MIX`); with
+    ``"evaluation"`` an evaluation on 32 prompts."""
+    method = METHODS_MIX[k % len(METHODS_MIX)] if mix == "mixed" else "evaluation"
+    common = {"seed": k, "batch_size": 16 if mix == "mixed" else 32, "max_tokens_per_prompt": 64}
+    if method == "evaluation":
+        name = ("sentiment", "facts", "ioi")[k % 3]
+        n = 16 if mix == "mixed" else 32
+        return common | {"method": method, "data": {"kind": "task_set", "name": name, "n": n}}
+    if method == "activation_stats":
+        data = {"kind": "task_set", "name": "neutral", "n": 16}
+        return common | {"method": method, "data": data, "position": "last"}
+    if method == "probe":
+        data = {"kind": "task_set", "name": "sentiment", "n": 24}
+        return common | {"method": method, "data": data, "layers": {"depths": [0.5, 1.0]}}
+    return common | {
+        "method": "steering",
+        "contrast": {"kind": "task_set", "name": "sentiment_pairs", "n": 4},
+        "evaluate": {"kind": "task_set", "name": "sentiment", "n": 8},
+        "target": " good",
+        "foil": " bad",
+        "scales": [4],
+        "layers": {"depths": [0.5]},
+    }
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def stamp(threads: int, device: str = "cpu") -> dict[str, str]:
+    """Commit, date, machine and threads the figures were measured at."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    import torch
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    return {
+        "commit": commit,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine,
+        "threads": str(threads),
+        "torch": torch.__version__,
+    }
+
+
+# -- worker only ------------------------------------------------------------------------------
+
+
+def random_demo_frontier(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised Llama of the demo frontier's shape, saved with a tokenizer
+    trained on the task sets' texts (what the demo build would hold, untrained)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from analoglab.experiments.methods.common import texts_of
+    from analoglab.experiments.spec import parse_spec, resolve_task_sets
+    from analoglab.foundry.presets import get_preset
+    from analoglab.foundry.tokenizer import train_tokenizer
+
+    texts: list[str] = []
+    for name, kind in (
+        ("neutral", "prompts"),
+        ("sentiment", "choices"),
+        ("facts", "choices"),
+        ("ioi", "choices"),
+        ("sentiment_pairs", "pairs"),
+    ):
+        spec = {"method": "activation_stats", "data": {"kind": "task_set", "name": name, "n": 200}}
+        texts += texts_of(resolve_task_sets(parse_spec(spec)).data)  # type: ignore[attr-defined]
+        del kind
+    texts += [" good", " bad", " yes", " no"] * 50
+    preset = get_preset("demo")
+    tokenizer = train_tokenizer(texts, preset.vocab_size)
+    shape = preset.frontier
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def results_equal(a: dict[str, Any], b: dict[str, Any], tol: float = 1e-4) -> bool:
+    if isinstance(a, dict):
+        keys = set(a) - {"timings", "size_bytes"}
+        return (
+            isinstance(b, dict)
+            and keys == set(b) - {"timings", "size_bytes"}
+            and all(results_equal(a[k], b[k], tol) for k in keys)
+        )
+    if isinstance(a, list):
+        return (
+            isinstance(b, list)
+            and len(a) == len(b)
+            and all(results_equal(x, y, tol) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    return bool(a == b)
+
+
+def light_package() -> None:
+    """Make ``import analoglab.<module>`` skip the package's ``__init__`` (the queue client,
+    the catalog API, httpx): what the worker-only mode needs on a bare GPU machine."""
+    import importlib.util
+    import types
+
+    if "analoglab" in sys.modules:
+        return
+    found = importlib.util.find_spec("analoglab")
+    if found is None or not found.submodule_search_locations:
+        here = Path(__file__).resolve().parent.parent / "platform" / "analoglab"
+        locations = [str(here)]
+    else:
+        locations = list(found.submodule_search_locations)
+    package = types.ModuleType("analoglab")
+    package.__path__ = locations
+    package.__version__ = "worker-only"  # type: ignore[attr-defined]
+    sys.modules["analoglab"] = package
+
+
+def worker_only(args: argparse.Namespace) -> dict[str, Any]:
+    light_package()
+    import torch
+
+    from analoglab.lab.worker import Worker
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="analoglab-bench-frontier-") as tmp:
+        if args.frontier_path:
+            weights = str(args.frontier_path)
+        else:
+            print("a random demo-shaped frontier (no --frontier-path)...", flush=True)
+            weights = str(random_demo_frontier(Path(tmp) / "frontier"))
+        specs = [job_spec(k, args.mix) for k in range(args.jobs)]
+        worker = Worker()
+        worker.load("frontier", weights, device=args.device)
+        # warm up: one job of each kind, not counted
+        for spec in specs[: len(set(METHODS_MIX))]:
+            worker.run("frontier", weights, spec, device=args.device)
+
+        def sync() -> None:
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        rows: dict[str, dict[str, Any]] = {}
+        outputs: dict[str, list[dict[str, Any]]] = {}
+        for mode in ("sequential", "batched"):
+            done_at: list[float] = []
+            results: list[dict[str, Any]] = []
+            sync()
+            start = time.perf_counter()
+            if mode == "sequential":
+                for spec in specs:
+                    result, _ = worker.run("frontier", weights, spec, device=args.device)
+                    sync()
+                    results.append(result)
+                    done_at.append(time.perf_counter() - start)
+            else:
+                for i in range(0, len(specs), args.claim):
+                    chunk = [
+                        {"job_id": i + j, "spec": s}
+                        for j, s in enumerate(specs[i : i + args.claim])
+                    ]
+                    answers, _ = worker.run_batch(
+                        "frontier",
+                        weights,
+                        chunk,
+                        device=args.device,
+                        batch_tokens=args.batch_tokens,
+                    )
+                    sync()
+                    now = time.perf_counter() - start
+                    for answer in answers:
+                        if answer["status"] != "ok":
+                            raise SystemExit(f"job {answer['job_id']} failed: {answer['reason']}")
+                        results.append(answer["result"])
+                        done_at.append(now)
+            total = time.perf_counter() - start
+            outputs[mode] = results
+            rows[mode] = {
+                "jobs": len(specs),
+                "seconds": round(total, 3),
+                "jobs_per_second": round(len(specs) / total, 2),
+                "p50_s": round(statistics.median(done_at), 3),
+                "p95_s": round(quantile(done_at, 0.95), 3),
+            }
+            print(mode, rows[mode], flush=True)
+        same = all(
+            results_equal(a, b)
+            for a, b in zip(outputs["sequential"], outputs["batched"], strict=True)
+        )
+    return {
+        "mode": "worker-only",
+        "mix": args.mix,
+        "device": args.device,
+        "frontier": "given weights" if args.frontier_path else "random demo-shaped Llama",
+        "claim": args.claim,
+        "batch_tokens": args.batch_tokens,
+        "rows": rows,
+        "speedup": round(
+            rows["batched"]["jobs_per_second"] / rows["sequential"]["jobs_per_second"], 2
+        ),
+        "results_equal": same,
+        "stamp": stamp(args.threads, args.device),
+    }
+
+
+# -- through the real queue and agent ---------------------------------------------------------
+
+
+def through_queue(args: argparse.Namespace) -> dict[str, Any]:
+    import uvicorn
+
+    from analoglab.config import Settings
+    from analoglab.lab.agent import Agent
+    from analoglab.lab.config import (
+        AgentConfig,
+        FrontierWeights,
+        LocalExecutorConfig,
+        load_lab_config,
+    )
+    from analoglab.lab.local import LocalExecutor
+    from analoglab.models.catalog import Catalog
+    from analoglab.models.loading import lab_site_models
+    from analoglab.queue.auth import hash_token
+    from analoglab.queue.client import QueueClient
+    from analoglab.queue.jobs import QueueSettings
+    from analoglab.queue.service import create_app
+    from analoglab.queue.vetting import VettingLimits
+
+    class TimedClient(QueueClient):
+        """The agent's client, noting when each claim began and each result landed."""
+
+        posted: dict[int, float]
+        claims: list[float]
+        watch: tuple[int, threading.Event] | None = None
+
+        def claim(self, *a: Any, **kw: Any) -> Any:
+            self.claims.append(time.monotonic())
+            return super().claim(*a, **kw)
+
+        def post_result(self, job_id: int, *a: Any, **kw: Any) -> Any:
+            out = super().post_result(job_id, *a, **kw)
+            self.posted[job_id] = time.monotonic()
+            if self.watch is not None and self.watch[0] == job_id:
+                self.watch[1].set()
+            return out
+
+    users = [f"user{u}" for u in range(args.users)] + ["heavy", "light"]
+    with tempfile.TemporaryDirectory(prefix="analoglab-bench-frontier-") as tmp:
+        if args.home is None:
+            from analoglab.foundry.build import build
+            from analoglab.foundry.presets import get_preset
+
+            settings = Settings(home=Path(tmp) / "home")
+            print("building the tiny foundry preset...", flush=True)
+            build(get_preset("tiny"), settings, device="cpu")
+        else:
+            settings = Settings(home=args.home)
+        sites = lab_site_models(settings)
+        frontier = args.frontier or sorted(sites)[0]
+        lab = Catalog.load(settings).frontier(frontier).lab
+        tokens = {hash_token(f"tok-{u}"): {"name": u, "roles": ["researcher"]} for u in users}
+        tokens[hash_token("tok-rev")] = {"name": "rev", "roles": [f"reviewer:{lab}"]}
+        tokens[hash_token("tok-bot")] = {"name": "bot", "roles": [f"agent:{lab}"]}
+        app = create_app(
+            f"sqlite:///{tmp}/queue.db",
+            settings,
+            tokens,
+            queue_settings=QueueSettings(limits=VettingLimits(rate_per_minute=10**6)),
+        )
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        with QueueClient(url, "tok-rev") as rev:
+            pol = rev.policy(frontier)
+            rev.set_policy(
+                frontier,
+                pol
+                | {
+                    "human_review": False,
+                    "human_release": False,
+                    "daily_quota_per_user": 10**6,
+                    "allowed_methods": sorted(
+                        set(pol.get("allowed_methods", [])) | set(METHODS_MIX)
+                    ),
+                },
+            )
+
+        def agent_for(batch_tokens: int, claim: int) -> tuple[Agent, TimedClient]:
+            ex_cfg = LocalExecutorConfig(threads=args.threads, batch_tokens=batch_tokens)
+            site = load_lab_config(settings.lab_sites_path / lab / "lab.toml")
+            cfg = site.model_copy(
+                update={
+                    "models": {frontier: FrontierWeights(path=sites[frontier])},
+                    "executor": ex_cfg,
+                    "agent": AgentConfig(batch=claim, wait_seconds=0, heartbeat_seconds=5),
+                }
+            )
+            client = TimedClient(url, "tok-bot")
+            client.posted, client.claims = {}, []
+            return Agent(cfg, client, LocalExecutor(ex_cfg)), client
+
+        def submit(user: str, specs: list[dict[str, Any]]) -> list[tuple[int, float]]:
+            out = []
+            with QueueClient(url, f"tok-{user}") as c:
+                for spec in specs:
+                    job = c.submit(spec, frontier)
+                    out.append((int(job["id"]), time.monotonic()))
+            return out
+
+        rows: dict[str, dict[str, Any]] = {}
+        for mode, batch_tokens in (("sequential", 0), ("batched", args.batch_tokens)):
+            agent, client = agent_for(batch_tokens, args.claim)
+            agent.verify_frontiers()  # load the model before the clock starts
+            submitted: list[tuple[int, float]] = []
+            for k in range(args.jobs):  # interleaved: user k % users submits job k
+                submitted += submit(users[k % args.users], [job_spec(k, args.mix)])
+            print(f"{mode}: {args.jobs} jobs on {frontier}...", flush=True)
+            try:
+                stats = agent.run(max_jobs=args.jobs)
+            finally:
+                agent.executor.close()
+                client.close()
+            if stats.posted != args.jobs:
+                raise SystemExit(f"{mode}: {stats.posted} of {args.jobs} posted: {stats}")
+            to_result = [client.posted[j] - t for j, t in submitted]
+            span = max(client.posted.values()) - client.claims[0]
+            rows[mode] = {
+                "jobs": args.jobs,
+                "seconds": round(span, 3),
+                "jobs_per_second": round(args.jobs / span, 2),
+                "p50_s": round(statistics.median(to_result), 3),
+                "p95_s": round(quantile(to_result, 0.95), 3),
+            }
+            print(mode, rows[mode], flush=True)
+
+        # the flood: one user's many jobs, then another's single job
+        agent, client = agent_for(args.batch_tokens, args.claim)
+        agent.verify_frontiers()
+        flood = submit("heavy", [job_spec(k, args.mix) for k in range(args.flood)])
+        ((light_id, light_at),) = submit("light", [job_spec(1, args.mix)])
+        landed = threading.Event()
+        client.watch = (light_id, landed)
+        threading.Thread(
+            target=lambda: (landed.wait(), agent.stop()), daemon=True, name="stopper"
+        ).start()
+        try:
+            agent.run()
+        finally:
+            agent.executor.close()
+            client.close()
+        light_done = client.posted[light_id]
+        flood_ids = {j for j, _ in flood}
+        before = sum(1 for j, t in client.posted.items() if j in flood_ids and t < light_done)
+        flood_row = {
+            "flood_jobs": args.flood,
+            "flood_posted_before_single": before,
+            "claim_batch": args.claim,
+            "single_wait_s": round(light_done - light_at, 3),
+        }
+        print("flood", flood_row, flush=True)
+        server.should_exit = True
+        thread.join(10)
+    return {
+        "mode": "queue",
+        "mix": args.mix,
+        "users": args.users,
+        "frontier": frontier,
+        "claim": args.claim,
+        "batch_tokens": args.batch_tokens,
+        "rows": rows,
+        "speedup": round(
+            rows["batched"]["jobs_per_second"] / rows["sequential"]["jobs_per_second"], 2
+        ),
+        "flood": flood_row,
+        "stamp": stamp(args.threads),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s = report["stamp"]
+    where = (
+        f"through the real queue and lab agent on `{report['frontier']}`"
+        if report["mode"] == "queue"
+        else f"through the worker in-process on {report['device']} ({report['frontier']})"
+    )
+    mix = {
+        "mixed": "mixed small jobs (evaluations, activation statistics, probes, steering)",
+        "evaluation": "evaluations of 32 prompts",
+    }[report["mix"]]
+    lines = [
+        f"{report['rows']['sequential']['jobs']} {mix}"
+        + (f" from {report['users']} users" if "users" in report else "")
+        + f" {where}; claimed {report['claim']} "
+        f"at a time, at most {report['batch_tokens']} tokens a shared pass. Measured at commit "
+        f"`{s['commit']}` on {s['date']}, {s['machine']}, {s['threads']} torch thread(s), "
+        f"torch {s['torch']} (`benchmarks/frontier_throughput.py`).",
+        "",
+        "| execution | jobs | wall | jobs/s | time to result p50 | p95 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for mode, r in report["rows"].items():
+        lines.append(
+            f"| {mode} | {r['jobs']} | {r['seconds']:.1f} s | {r['jobs_per_second']:.2f} | "
+            f"{r['p50_s']:.2f} s | {r['p95_s']:.2f} s |"
+        )
+    lines += ["", f"Batched: **{report['speedup']:.2f}×** the sequential warm worker's jobs/s."]
+    if "results_equal" in report:
+        lines.append(
+            "Every job's result equal batched and sequential (1e-4): "
+            + ("yes." if report["results_equal"] else "**no**.")
+        )
+    if "flood" in report:
+        f = report["flood"]
+        lines.append(
+            f"Flood: one user queued {f['flood_jobs']} jobs, another 1 job after them; "
+            f"{f['flood_posted_before_single']} of the flood's jobs were posted before the "
+            f"single job (claims of {f['claim_batch']}), which waited {f['single_wait_s']:.1f} s."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker-only", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frontier-path", type=Path, help="worker only: a frontier's weights")
+    parser.add_argument("--home", type=Path, help="data folder with a built foundry")
+    parser.add_argument("--frontier", default=None, help="default: the site's first frontier")
+    parser.add_argument("--jobs", type=int, default=64)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in the worker")
+    parser.add_argument("--claim", type=int, default=16, help="jobs claimed (batched) at once")
+    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--flood", type=int, default=200)
+    parser.add_argument(
+        "--mix",
+        choices=("mixed", "evaluation"),
+        default="mixed",
+        help="the jobs: mixed methods on a few prompts each, or evaluations on 32 prompts",
+    )
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    report = worker_only(args) if args.worker_only else through_queue(args)
+    text = markdown(report)
+    print()
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

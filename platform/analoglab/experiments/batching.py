@@ -1,0 +1,124 @@
+"""Batched execution, the planning: which jobs may share forward passes, and how passes pack.
+
+Torch-free (the lab agent plans with it; :mod:`.packed` runs the plans on a model).
+
+- **What can share.** A job's forward passes can share a batch with other jobs' rows when its
+  method only reads logits and captures, or adds a steering vector per row:
+  :data:`SHAREABLE_METHODS` (evaluation, activation statistics, probes, steering). Ablation,
+  patching, fidelity and the mapped methods never merge: they run alone (:func:`why_alone`).
+- **Which jobs merge** (:func:`plan_groups`): shareable jobs for the same frontier and
+  weights, in the order given (the queue's fair order), while their largest passes together
+  stay within the tokens bound; any other job is a group of its own.
+- **How rows pack** (:func:`pack_passes`): the rows of the passes the jobs of a group ask
+  for at one time, sorted by length, are packed in order into forward passes of at most
+  ``batch_tokens`` tokens (rows × the widest row, padding included); a row longer than the
+  bound runs by itself.
+- **The memory bound** (:func:`tokens_within_memory`): how many tokens one pass may hold in
+  the memory left beside the weights, from the model's widths.
+
+Each job's rows keep their own attention mask and position ids inside a packed pass (left
+padding only widens), and its hooks act on its own rows only, so its result is the one it
+gets alone, up to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: The methods whose passes can share a batch with other jobs' rows.
+SHAREABLE_METHODS = frozenset({"evaluation", "activation_stats", "probe", "steering"})
+
+#: Tokens per packed forward pass unless the lab says otherwise.
+DEFAULT_BATCH_TOKENS = 8192
+
+
+def why_alone(spec: Mapping[str, Any]) -> str | None:
+    """Why a job (its spec as JSON) must run by itself, or None when it can share passes."""
+    method = str(spec.get("method", ""))
+    if method not in SHAREABLE_METHODS:
+        return f"{method or 'this method'} runs alone (its passes cannot share a batch)"
+    return None
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What planning needs of one job: its key, where it runs and its largest pass."""
+
+    key: int
+    frontier: str
+    weights: str
+    spec: Mapping[str, Any]
+
+    @property
+    def shareable(self) -> bool:
+        return why_alone(self.spec) is None
+
+    @property
+    def pass_tokens(self) -> int:
+        """The most tokens one of its passes holds: ``batch_size × max_tokens_per_prompt``."""
+        batch = int(self.spec.get("batch_size", 32))
+        tokens = int(self.spec.get("max_tokens_per_prompt", 128))
+        return max(1, batch) * max(1, tokens)
+
+
+def plan_groups(
+    jobs: Sequence[JobShape], batch_tokens: int, max_jobs: int | None = None
+) -> list[list[int]]:
+    """The jobs' keys in groups that run together (a group of one runs alone).
+
+    Jobs keep their order: each shareable job joins the first open group of its frontier and
+    weights whose largest passes, with its own, stay within ``batch_tokens`` (and that has
+    fewer than ``max_jobs`` jobs), else opens one. Groups come in the order of their first
+    job. ``batch_tokens <= 0`` turns batching off: every job alone.
+    """
+    groups: list[list[int]] = []
+    open_: dict[tuple[str, str], list[tuple[int, int]]] = {}  # where → [(group, tokens)]
+    for job in jobs:
+        if batch_tokens <= 0 or not job.shareable:
+            groups.append([job.key])
+            continue
+        where = (job.frontier, job.weights)
+        placed = False
+        for n, (g, used) in enumerate(open_.get(where, [])):
+            full = max_jobs is not None and len(groups[g]) >= max_jobs
+            if not full and used + job.pass_tokens <= batch_tokens:
+                groups[g].append(job.key)
+                open_[where][n] = (g, used + job.pass_tokens)
+                placed = True
+                break
+        if not placed:
+            groups.append([job.key])
+            open_.setdefault(where, []).append((len(groups) - 1, job.pass_tokens))
+    return groups
+
+
+def pass_cost(rows: int, width: int) -> int:
+    """Tokens a pass of ``rows`` rows padded to ``width`` holds."""
+    return rows * width
+
+
+def pack_passes(shapes: Sequence[tuple[int, int]], batch_tokens: int) -> list[list[int]]:
+    """Indices of batches ``(rows, width)`` packed in order into shared forward passes of at
+    most ``batch_tokens`` tokens each (rows × the widest width); one over the bound alone."""
+    packs: list[list[int]] = []
+    rows = width = 0
+    for i, (r, w) in enumerate(shapes):
+        if packs and pass_cost(rows + r, max(width, w)) <= batch_tokens:
+            packs[-1].append(i)
+            rows, width = rows + r, max(width, w)
+        else:
+            packs.append([i])
+            rows, width = r, w
+    return packs
+
+
+def tokens_within_memory(
+    free_bytes: int, hidden: int, intermediate: int, layers: int, dtype_bytes: int = 4
+) -> int:
+    """Tokens one pass may hold in ``free_bytes``: per token, the residual stream and its
+    attention and MLP intermediates (≈ 8·hidden + 3·intermediate values) and a capture of
+    every layer's residual stream (layers · hidden), in the model's dtype; at least 1."""
+    per_token = dtype_bytes * (8 * hidden + 3 * intermediate + layers * hidden)
+    return max(1, free_bytes // max(1, per_token))

@@ -1,0 +1,372 @@
+"""Batched execution, the running: several jobs' forward passes packed into shared passes.
+
+:func:`run_packed` runs passes (:class:`~.methods.common.Pass`) of different jobs together:
+their rows, each row's real tokens, are sorted by length and packed into forward passes of at
+most ``batch_tokens`` tokens (rows × the widest, :func:`~.batching.pack_passes`), each row
+left padded to its forward pass's widest (its attention mask and position ids keep counting
+its own real tokens, so padding changes no row). One hook per hook point applies each pass's
+steering vector to that pass's rows only and captures that pass's rows only (a row whose pass
+has no intervention gets none). Logits and captures go back to each pass's own rows; a
+capture over every position is laid out at the pass's own width, its real tokens where they
+sit alone, its left padding zero (methods read real tokens only).
+
+:func:`run_together` runs several jobs' methods at once: each job's method runs in its own
+thread, and the threads take turns (only one runs at a time), each until it asks for forward
+passes (:meth:`~.methods.common.Context.run_passes`) or ends. When every job is waiting or
+done, the passes asked for run packed (:func:`run_packed`), and each job gets its answers.
+A job's random state
+(``random``, numpy, torch) is its own: saved when it yields its turn and restored when it
+gets it back, so its seeded draws are those it makes alone. A probe's capture shares passes
+through :func:`run_probe` (its fits run as they do alone). When the packed passes fail, each
+job's passes run again by themselves, so the job at fault fails alone; a job that raises
+ends with its error, and the others go on.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from analoglab.experiments.batching import pack_passes
+from analoglab.experiments.methods.common import (
+    Answer,
+    Context,
+    Encoded,
+    Outcome,
+    Pass,
+    forward,
+    masked_mean,
+)
+from analoglab.experiments.spec import AnySpec, ProbeSpec
+from analoglab.interventions import Forward, hooks
+from analoglab.interventions.positions import gather_positions, scatter_positions
+
+T = TypeVar("T")
+Shared = Callable[[list[Pass]], list[Answer]]
+
+
+def _rows(p: Pass) -> list[list[int]]:
+    """Each row's real token ids (its left padding dropped)."""
+    ids, mask = p.enc.input_ids, p.enc.attention_mask
+    n = int(mask.shape[1])
+    return [ids[b, n - int(mask[b].sum()) :].tolist() for b in range(int(ids.shape[0]))]
+
+
+def run_packed(
+    model: Any, passes: Sequence[Pass], pad: int = 0, batch_tokens: int | None = None
+) -> list[Answer]:
+    """``passes`` run as few forward passes of ``model`` as ``batch_tokens`` allows, each
+    row with its own pass's hooks: see the module docstring."""
+    rows = [(k, b, row) for k, p in enumerate(passes) for b, row in enumerate(_rows(p))]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))  # like widths together
+    bound = batch_tokens if batch_tokens is not None else 2**62
+    packs = pack_passes([(1, len(rows[i][2])) for i in order], bound)
+    logits: list[Tensor | None] = [None] * len(passes)
+    caches: list[dict[str, Tensor]] = [{} for _ in passes]
+    for indices in packs:
+        members = [rows[order[i]] for i in indices]
+        _run_rows(model, passes, members, pad, logits, caches)
+    out = []
+    for k in range(len(passes)):
+        found = logits[k]
+        assert found is not None
+        out.append(Answer(found, caches[k]))
+    return out
+
+
+def _run_rows(
+    model: Any,
+    passes: Sequence[Pass],
+    members: list[tuple[int, int, list[int]]],
+    pad: int,
+    logits: list[Tensor | None],
+    caches: list[dict[str, Tensor]],
+) -> None:
+    """One forward pass of ``members`` (rows ``(pass, row, token ids)``), left padded; each
+    row's logits and captures written into its pass's place in ``logits`` and ``caches``."""
+    device = passes[0].enc.input_ids.device
+    width = max(len(row) for _, _, row in members)
+    ids = torch.full((len(members), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(members), width), dtype=torch.long)
+    for i, (_, _, row) in enumerate(members):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    enc = Encoded(ids.to(device), mask.to(device), tuple(len(r) for _, _, r in members))
+    # the rows of each pass in this forward pass, and where they sit in their own pass
+    mine: dict[int, tuple[Tensor, Tensor]] = {}
+    for k in dict.fromkeys(k for k, _, _ in members):
+        at = [i for i, (kk, _, _) in enumerate(members) if kk == k]
+        rows_in_pass = [members[i][1] for i in at]
+        mine[k] = (torch.tensor(at, device=device), torch.tensor(rows_in_pass, device=device))
+    points = list(
+        dict.fromkeys(
+            [passes[k].steer.point for k in mine if passes[k].steer is not None]  # type: ignore[union-attr]
+            + [name for k in mine for name in passes[k].capture]
+        )
+    )
+
+    def edit_at(point: str) -> Callable[[Tensor, Forward], Tensor | None]:
+        def edit(x: Tensor, fwd: Forward) -> Tensor | None:
+            new = x
+            for k, (here, _) in mine.items():
+                s = passes[k].steer
+                if s is None or s.point != point:
+                    continue
+                if new is x:
+                    new = x.clone()
+                delta = (s.vector * s.scale).to(device=x.device, dtype=x.dtype)
+                sub = x[here]
+                if s.positions is None:
+                    new[here] = sub + delta
+                else:
+                    cols = fwd.token_indices(s.positions, x)[here]
+                    new[here] = scatter_positions(sub, cols, gather_positions(sub, cols) + delta)
+            for k, (here, own) in mine.items():
+                p = passes[k]
+                if point not in p.capture:
+                    continue
+                sub = new[here].detach()
+                if p.positions is not None:
+                    value = gather_positions(sub, fwd.token_indices(p.positions, new)[here])
+                    shape = (int(p.enc.input_ids.shape[0]), *value.shape[1:])
+                    store = _slot(caches[k], point, shape, value)
+                    store[own] = value
+                else:
+                    w = int(p.enc.input_ids.shape[1])
+                    shape = (int(p.enc.input_ids.shape[0]), w, *sub.shape[2:])
+                    store = _slot(caches[k], point, shape, sub)
+                    for j in range(len(own)):
+                        n = enc.lengths[int(here[j])]
+                        store[int(own[j]), w - n :] = sub[j, width - n :]
+            return None if new is x else new
+
+        return edit
+
+    with hooks(model, {point: edit_at(point) for point in points}):
+        out = forward(model, enc)
+    for k, (here, own) in mine.items():
+        store = logits[k]
+        if store is None:
+            store = out.new_zeros((int(passes[k].enc.input_ids.shape[0]), out.shape[1]))
+            logits[k] = store
+        store[own] = out[here]
+
+
+def _slot(cache: dict[str, Tensor], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The capture ``name`` of a pass, zeros of ``shape`` until its rows are filled in (a
+    row's left padding stays zero: every method reads real tokens only)."""
+    store = cache.get(name)
+    if store is None:
+        store = cache[name] = like.new_zeros(shape)
+    return store
+
+
+def _rng_state() -> tuple[Any, ...]:
+    initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    cuda = torch.cuda.get_rng_state_all() if initialized else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Any, ...]) -> None:
+    py, npy, cpu, cuda = state
+    random.setstate(py)
+    np.random.set_state(npy)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class _Job(Generic[T]):
+    """One job's method in its own thread, running only while it holds the turn."""
+
+    def __init__(self, body: Callable[[Shared], T]) -> None:
+        self.body = body
+        self.turn = threading.Event()
+        self.yielded = threading.Event()
+        self.asked: list[Pass] | None = None
+        self.answers: list[Answer] | None = None
+        self.failure: BaseException | None = None
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self.rng: tuple[Any, ...] | None = None
+        self.thread = threading.Thread(target=self._main, name="batched-job", daemon=True)
+
+    def _main(self) -> None:
+        self.turn.wait()
+        self.turn.clear()
+        try:
+            self.value = self.body(self.submit)
+        except BaseException as exc:  # the job's own failure, reported as its outcome
+            self.error = exc
+        self.finished = True
+        self.yielded.set()
+
+    def submit(self, passes: list[Pass]) -> list[Answer]:
+        """Ask for ``passes`` and wait for the coordinator to run them (the job's ``shared``)."""
+        self.asked = list(passes)
+        self.yielded.set()
+        self.turn.wait()
+        self.turn.clear()
+        failure, answers = self.failure, self.answers
+        self.failure = self.answers = None
+        if failure is not None:
+            raise failure
+        assert answers is not None
+        return answers
+
+    def resume(self) -> None:
+        """Let the job run until it asks for passes or ends (its own random state restored)."""
+        if self.rng is not None:
+            _set_rng_state(self.rng)
+        self.yielded.clear()
+        self.turn.set()
+        self.yielded.wait()
+        self.rng = _rng_state()
+
+
+def run_together(
+    bodies: Sequence[Callable[[Shared], T]],
+    model: Any,
+    *,
+    batch_tokens: int,
+    pad: int = 0,
+) -> list[T | BaseException]:
+    """Run each body (a job: given the function that runs its passes, it returns its
+    outcome) with their passes packed together; each body's value, or the exception it
+    raised. See the module docstring."""
+    jobs = [_Job(body) for body in bodies]
+    outside = _rng_state()
+    for job in jobs:
+        job.thread.start()
+    live = list(jobs)
+    try:
+        while live:
+            for job in live:
+                job.resume()
+            live = [job for job in live if not job.finished]
+            asked = [p for job in live for p in (job.asked or [])]
+            try:
+                answers = run_packed(model, asked, pad, batch_tokens)
+                at = 0
+                for job in live:
+                    n = len(job.asked or [])
+                    job.answers, at = answers[at : at + n], at + n
+            except Exception:  # find the job at fault: each job's passes alone
+                for job in live:
+                    try:
+                        job.answers = run_packed(model, job.asked or [], pad, batch_tokens)
+                    except Exception as exc:
+                        job.failure = exc
+            for job in live:
+                job.asked = None
+    finally:
+        _set_rng_state(outside)
+    out: list[T | BaseException] = []
+    for job in jobs:
+        job.thread.join(timeout=5)
+        if job.error is not None:
+            out.append(job.error)
+        else:
+            out.append(job.value)  # type: ignore[arg-type]
+    return out
+
+
+def run_probe(spec: ProbeSpec, ctx: Context) -> Outcome:
+    """:func:`analoglab.experiments.methods.probe.run` with its feature capture through
+    ``ctx.run_pass`` (so a batched probe shares its passes); the split, the fits and the
+    outcome are the probe module's own functions, step for step. The tests hold the two to
+    the same result."""
+    from analoglab.experiments.methods import probe
+
+    texts, classes, class_names = probe.examples_of(spec.data)
+    counts = np.bincount(np.asarray(classes), minlength=len(class_names))
+    if len(class_names) < 2 or counts.min() < probe.MIN_PER_CLASS:
+        return probe.run(spec, ctx)  # raises the probe's own error, before any pass
+    labels = np.asarray(classes)
+    splits = []
+    for k in range(spec.splits):
+        split_labels = labels
+        if spec.control == "shuffled_labels":
+            shuffle = [spec.seed, 1] if k == 0 else [spec.seed, 1, k]
+            split_labels = labels[np.random.default_rng(shuffle).permutation(len(labels))]
+        seed: int | list[int] = spec.seed if k == 0 else [spec.seed, k]
+        splits.append(
+            (split_labels, *probe.stratified_split(split_labels, spec.test_fraction, seed))
+        )
+    blocks = ctx.blocks(spec.layers)
+    names = ctx.hook_names("hook_resid_post", blocks)
+    chunks = ctx.chunks(texts)
+    ctx.progress.plan(len(chunks) + len(names) * len(splits))
+    parts: list[list[Tensor]] = [[] for _ in names]
+    positions = (-1,) if spec.position == "last" else None
+    with ctx.phase("features"):
+        for chunk in chunks:
+            enc = ctx.encode(chunk)
+            cache = ctx.run_pass(Pass(enc, capture=tuple(names), positions=positions)).cache
+            for k, name in enumerate(names):
+                x = cache[name]
+                feats = x[:, 0] if spec.position == "last" else masked_mean(x, enc.real)
+                parts[k].append(feats.float())
+            ctx.progress.step()
+    n_classes = len(class_names)
+    correct = np.zeros((len(splits), len(names), len(splits[0][2])))
+    train_accuracy: list[float] = []
+    with ctx.phase("fit"):
+        for k in range(len(names)):
+            features = torch.cat(parts[k])
+            parts[k] = []
+            for j, (split_labels, train_idx, test_idx) in enumerate(splits):
+                y = torch.as_tensor(split_labels, device=ctx.device)
+                tr = torch.as_tensor(train_idx, device=ctx.device)
+                te = torch.as_tensor(test_idx, device=ctx.device)
+                mu, sd = features[tr].mean(0), features[tr].std(0, unbiased=False)
+                sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
+                x = (features - mu) / sd
+                w, b = probe.fit_logistic(x[tr], y[tr], n_classes, spec.l2)
+                pred = (x @ w + b).argmax(-1)
+                correct[j, k] = (pred[te] == y[te]).double().cpu().numpy()
+                if j == 0:
+                    train_accuracy.append(int((pred[tr] == y[tr]).sum()) / len(train_idx))
+                ctx.progress.step()
+    split_labels, train_idx, test_idx = splits[0]
+    per_split = correct.mean(axis=2)
+    accuracy = per_split.mean(axis=0).tolist()
+    layers = probe.held_out_layers(per_split)
+    chances = [probe._chance(lab[test], n_classes) for lab, _, test in splits]
+    held = float(np.mean([per_split[k, layers[k]] for k in range(len(splits))]))
+    chance = float(np.mean(chances))
+    best = int(np.argmax(accuracy))
+    return Outcome(
+        metrics={
+            "accuracy": held,
+            "chance": chance,
+            "effect": (held - chance) / (1.0 - chance) if chance < 1.0 else 0.0,
+            "best_depth": blocks.depths[best],
+            "classes": float(n_classes),
+            "train_examples": float(len(train_idx)),
+            "test_examples": float(len(test_idx)),
+        },
+        profiles={
+            "accuracy": blocks.profile(accuracy),
+            "train_accuracy": blocks.profile(train_accuracy),
+        },
+        bootstrap=probe._replicates(
+            ctx, correct, [lab[test] for lab, _, test in splits], n_classes, layers
+        ),
+    )
+
+
+def run_shared_method(spec: AnySpec, ctx: Context) -> Outcome:
+    """``spec``'s method, its passes through ``ctx.run_pass`` (a probe by :func:`run_probe`)."""
+    from analoglab.experiments.methods import run_method
+
+    if isinstance(spec, ProbeSpec):
+        return run_probe(spec, ctx)
+    return run_method(spec, ctx)
