@@ -34,7 +34,9 @@ transformers, tokenizers and numpy it needs pydantic (with pydantic-core, annota
 typing-inspection), pydantic-settings, python-dotenv, platformdirs, and cryptography (with
 cffi) and bcrypt, which the model catalog's signing imports.
 
-Figures: docs/performance.md ("Many researchers, one frontier"), written with ``--markdown``.
+Figures: docs/performance.md ("Many researchers, one frontier"): ``--docs docs/performance.md
+--block NAME`` writes the run's figures between ``<!-- frontier-throughput:NAME:start -->``
+and ``<!-- frontier-throughput:NAME:end -->`` there (the markers must exist).
 """
 
 from __future__ import annotations
@@ -521,6 +523,18 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_block(path: Path, name: str, text: str) -> None:
+    """Replace the marked block ``name`` of ``path`` with ``text``."""
+    start = f"<!-- frontier-throughput:{name}:start -->"
+    end = f"<!-- frontier-throughput:{name}:end -->"
+    doc = path.read_text()
+    if start not in doc or end not in doc:
+        raise SystemExit(f"error: {path} has no block {name} ({start} … {end})")
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{text}{end}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker-only", action="store_true")
@@ -541,6 +555,8 @@ def main() -> None:
         help="the jobs: mixed methods on a few prompts each, or evaluations on 32 prompts",
     )
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
+    parser.add_argument("--block", help="the marked block of --docs to write the figures into")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report = worker_only(args) if args.worker_only else through_queue(args)
@@ -549,6 +565,8 @@ def main() -> None:
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
+    if args.docs and args.block:
+        write_block(args.docs, args.block, text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     sys.exit(0)
