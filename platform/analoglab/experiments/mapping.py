@@ -22,12 +22,12 @@ report R², take no part in the choice.
 **The corpus** (:data:`CORPORA`, :func:`map_corpus`). A map only learns how the analog's
 stream relates to the frontier's along the directions its corpus moves: one fitted on
 filler text (``neutral``: no sentiment at all) carries a sentiment vector nowhere near the
-frontier's own (0.0–0.1× its effect on the demo builds), because reviews' sentiment
-direction barely varies in filler. The default is ``general``: the toy world's mixed text
-(every kind of document in the training mix, drawn with a seed apart from the training and
-held-out corpora), what a lab would fit on — its general text, not the very task text a
-finding is about. ``docs/transfer-benchmark.md`` reports R² and mapped/native ratios per
-corpus.
+frontier's own (at most 0.1× its effect on the demo builds, some the opposite way), because
+reviews' sentiment direction barely varies in filler. The default is ``general``: the toy
+world's mixed text (every kind of document in the training mix, drawn with a seed apart
+from the training and held-out corpora), what a lab would fit on — its general text, not
+the very task text a finding is about. ``docs/transfer-benchmark.md`` reports R² and
+mapped/native ratios per corpus.
 
 What the maps carry: a steering vector ``v_a`` found on the analog becomes ``v_a W`` on the
 frontier (a difference of activations: the offset cancels); a probe direction ``w_a`` (read as
