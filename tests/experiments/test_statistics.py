@@ -332,3 +332,15 @@ def test_a_profile_flat_within_its_noise_has_no_correlation_in_the_score() -> No
     shaped = profiled("s", np.array([0.2, 1.0]) + rng.normal(0.0, 0.02, (200, 2)))
     kept = compare(shaped, frontier)
     assert "profile_correlation" in [p.name for p in kept.parts]
+
+
+def test_no_shares_of_a_logit_difference_that_cannot_be_told_from_zero() -> None:
+    # Above chance by its items (70% right) but by a hair either way: the mean LD (the
+    # shares' denominator) has an interval holding 0, so its shares would be unbounded.
+    rng = np.random.default_rng(8)
+    clean = np.where(rng.random(64) < 0.7, 0.01, -0.03) + rng.normal(0.0, 0.002, 64)
+    ctx = FakeContext()
+    w = ctx.weights(64, "data")
+    assert np.percentile(w @ (clean > 0), 2.5) > 0.5  # the accuracy alone clears chance
+    assert not ablation.behaviour_shown(ctx, clean)  # type: ignore[arg-type]
+    assert ablation.behaviour_shown(ctx, clean + 1.0)  # type: ignore[arg-type]

@@ -11,7 +11,8 @@ change is ``Δ = LD_ablated − LD_clean``, and the share of the behaviour remov
 ``−Δ / |LD_clean|`` (positive: the ablation hurts the behaviour; 1: it removes all of it).
 
 Only a model that shows the behaviour has shares of it: one whose share of items answered
-right (``LD > 0``) has a 95% bootstrap interval clear of chance (:func:`behaviour_shown`).
+right (``LD > 0``) has a 95% bootstrap interval clear of chance, and whose mean ``LD`` (the
+shares' denominator) has one clear of 0 (:func:`behaviour_shown`).
 A model at chance shows every share (and ``effect``) 0, whatever its mean logit difference:
 a consistent bias between the two answers is not the behaviour, and dividing by a logit
 difference near 0 would make shares of nothing. (This replaces a floor of one nat under
@@ -162,14 +163,18 @@ def run(spec: AblationSpec, ctx: Context) -> Outcome:
 def behaviour_shown(ctx: Context, clean_items: np.ndarray) -> bool:
     """Whether the model shows the behaviour at all: the share of items it answers right
     (clean logit difference above 0) has a 95% bootstrap interval clear of chance (0.5), and
-    the mean clean logit difference is at least ``MIN_LOGIT_DIFF``. A model at chance may
-    still hold a consistent bias between the two answers (a mean logit difference told apart
-    from 0); ablations that move a bias are not shares of a behaviour."""
+    the mean clean logit difference — the shares' denominator — has one clear of 0 (and is
+    at least ``MIN_LOGIT_DIFF``). A model at chance may still hold a consistent bias between
+    the two answers; ablations that move a bias are not shares of a behaviour. And a share is
+    a ratio: where its denominator's interval reaches 0, its replicates have no bound (an
+    analog at chance on facts with a mean LD of 0.02 nats showed shares from −19 to 10)."""
     if abs(float(clean_items.mean())) < MIN_LOGIT_DIFF:
         return False
+    weights = ctx.weights(len(clean_items), "data")
     right = (clean_items > 0).astype(np.float64)
-    low, high = percentile_interval(ctx.weights(len(clean_items), "data") @ right)
-    return low > 0.5 or high < 0.5
+    low, high = percentile_interval(weights @ right)
+    ld_low, ld_high = percentile_interval(weights @ clean_items)
+    return (low > 0.5 or high < 0.5) and (ld_low > 0.0 or ld_high < 0.0)
 
 
 def removed_shares(
