@@ -182,7 +182,7 @@ def test_the_agent_runs_claimed_jobs_as_one_batch_each_through_the_release_check
             stats = agent.run(max_jobs=5)
         finally:
             executor.close()
-    assert (stats.claimed, stats.posted, stats.withheld, stats.failed) == (5, 3, 1, 0), stats
+    assert (stats.claimed, stats.posted, stats.withheld, stats.failed) == (5, 4, 1, 0), stats
     batched = {o["job_id"]: o.get("batch_size") for o in stats.outcomes}
     assert batched[steer["id"]] == 4 and all(batched[j["id"]] == 4 for j in evals)
     assert batched[ablation["id"]] is None  # never merged: it ran by itself
@@ -211,6 +211,7 @@ def test_under_a_flood_the_single_job_runs_in_the_first_batch(
     from analoglab.queue.client import QueueClient
     from analoglab.queue.jobs import QueueSettings
     from analoglab.queue.service import create_app
+    from analoglab.queue.vetting import VettingLimits
 
     from ..conftest import serve_app
 
@@ -221,7 +222,9 @@ def test_under_a_flood_the_single_job_runs_in_the_first_batch(
         f"sqlite:///{tmp_path / 'queue.db'}",
         tiny_home,
         tokens,
-        queue_settings=QueueSettings(lease_seconds=5, sweep_seconds=0.5),
+        queue_settings=QueueSettings(
+            lease_seconds=5, sweep_seconds=0.5, limits=VettingLimits(rate_per_minute=1000)
+        ),
     )
     claim = 4
     flooded = site.model_copy(update={"agent": site.agent.model_copy(update={"batch": claim})})

@@ -7,8 +7,8 @@ Torch-free (the lab agent plans with it; :mod:`.packed` runs the plans on a mode
   :data:`SHAREABLE_METHODS` (evaluation, activation statistics, probes, steering). Ablation,
   patching, fidelity and the mapped methods never merge: they run alone (:func:`why_alone`).
 - **Which jobs merge** (:func:`plan_groups`): shareable jobs for the same frontier and
-  weights, in the order given (the queue's fair order), while their largest passes together
-  stay within the tokens bound; any other job is a group of its own.
+  weights, in the order given (the queue's fair order), up to a number of jobs; any other
+  job is a group of its own.
 - **How rows pack** (:func:`pack_passes`): the rows of the passes the jobs of a group ask
   for at one time, sorted by length, are packed in order into forward passes of at most
   ``batch_tokens`` tokens (rows × the widest row, padding included); a row longer than the
@@ -68,29 +68,25 @@ def plan_groups(
 ) -> list[list[int]]:
     """The jobs' keys in groups that run together (a group of one runs alone).
 
-    Jobs keep their order: each shareable job joins the first open group of its frontier and
-    weights whose largest passes, with its own, stay within ``batch_tokens`` (and that has
-    fewer than ``max_jobs`` jobs), else opens one. Groups come in the order of their first
-    job. ``batch_tokens <= 0`` turns batching off: every job alone.
+    Jobs keep their order: each shareable job joins the open group of its frontier and
+    weights (while it has fewer than ``max_jobs`` jobs), else opens one; any other job is a
+    group of its own. Groups come in the order of their first job. ``batch_tokens`` bounds
+    each shared forward pass, not the group (:func:`pack_passes` splits a round's rows into
+    as many passes as it takes); ``batch_tokens <= 0`` turns batching off: every job alone.
     """
     groups: list[list[int]] = []
-    open_: dict[tuple[str, str], list[tuple[int, int]]] = {}  # where → [(group, tokens)]
+    open_: dict[tuple[str, str], int] = {}  # where → its open group
     for job in jobs:
         if batch_tokens <= 0 or not job.shareable:
             groups.append([job.key])
             continue
         where = (job.frontier, job.weights)
-        placed = False
-        for n, (g, used) in enumerate(open_.get(where, [])):
-            full = max_jobs is not None and len(groups[g]) >= max_jobs
-            if not full and used + job.pass_tokens <= batch_tokens:
-                groups[g].append(job.key)
-                open_[where][n] = (g, used + job.pass_tokens)
-                placed = True
-                break
-        if not placed:
+        g = open_.get(where)
+        if g is not None and (max_jobs is None or len(groups[g]) < max_jobs):
+            groups[g].append(job.key)
+        else:
             groups.append([job.key])
-            open_.setdefault(where, []).append((len(groups) - 1, job.pass_tokens))
+            open_[where] = len(groups) - 1
     return groups
 
 
