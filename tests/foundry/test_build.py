@@ -46,11 +46,57 @@ def test_distillation_beats_scratch_at_equal_steps(
 ) -> None:
     fidelity = tiny_build[1].fidelity["students"]
     distilled, scratch = fidelity["tiny-analog-s"], fidelity["tiny-analog-s-scratch"]
+    # Closer to the frontier in its outputs and in its residual stream (direction only: the
+    # size of the gap is a benchmark figure, benchmarks/foundry.py).
     assert distilled["kl"] < scratch["kl"]
+    assert distilled["cka"] > scratch["cka"]
     card = Catalog.load(tiny_build[0]).analog("tiny-analog-s").card
     assert card.fidelity and card.fidelity.scratch_baseline
     assert card.fidelity.kl == pytest.approx(distilled["kl"], abs=1e-4)
     assert card.fidelity.scratch_baseline.kl == pytest.approx(scratch["kl"], abs=1e-4)
+    assert card.fidelity.cka == pytest.approx(distilled["cka"], abs=1e-4)
+    assert card.fidelity.scratch_baseline.cka == pytest.approx(scratch["cka"], abs=1e-4)
+    # CKA at each matched depth (tiny: 2 analog blocks, 2 frontier blocks).
+    assert [(c.analog_layer, c.frontier_layer) for c in card.fidelity.cka_layers] == [
+        (0, 0),
+        (1, 1),
+    ]
+    assert all(0 < c.cka <= 1 for c in card.fidelity.cka_layers)
+    # Behaviour agreement per task set, beside each model's accuracy.
+    for task, score in card.fidelity.tasks.items():
+        assert score.agreement == distilled["task_agreement"][task]
+        assert 0 <= score.agreement <= 1
+    # Where both models are always right they always agree.
+    assert card.fidelity.tasks["sentiment"].frontier == 1.0
+    if card.fidelity.tasks["sentiment"].analog == 1.0:
+        assert card.fidelity.tasks["sentiment"].agreement == 1.0
+    assert set(card.fidelity.scratch_baseline.task_agreement) == set(card.fidelity.tasks)
+    readme = (tiny_build[0].models_path / "tiny-analog-s" / "README.md").read_text()
+    assert "linear CKA" in readme and "same choice as the frontier" in readme
+
+
+def test_cards_without_the_newer_fidelity_fields_still_load(
+    tiny_build: tuple[Settings, BuildResult], tmp_path: Path
+) -> None:
+    from analoglab.models.card import read_card
+
+    src = tiny_build[0].models_path / "tiny-analog-s" / "analog.json"
+    card = json.loads(src.read_text())
+    for key in ("cka", "cka_layers"):
+        del card["fidelity"][key]
+    for key in ("cka", "task_agreement"):
+        del card["fidelity"]["scratch_baseline"][key]
+    for score in card["fidelity"]["tasks"].values():
+        del score["agreement"]
+    for key in ("lr", "teacher_top_k"):
+        del card["distillation"][key]
+    (tmp_path / "analog.json").write_text(json.dumps(card))
+    old = read_card(tmp_path)
+    assert old.fidelity and old.fidelity.cka is None and old.fidelity.cka_layers == []
+    assert old.fidelity.tasks["ioi"].agreement is None
+    from analoglab.models.card import render_readme
+
+    assert "linear CKA" not in render_readme(old)
 
 
 def test_a_built_preset_returns_at_once(tiny_home: Settings) -> None:

@@ -37,6 +37,7 @@ from analoglab.models.card import (
     BaselineFidelity,
     Distillation,
     Fidelity,
+    LayerCKA,
     Release,
     TaskScore,
     write_card,
@@ -59,6 +60,9 @@ MAP_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 MAP_TEXTS = 256
 CHOICE_TASKS = ("sentiment", "ioi", "facts", "truth")
 STATE_FILE = "build.json"
+#: The teacher's top-k targets per distillation step (training.TeacherCache), in the work
+#: folder; kept when only the analogs' recipe changes, so a retuned distillation reuses them.
+TEACHER_CACHE = "teacher-cache"
 
 
 @dataclass
@@ -151,7 +155,7 @@ class FoundryBuild:
         self.work = self.settings.foundry_path / preset.name
         self.lab_site = self.settings.lab_sites_path / preset.lab
         self.frontier_dir = self.lab_site / "models" / preset.frontier_name
-        self.world = World.create(preset.seed)
+        self.world = World.create(preset.world_seed)
         self._tokenizer: Any = None
 
     # -- state -------------------------------------------------------------------------------
@@ -171,7 +175,12 @@ class FoundryBuild:
 
     def _update_state(self, **values: Any) -> None:
         state = self._state()
-        state.update(values, fingerprint=self.preset.fingerprint(), preset=self.preset.name)
+        state.update(
+            values,
+            fingerprint=self.preset.fingerprint(),
+            frontier_fingerprint=self.preset.frontier_fingerprint(),
+            preset=self.preset.name,
+        )
         _write_json(self.work / STATE_FILE, state)
 
     def is_complete(self) -> bool:
@@ -228,10 +237,22 @@ class FoundryBuild:
             return self._result(already=False, seconds=time.perf_counter() - t0)
         state = self._state()
         if state and state.get("fingerprint") != self.preset.fingerprint():
-            self.reporter.note(
-                f"preset {self.preset.name!r} changed since its last build; starting again"
-            )
-            shutil.rmtree(self.work, ignore_errors=True)
+            if state.get("frontier_fingerprint") == self.preset.frontier_fingerprint():
+                self.reporter.note(
+                    f"preset {self.preset.name!r}: the analogs' recipe changed since the last "
+                    "build; keeping its frontier and distilling again"
+                )
+                for stale in ("students", "fidelity.json"):
+                    path = self.work / stale
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+            else:
+                self.reporter.note(
+                    f"preset {self.preset.name!r} changed since its last build; starting again"
+                )
+                shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)
         self._update_state(complete=False)
         timings = {}
@@ -239,7 +260,11 @@ class FoundryBuild:
             s0 = time.perf_counter()
             getattr(self, f"stage_{stage}")()
             timings[stage] = round(time.perf_counter() - s0, 2)
-        self._update_state(complete=True, stage_seconds=timings)
+        import torch
+
+        self._update_state(
+            complete=True, stage_seconds=timings, torch_threads=torch.get_num_threads()
+        )
         result = self._result(already=False, seconds=time.perf_counter() - t0)
         result.stage_seconds = timings
         return result
@@ -398,7 +423,16 @@ class FoundryBuild:
         import torch
         from transformers import LlamaForCausalLM
 
-        from analoglab.foundry.training import LMRun, Student, prepare_student, train_students
+        from analoglab.foundry.training import (
+            LMRun,
+            Student,
+            cache_key,
+            matched_teacher_layers,
+            open_teacher_cache,
+            prepare_student,
+            train_students,
+        )
+        from analoglab.models.loading import weights_sha256
 
         students_dir = self.work / "students"
         names = self._student_names()
@@ -418,6 +452,7 @@ class FoundryBuild:
                 temperature=recipe.temperature,
                 ce_weight=recipe.ce_weight,
                 hidden_weight=recipe.hidden_weight if mode == "distill" else 0.0,
+                lr=recipe.scratch_lr if mode == "scratch" else None,
             )
             prepare_student(s, teacher.config.hidden_size, teacher.config.num_hidden_layers)
             students.append(s)
@@ -433,9 +468,42 @@ class FoundryBuild:
             seed=p.seed + 7,
             checkpoint_every=p.checkpoint_every,
         )
+        tokens = self.tokens("train")
+        layers = matched_teacher_layers(students)
+        key = cache_key(
+            weights_sha256(self.work / "frontier" / "final"),
+            tokens,
+            run,
+            p.teacher_top_k,
+            layers,
+            p.hidden_positions,
+        )
+        cache = open_teacher_cache(
+            self.work / TEACHER_CACHE, key, p.teacher_top_k, layers, p.hidden_positions
+        )
+        if not all(cache.has(step) for step in range(p.distill_steps)):
+            self.reporter.note(
+                f"[{p.name}] caching the teacher's top-{p.teacher_top_k} next-token "
+                f"log-probabilities for {p.distill_steps} steps"
+                + (f" and its residual stream after blocks {layers}" if layers else "")
+            )
+            cache.fill(
+                teacher, tokens, run, self.device, self.reporter.steps("teacher", p.distill_steps)
+            )
         ckpt = students_dir / "checkpoint.pt"
         bar = self.reporter.steps("analogs", p.distill_steps)
-        logs = train_students(teacher, students, self.tokens("train"), run, ckpt, self.device, bar)
+        logs = train_students(
+            teacher,
+            students,
+            tokens,
+            run,
+            ckpt,
+            self.device,
+            bar,
+            cache,
+            p.teacher_top_k,
+            p.hidden_positions,
+        )
         for s in students:
             log = logs[s.name].to_dict()
 
@@ -454,7 +522,13 @@ class FoundryBuild:
     def stage_fidelity(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        from analoglab.foundry.fidelity import choice_accuracy, next_token_agreement
+        from analoglab.foundry.fidelity import (
+            behaviour_agreement,
+            choices,
+            next_token_agreement,
+            representation_similarity,
+        )
+        from analoglab.foundry.training import matched_depths
 
         path = self.work / "fidelity.json"
         if path.is_file():
@@ -466,7 +540,8 @@ class FoundryBuild:
             t: tasks_mod.task_set(t, p.eval_items, world=self.world).items for t in CHOICE_TASKS
         }
         tok = self.tokenizer
-        frontier_tasks = {t: choice_accuracy(frontier, tok, items) for t, items in sets.items()}
+        frontier_choices = {t: choices(frontier, tok, items) for t, items in sets.items()}
+        frontier_tasks = {t: sum(c) / len(c) for t, c in frontier_choices.items()}
         heldout = self.tokens("heldout")
         result: dict[str, Any] = {"frontier": {"tasks": frontier_tasks}, "students": {}}
         for name, _, mode in self._student_names():
@@ -480,10 +555,22 @@ class FoundryBuild:
             agreement = next_token_agreement(
                 frontier, model, heldout, p.seq_len, max_windows=p.heldout_windows
             )
+            pairs = matched_depths(
+                model.config.num_hidden_layers, frontier.config.num_hidden_layers
+            )
+            cka = representation_similarity(
+                frontier, model, heldout, p.seq_len, pairs, max_windows=p.heldout_windows
+            )
+            chosen = {t: choices(model, tok, items) for t, items in sets.items()}
             result["students"][name] = {
                 "mode": mode,
                 **agreement,
-                "tasks": {t: choice_accuracy(model, tok, items) for t, items in sets.items()},
+                "cka": sum(cka) / len(cka),
+                "cka_layers": [[j, k, c] for (j, k), c in zip(pairs, cka, strict=True)],
+                "tasks": {t: sum(c) / len(c) for t, c in chosen.items()},
+                "task_agreement": {
+                    t: behaviour_agreement(c, frontier_choices[t]) for t, c in chosen.items()
+                },
             }
         result["items_per_task"] = p.eval_items
         _write_json(path, result)
@@ -542,6 +629,8 @@ class FoundryBuild:
                     tokens_seen=p.distill_steps * p.batch_size * p.seq_len,
                     seed=p.seed + 7,
                     seconds=round(log.get("seconds", 0.0), 1),
+                    lr=p.distill_lr,
+                    teacher_top_k=p.teacher_top_k,
                 ),
                 fidelity=Fidelity(
                     heldout_tokens=int(f_s["tokens"]),
@@ -552,13 +641,21 @@ class FoundryBuild:
                             frontier=fidelity["frontier"]["tasks"][t],
                             analog=f_s["tasks"][t],
                             items=fidelity["items_per_task"],
+                            agreement=f_s.get("task_agreement", {}).get(t),
                         )
                         for t in CHOICE_TASKS
                     },
+                    cka=round(f_s["cka"], 5) if "cka" in f_s else None,
+                    cka_layers=[
+                        LayerCKA(analog_layer=j, frontier_layer=k, cka=round(c, 5))
+                        for j, k, c in f_s.get("cka_layers", [])
+                    ],
                     scratch_baseline=BaselineFidelity(
                         kl=round(scratch["kl"], 5),
                         top1_agreement=round(scratch["top1_agreement"], 5),
                         tasks=scratch["tasks"],
+                        cka=round(scratch["cka"], 5) if "cka" in scratch else None,
+                        task_agreement=scratch.get("task_agreement", {}),
                     )
                     if scratch
                     else None,

@@ -30,13 +30,17 @@ PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="tiny, dem
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild from nothing.")]
 
 
-def build_preset(preset_name: str | None, device: str | None, force: bool) -> None:
+def build_preset(
+    preset_name: str | None, device: str | None, force: bool, seed: int | None = None
+) -> None:
     from analoglab.foundry.build import build
     from analoglab.foundry.presets import get_preset
     from analoglab.progress import RichReporter
 
     settings = get_settings()
     preset = get_preset(preset_name or settings.default_preset)
+    if seed is not None:  # another draw of the same preset: the corpus, the weights, the batches
+        preset = get_preset(preset.name, seed=seed)
     reporter = RichReporter(err)
     try:
         result = build(preset, settings, device=device, reporter=reporter, force=force)
@@ -52,10 +56,19 @@ def build_preset(preset_name: str | None, device: str | None, force: bool) -> No
 @foundry_app.command("build")
 @handles_errors
 def foundrybuild_preset(
-    preset: PresetOpt = None, device: DeviceOpt = None, force: ForceOpt = False
+    preset: PresetOpt = None,
+    device: DeviceOpt = None,
+    force: ForceOpt = False,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Build another draw of the preset: its seed fixes the world's corpus, the "
+            "initial weights and the batches (the preset's own seed by default)."
+        ),
+    ] = None,
 ) -> None:
     """Train the demo lab's frontier and distil its analogs (idempotent, resumable)."""
-    build_preset(preset, device, force)
+    build_preset(preset, device, force, seed)
 
 
 @foundry_app.command("presets")

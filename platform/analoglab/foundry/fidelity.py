@@ -1,8 +1,12 @@
 """Measures of how faithful an analog is to its frontier, and of what each model can do.
 
 - next-token KL(frontier ‖ analog) and top-1 agreement on held-out text, per token;
+- representation similarity: linear CKA between the analog's and the frontier's residual
+  streams at matched relative depths (:func:`~analoglab.foundry.training.matched_depths`),
+  over every position of the held-out windows;
 - accuracy on each choice task set: the share of items where the model gives the target's
-  first token a higher logit than the foil's.
+  first token a higher logit than the foil's; and behaviour agreement: the share of items
+  where analog and frontier choose the same answer, right or wrong.
 """
 
 from __future__ import annotations
@@ -41,6 +45,45 @@ def next_token_agreement(
     return {"kl": kl_sum / count, "top1_agreement": agree / count, "tokens": float(count)}
 
 
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al., 2019) between two representations of the same ``n``
+    examples, ``x`` ``[n, d1]`` and ``y`` ``[n, d2]``: ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`` on
+    centred columns. 1 for the same representation up to an orthogonal transform and an
+    isotropic scaling; near 0 for unrelated ones."""
+    x = x.double() - x.double().mean(0, keepdim=True)
+    y = y.double() - y.double().mean(0, keepdim=True)
+    cross = (y.T @ x).pow(2).sum()
+    norm = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float(cross / norm) if float(norm) > 0 else 0.0
+
+
+@torch.no_grad()
+def representation_similarity(
+    frontier: torch.nn.Module,
+    analog: torch.nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    pairs: Sequence[tuple[int, int]],
+    max_windows: int = 128,
+    device: torch.device | None = None,
+) -> list[float]:
+    """Linear CKA of the residual stream after analog block ``j`` and frontier block ``k``,
+    for each ``(j, k)`` in ``pairs``, over every position of consecutive held-out windows."""
+    device = device or next(frontier.parameters()).device
+    n_windows = min(max_windows, len(tokens) // seq_len)
+    x = torch.from_numpy(
+        tokens[: n_windows * seq_len].astype(np.int64).reshape(n_windows, seq_len)
+    ).to(device)
+    hf = frontier(input_ids=x, output_hidden_states=True).hidden_states
+    ha = analog(input_ids=x, output_hidden_states=True).hidden_states
+    return [
+        linear_cka(
+            ha[j + 1].reshape(-1, ha[j + 1].size(-1)), hf[k + 1].reshape(-1, hf[k + 1].size(-1))
+        )
+        for j, k in pairs
+    ]
+
+
 def token_agreement(
     frontier_logits: torch.Tensor, analog_logits: torch.Tensor, mask: torch.Tensor | None = None
 ) -> tuple[float, float, int]:
@@ -63,13 +106,29 @@ def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
 
 
-@torch.no_grad()
 def choice_accuracy(
     model: torch.nn.Module, tokenizer: Any, items: Sequence[ChoiceItem], batch_size: int = 64
 ) -> float:
     """Share of items where the model prefers the target's first token to the foil's."""
+    chosen = choices(model, tokenizer, items, batch_size)
+    return sum(chosen) / len(chosen)
+
+
+def behaviour_agreement(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Share of items where two models made the same choice (both right or both wrong), from
+    their :func:`choices` on the same items."""
+    if len(a) != len(b) or not a:
+        raise ValueError("behaviour agreement needs the two models' choices on the same items")
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+
+
+@torch.no_grad()
+def choices(
+    model: torch.nn.Module, tokenizer: Any, items: Sequence[ChoiceItem], batch_size: int = 64
+) -> list[bool]:
+    """Per item, whether the model prefers the target's first token to the foil's."""
     device = next(model.parameters()).device
-    correct = 0
+    out: list[bool] = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
         enc = tokenizer([it.prompt for it in chunk], return_tensors="pt", padding=True)
@@ -79,5 +138,5 @@ def choice_accuracy(
         t = torch.tensor(first_token_ids(tokenizer, [it.target for it in chunk]), device=device)
         f = torch.tensor(first_token_ids(tokenizer, [it.foil for it in chunk]), device=device)
         rows = torch.arange(len(chunk), device=device)
-        correct += (logits[rows, t] > logits[rows, f]).sum().item()
-    return correct / len(items)
+        out += (logits[rows, t] > logits[rows, f]).tolist()
+    return out

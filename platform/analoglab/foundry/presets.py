@@ -37,6 +37,8 @@ class AnalogRecipe:
     ce_weight: float = 0.5
     hidden_weight: float = 0.0
     scratch_baseline: bool = False  # also train this shape from scratch, for comparison
+    #: The scratch baseline's peak learning rate (None: the preset's ``distill_lr``).
+    scratch_lr: float | None = None
     description: str = ""
 
 
@@ -58,10 +60,20 @@ class Preset:
     analogs: tuple[AnalogRecipe, ...]
     distill_steps: int
     distill_lr: float
+    #: How many of the teacher's top next-token log-probabilities a student learns from (and
+    #: the teacher cache keeps per position).
+    teacher_top_k: int = 32
+    #: Hidden-state matching compares the residual streams at this many positions of each
+    #: sequence (drawn per step), which keeps the teacher cache small.
+    hidden_positions: int = 16
     eval_items: int = 200
     heldout_windows: int = 128
     checkpoint_every: int = 100
     mix: dict[str, float] = field(default_factory=dict)  # empty: the corpus default
+    #: The toy world's seed. Task sets and the platform's checks draw from world 0, so it stays
+    #: 0 when ``seed`` changes: another seed is another draw of the corpus, the initial weights
+    #: and the batches over the same world.
+    world_seed: int = 0
 
     @property
     def lab(self) -> str:
@@ -78,6 +90,35 @@ class Preset:
         """Changes whenever anything that shapes the models changes."""
         data: dict[str, Any] = asdict(self)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def frontier_fingerprint(self) -> str:
+        """Changes whenever anything that shapes the corpus, the tokenizer or the frontier
+        changes; a change elsewhere (the analogs' recipes, evaluation) keeps the trained
+        frontier."""
+        data = {k: v for k, v in asdict(self).items() if k in FRONTIER_FIELDS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: The preset fields the corpus, the tokenizer and the frontier depend on.
+FRONTIER_FIELDS = frozenset(
+    {
+        "name",
+        "seed",
+        "world_seed",
+        "vocab_size",
+        "tokenizer_documents",
+        "train_documents",
+        "heldout_documents",
+        "seq_len",
+        "batch_size",
+        "frontier",
+        "frontier_steps",
+        "frontier_lr",
+        "frontier_hold",
+        "checkpoint_every",
+        "mix",
+    }
+)
 
 
 PRESETS: dict[str, Preset] = {
@@ -100,14 +141,18 @@ PRESETS: dict[str, Preset] = {
             AnalogRecipe(
                 "analog-s",
                 Shape(2, 24, 2, 48),
+                method="logit-kl+hidden",
+                ce_weight=0.0,
+                hidden_weight=1.0,
                 scratch_baseline=True,
-                description="The smaller analog, distilled on logits.",
+                description="The smaller analog, distilled on logits and hidden states.",
             ),
             AnalogRecipe(
                 "analog-m",
                 Shape(2, 32, 2, 64),
                 method="logit-kl+hidden",
-                hidden_weight=0.5,
+                ce_weight=0.0,
+                hidden_weight=1.0,
                 description="The larger analog, distilled on logits and hidden states.",
             ),
         ),
@@ -136,19 +181,22 @@ PRESETS: dict[str, Preset] = {
             AnalogRecipe(
                 "analog-s",
                 Shape(2, 32, 2, 96),
+                ce_weight=0.0,
                 scratch_baseline=True,
+                scratch_lr=1e-2,
                 description="The smaller analog, distilled on logits.",
             ),
             AnalogRecipe(
                 "analog-m",
                 Shape(2, 40, 2, 160),
                 method="logit-kl+hidden",
+                ce_weight=0.0,
                 hidden_weight=0.5,
                 description="The larger analog, distilled on logits and hidden states.",
             ),
         ),
         distill_steps=600,
-        distill_lr=5e-3,
+        distill_lr=1e-2,
         eval_items=200,
         heldout_windows=128,
         checkpoint_every=100,

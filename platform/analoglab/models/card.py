@@ -2,7 +2,8 @@
 
 The card says where the analog comes from (lab, frontier, how it was distilled, on what data,
 with which seed), how big it is against its frontier, when it was released and how long after
-the frontier, how faithful it is (KL, top-1 agreement, task accuracies of both models), and
+the frontier, how faithful it is (KL, top-1 agreement, linear CKA of the residual streams at
+matched depths, task accuracies of both models and how often they choose alike), and
 under which licence. :func:`render_readme` writes the human-readable version of the same facts.
 """
 
@@ -54,12 +55,28 @@ class Distillation(_Strict):
     tokens_seen: int
     seed: int
     seconds: float | None = None
+    lr: float | None = Field(default=None, description="peak learning rate")
+    teacher_top_k: int | None = Field(
+        default=None, description="the teacher's top-k log-probabilities the analog learnt from"
+    )
 
 
 class TaskScore(_Strict):
     frontier: float
     analog: float
     items: int
+    agreement: float | None = Field(
+        default=None, description="share of items where analog and frontier chose alike"
+    )
+
+
+class LayerCKA(_Strict):
+    """Linear CKA of the residual streams after an analog block and the frontier block at the
+    same relative depth, on held-out text."""
+
+    analog_layer: int
+    frontier_layer: int
+    cka: float
 
 
 class BaselineFidelity(_Strict):
@@ -68,6 +85,10 @@ class BaselineFidelity(_Strict):
     kl: float
     top1_agreement: float
     tasks: dict[str, float] = Field(default_factory=dict)
+    cka: float | None = Field(default=None, description="mean linear CKA at matched depths")
+    task_agreement: dict[str, float] = Field(
+        default_factory=dict, description="per task set, share of items chosen as the frontier"
+    )
 
 
 class Fidelity(_Strict):
@@ -75,6 +96,10 @@ class Fidelity(_Strict):
     kl: float = Field(description="mean next-token KL(frontier ‖ analog) in nats per token")
     top1_agreement: float = Field(description="share of tokens with the same top-1 prediction")
     tasks: dict[str, TaskScore] = Field(default_factory=dict)
+    cka: float | None = Field(
+        default=None, description="mean linear CKA of the residual streams at matched depths"
+    )
+    cka_layers: list[LayerCKA] = Field(default_factory=list)
     scratch_baseline: BaselineFidelity | None = None
 
 
@@ -151,18 +176,36 @@ def render_readme(card: AnalogCard) -> str:
             "## Fidelity",
             "",
             f"On {f.heldout_tokens:,} held-out tokens: next-token KL(frontier ‖ analog) "
-            f"**{f.kl:.4f}** nats/token, top-1 agreement **{f.top1_agreement:.1%}**.",
+            f"**{f.kl:.4f}** nats/token, top-1 agreement **{f.top1_agreement:.1%}**"
+            + (
+                f", linear CKA of the residual streams at matched depths **{f.cka:.3f}** "
+                "("
+                + ", ".join(
+                    f"block {c.analog_layer}↔{c.frontier_layer}: {c.cka:.3f}" for c in f.cka_layers
+                )
+                + ")"
+                if f.cka is not None
+                else ""
+            )
+            + ".",
         ]
         if f.scratch_baseline:
             b = f.scratch_baseline
             lines.append(
                 f"The same architecture trained from scratch on the same tokens: KL {b.kl:.4f}, "
-                f"top-1 agreement {b.top1_agreement:.1%}."
+                f"top-1 agreement {b.top1_agreement:.1%}"
+                + (f", CKA {b.cka:.3f}" if b.cka is not None else "")
+                + "."
             )
         if f.tasks:
-            lines += ["", "| task | frontier | analog | items |", "|---|---|---|---|"]
             lines += [
-                f"| {k} | {v.frontier:.3f} | {v.analog:.3f} | {v.items} |"
+                "",
+                "| task | frontier | analog | same choice as the frontier | items |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {k} | {v.frontier:.3f} | {v.analog:.3f} | "
+                f"{'—' if v.agreement is None else f'{v.agreement:.3f}'} | {v.items} |"
                 for k, v in f.tasks.items()
             ]
         lines.append("")
