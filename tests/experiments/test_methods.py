@@ -376,20 +376,21 @@ def test_steering_tables_follow_the_scales_and_the_random_control(analog: Loaded
 def test_random_draws_after_the_first_steer_at_the_headline_scale_only(
     analog: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from analoglab.experiments.methods import steering as steering_module
+    from analoglab.experiments.methods import common
 
     spec = spec_for("steering", analog.tokenizer)
     spec = spec.model_copy(
         update={"scales": [-2.0, 1.0, 4.0], "control": "random_vector", "random_draws": 3}
     )
     scales: list[float] = []
-    real_add = steering_module.add_vector
+    real_run_alone = common.run_alone
 
-    def counting(model: Any, name: str, vector: Any, **kwargs: Any) -> Any:
-        scales.append(kwargs["scale"])
-        return real_add(model, name, vector, **kwargs)
+    def counting(model: Any, p: Any) -> Any:  # every pass a method runs alone goes here
+        if p.steer is not None:
+            scales.append(p.steer.scale)
+        return real_run_alone(model, p)
 
-    monkeypatch.setattr(steering_module, "add_vector", counting)
+    monkeypatch.setattr(common, "run_alone", counting)
     progress: list[tuple[int, int]] = []
     result = run(spec, analog, progress=lambda done, total: progress.append((done, total)))
     layers, eval_chunks, neutral_chunks = 2, 2, 1  # 6 evaluate prompts, 4 neutral, batches of 4
@@ -485,8 +486,12 @@ def test_a_probe_reads_a_word_that_decides_the_label(analog: LoadedModel) -> Non
 def test_probe_intervals_go_through_every_split(analog: LoadedModel) -> None:
     spec = parse_spec({"method": "probe", "data": separable(), "test_fraction": 0.5})
     one = run(spec.model_copy(update={"splits": 1}), analog)
-    four = run(spec, analog)  # 4 splits by default; the first gives the point estimate
-    assert one.metrics == four.metrics and one.profiles == four.profiles
+    four = run(spec, analog)  # 4 splits by default; the point estimate reads all of them
+    # a word that decides the label: perfect at the layer chosen, on one split or four
+    assert one.metrics["accuracy"] == four.metrics["accuracy"] == 1.0
+    assert one.metrics["effect"] == four.metrics["effect"] == 1.0
+    # the profile is the mean over the splits (split 0 alone is the one-split run's)
+    assert four.profiles["accuracy"].values[0] == one.profiles["accuracy"].values[0] == 1.0
     assert four.bootstrap is not None and four.bootstrap.items == {"test": 40}
     # a word that decides the label is read on every split and every resample
     assert four.bootstrap.interval("accuracy") == (1.0, 1.0)

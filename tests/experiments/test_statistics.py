@@ -317,9 +317,7 @@ def test_a_profile_flat_within_its_noise_has_no_correlation_in_the_score() -> No
     # and left out, and the depth agreement carries the difference.
     rng = np.random.default_rng(7)
     analog = profiled("a", np.array([1.0, 0.94]) + rng.normal(0.0, 0.08, (200, 2)))
-    frontier = profiled(
-        "f", np.array([1.0, 0.2, 0.35, 0.2]) + rng.normal(0.0, 0.01, (200, 4))
-    )
+    frontier = profiled("f", np.array([1.0, 0.2, 0.35, 0.2]) + rng.normal(0.0, 0.01, (200, 4)))
     report = compare(analog, frontier)
     names = [p.name for p in report.parts]
     assert "profile_correlation" not in names and "depth_agreement" in names

@@ -43,7 +43,10 @@ def test_steering_transfers_and_its_random_control_does_not(tiny_home: Settings)
     control = parse_spec({**STEER, "control": "random_vector"})
     real_report = compare(run(real, analog), run(real, frontier))
     control_report = compare(run(control, analog), run(control, frontier))
-    assert real_report.verdict in ("transfers", "partial")
+    # the real vector carries over at least partly: its interval lies above the 0.3 cut
+    # (the analog steers harder than the frontier, so whether it reaches 0.6 varies by build)
+    assert real_report.score_interval is not None and real_report.score_interval.low >= 0.3
+    assert real_report.verdict in ("transfers", "partial", "inconclusive")
     assert real_report.score >= control_report.score + 0.3
     # On 32 prompts and 4 random directions the control's interval may reach a cut-off (a
     # random direction sometimes steers both models alike): never a transfer, and its
