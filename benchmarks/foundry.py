@@ -116,13 +116,14 @@ def read_build(home: Path, label: str, preset: str | None = None) -> BuildReport
 
 
 def ratios(report: BuildReport) -> list[dict[str, Any]]:
-    """For each distilled analog with a scratch baseline: both models' figures and KD/scratch."""
+    """For each distilled analog: its figures, and its scratch baseline's and KD/scratch where
+    it has one (empty otherwise)."""
     students = report.fidelity["students"]
     rows = []
     for name, kd in students.items():
-        scratch = students.get(f"{name}-scratch")
-        if kd["mode"] != "distill" or scratch is None:
+        if kd["mode"] != "distill":
             continue
+        scratch = students.get(f"{name}-scratch", {})
         row: dict[str, Any] = {"build": report.label, "analog": name}
         for key in ("kl", "top1_agreement", "cka"):
             a, b = kd.get(key), scratch.get(key)
@@ -141,6 +142,10 @@ def _f(x: float | None, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def _r(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
 def fidelity_markdown(reports: list[BuildReport], stamp: str) -> str:
     lines = [
         stamp,
@@ -154,9 +159,9 @@ def fidelity_markdown(reports: list[BuildReport], stamp: str) -> str:
             kl, t1, cka = r["kl"], r["top1_agreement"], r["cka"]
             lines.append(
                 f"| {rep.label} | {r['analog']} | {_f(kl[0], '.4f')} | {_f(kl[1], '.4f')} | "
-                f"**{_f(kl[2], '.2f')}×** | {_f(t1[0], '.1%')} | {_f(t1[1], '.1%')} | "
-                f"{_f(t1[2], '.2f')}× | {_f(cka[0], '.3f')} | {_f(cka[1], '.3f')} | "
-                f"{_f(cka[2], '.2f')}× |"
+                f"**{_r(kl[2])}** | {_f(t1[0], '.1%')} | {_f(t1[1], '.1%')} | "
+                f"{_r(t1[2])} | {_f(cka[0], '.3f')} | {_f(cka[1], '.3f')} | "
+                f"{_r(cka[2])} |"
             )
     lines += [
         "",
