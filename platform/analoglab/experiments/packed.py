@@ -281,8 +281,8 @@ def run_together(
 def run_probe(spec: ProbeSpec, ctx: Context) -> Outcome:
     """:func:`analoglab.experiments.methods.probe.run` with its feature capture through
     ``ctx.run_pass`` (so a batched probe shares its passes); the split, the fits and the
-    outcome are the probe module's own functions, step for step. The tests hold the two to
-    the same result."""
+    outcome (:func:`~analoglab.experiments.methods.probe.outcome_of`) are the probe module's
+    own functions, step for step. The tests hold the two to the same result."""
     from analoglab.experiments.methods import probe
 
     texts, classes, class_names = probe.examples_of(spec.data)
@@ -335,32 +335,7 @@ def run_probe(spec: ProbeSpec, ctx: Context) -> Outcome:
                 if j == 0:
                     train_accuracy.append(int((pred[tr] == y[tr]).sum()) / len(train_idx))
                 ctx.progress.step()
-    split_labels, train_idx, test_idx = splits[0]
-    per_split = correct.mean(axis=2)
-    accuracy = per_split.mean(axis=0).tolist()
-    layers = probe.held_out_layers(per_split)
-    chances = [probe._chance(lab[test], n_classes) for lab, _, test in splits]
-    held = float(np.mean([per_split[k, layers[k]] for k in range(len(splits))]))
-    chance = float(np.mean(chances))
-    best = int(np.argmax(accuracy))
-    return Outcome(
-        metrics={
-            "accuracy": held,
-            "chance": chance,
-            "effect": (held - chance) / (1.0 - chance) if chance < 1.0 else 0.0,
-            "best_depth": blocks.depths[best],
-            "classes": float(n_classes),
-            "train_examples": float(len(train_idx)),
-            "test_examples": float(len(test_idx)),
-        },
-        profiles={
-            "accuracy": blocks.profile(accuracy),
-            "train_accuracy": blocks.profile(train_accuracy),
-        },
-        bootstrap=probe._replicates(
-            ctx, correct, [lab[test] for lab, _, test in splits], n_classes, layers
-        ),
-    )
+    return probe.outcome_of(ctx, blocks, splits, correct, train_accuracy, n_classes)
 
 
 def run_shared_method(spec: AnySpec, ctx: Context) -> Outcome:
