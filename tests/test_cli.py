@@ -82,8 +82,9 @@ def test_models_list_and_show(use_tiny_home: Settings) -> None:
     assert data["frontiers"][0]["analogs"] == ["tiny-analog-m", "tiny-analog-s"]
     assert {a["name"] for a in data["analogs"]} == {"tiny-analog-m", "tiny-analog-s"}
     assert all(0 < a["parameter_ratio"] < 1 for a in data["analogs"])
+    assert all(0 < a["cka"] <= 1 for a in data["analogs"])  # the build's fidelity stage
     code, out, _ = run("models", "list")
-    assert code == 0 and "tiny-frontier" in out and "tiny-analog-s" in out
+    assert code == 0 and "tiny-frontier" in out and "tiny-analog-s" in out and "CKA" in out
     code, out, _ = run("models", "show", "tiny-analog-s", "--json")
     shown = json.loads(out)
     assert code == 0 and shown["kind"] == "analog" and shown["card"]["frontier"] == "tiny-frontier"

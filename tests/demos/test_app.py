@@ -91,6 +91,11 @@ def test_fidelity_puts_the_cards_side_by_side(client: Any) -> None:
     table = client.predict(api_name="/fidelity")["value"]
     assert [row[0] for row in table["data"]] == ["tiny-analog-m", "tiny-analog-s"]
     assert "KL (nats/token)" in table["headers"]
+    # the cards' representation similarity and per-task agreement (the fidelity stage's)
+    cka = table["headers"].index("CKA (inside alike)")
+    assert all(0 < float(row[cka]) <= 1 for row in table["data"])
+    sentiment = table["headers"].index("sentiment: analog / frontier (same answer)")
+    assert all(row[sentiment].endswith("%)") for row in table["data"])
 
 
 def test_an_empty_board_says_why(client: Any) -> None:

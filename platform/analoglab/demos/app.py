@@ -483,7 +483,10 @@ def build_app(
                     "How faithful each analog is to its frontier, from the cards the labs "
                     "published: **KL** is how far the analog's next-token guesses are from the "
                     "frontier's (lower is closer), **top-1 agreement** how often both pick the "
-                    "same next token, and each task's accuracy for the analog and its frontier."
+                    "same next token, **CKA** how alike their insides are (the residual streams "
+                    "at the same relative depth, 1 for alike up to rotation and scale), and each "
+                    "task's accuracy for the analog and its frontier, with how often the two "
+                    "give the same answer."
                 )
                 fidelity_out = gr.Dataframe(interactive=False)
             with gr.Tab("Transfer board", id="board") as board_tab:

@@ -43,6 +43,11 @@ def card_markdown(card: AnalogCard) -> str:
         lines.append(
             f"- **Fidelity**: picks the frontier's next token {fid.top1_agreement:.1%} of the "
             f"time; KL(frontier ‖ analog) {fid.kl:.3f} nats per token"
+            + (
+                ""
+                if fid.cka is None
+                else f"; its insides resemble the frontier's with CKA {fid.cka:.2f} (1: alike)"
+            )
         )
         if fid.tasks:
             tasks = ", ".join(
@@ -59,8 +64,8 @@ def fidelity_table(cards: Sequence[AnalogCard]) -> tuple[list[str], list[list[An
     """The analogs' fidelity cards side by side: one row per analog."""
     tasks = sorted({t for c in cards if c.fidelity for t in c.fidelity.tasks})
     headers = ["analog", "lab", "frontier", "parameters", "size vs frontier"]
-    headers += ["KL (nats/token)", "top-1 agreement"]
-    headers += [f"{t}: analog / frontier" for t in tasks]
+    headers += ["KL (nats/token)", "top-1 agreement", "CKA (inside alike)"]
+    headers += [f"{t}: analog / frontier (same answer)" for t in tasks]
     rows: list[list[Any]] = []
     for c in cards:
         row: list[Any] = [
@@ -72,12 +77,17 @@ def fidelity_table(cards: Sequence[AnalogCard]) -> tuple[list[str], list[list[An
         ]
         f = c.fidelity
         if f is None:
-            row += ["—", "—"] + ["—"] * len(tasks)
+            row += ["—", "—", "—"] + ["—"] * len(tasks)
         else:
-            row += [f"{f.kl:.3f}", f"{f.top1_agreement:.1%}"]
+            row += [
+                f"{f.kl:.3f}",
+                f"{f.top1_agreement:.1%}",
+                "—" if f.cka is None else f"{f.cka:.2f}",
+            ]
             for t in tasks:
                 s = f.tasks.get(t)
-                row.append(f"{s.analog:.2f} / {s.frontier:.2f}" if s else "—")
+                same = "" if s is None or s.agreement is None else f" ({s.agreement:.0%})"
+                row.append(f"{s.analog:.2f} / {s.frontier:.2f}{same}" if s else "—")
         rows.append(row)
     return headers, rows
 

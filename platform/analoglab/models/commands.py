@@ -57,6 +57,7 @@ def _models_json(cat: Any) -> dict[str, Any]:
                 "parameter_ratio": a.card.parameter_ratio,
                 "kl": a.card.fidelity.kl if a.card.fidelity else None,
                 "top1_agreement": a.card.fidelity.top1_agreement if a.card.fidelity else None,
+                "cka": a.card.fidelity.cka if a.card.fidelity else None,
                 "path": str(a.path),
             }
             for a in cat.analogs
@@ -80,12 +81,13 @@ def print_catalog(cat: Any) -> None:
     ):
         table = Table(title=title, title_justify="left")
         table.add_column("model", no_wrap=True)
-        for col in ("params", "ratio", "KL", "top-1", *task_names):
+        for col in ("params", "ratio", "KL", "top-1", "CKA", *task_names):
             table.add_column(col, justify="right")
         for f in frontiers:
             table.add_row(
                 f"{f.id} (frontier)",
                 _short(f.parameters),
+                "",
                 "",
                 "",
                 "",
@@ -97,7 +99,11 @@ def print_catalog(cat: Any) -> None:
             table.add_row(*_analog_row(a, task_names))
         out.print(table)
     if cat.analogs or cat.frontiers():
-        out.print("KL: next-token KL(frontier ‖ analog), nats/token; task columns: accuracy.")
+        out.print(
+            "KL: next-token KL(frontier ‖ analog), nats/token; CKA: linear CKA of the residual "
+            "streams at matched depths (1: the same up to rotation and scale); task columns: "
+            "accuracy."
+        )
     for p in cat.problems:
         err.print(f"[yellow]warn:[/yellow] {p.path}: {p.reason}")
 
@@ -119,6 +125,7 @@ def _analog_row(a: Any, task_names: list[str]) -> list[str]:
         f"{a.card.parameter_ratio:.1%}",
         f"{fid.kl:.3f}" if fid else "",
         f"{fid.top1_agreement:.0%}" if fid else "",
+        f"{fid.cka:.2f}" if fid and fid.cka is not None else "",
         *tasks,
     ]
 
