@@ -81,6 +81,8 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/activations.py
 	$(BIN)/python benchmarks/queue_load.py
 	$(BIN)/python benchmarks/lab.py
+	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --docs docs/performance.md --block queue-mixed
+	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --mix evaluation --docs docs/performance.md --block queue-evaluation
 	$(BIN)/python benchmarks/platform_up.py --home $(ANALOGLAB_HOME)
 
 # The container images of images/ (see images/README.md), with the first container builder
