@@ -78,7 +78,11 @@ def test_analyses_on_a_store_agree_with_numpy(store: Path, client: Any, tmp_path
     assert linear_cka(ds[0.0], view) < 0.99
     hits = top_activating(view, direction, k=5, tokenizer=ds.tokenizer(), context=4)
     scores = x @ (ref / np.linalg.norm(ref))
-    assert [h.row for h in hits] == list(np.argsort(-scores)[:5])
+    # the five rows of highest score, in order (rows whose scores tie to float rounding, as
+    # two of them do on some builds, may come in either order)
+    rows = [h.row for h in hits]
+    assert len(set(rows)) == 5
+    np.testing.assert_allclose(scores[rows], np.sort(scores)[::-1][:5], rtol=1e-9, atol=1e-9)
     for hit in hits:
         assert hit.token is not None and hit.context is not None and hit.context.endswith(hit.token)
     saved = save_artifact(direction, tmp_path / "direction", dataset=ds)
