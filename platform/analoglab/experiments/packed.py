@@ -16,8 +16,9 @@ passes (:meth:`~.methods.common.Context.run_passes`) or ends. When every job is 
 done, the passes asked for run packed (:func:`run_packed`), and each job gets its answers.
 A job's random state
 (``random``, numpy, torch) is its own: saved when it yields its turn and restored when it
-gets it back, so its seeded draws are those it makes alone. A probe's capture shares passes
-through :func:`run_probe` (its fits run as they do alone). When the packed passes fail, each
+gets it back, so its seeded draws are those it makes alone. Every shareable method asks for
+its passes through the context (a probe its feature capture; its fits run as alone), so the
+jobs run their own method code. When the packed passes fail, each
 job's passes run again by themselves, so the job at fault fails alone; a job that raises
 ends with its error, and the others go on.
 """
@@ -36,14 +37,10 @@ from torch import Tensor
 from analoglab.experiments.batching import pack_passes
 from analoglab.experiments.methods.common import (
     Answer,
-    Context,
     Encoded,
-    Outcome,
     Pass,
     forward,
-    masked_mean,
 )
-from analoglab.experiments.spec import AnySpec, ProbeSpec
 from analoglab.interventions import Forward, hooks
 from analoglab.interventions.positions import gather_positions, scatter_positions
 
@@ -276,72 +273,3 @@ def run_together(
         else:
             out.append(job.value)  # type: ignore[arg-type]
     return out
-
-
-def run_probe(spec: ProbeSpec, ctx: Context) -> Outcome:
-    """:func:`analoglab.experiments.methods.probe.run` with its feature capture through
-    ``ctx.run_pass`` (so a batched probe shares its passes); the split, the fits and the
-    outcome (:func:`~analoglab.experiments.methods.probe.outcome_of`) are the probe module's
-    own functions, step for step. The tests hold the two to the same result."""
-    from analoglab.experiments.methods import probe
-
-    texts, classes, class_names = probe.examples_of(spec.data)
-    counts = np.bincount(np.asarray(classes), minlength=len(class_names))
-    if len(class_names) < 2 or counts.min() < probe.MIN_PER_CLASS:
-        return probe.run(spec, ctx)  # raises the probe's own error, before any pass
-    labels = np.asarray(classes)
-    splits = []
-    for k in range(spec.splits):
-        split_labels = labels
-        if spec.control == "shuffled_labels":
-            shuffle = [spec.seed, 1] if k == 0 else [spec.seed, 1, k]
-            split_labels = labels[np.random.default_rng(shuffle).permutation(len(labels))]
-        seed: int | list[int] = spec.seed if k == 0 else [spec.seed, k]
-        splits.append(
-            (split_labels, *probe.stratified_split(split_labels, spec.test_fraction, seed))
-        )
-    blocks = ctx.blocks(spec.layers)
-    names = ctx.hook_names("hook_resid_post", blocks)
-    chunks = ctx.chunks(texts)
-    ctx.progress.plan(len(chunks) + len(names) * len(splits))
-    parts: list[list[Tensor]] = [[] for _ in names]
-    positions = (-1,) if spec.position == "last" else None
-    with ctx.phase("features"):
-        for chunk in chunks:
-            enc = ctx.encode(chunk)
-            cache = ctx.run_pass(Pass(enc, capture=tuple(names), positions=positions)).cache
-            for k, name in enumerate(names):
-                x = cache[name]
-                feats = x[:, 0] if spec.position == "last" else masked_mean(x, enc.real)
-                parts[k].append(feats.float())
-            ctx.progress.step()
-    n_classes = len(class_names)
-    correct = np.zeros((len(splits), len(names), len(splits[0][2])))
-    train_accuracy: list[float] = []
-    with ctx.phase("fit"):
-        for k in range(len(names)):
-            features = torch.cat(parts[k])
-            parts[k] = []
-            for j, (split_labels, train_idx, test_idx) in enumerate(splits):
-                y = torch.as_tensor(split_labels, device=ctx.device)
-                tr = torch.as_tensor(train_idx, device=ctx.device)
-                te = torch.as_tensor(test_idx, device=ctx.device)
-                mu, sd = features[tr].mean(0), features[tr].std(0, unbiased=False)
-                sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
-                x = (features - mu) / sd
-                w, b = probe.fit_logistic(x[tr], y[tr], n_classes, spec.l2)
-                pred = (x @ w + b).argmax(-1)
-                correct[j, k] = (pred[te] == y[te]).double().cpu().numpy()
-                if j == 0:
-                    train_accuracy.append(int((pred[tr] == y[tr]).sum()) / len(train_idx))
-                ctx.progress.step()
-    return probe.outcome_of(ctx, blocks, splits, correct, train_accuracy, n_classes)
-
-
-def run_shared_method(spec: AnySpec, ctx: Context) -> Outcome:
-    """``spec``'s method, its passes through ``ctx.run_pass`` (a probe by :func:`run_probe`)."""
-    from analoglab.experiments.methods import run_method
-
-    if isinstance(spec, ProbeSpec):
-        return run_probe(spec, ctx)
-    return run_method(spec, ctx)

@@ -178,7 +178,8 @@ def run_batch(
     :class:`ExperimentError` for a spec that cannot run), in order. Specs whose methods can
     share passes run together, packed at most ``batch_tokens`` tokens a pass (0: each
     alone); the others run alone, one after another, as :func:`run` runs them."""
-    from analoglab.experiments.packed import run_shared_method, run_together
+    from analoglab.experiments.methods import run_method
+    from analoglab.experiments.packed import run_together
 
     out: list[ExperimentResult | Exception | None] = [None] * len(specs)
     shared: list[tuple[int, _Prepared]] = []
@@ -201,7 +202,7 @@ def run_batch(
                 prepared.ctx.shared = submit
                 seed_everything(prepared.resolved.seed)
                 with torch.no_grad():
-                    return run_shared_method(prepared.resolved, prepared.ctx)
+                    return run_method(prepared.resolved, prepared.ctx)
 
             return go
 

@@ -41,14 +41,13 @@ from analoglab.experiments.methods.common import (
     Context,
     ExperimentError,
     Outcome,
+    Pass,
     concrete,
-    forward,
     masked_mean,
 )
 from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import Choices, Data, Labelled, Pairs, ProbeSpec
 from analoglab.experiments.uncertainty import make_replicates
-from analoglab.interventions import capture
 
 MIN_PER_CLASS = 2
 LBFGS_STEPS = 200
@@ -142,12 +141,12 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
     chunks = ctx.chunks(texts)
     ctx.progress.plan(len(chunks) + len(names) * len(splits))
     parts: list[list[Tensor]] = [[] for _ in names]
-    positions = [-1] if spec.position == "last" else None
+    positions = (-1,) if spec.position == "last" else None
     with ctx.phase("features"):
         for chunk in chunks:
             enc = ctx.encode(chunk)
-            with capture(ctx.model, names, positions=positions) as cache:
-                forward(ctx.model, enc)
+            # through the context: alone one forward pass; batched, shared with other jobs'
+            cache = ctx.run_pass(Pass(enc, capture=tuple(names), positions=positions)).cache
             for k, name in enumerate(names):
                 x = cache[name]
                 feats = x[:, 0] if spec.position == "last" else masked_mean(x, enc.real)
