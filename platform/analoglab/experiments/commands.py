@@ -80,6 +80,54 @@ map_app = typer.Typer(
     no_args_is_help=True,
 )
 
+# The options of fitting a map, shared by `analoglab map fit` and `analoglab lab map fit`.
+MAP_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+MapDepthsOpt = Annotated[
+    list[float] | None,
+    typer.Option("--depth", help="A relative depth (repeatable); default 0, .25, .5, .75, 1."),
+]
+MapTextsOpt = Annotated[int, typer.Option(help="Corpus texts to fit on (at least 2).")]
+MapCorpusOpt = Annotated[
+    str,
+    typer.Option(
+        help="The text to fit on: 'general' (the toy world's mixed text; the default) or "
+        "'neutral' (filler sentences)."
+    ),
+]
+MapL2Opt = Annotated[
+    float | None,
+    typer.Option(
+        help="Ridge strength (per token, in units of each standardised input's variance); "
+        "default: chosen per direction by validation R²."
+    ),
+]
+MapSeedOpt = Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")]
+
+
+def check_map_options(l2: float | None, texts: int) -> None:
+    """Refuse a ridge strength or a number of texts the fit cannot use (before any load)."""
+    if l2 is not None and not (l2 > 0.0 and math.isfinite(l2)):
+        raise typer.BadParameter(
+            f"{l2:g}: the ridge strength must be a positive number (or left out: chosen by "
+            "validation R²)",
+            param_hint="--l2",
+        )
+    if texts < 2:
+        raise typer.BadParameter(f"{texts}: fit on at least 2 texts", param_hint="--texts")
+
+
+def print_map_fit(rmap: Any, where: str) -> None:
+    """What a fitted map is: its corpus, its tokens, where it went, each depth's R²."""
+    out.print(
+        f"map {rmap.analog} → {rmap.frontier} on the {rmap.corpus} corpus ({rmap.texts} texts): "
+        f"{rmap.tokens_fit:,} tokens fitted, {rmap.tokens_held_out:,} held out; {where}"
+    )
+    for layer in rmap.layers:
+        out.print(
+            f"  depth {layer.depth:.2f}: blocks {layer.analog_block} → {layer.frontier_block}, "
+            f"held-out R² {layer.r2_forward:.3f} (back {layer.r2_backward:.3f})"
+        )
+
 
 @map_app.command("fit")
 @handles_errors
@@ -89,25 +137,11 @@ def map_fit(
         str, typer.Option("--frontier", "-f", help="The frontier (its id here, or a folder).")
     ],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the map (.npz).")],
-    depths: Annotated[
-        list[float] | None, typer.Option("--depth", help="A relative depth (repeatable).")
-    ] = None,
-    texts: Annotated[int, typer.Option(help="Corpus texts to fit on.")] = 256,
-    corpus: Annotated[
-        str,
-        typer.Option(
-            help="The text to fit on: 'general' (the toy world's mixed text; the default) or "
-            "'neutral' (filler sentences)."
-        ),
-    ] = "general",
-    l2: Annotated[
-        float | None,
-        typer.Option(
-            help="Ridge strength (per token, in units of each standardised input's variance); "
-            "default: chosen per direction by validation R²."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")] = 0,
+    depths: MapDepthsOpt = None,
+    texts: MapTextsOpt = 256,
+    corpus: MapCorpusOpt = "general",
+    l2: MapL2Opt = None,
+    seed: MapSeedOpt = 0,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -118,34 +152,17 @@ def map_fit(
     from analoglab.experiments.mapping import fit_map, map_corpus
     from analoglab.models.loading import load_any
 
-    if l2 is not None and not (l2 > 0.0 and math.isfinite(l2)):
-        raise typer.BadParameter(
-            f"{l2:g}: the ridge strength must be a positive number (or left out: chosen by "
-            "validation R²)",
-            param_hint="--l2",
-        )
-    if texts < 2:
-        raise typer.BadParameter(f"{texts}: fit on at least 2 texts", param_hint="--texts")
+    check_map_options(l2, texts)
     texts_to_fit = map_corpus(corpus, texts, seed)  # an unknown corpus fails before any load
     settings = get_settings()
     a = load_any(analog, device=device, settings=settings)
     f = load_any(frontier, device=device, settings=settings)
-    rmap = fit_map(
-        a, f, texts_to_fit, depths or [0.0, 0.25, 0.5, 0.75, 1.0], l2=l2, seed=seed, corpus=corpus
-    )
+    rmap = fit_map(a, f, texts_to_fit, depths or MAP_DEPTHS, l2=l2, seed=seed, corpus=corpus)
     rmap.save(out_path)
     if as_json:
         print_json(rmap.summary() | {"path": str(out_path)})
         return
-    out.print(
-        f"map {rmap.analog} → {rmap.frontier} on the {rmap.corpus} corpus ({rmap.texts} texts): "
-        f"{rmap.tokens_fit:,} tokens fitted, {rmap.tokens_held_out:,} held out; wrote {out_path}"
-    )
-    for layer in rmap.layers:
-        out.print(
-            f"  depth {layer.depth:.2f}: blocks {layer.analog_block} → {layer.frontier_block}, "
-            f"held-out R² {layer.r2_forward:.3f} (back {layer.r2_backward:.3f})"
-        )
+    print_map_fit(rmap, f"wrote {out_path}")
 
 
 @handles_errors

@@ -24,6 +24,16 @@ from analoglab.cli.common import (
 )
 from analoglab.config import get_settings
 from analoglab.errors import AnalogLabError
+from analoglab.experiments.commands import (
+    MAP_DEPTHS,
+    MapCorpusOpt,
+    MapDepthsOpt,
+    MapL2Opt,
+    MapSeedOpt,
+    MapTextsOpt,
+    check_map_options,
+    print_map_fit,
+)
 
 lab_app = typer.Typer(
     help="A lab site: the agent that runs approved jobs on the lab's frontier models.",
@@ -245,27 +255,11 @@ lab_app.add_typer(map_app, name="map")
 def lab_map_fit(
     frontier: Annotated[str, typer.Option("--frontier", "-f", help="A frontier of this site.")],
     analog: Annotated[str, typer.Option("--analog", "-a", help="The analog (name or folder).")],
-    depths: Annotated[
-        list[float] | None,
-        typer.Option("--depth", help="A relative depth (repeatable); default 0, .25, .5, .75, 1."),
-    ] = None,
-    texts: Annotated[int, typer.Option(help="Corpus texts to fit on.", min=4)] = 256,
-    corpus: Annotated[
-        str,
-        typer.Option(
-            help="The text to fit on: 'general' (the toy world's mixed text; the default) or "
-            "'neutral' (filler sentences)."
-        ),
-    ] = "general",
-    l2: Annotated[
-        float | None,
-        typer.Option(
-            help="Ridge strength (per token, in units of each standardised input's variance); "
-            "default: chosen per direction by validation R².",
-            min=0.0,
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")] = 0,
+    depths: MapDepthsOpt = None,
+    texts: MapTextsOpt = 256,
+    corpus: MapCorpusOpt = "general",
+    l2: MapL2Opt = None,
+    seed: MapSeedOpt = 0,
     lab: LabOpt = None,
     config: ConfigOpt = None,
     volume_root: VolumeOpt = None,
@@ -279,6 +273,7 @@ def lab_map_fit(
     """
     from analoglab.lab.maps import fit_site_map
 
+    check_map_options(l2, texts)
     site = _site(lab, config, volume_root)
     weights, sha256 = site.weights(frontier)
     rmap, path = fit_site_map(
@@ -287,7 +282,7 @@ def lab_map_fit(
         weights=weights,
         sha256=sha256,
         analog=analog,
-        depths=depths or [0.0, 0.25, 0.5, 0.75, 1.0],
+        depths=depths or MAP_DEPTHS,
         texts=texts,
         corpus=corpus,
         l2=l2,
@@ -297,16 +292,7 @@ def lab_map_fit(
     if as_json:
         print_json(rmap.summary() | {"path": str(path)})
         return
-    out.print(
-        f"map {rmap.analog} → {rmap.frontier} on the {rmap.corpus} corpus ({rmap.texts} texts): "
-        f"{rmap.tokens_fit:,} tokens fitted, {rmap.tokens_held_out:,} held out; stored at "
-        f"{path} (it stays at the lab)"
-    )
-    for layer in rmap.layers:
-        out.print(
-            f"  depth {layer.depth:.2f}: blocks {layer.analog_block} → {layer.frontier_block}, "
-            f"held-out R² {layer.r2_forward:.3f} (back {layer.r2_backward:.3f})"
-        )
+    print_map_fit(rmap, f"stored at {path} (it stays at the lab)")
 
 
 @map_app.command("list")
