@@ -280,6 +280,55 @@ def test_per_row_hooks_touch_only_their_own_rows(frontier: LoadedModel) -> None:
     assert not torch.allclose(packed[1].logits, run_alone(model, Pass(passes[1].enc)).logits)
 
 
+def test_rows_asked_by_several_passes_run_once(frontier: LoadedModel) -> None:
+    """Jobs over the same prompts with the same edit (or none) share one row of the packed
+    pass; another scale, another vector or another prompt is another row."""
+    model, tok = frontier.model, frontier.tokenizer
+    name = "blocks.0.hook_resid_post"
+    d = frontier.model.config.hidden_size
+    vector = torch.randn(d, generator=torch.Generator().manual_seed(1))
+    same = vector.clone()  # equal values in another tensor: the same edit
+    other = torch.randn(d, generator=torch.Generator().manual_seed(2))
+    passes = [
+        Pass(encode(tok, PROMPTS, 64, "cpu")),
+        Pass(encode(tok, PROMPTS, 64, "cpu"), capture=(name,), positions=(-1,)),
+        Pass(encode(tok, PROMPTS[:2], 64, "cpu")),
+        Pass(encode(tok, PROMPTS, 64, "cpu"), steer=Steer(name, vector, 2.0)),
+        Pass(encode(tok, PROMPTS, 64, "cpu"), steer=Steer(name, same, 2.0), capture=(name,)),
+        Pass(encode(tok, PROMPTS, 64, "cpu"), steer=Steer(name, vector, 3.0)),
+        Pass(encode(tok, PROMPTS[1:], 64, "cpu"), steer=Steer(name, other, 2.0)),
+    ]
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append(int(kwargs["input_ids"].shape[0])),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            packed = run_packed(model, passes, pad=tok.pad_token_id or 0, batch_tokens=10**6)
+    finally:
+        handle.remove()
+    n = len(PROMPTS)
+    # unsteered once, steered by (vector, 2) once, by (vector, 3) once, by other once
+    assert seen == [3 * n + (n - 1)]
+    with torch.no_grad():
+        for p, b in zip(passes, packed, strict=True):
+            a = run_alone(model, p)
+            torch.testing.assert_close(a.logits, b.logits, atol=ATOL, rtol=1e-5)
+            for k in a.cache:
+                real = p.enc.real if p.positions is None else slice(None)
+                torch.testing.assert_close(a.cache[k][real], b.cache[k][real], atol=ATOL, rtol=1e-5)
+    assert not torch.allclose(packed[3].logits, packed[5].logits)  # the scales differ
+
+
+def test_packed_passes_build_no_autograd_graph(frontier: LoadedModel) -> None:
+    """Grad mode is per thread: the packed passes run without a graph wherever called."""
+    tok = frontier.tokenizer
+    with torch.enable_grad():
+        (answer,) = run_packed(frontier.model, [Pass(encode(tok, PROMPTS, 64, "cpu"))])
+    assert not answer.logits.requires_grad
+
+
 def test_each_job_keeps_its_own_random_state(frontier: LoadedModel) -> None:
     enc = encode(frontier.tokenizer, PROMPTS, 32, "cpu")
 

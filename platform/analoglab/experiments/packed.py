@@ -8,7 +8,10 @@ its own real tokens, so padding changes no row). One hook per hook point applies
 steering vector to that pass's rows only and captures that pass's rows only (a row whose pass
 has no intervention gets none). Logits and captures go back to each pass's own rows; a
 capture over every position is laid out at the pass's own width, its real tokens where they
-sit alone, its left padding zero (methods read real tokens only).
+sit alone, its left padding zero (methods read real tokens only). A row that several passes
+ask for with the same edit (the same tokens, and no steering or the same vector, scale,
+point and positions) runs once and answers all of them: jobs over a shared task set cost
+one job's rows. The passes run without an autograd graph (grad mode is per thread).
 
 :func:`run_together` runs several jobs' methods at once: each job's method runs in its own
 thread, and the threads take turns (only one runs at a time), each until it asks for forward
@@ -39,6 +42,7 @@ from analoglab.experiments.methods.common import (
     Answer,
     Encoded,
     Pass,
+    Steer,
     forward,
 )
 from analoglab.interventions import Forward, hooks
@@ -55,20 +59,49 @@ def _rows(p: Pass) -> list[list[int]]:
     return [ids[b, n - int(mask[b].sum()) :].tolist() for b in range(int(ids.shape[0]))]
 
 
+def _steer_key(p: Pass) -> tuple[Any, ...] | None:
+    """What makes two rows' steering the same edit: its point, scale, positions and vector."""
+    s = p.steer
+    if s is None:
+        return None
+    vector = s.vector.detach().to("cpu", torch.float32).contiguous()
+    return (s.point, float(s.scale), s.positions, vector.numpy().tobytes())
+
+
+class _Row:
+    """One distinct row of a packed pass: its real token ids, its steering edit (that of
+    ``owners[0]``'s pass: every owner's is the same) and the passes' rows it answers for."""
+
+    __slots__ = ("ids", "owners")
+
+    def __init__(self, ids: list[int], owner: tuple[int, int]) -> None:
+        self.ids = ids
+        self.owners = [owner]
+
+
 def run_packed(
     model: Any, passes: Sequence[Pass], pad: int = 0, batch_tokens: int | None = None
 ) -> list[Answer]:
     """``passes`` run as few forward passes of ``model`` as ``batch_tokens`` allows, each
     row with its own pass's hooks: see the module docstring."""
-    rows = [(k, b, row) for k, p in enumerate(passes) for b, row in enumerate(_rows(p))]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))  # like widths together
+    distinct: dict[tuple[Any, ...], _Row] = {}
+    for k, p in enumerate(passes):
+        edit = _steer_key(p)
+        for b, ids in enumerate(_rows(p)):
+            key = (tuple(ids), edit)
+            if key in distinct:
+                distinct[key].owners.append((k, b))
+            else:
+                distinct[key] = _Row(ids, (k, b))
+    rows = sorted(distinct.values(), key=lambda r: len(r.ids))  # like widths together
     bound = batch_tokens if batch_tokens is not None else 2**62
-    packs = pack_passes([(1, len(rows[i][2])) for i in order], bound)
+    packs = pack_passes([(1, len(r.ids)) for r in rows], bound)
     logits: list[Tensor | None] = [None] * len(passes)
     caches: list[dict[str, Tensor]] = [{} for _ in passes]
-    for indices in packs:
-        members = [rows[order[i]] for i in indices]
-        _run_rows(model, passes, members, pad, logits, caches)
+    # no autograd graph: grad mode is per thread, and the coordinator's thread may have it on
+    with torch.no_grad():
+        for indices in packs:
+            _run_rows(model, passes, [rows[i] for i in indices], pad, logits, caches)
     out = []
     for k in range(len(passes)):
         found = logits[k]
@@ -80,41 +113,53 @@ def run_packed(
 def _run_rows(
     model: Any,
     passes: Sequence[Pass],
-    members: list[tuple[int, int, list[int]]],
+    members: list[_Row],
     pad: int,
     logits: list[Tensor | None],
     caches: list[dict[str, Tensor]],
 ) -> None:
-    """One forward pass of ``members`` (rows ``(pass, row, token ids)``), left padded; each
-    row's logits and captures written into its pass's place in ``logits`` and ``caches``."""
+    """One forward pass of the distinct rows ``members``, left padded; each row's logits and
+    captures written into the place of every pass's row it answers for."""
     device = passes[0].enc.input_ids.device
-    width = max(len(row) for _, _, row in members)
+    width = max(len(r.ids) for r in members)
     ids = torch.full((len(members), width), pad, dtype=torch.long)
     mask = torch.zeros((len(members), width), dtype=torch.long)
-    for i, (_, _, row) in enumerate(members):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    enc = Encoded(ids.to(device), mask.to(device), tuple(len(r) for _, _, r in members))
+    for i, r in enumerate(members):
+        ids[i, width - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
+        mask[i, width - len(r.ids) :] = 1
+    enc = Encoded(ids.to(device), mask.to(device), tuple(len(r.ids) for r in members))
     # the rows of each pass in this forward pass, and where they sit in their own pass
-    mine: dict[int, tuple[Tensor, Tensor]] = {}
-    for k in dict.fromkeys(k for k, _, _ in members):
-        at = [i for i, (kk, _, _) in enumerate(members) if kk == k]
-        rows_in_pass = [members[i][1] for i in at]
-        mine[k] = (torch.tensor(at, device=device), torch.tensor(rows_in_pass, device=device))
-    points = list(
-        dict.fromkeys(
-            [passes[k].steer.point for k in mine if passes[k].steer is not None]  # type: ignore[union-attr]
-            + [name for k in mine for name in passes[k].capture]
-        )
-    )
+    at: dict[int, tuple[list[int], list[int]]] = {}
+    for i, r in enumerate(members):
+        for k, b in r.owners:
+            in_pack, in_pass = at.setdefault(k, ([], []))
+            in_pack.append(i)
+            in_pass.append(b)
+    mine = {
+        k: (torch.tensor(in_pack, device=device), torch.tensor(in_pass, device=device))
+        for k, (in_pack, in_pass) in at.items()
+    }
+    # each steering edit once, on the rows it applies to (their first owner's pass says it)
+    edits: dict[str, list[tuple[Steer, Tensor]]] = {}
+    steered: dict[int, list[int]] = {}
+    for i, r in enumerate(members):
+        if passes[r.owners[0][0]].steer is not None:
+            steered.setdefault(r.owners[0][0], []).append(i)
+    groups: dict[tuple[Any, ...], tuple[Steer, list[int]]] = {}
+    for k, where in steered.items():
+        s = passes[k].steer
+        assert s is not None
+        key = _steer_key(passes[k])
+        assert key is not None
+        groups.setdefault(key, (s, []))[1].extend(where)
+    for s, where in groups.values():
+        edits.setdefault(s.point, []).append((s, torch.tensor(where, device=device)))
+    points = list(dict.fromkeys([*edits, *(name for k in mine for name in passes[k].capture)]))
 
     def edit_at(point: str) -> Callable[[Tensor, Forward], Tensor | None]:
         def edit(x: Tensor, fwd: Forward) -> Tensor | None:
             new = x
-            for k, (here, _) in mine.items():
-                s = passes[k].steer
-                if s is None or s.point != point:
-                    continue
+            for s, here in edits.get(point, []):
                 if new is x:
                     new = x.clone()
                 delta = (s.vector * s.scale).to(device=x.device, dtype=x.dtype)

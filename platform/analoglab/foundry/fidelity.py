@@ -102,8 +102,14 @@ def token_agreement(
 
 
 def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
-    """The first token of each word, encoded as it follows other text (no BOS)."""
-    return [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    """The first token of each word, encoded as it follows other text (no BOS); each distinct
+    word is encoded once (a set's answers repeat a few words)."""
+    distinct = list(dict.fromkeys(words))
+    if not distinct:
+        return []
+    ids = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    first = {w: row[0] for w, row in zip(distinct, ids, strict=True)}
+    return [first[w] for w in words]
 
 
 def choice_accuracy(
