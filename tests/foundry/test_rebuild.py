@@ -8,12 +8,15 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from analoglab.cli import app
 from analoglab.config import Settings
 from analoglab.foundry.build import FoundryBuild, build
 from analoglab.foundry.presets import PRESETS, Preset, get_preset
+from analoglab.foundry.training import embedding_basis
 from analoglab.foundry.world import World
 
 
@@ -63,7 +66,7 @@ def test_a_changed_analog_recipe_keeps_the_frontier_and_retrains_the_analogs(
     assert cache_files
     cache_times = [p.stat().st_mtime_ns for p in cache_files]
 
-    recipe = dataclasses.replace(preset.analogs[0], temperature=2.0)
+    recipe = dataclasses.replace(preset.analogs[0], temperature=2.0, init="teacher-embeddings")
     retuned = dataclasses.replace(preset, analogs=(recipe, *preset.analogs[1:]))
     assert retuned.frontier_fingerprint() == preset.frontier_fingerprint()
     assert retuned.fingerprint() != preset.fingerprint()
@@ -78,6 +81,19 @@ def test_a_changed_analog_recipe_keeps_the_frontier_and_retrains_the_analogs(
     assert [p.stat().st_mtime_ns for p in cache_files] == cache_times
     assert _sha(second.analog_paths["tiny-analog-s"] / "model.safetensors") != analog
     assert FoundryBuild(retuned, s).is_complete()
+    # the retuned analog started from the frontier's embeddings (and 20 steps kept them near)
+    frontier_model = AutoModelForCausalLM.from_pretrained(str(second.frontier_path))
+
+    def start_likeness(path: Path) -> float:
+        student = AutoModelForCausalLM.from_pretrained(str(path))
+        e = student.get_input_embeddings().weight.detach()
+        start = frontier_model.get_input_embeddings().weight.detach() @ embedding_basis(
+            frontier_model, int(e.shape[1])
+        )
+        return float(torch.nn.functional.cosine_similarity(e.flatten(), start.flatten(), 0))
+
+    assert start_likeness(second.analog_paths["tiny-analog-s"]) > 0.5
+    assert abs(start_likeness(first.analog_paths["tiny-analog-m"])) < 0.2  # random start
 
     # A change to what the frontier depends on starts again.
     notes = Notes()

@@ -7,13 +7,17 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from analoglab.errors import FoundryError
 from analoglab.foundry.training import (
     LMRun,
     Student,
     batch_at,
+    embedding_basis,
+    init_from_teacher_embeddings,
     lr_at,
     matched_depths,
     prepare_student,
@@ -111,3 +115,40 @@ def test_students_train_together_with_hidden_matching(tmp_path: Path) -> None:
     assert set(logs["d"].values) == {"loss", "kl", "ce", "hidden"}
     assert set(logs["s"].values) == {"loss", "ce"}
     assert logs["d"].steps == logs["s"].steps == list(range(1, 7))
+
+
+def test_a_student_can_start_from_the_teachers_embeddings() -> None:
+    """Its embeddings are the teacher's on their top principal directions: the teacher's
+    token similarities, kept as far as the student's width allows."""
+    teacher, student = tiny_llama(hidden=32, seed=1), tiny_llama(hidden=8, seed=2)
+    basis = init_from_teacher_embeddings(student, teacher)
+    assert basis.shape == (32, 8)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(8), atol=1e-5, rtol=0)
+    e_t = teacher.get_input_embeddings().weight.detach()
+    e_s = student.get_input_embeddings().weight.detach()
+    torch.testing.assert_close(e_s, e_t @ basis)
+    # the best rank-8 reading of the teacher's embeddings: closer than any other 8 directions
+    other = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(3)))[0]
+    kept = (e_t @ basis @ basis.T - e_t).norm()
+    assert kept < (e_t @ other @ other.T - e_t).norm()
+    # tied: the output side reads the same matrix
+    assert student.get_output_embeddings().weight.data_ptr() == e_s.data_ptr()
+    # the same basis each time, signs included
+    torch.testing.assert_close(embedding_basis(teacher, 8), basis, atol=0, rtol=0)
+    assert (basis.gather(0, basis.abs().argmax(0, keepdim=True)) > 0).all()
+
+
+def test_matching_projections_start_as_the_basis_and_bad_shapes_are_refused() -> None:
+    teacher, student = tiny_llama(hidden=32, seed=1), tiny_llama(hidden=8, seed=2)
+    basis = init_from_teacher_embeddings(student, teacher)
+    s = Student("s", student, "distill", hidden_weight=1.0)
+    prepare_student(s, 32, 2, basis)
+    assert s.projections is not None
+    for proj in s.projections:
+        torch.testing.assert_close(proj.weight.detach(), basis)
+    with pytest.raises(FoundryError, match="cannot start from the embeddings"):
+        init_from_teacher_embeddings(tiny_llama(hidden=64), teacher)
+    cfg = tiny_llama(hidden=8).config
+    cfg.vocab_size = 80
+    with pytest.raises(FoundryError, match="vocabulary"):
+        init_from_teacher_embeddings(LlamaForCausalLM(cfg), teacher)

@@ -427,6 +427,7 @@ class FoundryBuild:
             LMRun,
             Student,
             cache_key,
+            init_from_teacher_embeddings,
             matched_teacher_layers,
             open_teacher_cache,
             prepare_student,
@@ -454,7 +455,10 @@ class FoundryBuild:
                 hidden_weight=recipe.hidden_weight if mode == "distill" else 0.0,
                 lr=recipe.scratch_lr if mode == "scratch" else None,
             )
-            prepare_student(s, teacher.config.hidden_size, teacher.config.num_hidden_layers)
+            basis = None
+            if mode == "distill" and recipe.init == "teacher-embeddings":
+                basis = init_from_teacher_embeddings(model, teacher)
+            prepare_student(s, teacher.config.hidden_size, teacher.config.num_hidden_layers, basis)
             students.append(s)
         self.reporter.note(
             f"[{p.name}] distilling {len(names)} students together (one teacher pass serves all): "

@@ -33,6 +33,11 @@ class AnalogRecipe:
     suffix: str  # the analog is named "<preset>-<suffix>"
     shape: Shape
     method: Literal["logit-kl", "logit-kl+hidden"] = "logit-kl"
+    #: Where the distilled student starts: ``random`` weights, or ``teacher-embeddings``: its
+    #: (tied) token embeddings are the teacher's projected onto their top principal directions,
+    #: and hidden-state matching's projections start as that basis (the rest random). The
+    #: scratch twin always starts from random weights.
+    init: Literal["random", "teacher-embeddings"] = "random"
     temperature: float = 1.0
     ce_weight: float = 0.5
     hidden_weight: float = 0.0

@@ -198,8 +198,12 @@ def matched_depths(student_layers: int, teacher_layers: int) -> list[tuple[int, 
     return pairs
 
 
-def prepare_student(student: Student, teacher_hidden: int, teacher_layers: int) -> None:
-    """Attach the learned projections that hidden-state matching trains with the student."""
+def prepare_student(
+    student: Student, teacher_hidden: int, teacher_layers: int, basis: torch.Tensor | None = None
+) -> None:
+    """Attach the learned projections that hidden-state matching trains with the student;
+    with ``basis`` (``[teacher_hidden, student_hidden]``, :func:`embedding_basis`) they start
+    as it, mapping the student's coordinates back into the teacher's space."""
     if student.mode == "distill" and student.hidden_weight > 0:
         cfg = student.model.config
         student.matched_layers = matched_depths(cfg.num_hidden_layers, teacher_layers)
@@ -207,6 +211,45 @@ def prepare_student(student: Student, teacher_hidden: int, teacher_layers: int) 
             torch.nn.Linear(cfg.hidden_size, teacher_hidden, bias=False)
             for _ in student.matched_layers
         )
+        if basis is not None:
+            with torch.no_grad():
+                for proj in student.projections:
+                    proj.weight.copy_(basis.to(proj.weight))
+
+
+def embedding_basis(teacher: torch.nn.Module, width: int) -> torch.Tensor:
+    """The top ``width`` right singular vectors of the teacher's token embedding matrix,
+    ``[teacher_hidden, width]`` (float32; each vector's sign fixed so that its largest entry
+    is positive, the same on every device)."""
+    weight = teacher.get_input_embeddings().weight.detach().float().cpu()
+    if width > weight.shape[1]:
+        raise FoundryError(
+            f"a student {width} wide cannot start from the embeddings of a teacher "
+            f"{weight.shape[1]} wide; use init 'random'"
+        )
+    _, _, vt = torch.linalg.svd(weight, full_matrices=False)
+    basis = vt[:width].T.contiguous()
+    flip = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
+    return basis * flip
+
+
+def init_from_teacher_embeddings(
+    student: torch.nn.Module, teacher: torch.nn.Module
+) -> torch.Tensor:
+    """Set the student's token embeddings to the teacher's projected onto
+    :func:`embedding_basis` (the student's width of it); the basis used. The two must share
+    the vocabulary (the foundry's students share the teacher's tokenizer)."""
+    target = student.get_input_embeddings().weight
+    source = teacher.get_input_embeddings().weight.detach().float().cpu()
+    if target.shape[0] != source.shape[0]:
+        raise FoundryError(
+            f"the student's vocabulary ({target.shape[0]}) is not the teacher's "
+            f"({source.shape[0]}); it cannot start from the teacher's embeddings"
+        )
+    basis = embedding_basis(teacher, int(target.shape[1]))
+    with torch.no_grad():
+        target.copy_((source @ basis).to(target))
+    return basis
 
 
 def _student_params(s: Student) -> list[torch.nn.Parameter]:
