@@ -64,26 +64,33 @@ METHODS_MIX = ("evaluation", "activation_stats", "evaluation", "probe") * 3 + (
 )
 
 
-def job_spec(k: int, mix: str = "mixed") -> dict[str, Any]:
+def job_spec(k: int, mix: str = "mixed", draws: str = "shared") -> dict[str, Any]:
     """The ``k``-th small job, seeded by ``k``: with ``mix="mixed"`` evaluations, activation
     statistics, probes and steering on 4–24 prompts each (:data:`METHODS_MIX`); with
-    ``"evaluation"`` an evaluation on 32 prompts."""
+    ``"evaluation"`` an evaluation on 32 prompts. With ``draws="shared"`` every job reads the
+    task sets' default draw (what a spec naming a task set gets: jobs over one set ask for
+    the same prompts); with ``"own"`` job ``k`` draws its own items (task-set seed 12345 + k),
+    so no two jobs share a prompt row except by chance."""
     method = METHODS_MIX[k % len(METHODS_MIX)] if mix == "mixed" else "evaluation"
     common = {"seed": k, "batch_size": 16 if mix == "mixed" else 32, "max_tokens_per_prompt": 64}
+    extra = {} if draws == "shared" else {"seed": 12345 + k}
+
+    def data(name: str, n: int) -> dict[str, Any]:
+        return {"kind": "task_set", "name": name, "n": n} | extra
+
     if method == "evaluation":
         name = ("sentiment", "facts", "ioi")[k % 3]
         n = 16 if mix == "mixed" else 32
-        return common | {"method": method, "data": {"kind": "task_set", "name": name, "n": n}}
+        return common | {"method": method, "data": data(name, n)}
     if method == "activation_stats":
-        data = {"kind": "task_set", "name": "neutral", "n": 16}
-        return common | {"method": method, "data": data, "position": "last"}
+        return common | {"method": method, "data": data("neutral", 16), "position": "last"}
     if method == "probe":
-        data = {"kind": "task_set", "name": "sentiment", "n": 24}
-        return common | {"method": method, "data": data, "layers": {"depths": [0.5, 1.0]}}
+        layers = {"depths": [0.5, 1.0]}
+        return common | {"method": method, "data": data("sentiment", 24), "layers": layers}
     return common | {
         "method": "steering",
-        "contrast": {"kind": "task_set", "name": "sentiment_pairs", "n": 4},
-        "evaluate": {"kind": "task_set", "name": "sentiment", "n": 8},
+        "contrast": data("sentiment_pairs", 4),
+        "evaluate": data("sentiment", 8),
         "target": " good",
         "foil": " bad",
         "scales": [4],
@@ -227,7 +234,7 @@ def worker_only(args: argparse.Namespace) -> dict[str, Any]:
         else:
             print("a random demo-shaped frontier (no --frontier-path)...", flush=True)
             weights = str(random_demo_frontier(Path(tmp) / "frontier"))
-        specs = [job_spec(k, args.mix) for k in range(args.jobs)]
+        specs = [job_spec(k, args.mix, args.draws) for k in range(args.jobs)]
         worker = Worker()
         worker.load("frontier", weights, device=args.device)
         # warm up, not counted: one job of each method, alone and as one batch (first calls
@@ -297,6 +304,7 @@ def worker_only(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mode": "worker-only",
         "mix": args.mix,
+        "draws": args.draws,
         "device": args.device,
         "frontier": "given weights" if args.frontier_path else "random demo-shaped Llama",
         "claim": args.claim,
@@ -441,7 +449,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
             clock (first calls pay one-time costs in a fresh worker)."""
             specs = {}
             for k in range(args.jobs):
-                spec = job_spec(k, args.mix)
+                spec = job_spec(k, args.mix, args.draws)
                 specs.setdefault(spec["method"], spec)
             tasks = [
                 Task(-1 - i, frontier, spec, str(sites[frontier]))
@@ -468,7 +476,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
             warm_up(agent.executor)
             submitted: list[tuple[int, float]] = []
             for k in range(args.jobs):  # interleaved: user k % users submits job k
-                submitted += submit(users[k % args.users], [job_spec(k, args.mix)])
+                submitted += submit(users[k % args.users], [job_spec(k, args.mix, args.draws)])
             print(f"{mode}: {args.jobs} jobs on {frontier}...", flush=True)
             try:
                 stats = agent.run(max_jobs=args.jobs)
@@ -494,8 +502,8 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
         agent, client = agent_for(args.batch_tokens, args.claim)
         agent.verify_frontiers()
         warm_up(agent.executor)
-        flood = submit("heavy", [job_spec(k, args.mix) for k in range(args.flood)])
-        ((light_id, light_at),) = submit("light", [job_spec(1, args.mix)])
+        flood = submit("heavy", [job_spec(k, args.mix, args.draws) for k in range(args.flood)])
+        ((light_id, light_at),) = submit("light", [job_spec(1, args.mix, args.draws)])
         landed = threading.Event()
         client.watch = (light_id, landed)
         threading.Thread(
@@ -521,6 +529,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mode": "queue",
         "mix": args.mix,
+        "draws": args.draws,
         "users": args.users,
         "frontier": frontier,
         "claim": args.claim,
@@ -545,6 +554,10 @@ def markdown(report: dict[str, Any]) -> str:
         "mixed": "mixed small jobs (evaluations, activation statistics, probes, steering)",
         "evaluation": "evaluations of 32 prompts",
     }[report["mix"]]
+    if report.get("draws") == "own":
+        mix += ", each job its own draw of the task sets' items"
+    else:
+        mix += ", on the task sets' default draws"
     lines = [
         f"{report['rows']['sequential']['jobs']} {mix}"
         + (f" from {report['users']} users" if "users" in report else "")
@@ -608,6 +621,12 @@ def main() -> None:
         choices=("mixed", "evaluation"),
         default="mixed",
         help="the jobs: mixed methods on a few prompts each, or evaluations on 32 prompts",
+    )
+    parser.add_argument(
+        "--draws",
+        choices=("shared", "own"),
+        default="shared",
+        help="the task sets' default draw for every job, or each job its own items",
     )
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
