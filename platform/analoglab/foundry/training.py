@@ -214,14 +214,21 @@ def prepare_student(
         if basis is not None:
             with torch.no_grad():
                 for proj in student.projections:
-                    proj.weight.copy_(basis.to(proj.weight))
+                    weight: torch.Tensor = proj.weight  # type: ignore[assignment]
+                    weight.copy_(basis.to(weight))
 
 
-def embedding_basis(teacher: torch.nn.Module, width: int) -> torch.Tensor:
+def _embeddings(model: Any) -> torch.Tensor:
+    """The model's input token embedding matrix ``[vocab, hidden]`` (a transformers model)."""
+    weight: torch.Tensor = model.get_input_embeddings().weight
+    return weight
+
+
+def embedding_basis(teacher: Any, width: int) -> torch.Tensor:
     """The top ``width`` right singular vectors of the teacher's token embedding matrix,
     ``[teacher_hidden, width]`` (float32; each vector's sign fixed so that its largest entry
     is positive, the same on every device)."""
-    weight = teacher.get_input_embeddings().weight.detach().float().cpu()
+    weight = _embeddings(teacher).detach().float().cpu()
     if width > weight.shape[1]:
         raise FoundryError(
             f"a student {width} wide cannot start from the embeddings of a teacher "
@@ -230,17 +237,16 @@ def embedding_basis(teacher: torch.nn.Module, width: int) -> torch.Tensor:
     _, _, vt = torch.linalg.svd(weight, full_matrices=False)
     basis = vt[:width].T.contiguous()
     flip = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
-    return basis * flip
+    out: torch.Tensor = basis * flip
+    return out
 
 
-def init_from_teacher_embeddings(
-    student: torch.nn.Module, teacher: torch.nn.Module
-) -> torch.Tensor:
+def init_from_teacher_embeddings(student: Any, teacher: Any) -> torch.Tensor:
     """Set the student's token embeddings to the teacher's projected onto
     :func:`embedding_basis` (the student's width of it); the basis used. The two must share
     the vocabulary (the foundry's students share the teacher's tokenizer)."""
-    target = student.get_input_embeddings().weight
-    source = teacher.get_input_embeddings().weight.detach().float().cpu()
+    target = _embeddings(student)
+    source = _embeddings(teacher).detach().float().cpu()
     if target.shape[0] != source.shape[0]:
         raise FoundryError(
             f"the student's vocabulary ({target.shape[0]}) is not the teacher's "
