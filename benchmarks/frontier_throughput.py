@@ -117,6 +117,15 @@ def stamp(threads: int, device: str = "cpu") -> dict[str, str]:
             check=True,
             cwd=Path(__file__).parent,
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "platform", "benchmarks"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        if dirty:
+            commit += " (with uncommitted changes under platform/ or benchmarks/)"
     except (OSError, subprocess.CalledProcessError):
         commit = os.environ.get("BENCH_COMMIT", "unknown")
     import torch

@@ -23,7 +23,10 @@ gets it back, so its seeded draws are those it makes alone. Every shareable meth
 its passes through the context (a probe its feature capture; its fits run as alone), so the
 jobs run their own method code. When the packed passes fail, each
 job's passes run again by themselves, so the job at fault fails alone; a job that raises
-ends with its error, and the others go on.
+ends with its error, and the others go on. The jobs' own code runs with torch on one CPU
+thread (each job thread would otherwise start its own OpenMP team, and on a few cores the
+teams' spinning made the jobs' small fits twice as slow); the shared passes use all of the
+worker's threads.
 """
 
 from __future__ import annotations
@@ -285,13 +288,17 @@ def run_together(
     raised. See the module docstring."""
     jobs = [_Job(body) for body in bodies]
     outside = _rng_state()
+    threads = torch.get_num_threads()
     for job in jobs:
         job.thread.start()
     live = list(jobs)
     try:
         while live:
+            # the jobs' own code (fits, statistics) on one CPU thread; the shared passes on all
+            torch.set_num_threads(1)
             for job in live:
                 job.resume()
+            torch.set_num_threads(threads)
             live = [job for job in live if not job.finished]
             asked = [p for job in live for p in (job.asked or [])]
             try:
@@ -310,6 +317,7 @@ def run_together(
                 job.asked = None
     finally:
         _set_rng_state(outside)
+        torch.set_num_threads(threads)
     out: list[T | BaseException] = []
     for job in jobs:
         job.thread.join(timeout=5)
