@@ -125,7 +125,7 @@ def ratios(report: BuildReport) -> list[dict[str, Any]]:
             continue
         scratch = students.get(f"{name}-scratch", {})
         row: dict[str, Any] = {"build": report.label, "analog": name}
-        for key in ("kl", "top1_agreement", "cka"):
+        for key in ("kl", "top1_agreement", "cka", "kl_copied", "kl_other", "copied_share"):
             a, b = kd.get(key), scratch.get(key)
             row[key] = (a, b, a / b if a is not None and b else None)
         row["task_agreement"] = {
@@ -163,6 +163,27 @@ def fidelity_markdown(reports: list[BuildReport], stamp: str) -> str:
                 f"{_r(t1[2])} | {_f(cka[0], '.3f')} | {_f(cka[1], '.3f')} | "
                 f"{_r(cka[2])} |"
             )
+    split = [(rep, r) for rep in reports for r in ratios(rep) if r["kl_copied"][0] is not None]
+    if split:
+        lines += [
+            "",
+            "The KL apart: on the positions whose next token is a person's name already named "
+            "in its document (roll calls read twice, IOI answers: only copying from context "
+            "predicts them; `copied` below, its share of the held-out tokens in brackets) and "
+            "on every other position:",
+            "",
+            "| build | analog | KL copied KD | scratch | KD/scratch | KL other KD | scratch | "
+            "**KD/scratch** |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for rep, r in split:
+            c, o = r["kl_copied"], r["kl_other"]
+            share = r["copied_share"][0]
+            lines.append(
+                f"| {rep.label} | {r['analog']} | {_f(c[0], '.4f')} ({_f(share, '.1%')}) | "
+                f"{_f(c[1], '.4f')} | {_r(c[2])} | {_f(o[0], '.4f')} | {_f(o[1], '.4f')} | "
+                f"**{_r(o[2])}** |"
+            )
     lines += [
         "",
         "Per task set, each model's behaviour agreement with the frontier (share of items "
@@ -195,7 +216,10 @@ def fidelity_markdown(reports: list[BuildReport], stamp: str) -> str:
         for r in ratios(rep):
             d = r["recipe"]
             recipe = (
-                f"{d.get('method')}, T={d.get('temperature')}, w_ce={d.get('ce_weight')}, "
+                f"{d.get('method')}"
+                + (f" (w_h={d.get('hidden_weight')})" if d.get("hidden_weight") else "")
+                + f", start {d.get('init') or 'random'}, T={d.get('temperature')}, "
+                f"w_ce={d.get('ce_weight')}, "
                 f"lr={d.get('lr')}, top-{d.get('teacher_top_k')}, {d.get('steps')} steps × "
                 f"{d.get('batch_size')}×{d.get('seq_len')} tokens"
                 if d

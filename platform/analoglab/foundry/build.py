@@ -453,7 +453,7 @@ class FoundryBuild:
                 temperature=recipe.temperature,
                 ce_weight=recipe.ce_weight,
                 hidden_weight=recipe.hidden_weight if mode == "distill" else 0.0,
-                lr=recipe.scratch_lr if mode == "scratch" else None,
+                lr=recipe.scratch_lr if mode == "scratch" else recipe.lr,
             )
             basis = None
             if mode == "distill" and recipe.init == "teacher-embeddings":
@@ -529,10 +529,12 @@ class FoundryBuild:
         from analoglab.foundry.fidelity import (
             behaviour_agreement,
             choices,
+            first_token_ids,
             next_token_agreement,
             representation_similarity,
         )
         from analoglab.foundry.training import matched_depths
+        from analoglab.foundry.world import PEOPLE
 
         path = self.work / "fidelity.json"
         if path.is_file():
@@ -547,6 +549,14 @@ class FoundryBuild:
         frontier_choices = {t: choices(frontier, tok, items) for t, items in sets.items()}
         frontier_tasks = {t: sum(c) / len(c) for t, c in frontier_choices.items()}
         heldout = self.tokens("heldout")
+        # each name's token, with and without its leading space (one token each)
+        names = {
+            i: person
+            for spelled in ("{}", " {}")
+            for person, i in zip(
+                PEOPLE, first_token_ids(tok, [spelled.format(p) for p in PEOPLE]), strict=True
+            )
+        }
         result: dict[str, Any] = {"frontier": {"tasks": frontier_tasks}, "students": {}}
         for name, _, mode in self._student_names():
             model = (
@@ -557,7 +567,13 @@ class FoundryBuild:
                 .eval()
             )
             agreement = next_token_agreement(
-                frontier, model, heldout, p.seq_len, max_windows=p.heldout_windows
+                frontier,
+                model,
+                heldout,
+                p.seq_len,
+                max_windows=p.heldout_windows,
+                copyable=names,
+                bos=tok.bos_token_id,
             )
             pairs = matched_depths(
                 model.config.num_hidden_layers, frontier.config.num_hidden_layers
@@ -633,8 +649,9 @@ class FoundryBuild:
                     tokens_seen=p.distill_steps * p.batch_size * p.seq_len,
                     seed=p.seed + 7,
                     seconds=round(log.get("seconds", 0.0), 1),
-                    lr=p.distill_lr,
+                    lr=recipe.lr or p.distill_lr,
                     teacher_top_k=p.teacher_top_k,
+                    init=recipe.init,
                 ),
                 fidelity=Fidelity(
                     heldout_tokens=int(f_s["tokens"]),

@@ -1,6 +1,7 @@
 """Measures of how faithful an analog is to its frontier, and of what each model can do.
 
-- next-token KL(frontier ‖ analog) and top-1 agreement on held-out text, per token;
+- next-token KL(frontier ‖ analog) and top-1 agreement on held-out text, per token (the KL
+  also apart on the positions whose next token can only be copied from context);
 - representation similarity: linear CKA between the analog's and the frontier's residual
   streams at matched relative depths (:func:`~analoglab.foundry.training.matched_depths`),
   over every position of the held-out windows;
@@ -11,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,19 +31,59 @@ def next_token_agreement(
     batch_size: int = 32,
     max_windows: int = 128,
     device: torch.device | None = None,
+    copyable: Mapping[int, str] | None = None,
+    bos: int | None = None,
 ) -> dict[str, float]:
-    """KL(frontier‖analog) and top-1 agreement per token over consecutive held-out windows."""
+    """KL(frontier‖analog) and top-1 agreement per token over consecutive held-out windows.
+
+    With ``copyable`` (token id → the word it spells, e.g. the toy world's names with and
+    without their leading space), the KL is also split between the positions whose next
+    token is one of them, its word already seen in its document
+    (:func:`copied_positions`: predicting it takes copying from context) and the others:
+    ``kl_copied``, ``kl_other`` (each a mean over its positions) and ``copied_share``."""
     device = device or next(frontier.parameters()).device
     n_windows = min(max_windows, len(tokens) // seq_len)
     windows = torch.from_numpy(
         tokens[: n_windows * seq_len].astype(np.int64).reshape(n_windows, seq_len)
     )
     kl_sum, agree, count = 0.0, 0.0, 0
+    split: dict[str, list[float]] = {"copied": [0.0, 0.0], "other": [0.0, 0.0]}
     for i in range(0, n_windows, batch_size):
         x = windows[i : i + batch_size].to(device)
-        kl, top1, n = token_agreement(frontier(input_ids=x).logits, analog(input_ids=x).logits)
+        lf, la = frontier(input_ids=x).logits, analog(input_ids=x).logits
+        kl, top1, n = token_agreement(lf, la)
         kl_sum, agree, count = kl_sum + kl, agree + top1, count + n
-    return {"kl": kl_sum / count, "top1_agreement": agree / count, "tokens": float(count)}
+        if copyable is not None:
+            copied = copied_positions(x, copyable, bos)
+            for name, mask in (("copied", copied), ("other", ~copied)):
+                part, _, n_part = token_agreement(lf, la, mask)
+                split[name][0] += part
+                split[name][1] += n_part
+    out = {"kl": kl_sum / count, "top1_agreement": agree / count, "tokens": float(count)}
+    if copyable is not None:
+        for name, (total, positions) in split.items():
+            out[f"kl_{name}"] = total / positions if positions else 0.0
+        out["copied_share"] = split["copied"][1] / count
+    return out
+
+
+def copied_positions(x: torch.Tensor, copyable: Mapping[int, str], bos: int | None) -> torch.Tensor:
+    """``[batch, seq]`` booleans: True at a position whose next token is in ``copyable`` and
+    whose word (``copyable``'s value: ``Sam`` and `` Sam`` are one name) already occurred
+    earlier in the same document (since the last ``bos`` in the window, or the window's
+    start). The window's last position has no next token: False."""
+    rows = x.tolist()
+    out = torch.zeros(x.shape, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        seen: set[str] = set()
+        for t, token in enumerate(row):
+            if bos is not None and token == bos:
+                seen = set()
+            if token in copyable:
+                seen.add(copyable[token])
+            if t + 1 < len(row) and copyable.get(row[t + 1]) in seen:
+                out[b, t] = True
+    return out.to(x.device)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -2,7 +2,8 @@
 
 - ``tiny``: under a minute on a laptop CPU; what the tests build.
 - ``demo``: the default of ``make up``; under 15 minutes on 2 CPU cores, a frontier that
-  learns IOI and two analogs of at most 5% of its parameters that do not.
+  learns IOI and two analogs of at most 5% of its parameters that do not on the default
+  seed (another seed's distillation may teach them; docs/foundry.md).
 - ``large``: for a GPU (``--device cuda``).
 """
 
@@ -44,6 +45,8 @@ class AnalogRecipe:
     scratch_baseline: bool = False  # also train this shape from scratch, for comparison
     #: The scratch baseline's peak learning rate (None: the preset's ``distill_lr``).
     scratch_lr: float | None = None
+    #: The distilled student's peak learning rate (None: the preset's ``distill_lr``).
+    lr: float | None = None
     description: str = ""
 
 
@@ -170,7 +173,7 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(
         name="demo",
         description="The default: under 15 minutes on 2 CPU cores. The frontier learns IOI, "
-        "the analogs (at most 5% of its size) do not; all learn sentiment.",
+        "the analogs (at most 5% of its size) do not on the default seed; all learn sentiment.",
         seed=0,
         vocab_size=1024,
         tokenizer_documents=20000,
@@ -186,18 +189,26 @@ PRESETS: dict[str, Preset] = {
             AnalogRecipe(
                 "analog-s",
                 Shape(2, 32, 2, 96),
+                method="logit-kl+hidden",
                 ce_weight=0.0,
+                hidden_weight=1.0,
+                lr=2e-2,
+                init="teacher-embeddings",
                 scratch_baseline=True,
                 scratch_lr=1e-2,
-                description="The smaller analog, distilled on logits.",
+                description="The smaller analog, distilled on logits and hidden states from "
+                "the frontier's embeddings.",
             ),
             AnalogRecipe(
                 "analog-m",
                 Shape(2, 40, 2, 160),
                 method="logit-kl+hidden",
                 ce_weight=0.0,
-                hidden_weight=0.5,
-                description="The larger analog, distilled on logits and hidden states.",
+                hidden_weight=1.0,
+                lr=2e-2,
+                init="teacher-embeddings",
+                description="The larger analog, distilled on logits and hidden states from "
+                "the frontier's embeddings.",
             ),
         ),
         distill_steps=600,

@@ -59,6 +59,11 @@ class Distillation(_Strict):
     teacher_top_k: int | None = Field(
         default=None, description="the teacher's top-k log-probabilities the analog learnt from"
     )
+    init: Literal["random", "teacher-embeddings"] | None = Field(
+        default=None,
+        description="where the analog started: random weights, or its token embeddings the "
+        "teacher's on their top principal directions",
+    )
 
 
 class TaskScore(_Strict):
