@@ -12,10 +12,9 @@ import pytest
 
 from analoglab.experiments.mapping import choose_l2, fit_ridge, map_corpus, r_squared
 from analoglab.experiments.methods import ablation, patching, probe
-from analoglab.experiments.result import ExperimentResult, ModelIdentity
+from analoglab.experiments.result import ExperimentResult
 from analoglab.experiments.transfer import (
     NULL_REACH,
-    TransferReport,
     compare,
     effect_state,
     is_flat,
@@ -23,40 +22,7 @@ from analoglab.experiments.transfer import (
 )
 from analoglab.experiments.uncertainty import make_replicates, resample_weights
 
-
-def identity(name: str) -> ModelIdentity:
-    return ModelIdentity(
-        name=name, weights_sha256="0" * 64, model_type="llama", layers=2, hidden_size=8,
-        parameters=1,
-    )  # fmt: skip
-
-
-def evaluation(name: str, correct: np.ndarray, seed: int, resamples: int = 200) -> ExperimentResult:
-    weights = resample_weights(len(correct), resamples, seed, "data")
-    accuracy = weights @ correct
-    return ExperimentResult(
-        method="evaluation",
-        spec_hash="h",
-        spec={},
-        model=identity(name),
-        device="cpu",
-        versions={},
-        metrics={"accuracy": float(correct.mean()), "effect": float(2 * correct.mean() - 1)},
-        bootstrap=make_replicates(
-            resamples=resamples,
-            seed=seed,
-            items={"data": len(correct)},
-            metrics={"accuracy": accuracy, "effect": 2 * accuracy - 1},
-        ),
-    )
-
-
-def check(p_a: float, p_f: float, n: int, seed: int) -> TransferReport:
-    rng = np.random.default_rng([seed, 5])
-    a = (rng.random(n) < p_a).astype(float)
-    f = (rng.random(n) < p_f).astype(float)
-    return compare(evaluation("a", a, seed), evaluation("f", f, seed))
-
+from .synthetic import identity, synthetic_check
 
 # -- effects read from their own intervals ----------------------------------------------------
 
@@ -93,7 +59,7 @@ def test_a_pair_with_no_effect_is_no_effect_although_the_score_interval_straddle
     straddling = no_effect = 0
     seeds = 40
     for seed in range(seeds):
-        report = check(0.52, 0.49, n=200, seed=seed)
+        report = synthetic_check(0.52, 0.49, n=200, seed=seed, stream=5)
         assert report.score_interval is not None and report.effect_intervals is not None
         straddling += report.score_interval.high >= 0.3
         # never inconclusive; in a few seeds one model's draw shows an effect by chance (a
@@ -110,14 +76,14 @@ def test_a_pair_with_no_effect_is_no_effect_although_the_score_interval_straddle
 
 
 def test_too_few_items_at_chance_are_not_called_no_effect() -> None:
-    report = check(0.5, 0.5, n=10, seed=1)
+    report = synthetic_check(0.5, 0.5, n=10, seed=1, stream=5)
     assert report.effect_states is not None
     assert "unclear" in report.effect_states.values()
     assert report.verdict != "no_effect"
 
 
 def test_a_behaviour_only_the_frontier_shows_does_not_transfer_from_the_effects() -> None:
-    report = check(0.5, 0.97, n=200, seed=3)
+    report = synthetic_check(0.5, 0.97, n=200, seed=3, stream=5)
     assert report.effect_states == {"analog": "absent", "frontier": "present"}
     assert report.verdict == "does_not_transfer"
     assert any("only the frontier shows the effect" in note for note in report.notes)
@@ -128,7 +94,7 @@ def test_with_both_effects_present_the_gate_does_not_zero_replicates() -> None:
     # are shown present once on the full data; replicates are not gated at 0.1 again, so the
     # interval is the ratio's own (no pile of zeros dragging the lower bound to 0 and the
     # basic interval's reflection doubling the upper one).
-    report = check(0.62, 0.99, n=400, seed=4)
+    report = synthetic_check(0.62, 0.99, n=400, seed=4, stream=5)
     assert report.effect_states == {"analog": "present", "frontier": "present"}
     assert report.score_interval is not None
     assert report.score_interval.low > 0.1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analoglab.experiments.result import ExperimentResult, ModelIdentity
 from analoglab.experiments.transfer import (
     Interval,
     TransferError,
@@ -19,54 +18,11 @@ from analoglab.experiments.uncertainty import (
     bounded_interval,
     headline_rows,
     items_to_narrow,
-    make_replicates,
     percentile_interval,
     resample_weights,
 )
 
-
-def identity(name: str) -> ModelIdentity:
-    return ModelIdentity(
-        name=name, weights_sha256="0" * 64, model_type="llama", layers=2, hidden_size=8,
-        parameters=1,
-    )  # fmt: skip
-
-
-def evaluation_result(
-    name: str, correct: np.ndarray, resamples: int, seed: int
-) -> ExperimentResult:
-    """An evaluation result as the method makes it: point accuracy and effect, and their
-    replicates over the items (the same resamples on every model of one spec)."""
-    weights = resample_weights(len(correct), resamples, seed, "data")
-    accuracy = weights @ correct
-    return ExperimentResult(
-        method="evaluation",
-        spec_hash="h",
-        spec={},
-        model=identity(name),
-        device="cpu",
-        versions={},
-        metrics={"accuracy": float(correct.mean()), "effect": float(2 * correct.mean() - 1)},
-        bootstrap=make_replicates(
-            resamples=resamples,
-            seed=seed,
-            items={"data": len(correct)},
-            metrics={"accuracy": accuracy, "effect": 2 * accuracy - 1},
-        ),
-    )
-
-
-def synthetic_check(
-    p_analog: float, p_frontier: float, n: int, seed: int, resamples: int = 200
-) -> TransferReport:
-    """Both models answer the same ``n`` items, right with probability ``p``."""
-    rng = np.random.default_rng([seed, 99])
-    analog = (rng.random(n) < p_analog).astype(float)
-    frontier = (rng.random(n) < p_frontier).astype(float)
-    return compare(
-        evaluation_result("a", analog, resamples, seed),
-        evaluation_result("f", frontier, resamples, seed),
-    )
+from .synthetic import evaluation_result, identity, synthetic_check
 
 
 def test_the_95_percent_interval_covers_a_known_effect_in_about_95_percent_of_seeds() -> None:

@@ -15,6 +15,8 @@ from analoglab.foundry.build import BuildResult, FoundryBuild, build
 from analoglab.foundry.presets import PRESETS, get_preset
 from analoglab.models.catalog import Catalog
 
+from .short import short_tiny
+
 
 def test_frontier_on_the_lab_site_analogs_in_the_public_store(
     tiny_build: tuple[Settings, BuildResult],
@@ -107,14 +109,7 @@ def test_a_built_preset_returns_at_once(tiny_home: Settings) -> None:
 
 def test_an_interrupted_build_resumes(tmp_path: Path) -> None:
     s = Settings(home=tmp_path / "home")
-    preset = get_preset(
-        "tiny",
-        frontier_steps=30,
-        distill_steps=20,
-        checkpoint_every=10,
-        train_documents=1500,
-        tokenizer_documents=800,
-    )
+    preset = short_tiny()
 
     class Killed(Exception):
         pass
@@ -161,7 +156,7 @@ def test_analogs_are_at_most_five_percent_of_their_frontier(name: str) -> None:
     import torch
     from transformers import LlamaForCausalLM
 
-    from analoglab.foundry.build import llama_config
+    from analoglab.foundry.presets import llama_config
 
     class Tok:
         bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
