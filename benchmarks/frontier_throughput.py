@@ -149,42 +149,23 @@ def random_demo_frontier(folder: Path, seed: int = 0) -> Path:
     """A randomly initialised Llama of the demo frontier's shape, saved with a tokenizer
     trained on the task sets' texts (what the demo build would hold, untrained)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from analoglab.experiments.methods.common import texts_of
     from analoglab.experiments.spec import parse_spec, resolve_task_sets
-    from analoglab.foundry.presets import get_preset
+    from analoglab.foundry.presets import get_preset, llama_config
     from analoglab.foundry.tokenizer import train_tokenizer
 
     texts: list[str] = []
-    for name, kind in (
-        ("neutral", "prompts"),
-        ("sentiment", "choices"),
-        ("facts", "choices"),
-        ("ioi", "choices"),
-        ("sentiment_pairs", "pairs"),
-    ):
+    for name in ("neutral", "sentiment", "facts", "ioi", "sentiment_pairs"):
         spec = {"method": "activation_stats", "data": {"kind": "task_set", "name": name, "n": 200}}
         texts += texts_of(resolve_task_sets(parse_spec(spec)).data)  # type: ignore[attr-defined]
-        del kind
     texts += [" good", " bad", " yes", " no"] * 50
     preset = get_preset("demo")
     tokenizer = train_tokenizer(texts, preset.vocab_size)
     shape = preset.frontier
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    config = llama_config(shape, tokenizer, context=512)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -331,25 +312,16 @@ def worker_only(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def through_queue(args: argparse.Namespace) -> dict[str, Any]:
-    import uvicorn
 
-    from analoglab.config import Settings
     from analoglab.lab.agent import Agent
     from analoglab.lab.config import (
         AgentConfig,
-        FrontierWeights,
         LocalExecutorConfig,
-        load_lab_config,
     )
     from analoglab.lab.executor import Task
     from analoglab.lab.local import LocalExecutor
-    from analoglab.models.catalog import Catalog
-    from analoglab.models.loading import lab_site_models
-    from analoglab.queue.auth import hash_token
     from analoglab.queue.client import QueueClient
-    from analoglab.queue.jobs import QueueSettings
-    from analoglab.queue.service import create_app
-    from analoglab.queue.vetting import VettingLimits
+    from benchsite import lab_config, queue_site
 
     class TimedClient(QueueClient):
         """The agent's client, noting when each claim began and each result landed."""
@@ -389,65 +361,18 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
                 self.busy += time.monotonic() - start
 
     users = [f"user{u}" for u in range(args.users)] + ["heavy", "light"]
-    with tempfile.TemporaryDirectory(prefix="analoglab-bench-frontier-") as tmp:
-        if args.home is None:
-            from analoglab.foundry.build import build
-            from analoglab.foundry.presets import get_preset
-
-            settings = Settings(home=Path(tmp) / "home")
-            print("building the tiny foundry preset...", flush=True)
-            build(get_preset("tiny"), settings, device="cpu")
-        else:
-            settings = Settings(home=args.home)
-        sites = lab_site_models(settings)
-        frontier = args.frontier or sorted(sites)[0]
-        lab = Catalog.load(settings).frontier(frontier).lab
-        tokens = {hash_token(f"tok-{u}"): {"name": u, "roles": ["researcher"]} for u in users}
-        tokens[hash_token("tok-rev")] = {"name": "rev", "roles": [f"reviewer:{lab}"]}
-        tokens[hash_token("tok-bot")] = {"name": "bot", "roles": [f"agent:{lab}"]}
-        app = create_app(
-            f"sqlite:///{tmp}/queue.db",
-            settings,
-            tokens,
-            queue_settings=QueueSettings(limits=VettingLimits(rate_per_minute=10**6)),
-        )
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        with QueueClient(url, "tok-rev") as rev:
-            pol = rev.policy(frontier)
-            rev.set_policy(
-                frontier,
-                pol
-                | {
-                    "human_review": False,
-                    "human_release": False,
-                    "daily_quota_per_user": 10**6,
-                    "allowed_methods": sorted(
-                        set(pol.get("allowed_methods", [])) | set(METHODS_MIX)
-                    ),
-                },
-            )
+    with (
+        tempfile.TemporaryDirectory(prefix="analoglab-bench-frontier-") as tmp,
+        queue_site(
+            args.home, args.frontier, users, Path(tmp), quota=10**6, methods=METHODS_MIX
+        ) as site,
+    ):
+        frontier, url = site.frontier, site.url
 
         def agent_for(batch_tokens: int, claim: int) -> tuple[Agent, TimedClient]:
             ex_cfg = LocalExecutorConfig(threads=args.threads, batch_tokens=batch_tokens)
-            site = load_lab_config(settings.lab_sites_path / lab / "lab.toml")
-            cfg = site.model_copy(
-                update={
-                    "models": {frontier: FrontierWeights(path=sites[frontier])},
-                    "executor": ex_cfg,
-                    "agent": AgentConfig(batch=claim, wait_seconds=0, heartbeat_seconds=5),
-                }
+            cfg = lab_config(
+                site, ex_cfg, AgentConfig(batch=claim, wait_seconds=0, heartbeat_seconds=5)
             )
             client = TimedClient(url, "tok-bot")
             client.posted, client.claims = {}, []
@@ -461,7 +386,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
                 spec = job_spec(k, args.mix, args.draws)
                 specs.setdefault(spec["method"], spec)
             tasks = [
-                Task(-1 - i, frontier, spec, str(sites[frontier]))
+                Task(-1 - i, frontier, spec, str(site.weights))
                 for i, spec in enumerate(specs.values())
             ]
             never = threading.Event()
@@ -533,8 +458,6 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
             "single_wait_s": round(light_done - light_at, 3),
         }
         print("flood", flood_row, flush=True)
-        server.should_exit = True
-        thread.join(10)
     return {
         "mode": "queue",
         "mix": args.mix,

@@ -21,33 +21,16 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from analoglab.config import Settings
 from analoglab.lab.agent import Agent
-from analoglab.lab.config import AgentConfig, FrontierWeights, LabConfig, LocalExecutorConfig
+from analoglab.lab.config import AgentConfig, LocalExecutorConfig
 from analoglab.lab.local import LocalExecutor
-from analoglab.models.loading import lab_site_models
-from analoglab.queue.auth import hash_token
 from analoglab.queue.client import QueueClient
-from analoglab.queue.jobs import QueueSettings
-from analoglab.queue.service import create_app
-from analoglab.queue.vetting import VettingLimits
+from benchsite import Site, lab_config, queue_site
 
 SPEC = {"method": "evaluation", "data": {"kind": "task_set", "name": "sentiment", "n": 32}}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -55,20 +38,14 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def serve_jobs(
-    url: str, lab: str, frontier: str, weights: Path, jobs: int, warm: bool, threads: int
-) -> list[dict[str, Any]]:
-    with QueueClient(url, "tok-ada") as ada:
+def serve_jobs(site: Site, jobs: int, warm: bool, threads: int) -> list[dict[str, Any]]:
+    with QueueClient(site.url, "tok-ada") as ada:
         for i in range(jobs):
-            ada.submit(SPEC | {"seed": i}, frontier)
-    cfg = LabConfig(
-        lab=lab,
-        models={frontier: FrontierWeights(path=weights)},
-        executor=LocalExecutorConfig(warm=warm, threads=threads),
-        agent=AgentConfig(batch=1, wait_seconds=0, heartbeat_seconds=5),
-    )
-    executor = LocalExecutor(LocalExecutorConfig(warm=warm, threads=threads))
-    with QueueClient(url, "tok-bot") as bot:
+            ada.submit(SPEC | {"seed": i}, site.frontier)
+    ex_cfg = LocalExecutorConfig(warm=warm, threads=threads)
+    cfg = lab_config(site, ex_cfg, AgentConfig(batch=1, wait_seconds=0, heartbeat_seconds=5))
+    executor = LocalExecutor(ex_cfg)
+    with QueueClient(site.url, "tok-bot") as bot:
         agent = Agent(cfg, bot, executor)
         try:
             stats = agent.run(max_jobs=jobs)
@@ -102,56 +79,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="analoglab-bench-lab-") as tmp:
-        if args.home is None:
-            from analoglab.foundry.build import build
-            from analoglab.foundry.presets import get_preset
-
-            settings = Settings(home=Path(tmp) / "home")
-            print("building the tiny foundry preset...", flush=True)
-            build(get_preset("tiny"), settings, device="cpu")
-        else:
-            settings = Settings(home=args.home)
-        sites = lab_site_models(settings)
-        frontier = args.frontier or sorted(sites)[0]
-        from analoglab.models.catalog import Catalog
-
-        lab = Catalog.load(settings).frontier(frontier).lab
-        tokens = {
-            hash_token("tok-ada"): {"name": "ada", "roles": ["researcher"]},
-            hash_token("tok-rev"): {"name": "rev", "roles": [f"reviewer:{lab}"]},
-            hash_token("tok-bot"): {"name": "bot", "roles": [f"agent:{lab}"]},
-        }
-        port = _free_port()
-        app = create_app(
-            f"sqlite:///{tmp}/queue.db",
-            settings,
-            tokens,
-            queue_settings=QueueSettings(limits=VettingLimits(rate_per_minute=10_000)),
-        )
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        with QueueClient(url, "tok-rev") as rev:
-            pol = rev.policy(frontier)
-            auto = {"human_review": False, "human_release": False, "daily_quota_per_user": 10_000}
-            rev.set_policy(frontier, pol | auto)
+    with (
+        tempfile.TemporaryDirectory(prefix="analoglab-bench-lab-") as tmp,
+        queue_site(args.home, args.frontier, ["ada"], Path(tmp), quota=10_000) as site,
+    ):
         results = {}
         for warm in (True, False):
             label = "warm" if warm else "cold"
-            print(f"{label}: {args.jobs} jobs on {frontier}...", flush=True)
-            outcomes = serve_jobs(
-                url, lab, frontier, sites[frontier], args.jobs, warm, args.threads
-            )
+            print(f"{label}: {args.jobs} jobs on {site.frontier}...", flush=True)
+            outcomes = serve_jobs(site, args.jobs, warm, args.threads)
             # The warm worker's first job pays the load once: leave it out of its figures.
             results[label] = summarise(outcomes[1:] if warm else outcomes)
-        server.should_exit = True
-        thread.join(10)
 
     warm, cold = results["warm"], results["cold"]
     print("\n| worker | jobs | per job (median) | load | run | overhead median | p95 |")
@@ -165,7 +103,7 @@ def main() -> None:
     gain = cold["per_job_median_s"] / warm["per_job_median_s"]
     print(f"\nwarm workers: {gain:.1f}x faster per job than a worker per job")
     if args.json:
-        args.json.write_text(json.dumps({"frontier": frontier, **results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"frontier": site.frontier, **results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from analoglab.errors import FoundryError
 from analoglab.files import atomic_write, atomic_writer
 from analoglab.foundry import corpus as corpus_mod
 from analoglab.foundry import tasks as tasks_mod
-from analoglab.foundry.presets import AnalogRecipe, Preset, Shape
+from analoglab.foundry.presets import AnalogRecipe, Preset, llama_config
 from analoglab.foundry.world import World
 from analoglab.models.bundle import SITE_KEY
 from analoglab.models.card import (
@@ -101,24 +101,6 @@ def save_loss_curve(log: dict[str, Any], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def llama_config(shape: Shape, tokenizer: Any, context: int) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads,
-        max_position_embeddings=context,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 def architecture_of(model: Any) -> Architecture:

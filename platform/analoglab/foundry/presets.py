@@ -1,4 +1,5 @@
-"""Foundry presets: how big the demo lab's frontier and analogs are, and how long they train.
+"""Foundry presets: how big the demo lab's frontier and analogs are, and how long they train;
+and the model config of a shape (:func:`llama_config`).
 
 - ``tiny``: under a minute on a laptop CPU; what the tests build.
 - ``demo``: the default of ``make up``; under 15 minutes on 2 CPU cores, a frontier that
@@ -105,6 +106,26 @@ class Preset:
         frontier."""
         data = {k: v for k, v in asdict(self).items() if k in FRONTIER_FIELDS}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def llama_config(shape: Shape, tokenizer: Any, context: int) -> Any:
+    """The ``transformers`` config of a foundry model of ``shape`` over ``tokenizer``'s
+    vocabulary (tied embeddings, one key/value head per head)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=context,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 #: The preset fields the corpus, the tokenizer and the frontier depend on.
