@@ -353,3 +353,32 @@ def test_each_job_keeps_its_own_random_state(frontier: LoadedModel) -> None:
     with torch.no_grad():
         got = run_together([job(1), job(2), job(3)], frontier.model, batch_tokens=4096)
     assert got == expected
+
+
+def test_jobs_run_on_one_thread_and_the_shared_passes_on_all(frontier: LoadedModel) -> None:
+    """The jobs' own code runs with torch on one CPU thread (each job thread would start its
+    own OpenMP team); the shared passes, and the caller afterwards, have the worker's count."""
+    enc = encode(frontier.tokenizer, PROMPTS, 32, "cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    in_passes: list[int] = []
+    model = frontier.model
+    handle = model.register_forward_pre_hook(
+        lambda _m, _args: in_passes.append(torch.get_num_threads())
+    )
+
+    def body(submit: Any) -> list[int]:
+        seen = [torch.get_num_threads()]
+        submit([Pass(enc)])
+        return [*seen, torch.get_num_threads()]
+
+    try:
+        with torch.no_grad():
+            got = run_together([body, body], model, batch_tokens=4096)
+        after = torch.get_num_threads()
+    finally:
+        handle.remove()
+        torch.set_num_threads(before)
+    assert got == [[1, 1], [1, 1]]
+    assert in_passes == [2]
+    assert after == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -15,22 +16,11 @@ from typer.testing import CliRunner
 from analoglab.cli import app
 from analoglab.config import Settings
 from analoglab.foundry.build import FoundryBuild, build
-from analoglab.foundry.presets import PRESETS, Preset, get_preset
+from analoglab.foundry.presets import PRESETS, get_preset
 from analoglab.foundry.training import embedding_basis
 from analoglab.foundry.world import World
 
-
-def _short() -> Preset:
-    return get_preset(
-        "tiny",
-        frontier_steps=30,
-        distill_steps=20,
-        checkpoint_every=10,
-        train_documents=1500,
-        tokenizer_documents=800,
-        eval_items=10,
-        heldout_windows=4,
-    )
+from .short import short_tiny
 
 
 def _sha(path: Path) -> str:
@@ -57,7 +47,7 @@ def test_a_changed_analog_recipe_keeps_the_frontier_and_retrains_the_analogs(
     tmp_path: Path,
 ) -> None:
     s = Settings(home=tmp_path / "home")
-    preset = _short()
+    preset = short_tiny()
     first = build(preset, s, device="cpu")
     b = FoundryBuild(preset, s, device="cpu")
     frontier = _sha(b.work / "frontier" / "final" / "model.safetensors")
@@ -66,7 +56,9 @@ def test_a_changed_analog_recipe_keeps_the_frontier_and_retrains_the_analogs(
     assert cache_files
     cache_times = [p.stat().st_mtime_ns for p in cache_files]
 
-    recipe = dataclasses.replace(preset.analogs[0], temperature=2.0, init="teacher-embeddings")
+    recipe = dataclasses.replace(
+        preset.analogs[0], temperature=2.0, init="teacher-embeddings", lr=5e-3
+    )
     retuned = dataclasses.replace(preset, analogs=(recipe, *preset.analogs[1:]))
     assert retuned.frontier_fingerprint() == preset.frontier_fingerprint()
     assert retuned.fingerprint() != preset.fingerprint()
@@ -93,6 +85,10 @@ def test_a_changed_analog_recipe_keeps_the_frontier_and_retrains_the_analogs(
         return float(torch.nn.functional.cosine_similarity(e.flatten(), start.flatten(), 0))
 
     assert start_likeness(second.analog_paths["tiny-analog-s"]) > 0.5
+    # its card says where it started and at which rate it learnt (its own, not the preset's)
+    card = json.loads((second.analog_paths["tiny-analog-s"] / "analog.json").read_text())
+    assert card["distillation"]["init"] == "teacher-embeddings"
+    assert card["distillation"]["lr"] == 5e-3 != preset.distill_lr
     assert abs(start_likeness(first.analog_paths["tiny-analog-m"])) < 0.2  # random start
 
     # A change to what the frontier depends on starts again.
@@ -105,7 +101,7 @@ def test_a_changed_analog_recipe_keeps_the_frontier_and_retrains_the_analogs(
 def test_the_seed_option_builds_another_frontier_over_the_same_world(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(PRESETS, "tiny", _short())
+    monkeypatch.setitem(PRESETS, "tiny", short_tiny())
     runner = CliRunner()
     homes = {}
     for seed in ("0", "1"):

@@ -72,13 +72,15 @@ def _steer_key(p: Pass) -> tuple[Any, ...] | None:
 
 
 class _Row:
-    """One distinct row of a packed pass: its real token ids, its steering edit (that of
-    ``owners[0]``'s pass: every owner's is the same) and the passes' rows it answers for."""
+    """One distinct row of a packed pass: its real token ids, its steering edit (the key of
+    :func:`_steer_key`; the ``Steer`` is that of ``owners[0]``'s pass, every owner's being
+    the same) and the passes' rows it answers for."""
 
-    __slots__ = ("ids", "owners")
+    __slots__ = ("edit", "ids", "owners")
 
-    def __init__(self, ids: list[int], owner: tuple[int, int]) -> None:
+    def __init__(self, ids: list[int], edit: tuple[Any, ...] | None, owner: tuple[int, int]):
         self.ids = ids
+        self.edit = edit
         self.owners = [owner]
 
 
@@ -95,7 +97,7 @@ def run_packed(
             if key in distinct:
                 distinct[key].owners.append((k, b))
             else:
-                distinct[key] = _Row(ids, (k, b))
+                distinct[key] = _Row(ids, edit, (k, b))
     rows = sorted(distinct.values(), key=lambda r: len(r.ids))  # like widths together
     bound = batch_tokens if batch_tokens is not None else 2**62
     packs = pack_passes([(1, len(r.ids)) for r in rows], bound)
@@ -143,18 +145,12 @@ def _run_rows(
         for k, (in_pack, in_pass) in at.items()
     }
     # each steering edit once, on the rows it applies to (their first owner's pass says it)
-    edits: dict[str, list[tuple[Steer, Tensor]]] = {}
-    steered: dict[int, list[int]] = {}
-    for i, r in enumerate(members):
-        if passes[r.owners[0][0]].steer is not None:
-            steered.setdefault(r.owners[0][0], []).append(i)
     groups: dict[tuple[Any, ...], tuple[Steer, list[int]]] = {}
-    for k, where in steered.items():
-        s = passes[k].steer
-        assert s is not None
-        key = _steer_key(passes[k])
-        assert key is not None
-        groups.setdefault(key, (s, []))[1].extend(where)
+    for i, r in enumerate(members):
+        steer = passes[r.owners[0][0]].steer
+        if r.edit is not None and steer is not None:
+            groups.setdefault(r.edit, (steer, []))[1].append(i)
+    edits: dict[str, list[tuple[Steer, Tensor]]] = {}
     for s, where in groups.values():
         edits.setdefault(s.point, []).append((s, torch.tensor(where, device=device)))
     points = list(dict.fromkeys([*edits, *(name for k in mine for name in passes[k].capture)]))
