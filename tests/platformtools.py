@@ -201,7 +201,13 @@ def start_server(running: Running, name: str, token: str) -> None:
 
 
 def login(url: str, name: str, password: str) -> httpx.Client:
-    """A browser-like session signed in through the login form (with its _xsrf field)."""
+    """A browser-like session signed in through the login form (with its _xsrf field).
+
+    It signs in to the hub's home page (``?next=/hub/home``): without a ``next`` JupyterHub sends
+    a freshly signed-in user to ``/hub/spawn``, which starts their server, and a test that
+    starts the server through the API afterwards would race that spawn (400 "already running"
+    once it has finished).
+    """
     client = httpx.Client(base_url=url, follow_redirects=True, timeout=30)
     form = client.get("/hub/login")
     assert form.status_code == 200, form.text
@@ -209,6 +215,7 @@ def login(url: str, name: str, password: str) -> httpx.Client:
     assert xsrf, form.text[:2000]
     resp = client.post(
         "/hub/login",
+        params={"next": "/hub/home"},
         data={"username": name, "password": password, "_xsrf": xsrf.group(1)},
     )
     assert resp.status_code == 200, resp.text[:2000]
