@@ -535,6 +535,17 @@ def test_a_probe_needs_two_classes_with_examples(analog: LoadedModel) -> None:
         run(parse_spec({"method": "probe", "data": {"kind": "prompts", "prompts": ["a"]}}), analog)
 
 
+
+def test_small_probes_are_fitted_on_the_cpu_and_large_ones_where_the_model_is() -> None:
+    from analoglab.experiments.methods.probe import CPU_FIT_VALUES, fit_device
+
+    # a few hundred examples of a small model's width: on the CPU, even for a model on a GPU
+    assert fit_device(400 * 128, "cuda") == torch.device("cpu")
+    assert fit_device(CPU_FIT_VALUES, torch.device("cuda", 0)) == torch.device("cpu")
+    # a large fit stays on the model's device
+    assert fit_device(CPU_FIT_VALUES + 1, "cuda:0") == torch.device("cuda", 0)
+    assert fit_device(CPU_FIT_VALUES + 1, "cpu") == torch.device("cpu")
+
 # -- ablation ---------------------------------------------------------------------------------
 
 

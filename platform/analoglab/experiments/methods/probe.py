@@ -14,6 +14,11 @@ full batch, by L-BFGS from zero weights (deterministic), minimising
 
     mean cross-entropy + (l2 / 2) · ‖W‖²
 
+on the CPU when a layer's features hold at most :data:`CPU_FIT_VALUES` numbers (a small fit's
+line searches read a number back at every step, which on an accelerator costs a
+synchronisation each: a probe of a few hundred examples fitted on a GPU took longer than the
+forward passes that captured its features), else on the model's device.
+
 Outputs: profiles ``accuracy`` (held-out, averaged over the splits) and ``train_accuracy``
 (split 0); metrics ``accuracy`` (each split read at the layer the *other* splits chose,
 averaged: :func:`held_out_layers`), ``chance`` (the majority class's share of the test
@@ -51,6 +56,14 @@ from analoglab.experiments.uncertainty import make_replicates
 
 MIN_PER_CLASS = 2
 LBFGS_STEPS = 200
+#: Features of at most this many numbers (examples × width) are fitted on the CPU.
+CPU_FIT_VALUES = 1 << 22
+
+
+def fit_device(values: int, device: torch.device | str) -> torch.device:
+    """Where a probe with ``values`` feature numbers is fitted: the CPU for small fits
+    (launch- and sync-bound on an accelerator), else ``device``."""
+    return torch.device("cpu") if values <= CPU_FIT_VALUES else torch.device(device)
 
 
 def examples_of(data: Data) -> tuple[list[str], list[int], list[str]]:
@@ -161,10 +174,12 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
         for k in range(len(names)):
             features = torch.cat(parts[k])
             parts[k] = []
+            on = fit_device(features.numel(), features.device)
+            features = features.to(on)
             for j, (split_labels, train_idx, test_idx) in enumerate(splits):
-                y = torch.as_tensor(split_labels, device=ctx.device)
-                tr = torch.as_tensor(train_idx, device=ctx.device)
-                te = torch.as_tensor(test_idx, device=ctx.device)
+                y = torch.as_tensor(split_labels, device=on)
+                tr = torch.as_tensor(train_idx, device=on)
+                te = torch.as_tensor(test_idx, device=on)
                 mu, sd = features[tr].mean(0), features[tr].std(0, unbiased=False)
                 sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
                 x = (features - mu) / sd
