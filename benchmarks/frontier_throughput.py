@@ -11,12 +11,15 @@ loopback, SQLite) over the catalog of ``--home`` (default: a tiny foundry build 
 temporary folder), has ``--users`` researchers submit ``--jobs`` small jobs between them
 (evaluations, activation statistics, probes and steering on a few prompts each; the
 frontier's policy set to approve at once), and serves them with an in-process lab agent and
-its local executor (a warm worker, ``--threads`` torch threads), twice:
+its local executor (a warm worker, ``--threads`` torch threads), three times:
 
-- **sequential**: today's warm worker, one job after another (``batch_tokens = 0``; the agent
-  claims ahead as many jobs as in the batched run);
-- **batched**: the agent claims up to ``--claim`` jobs and runs the shareable ones for the
-  frontier as one batch, their passes packed at most ``--batch-tokens`` tokens a pass.
+- **sequential, a claim per job**: the warm worker as it was before batching: one job after
+  another (``batch_tokens = 0``), claimed ahead one call per job (as the agent still claims
+  from a hub without the claims endpoint);
+- **sequential**: one job after another, the jobs claimed ahead in one call
+  (``POST /api/labs/{lab}/claims``, up to ``--claim``);
+- **batched**: as sequential, and the shareable jobs for the frontier run as one batch, their
+  passes packed at most ``--batch-tokens`` tokens a pass.
 
 Per mode: jobs per second (from the first claim to the last result posted) and p50 / p95 time
 to result (from submission to the result posted). Then the **flood**: one user submits
@@ -55,6 +58,10 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+#: The queue mode's first row: jobs one after another, each claimed by its own call (the agent
+#: as it was before batching, and as it still claims from a hub without the claims endpoint).
+SINGLE_CLAIMS = "sequential, a claim per job"
 
 METHODS_MIX = ("evaluation", "activation_stats", "evaluation", "probe") * 3 + (
     "evaluation",
@@ -122,7 +129,7 @@ def stamp(threads: int, device: str = "cpu") -> dict[str, str]:
             capture_output=True,
             text=True,
             check=True,
-            cwd=Path(__file__).parent,
+            cwd=Path(__file__).parent.parent,  # the pathspecs are the repository's folders
         ).stdout.strip()
         if dirty:
             commit += " (with uncommitted changes under platform/ or benchmarks/)"
@@ -321,6 +328,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
     from analoglab.lab.executor import Task
     from analoglab.lab.local import LocalExecutor
     from analoglab.queue.client import QueueClient
+    from analoglab.queue.errors import QueueError
     from benchsite import lab_config, queue_site
 
     class TimedClient(QueueClient):
@@ -330,9 +338,17 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
         claims: list[float]
         watch: tuple[int, threading.Event] | None = None
 
+        single = False  # answer the claims endpoint as a hub without it would (404)
+
         def claim(self, *a: Any, **kw: Any) -> Any:
             self.claims.append(time.monotonic())
             return super().claim(*a, **kw)
+
+        def claim_many(self, *a: Any, **kw: Any) -> Any:
+            if self.single:
+                raise QueueError("Not Found", status=404)
+            self.claims.append(time.monotonic())
+            return super().claim_many(*a, **kw)
 
         def post_result(self, job_id: int, *a: Any, **kw: Any) -> Any:
             out = super().post_result(job_id, *a, **kw)
@@ -369,13 +385,15 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
     ):
         frontier, url = site.frontier, site.url
 
-        def agent_for(batch_tokens: int, claim: int) -> tuple[Agent, TimedClient]:
+        def agent_for(
+            batch_tokens: int, claim: int, single: bool = False
+        ) -> tuple[Agent, TimedClient]:
             ex_cfg = LocalExecutorConfig(threads=args.threads, batch_tokens=batch_tokens)
             cfg = lab_config(
                 site, ex_cfg, AgentConfig(batch=claim, wait_seconds=0, heartbeat_seconds=5)
             )
             client = TimedClient(url, "tok-bot")
-            client.posted, client.claims = {}, []
+            client.posted, client.claims, client.single = {}, [], single
             return Agent(cfg, client, TimedExecutor(ex_cfg)), client
 
         def warm_up(executor: Any) -> None:
@@ -404,8 +422,13 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
             return out
 
         rows: dict[str, dict[str, Any]] = {}
-        for mode, batch_tokens in (("sequential", 0), ("batched", args.batch_tokens)):
-            agent, client = agent_for(batch_tokens, args.claim)
+        modes = (
+            (SINGLE_CLAIMS, 0, True),
+            ("sequential", 0, False),
+            ("batched", args.batch_tokens, False),
+        )
+        for mode, batch_tokens, single in modes:
+            agent, client = agent_for(batch_tokens, args.claim, single)
             agent.verify_frontiers()  # load the model before the clock starts
             warm_up(agent.executor)
             submitted: list[tuple[int, float]] = []
@@ -470,6 +493,9 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
         "speedup": round(
             rows["batched"]["jobs_per_second"] / rows["sequential"]["jobs_per_second"], 2
         ),
+        "speedup_vs_single_claims": round(
+            rows["batched"]["jobs_per_second"] / rows[SINGLE_CLAIMS]["jobs_per_second"], 2
+        ),
         "flood": flood_row,
         "stamp": stamp(args.threads),
     }
@@ -508,6 +534,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['jobs_per_second']:.2f} | {r['p50_s']:.2f} s | {r['p95_s']:.2f} s |"
         )
     lines += ["", f"Batched: **{report['speedup']:.2f}×** the sequential warm worker's jobs/s."]
+    if "speedup_vs_single_claims" in report:
+        lines[-1] += (
+            f" Against the warm worker as it was before batching, a claim per job: "
+            f"**{report['speedup_vs_single_claims']:.2f}×**."
+        )
     if "results_equal" in report:
         lines.append(
             "Every job's result equal batched and sequential (1e-4): "

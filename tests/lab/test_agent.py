@@ -20,6 +20,7 @@ from analoglab.lab.executor import Outcome, Task
 from analoglab.lab.executors import make_executor
 from analoglab.models.loading import load_any
 from analoglab.queue.client import QueueClient
+from analoglab.queue.errors import QueueError
 
 from ..conftest import free_port
 from .conftest import Hub, approved_job
@@ -185,6 +186,46 @@ def test_claim_ahead_runs_several_jobs_in_one_warm_worker(
     with hub.client("researcher") as r:
         assert {r.get(j["id"])["state"] for j in jobs} == {"released"}
 
+
+
+@pytest.mark.parametrize("hub_has_claims", [True, False])
+def test_claim_ahead_is_one_call_and_one_at_a_time_from_an_older_hub(
+    hub: Hub,
+    site: LabConfig,
+    sentiment_spec: dict[str, Any],
+    tmp_path: Path,
+    hub_has_claims: bool,
+) -> None:
+    jobs = [approved_job(hub, sentiment_spec | {"seed": i}) for i in range(3)]
+    assert site.agent.batch >= 3
+    client = hub.client("agent")
+    calls: dict[str, int] = {"claim": 0, "claim_many": 0}
+    real_claim, real_many = client.claim, client.claim_many
+
+    def claim(*args: Any, **kw: Any) -> Any:
+        calls["claim"] += 1
+        return real_claim(*args, **kw)
+
+    def claim_many(*args: Any, **kw: Any) -> Any:
+        calls["claim_many"] += 1
+        if not hub_has_claims:  # what a hub older than the agent answers
+            raise QueueError("Not Found", status=404)
+        return real_many(*args, **kw)
+
+    client.claim, client.claim_many = claim, claim_many  # type: ignore[method-assign]
+    executor = make_executor(site)
+    agent = Agent(site, client, executor, withheld_dir=tmp_path / "withheld")
+    try:
+        agent.run(max_jobs=3)
+    finally:
+        executor.close()
+        client.close()
+    assert agent.stats.claimed == agent.stats.posted == 3
+    # one call took the three jobs; an older hub: one claim each, after one try of the new call
+    singles = 0 if hub_has_claims else 3
+    assert calls == {"claim": singles, "claim_many": 1}
+    with hub.client("researcher") as r:
+        assert {r.get(j["id"])["state"] for j in jobs} == {"released"}
 
 def test_the_agent_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     from typer.testing import CliRunner

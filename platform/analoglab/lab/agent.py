@@ -6,10 +6,12 @@ against the release checks (:mod:`.release`) and posts it (or, when a check fail
 withheld and keeps it on the lab site), and gives the job back when the run fails (an attempt
 counted) or when it is told to stop (no attempt counted).
 
-- **Warm workers and claim-ahead.** After a claim the agent takes up to ``agent.batch - 1``
-  more approved jobs at once (without waiting) and runs them grouped by frontier, so jobs for
-  one model run back to back in one warm worker that loaded the weights once. Every held lease
-  is renewed while any of them waits or runs.
+- **Warm workers and claim-ahead.** The agent claims up to ``agent.batch`` approved jobs in
+  one call (``POST /api/labs/{lab}/claims``: long-polling for the first, taking those then
+  waiting, in the queue's fair order; from a hub without that endpoint, one claim after
+  another) and runs them grouped by frontier, so jobs for one model run back to back in one
+  warm worker that loaded the weights once. Every held lease is renewed while any of them
+  waits or runs.
 - **Batched execution.** Where the executor can run several jobs as one batch (the local
   one, ``executor.batch_tokens`` > 0), the jobs claimed together are planned into groups
   (:func:`analoglab.experiments.batching.plan_groups`, in claim order: the queue's fair
@@ -159,6 +161,7 @@ class Agent:
         self._lock = threading.RLock()  # stop() may take it from a signal handler
         self._policies: dict[str, tuple[float, FrontierPolicy]] = {}
         self._policy_ttl = policy_ttl
+        self._bulk_claims = True  # until a hub answers that it has no claims endpoint
         self._refused: dict[str, str] = {}  # frontiers not served: id → why
 
     # -- control ------------------------------------------------------------------------------
@@ -329,9 +332,34 @@ class Agent:
         return retrying(fn)
 
     def _claim_batch(self, wait: float, room: int) -> list[_Held]:
+        """Up to ``room`` jobs: one call to the hub's claims endpoint (the same lease ids on
+        every retry: a lost answer costs nothing); a hub without it (404, 405: older than the
+        agent) is claimed from one job at a time from then on."""
         cfg = self.config.agent
         lab = self.config.lab
         mine = self.served  # only jobs for frontiers this site has weights for (and verified)
+        if room > 1 and self._bulk_claims:
+            began = time.monotonic()
+            keys = [secrets.token_hex(16) for _ in range(room)]
+            try:
+                claims = self._call(
+                    "claim",
+                    lambda: self.client.claim_many(
+                        lab,
+                        room,
+                        wait=wait,
+                        lease_seconds=cfg.lease_seconds,
+                        frontiers=mine,
+                        lease_ids=keys,
+                    ),
+                )
+            except QueueError as exc:
+                if exc.status not in (404, 405):
+                    raise
+                log.info("the hub claims one job at a time (%s)", exc)
+                self._bulk_claims = False
+            else:
+                return [self._hold(claim, began) for claim in claims]
         began = time.monotonic()
         key = secrets.token_hex(16)  # the same key on every retry: a lost answer costs nothing
         first = self._call(

@@ -28,6 +28,8 @@ SETTLED = frozenset(
 )
 
 Job = dict[str, Any]
+#: The claims endpoint's answer: each ``{"job", "lease_id", "lease_expires_at"}``.
+Claims = list[dict[str, Any]]
 
 
 class QueueClient:
@@ -219,6 +221,35 @@ class QueueClient:
             timeout=wait + 30.0,
         )
         return out
+
+    def claim_many(
+        self,
+        lab: str,
+        count: int,
+        wait: float = 0.0,
+        lease_seconds: int | None = None,
+        frontiers: Sequence[str] | None = None,
+        lease_ids: Sequence[str] | None = None,
+    ) -> Claims:
+        """Up to ``count`` claims in one call (``POST /api/labs/{lab}/claims``), each
+        ``{"job", "lease_id", "lease_expires_at"}``, in fair-share order; ``[]`` if none came
+        within ``wait`` seconds. ``lease_ids`` (``count`` of them) make a retry idempotent."""
+        if frontiers is not None and not frontiers:
+            time.sleep(wait)  # nothing can match: wait as a long poll would
+            return []
+        out: dict[str, Any] | None = self._call(
+            "POST",
+            f"/api/labs/{lab}/claims",
+            params={
+                "count": count,
+                "wait": wait,
+                "lease_seconds": lease_seconds,
+                "frontier": None if frontiers is None else [*frontiers],
+            },
+            json={"lease_ids": [*lease_ids]} if lease_ids is not None else None,
+            timeout=wait + 30.0,
+        )
+        return [] if out is None else [dict(claim) for claim in out["claims"]]
 
     def heartbeat(self, job_id: int, lease_id: str, lease_seconds: int | None = None) -> Job:
         """Extend the lease: by ``lease_seconds`` from now, or by its current length."""

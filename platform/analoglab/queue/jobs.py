@@ -60,6 +60,8 @@ _RELEASE_TARGET = {"release": State.RELEASED, "withhold": State.WITHHELD}
 RELEASE_CHECK = "release-check"
 LEASE_ID = re.compile(r"[A-Za-z0-9_-]{32,64}")
 SWEEPER = "lease-sweeper"
+#: The most jobs one claim takes.
+MAX_CLAIM = 64
 
 
 #: Bounds on the hub groups kept with a job (for its fair-share weight).
@@ -219,6 +221,18 @@ class JobQueue:
             if job is None:
                 raise NotFound(f"no job {job_id}")
             return job
+
+    def get_many(self, job_ids: list[int]) -> list[Job]:
+        """The jobs ``job_ids``, in that order."""
+        if not job_ids:
+            return []
+        with self.sessions() as session:
+            rows = session.execute(select(Job).where(Job.id.in_(job_ids))).scalars()
+            found = {job.id: job for job in rows}
+        missing = [i for i in job_ids if i not in found]
+        if missing:
+            raise NotFound(f"no job {missing[0]}")
+        return [found[i] for i in job_ids]
 
     def reviews(self, job_id: int) -> list[Review]:
         with self.sessions() as session:
@@ -590,47 +604,78 @@ class JobQueue:
         ``lease_id``, chosen by the agent, makes the claim idempotent: a retry with the same id
         (the answer to the first was lost) returns the job that claim took, instead of taking
         a second one and leaving the first to expire."""
-        if lease_id is not None:
-            if not LEASE_ID.fullmatch(lease_id):
-                raise Invalid("a lease id is 32 to 64 characters of [A-Za-z0-9_-]")
+        got = self.claim_many(
+            lab, agent, 1, lease_seconds, frontiers, None if lease_id is None else [lease_id]
+        )
+        return got[0] if got else None
+
+    def claim_many(
+        self,
+        lab: str,
+        agent: str,
+        count: int,
+        lease_seconds: int | None = None,
+        frontiers: list[str] | None = None,
+        lease_ids: list[str] | None = None,
+    ) -> list[Job]:
+        """Up to ``count`` approved jobs of ``lab``, the next in fair-share order, each now
+        running under its own lease; all in one transaction, so they are the jobs ``count``
+        claims one after another would take (taking a submitter's job moves their next one
+        back exactly as a claim of it alone does).
+
+        ``lease_ids`` (``count`` of them, chosen by the agent) name the leases in order and
+        make the claim idempotent: a retry with the same ids returns the jobs the first took
+        (those still running under them) and takes no more."""
+        if not 1 <= count <= MAX_CLAIM:
+            raise Invalid(f"a claim takes 1 to {MAX_CLAIM} jobs, not {count}")
+        if lease_ids is not None:
+            if len(lease_ids) != count:
+                raise Invalid(
+                    f"{count} job(s) asked for, so {count} lease id(s), not {len(lease_ids)}"
+                )
+            if len(set(lease_ids)) != len(lease_ids):
+                raise Invalid("each lease id of a claim must be different")
+            for lease_id in lease_ids:
+                if not LEASE_ID.fullmatch(lease_id):
+                    raise Invalid("a lease id is 32 to 64 characters of [A-Za-z0-9_-]")
             with self.sessions() as session:
                 taken = session.execute(
                     select(Job).where(
-                        Job.lease_id == lease_id, Job.lab == lab, Job.state == State.RUNNING.value
+                        Job.lease_id.in_(lease_ids),
+                        Job.lab == lab,
+                        Job.state == State.RUNNING.value,
                     )
-                ).scalar_one_or_none()
-            if taken is not None:  # (a lease that ended is cleared: its id claims afresh)
-                if taken.lease_holder != agent:
+                ).scalars().all()
+            if taken:  # (a lease that ended is cleared: its id claims afresh)
+                if any(job.lease_holder != agent for job in taken):
                     raise Conflict("that lease id is not yours")
-                return taken
+                return sorted(taken, key=lambda job: lease_ids.index(str(job.lease_id)))
         seconds = self._lease_seconds(lease_seconds)
         self.sweep()
         now = self.clock()
-        lease_id = lease_id or secrets.token_hex(16)
+        ids = lease_ids or [secrets.token_hex(16) for _ in range(count)]
         with self.sessions.begin() as session:
             # Pick under the writers' lock: no other claim can take the same job between the
             # pick and the transition, so claimers never race for rows (no herd).
             audit.lock(session)
-            order = self._claim_order(session, lab, frontiers, now)
-            if not order:
-                return None
-            job_id = order[0].id
-            transition(
-                session,
-                job_id,
-                State.APPROVED,
-                State.RUNNING,
-                actor=agent,
-                action="claim",
-                detail={"lease_seconds": seconds},
-                values={
-                    "lease_holder": agent,
-                    "lease_id": lease_id,
-                    "lease_expires_at": now + dt.timedelta(seconds=seconds),
-                },
-                now=now,
-            )
-        return self.get(job_id)
+            order = self._claim_order(session, lab, frontiers, now)[:count]
+            for waiting, lease_id in zip(order, ids, strict=False):
+                transition(
+                    session,
+                    waiting.id,
+                    State.APPROVED,
+                    State.RUNNING,
+                    actor=agent,
+                    action="claim",
+                    detail={"lease_seconds": seconds},
+                    values={
+                        "lease_holder": agent,
+                        "lease_id": lease_id,
+                        "lease_expires_at": now + dt.timedelta(seconds=seconds),
+                    },
+                    now=now,
+                )
+        return self.get_many([w.id for w in order])
 
     def heartbeat(
         self,

@@ -54,7 +54,7 @@ from analoglab.queue.errors import Forbidden, NotAuthenticated, NotFound, QueueE
 from analoglab.queue.evidence import AuditReport, VerifyIn
 from analoglab.queue.evidence import verify as verify_evidence
 from analoglab.queue.head import HeadError, Notary, SignedHead
-from analoglab.queue.jobs import CatalogFrontiers, JobQueue, QueueSettings
+from analoglab.queue.jobs import MAX_CLAIM, CatalogFrontiers, JobQueue, QueueSettings
 from analoglab.queue.migrate import upgrade
 from analoglab.queue.models import Job, Review, utcnow
 from analoglab.queue.states import State
@@ -221,6 +221,20 @@ class ClaimIn(_In):
         description="chosen by the agent (32 to 64 characters of [A-Za-z0-9_-]): a retried "
         "claim with the same id returns the same job (idempotent)",
     )
+
+
+class ClaimsIn(_In):
+    lease_ids: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None,
+        max_length=MAX_CLAIM,
+        description="one per job asked for (`count`), chosen by the agent (each 32 to 64 "
+        "characters of [A-Za-z0-9_-]): a retried claim with the same ids returns the jobs "
+        "the first took and takes no more (idempotent)",
+    )
+
+
+class ClaimsOut(BaseModel):
+    claims: list[ClaimOut]
 
 
 class HeartbeatIn(_In):
@@ -659,6 +673,51 @@ def create_app(
                 return ClaimOut(
                     job=out, lease_id=job.lease_id, lease_expires_at=job.lease_expires_at
                 )
+            if time.monotonic() >= deadline:
+                return Response(status_code=204)
+            await asyncio.sleep(min(CLAIM_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    def claims_of(jobs: list[Job]) -> ClaimsOut:
+        claims = []
+        for job in jobs:
+            assert job.lease_id is not None and job.lease_expires_at is not None
+            expires = job.lease_expires_at
+            claims.append(ClaimOut(job=full(job), lease_id=job.lease_id, lease_expires_at=expires))
+        return ClaimsOut(claims=claims)
+
+    @app.post(
+        "/api/labs/{lab}/claims",
+        tags=["agent"],
+        responses={
+            204: {"description": "no approved job within `wait` seconds"},
+            **errors(409, 413),
+        },
+        response_model=ClaimsOut,
+    )
+    async def claim_many(
+        lab: LabName,
+        ident: Caller,
+        count: Annotated[int, Query(ge=1, le=MAX_CLAIM, description="jobs to take at most")] = 1,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0.0,
+        lease_seconds: Annotated[int | None, Query(ge=1)] = None,
+        frontier: Annotated[
+            list[str] | None,
+            Query(description="only jobs for these frontiers (the ones this site serves)"),
+        ] = None,
+        body: ClaimsIn | None = None,
+    ) -> ClaimsOut | Response:
+        """Up to ``count`` approved jobs of the lab in one call, each under its own lease: the
+        jobs as many claims one after another would take, in that order. Waits up to
+        ``wait`` seconds for the first; answers with those there are then."""
+        need_agent(ident, lab)
+        lease_ids = body.lease_ids if body is not None else None
+        deadline = time.monotonic() + wait
+        while True:
+            jobs = await run_in_threadpool(
+                queue.claim_many, lab, ident.name, count, lease_seconds, frontier, lease_ids
+            )
+            if jobs:
+                return await run_in_threadpool(claims_of, jobs)
             if time.monotonic() >= deadline:
                 return Response(status_code=204)
             await asyncio.sleep(min(CLAIM_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
