@@ -332,13 +332,15 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
     from benchsite import lab_config, queue_site
 
     class TimedClient(QueueClient):
-        """The agent's client, noting when each claim began and each result landed."""
+        """The agent's client, noting when each claim began and each result landed, and
+        the seconds spent posting results."""
 
         posted: dict[int, float]
         claims: list[float]
         watch: tuple[int, threading.Event] | None = None
 
         single = False  # answer the claims endpoint as a hub without it would (404)
+        posting = 0.0  # seconds in post_result calls
 
         def claim(self, *a: Any, **kw: Any) -> Any:
             self.claims.append(time.monotonic())
@@ -351,11 +353,24 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
             return super().claim_many(*a, **kw)
 
         def post_result(self, job_id: int, *a: Any, **kw: Any) -> Any:
+            start = time.monotonic()
             out = super().post_result(job_id, *a, **kw)
-            self.posted[job_id] = time.monotonic()
-            if self.watch is not None and self.watch[0] == job_id:
-                self.watch[1].set()
+            self._landed([job_id], start)
             return out
+
+        def post_results(self, lab: str, posts: Any) -> Any:
+            start = time.monotonic()
+            out = super().post_results(lab, posts)
+            self._landed([a["job_id"] for a in out if a["status"] == 200], start)
+            return out
+
+        def _landed(self, job_ids: list[int], start: float) -> None:
+            now = time.monotonic()
+            self.posting += now - start
+            for job_id in job_ids:
+                self.posted[job_id] = now
+                if self.watch is not None and self.watch[0] == job_id:
+                    self.watch[1].set()
 
     class TimedExecutor(LocalExecutor):
         """The local executor, adding up the time the agent waits on it."""
@@ -449,6 +464,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
                 "jobs": args.jobs,
                 "seconds": round(span, 3),
                 "executor_s": round(agent.executor.busy, 3),
+                "posting_s": round(client.posting, 3),
                 "jobs_per_second": round(args.jobs / span, 2),
                 "p50_s": round(statistics.median(to_result), 3),
                 "p95_s": round(quantile(to_result, 0.95), 3),

@@ -177,12 +177,26 @@ def test_the_agent_runs_claimed_jobs_as_one_batch_each_through_the_release_check
     ablation = approved_job(hub, ABLATION)
     executor = LocalExecutor(strict.executor)  # type: ignore[arg-type]
     with hub.client("agent") as client:
+        posted: list[list[int]] = []  # the job ids of each call that posted results
+        one, many = client.post_result, client.post_results
+
+        def post_result(job_id: int, *a: Any, **kw: Any) -> Any:
+            posted.append([job_id])
+            return one(job_id, *a, **kw)
+
+        def post_results(lab: str, posts: Any) -> Any:
+            posted.append([p["job_id"] for p in posts])
+            return many(lab, posts)
+
+        client.post_result, client.post_results = post_result, post_results  # type: ignore[method-assign]
         agent = Agent(strict, client, executor, withheld_dir=tmp_path / "withheld")
         try:
             stats = agent.run(max_jobs=5)
         finally:
             executor.close()
     assert (stats.claimed, stats.posted, stats.withheld, stats.failed) == (5, 4, 1, 0), stats
+    # the batch's three passing results went to the hub in one call; the job run alone, alone
+    assert sorted(posted, key=len) == [[ablation["id"]], [j["id"] for j in evals]]
     batched = {o["job_id"]: o.get("batch_size") for o in stats.outcomes}
     assert batched[steer["id"]] == 4 and all(batched[j["id"]] == 4 for j in evals)
     assert batched[ablation["id"]] is None  # never merged: it ran by itself
@@ -203,6 +217,49 @@ def test_the_agent_runs_claimed_jobs_as_one_batch_each_through_the_release_check
     outbox = tmp_path / "outbox"
     assert not outbox.exists() or not list(outbox.glob("*.json"))  # every entry delivered
 
+
+
+@pytest.mark.parametrize("answer", ["no endpoint", "one lease lost"])
+def test_a_batchs_results_from_a_hub_without_the_endpoint_or_with_a_lease_lost(
+    hub: Hub, site: LabConfig, tmp_path: Path, use_tiny_home: Settings, answer: str
+) -> None:
+    from analoglab.queue.errors import QueueError
+
+    evals = [approved_job(hub, EVAL | {"seed": i}) for i in range(3)]
+    cfg = site.model_copy(update={"agent": site.agent.model_copy(update={"batch": 3})})
+    executor = LocalExecutor(cfg.executor)  # type: ignore[arg-type]
+    singles: list[int] = []
+    with hub.client("agent") as client:
+        one, many = client.post_result, client.post_results
+
+        def post_result(job_id: int, *a: Any, **kw: Any) -> Any:
+            singles.append(job_id)
+            return one(job_id, *a, **kw)
+
+        def post_results(lab: str, posts: Any) -> Any:
+            if answer == "no endpoint":  # what a hub older than the agent answers
+                raise QueueError("Not Found", status=404)
+            # the second job's lease went (its post is refused alone, 409): the others land
+            posts[1] = posts[1] | {"lease_id": "gone" + "x" * 28}
+            return many(lab, posts)
+
+        client.post_result, client.post_results = post_result, post_results  # type: ignore[method-assign]
+        agent = Agent(cfg, client, executor, withheld_dir=tmp_path / "withheld")
+        try:
+            stats = agent.run(max_jobs=3)
+        finally:
+            executor.close()
+    with hub.client("researcher") as r:
+        states = [r.get(j["id"])["state"] for j in evals]
+    if answer == "no endpoint":
+        assert singles == [j["id"] for j in evals]  # one post each, every result landed
+        assert (stats.posted, stats.lost, states) == (3, 0, ["released"] * 3)
+    else:
+        assert singles == []
+        assert (stats.posted, stats.lost) == (2, 1)
+        assert states == ["released", "running", "released"]
+        # the refused one waits in the outbox for the job's next claim (its lease lives on)
+        assert [e.job_id for e in agent.outbox.pending()] == [evals[1]["id"]]  # type: ignore[union-attr]
 
 def test_under_a_flood_the_single_job_runs_in_the_first_batch(
     tmp_path: Path, tiny_home: Settings, site: LabConfig

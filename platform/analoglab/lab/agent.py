@@ -76,6 +76,10 @@ REASON_CHARS = 500
 STOP_GRACE_SECONDS = 20.0
 #: Job states in which an outbox entry may still be posted (after the job is claimed again).
 REPLAYABLE_STATES = frozenset({"approved", "running"})
+#: Results posted in one call to the hub's results endpoint: at most this many, and this many
+#: bytes of JSON (under the hub's default 1 MiB request cap); a larger result goes alone.
+POST_RESULTS = 64
+POST_BYTES = 512 * 1024
 
 
 def _short(reason: str, limit: int = REASON_CHARS) -> str:
@@ -162,6 +166,7 @@ class Agent:
         self._policies: dict[str, tuple[float, FrontierPolicy]] = {}
         self._policy_ttl = policy_ttl
         self._bulk_claims = True  # until a hub answers that it has no claims endpoint
+        self._bulk_results = True  # likewise for its results endpoint
         self._refused: dict[str, str] = {}  # frontiers not served: id → why
 
     # -- control ------------------------------------------------------------------------------
@@ -483,29 +488,97 @@ class Agent:
                 must_land=True,
             )
         except Stopping:
-            log.warning(
-                "job %s: the hub stayed unreachable; the result waits in the outbox "
-                "for the agent's next start",
-                entry.job_id,
-            )
-            return "kept", "the hub is unreachable"
+            return self._unreachable(entry)
         except QueueError as exc:
-            if exc.status == 422:
-                return "refused", str(exc)
-            if exc.status not in (404, 409):
-                log.error(
-                    "job %s: the hub refused the result (%s); it stays in the outbox",
-                    entry.job_id,
-                    exc,
+            return self._answered(entry, {"status": exc.status, "detail": str(exc)})
+        return self._answered(entry, {"status": 200, "state": out["state"]})
+
+    def _post_all(self, entries: list[Entry]) -> list[tuple[str, str]]:
+        """Post several outbox entries: per entry what :meth:`_post` answers. They go in as
+        few calls to the hub's results endpoint as its bounds allow (:data:`POST_RESULTS`,
+        :data:`POST_BYTES`), each stored by the hub in one transaction; one entry, a result
+        too large to share a call, or a hub without that endpoint, one post each."""
+        lab = self.config.lab
+        out: dict[int, tuple[str, str]] = {}
+        calls: list[list[tuple[Entry, dict[str, Any]]]] = []
+        size = 0
+        for entry in entries:
+            signed = sign_result(self.signing_key, entry.result) if self.signing_key else None
+            post: dict[str, Any] = {
+                "job_id": entry.job_id,
+                "lease_id": entry.lease_id,
+                "result": entry.result,
+            }
+            if signed is not None:
+                post |= {"signature": signed.signature, "key_id": signed.key_id}
+            n = len(json.dumps(post))
+            if not calls or len(calls[-1]) >= POST_RESULTS or size + n > POST_BYTES:
+                calls.append([])
+                size = 0
+            calls[-1].append((entry, post))
+            size += n
+        for call in calls:
+            if len(call) == 1 or not self._bulk_results:
+                for entry, _ in call:
+                    out[entry.job_id] = self._post(entry)
+                continue
+            posts = [post for _, post in call]
+            try:
+                answers = self._call(
+                    "post results",
+                    lambda posts=posts: self.client.post_results(lab, posts),  # type: ignore[misc]
+                    must_land=True,
                 )
-                return "kept", str(exc)
-            self._lease_gone(entry, exc)
-            return "lost", str(exc)
-        if self.outbox is not None:
-            self.outbox.done(entry.job_id)
-        self.stats.posted += 1
-        log.info("job %s: result posted; now %s", entry.job_id, out["state"])
-        return "posted", str(out["state"])
+            except Stopping:
+                for entry, _ in call:
+                    out[entry.job_id] = self._unreachable(entry)
+                continue
+            except QueueError as exc:
+                if exc.status in (404, 405):
+                    log.info("the hub takes one result a call (%s)", exc)
+                    self._bulk_results = False
+                if exc.status in (404, 405, 413):
+                    for entry, _ in call:
+                        out[entry.job_id] = self._post(entry)
+                    continue
+                for entry, _ in call:
+                    out[entry.job_id] = self._answered(
+                        entry, {"status": exc.status, "detail": str(exc)}
+                    )
+                continue
+            for (entry, _), answer in zip(call, answers, strict=True):
+                out[entry.job_id] = self._answered(entry, answer)
+        return [out[entry.job_id] for entry in entries]
+
+    def _unreachable(self, entry: Entry) -> tuple[str, str]:
+        log.warning(
+            "job %s: the hub stayed unreachable; the result waits in the outbox "
+            "for the agent's next start",
+            entry.job_id,
+        )
+        return "kept", "the hub is unreachable"
+
+    def _answered(self, entry: Entry, answer: dict[str, Any]) -> tuple[str, str]:
+        """What the hub's answer to an entry's post means (see :meth:`_post`)."""
+        status = int(answer["status"])
+        if status == 200:
+            if self.outbox is not None:
+                self.outbox.done(entry.job_id)
+            self.stats.posted += 1
+            log.info("job %s: result posted; now %s", entry.job_id, answer["state"])
+            return "posted", str(answer["state"])
+        why = str(answer.get("detail") or f"HTTP {status}")
+        if status == 422:
+            return "refused", why
+        if status not in (404, 409):
+            log.error(
+                "job %s: the hub refused the result (%s); it stays in the outbox",
+                entry.job_id,
+                why,
+            )
+            return "kept", why
+        self._lease_gone(entry, QueueError(why, status=status))
+        return "lost", why
 
     def _lease_gone(self, entry: Entry, why: QueueError) -> None:
         """The hub took no result under the entry's lease: wait for a re-claim, or give up."""
@@ -584,8 +657,26 @@ class Agent:
         except Exception as exc:  # an executor bug must fail the jobs, not the agent
             log.exception("jobs %s: the executor failed", [h.id for h, _ in ready])
             outcomes = [Outcome("failed", reason=f"the lab's executor failed: {exc}")] * len(ready)
+        finished = []
         for (held, _), outcome in zip(ready, outcomes, strict=True):
-            self._finish(held, outcome)
+            got = self._finish(held, outcome, deliver=False)
+            if got is not None:
+                finished.append((held, *got))
+        if not finished:
+            return
+        # the batch's results go to the hub together: one call, one transaction there
+        try:
+            self._deliver_all([(held, entry) for held, entry, _ in finished])
+        except Exception as exc:  # a delivery bug must fail the jobs, not the agent
+            log.exception("jobs %s: delivering the results failed", [h.id for h, _, _ in finished])
+            for held, _, _ in finished:
+                with self._lock:
+                    holding = held.id in self._held
+                if holding:
+                    self._fail(held, f"the lab agent could not deliver the result: {exc}")
+            return
+        for held, _, record in finished:
+            self._done_with(held, record)
 
     # -- one job ------------------------------------------------------------------------------
 
@@ -613,9 +704,12 @@ class Agent:
             outcome = Outcome("failed", reason=f"the lab's executor failed: {exc}")
         self._finish(held, outcome)
 
-    def _finish(self, held: _Held, outcome: Outcome) -> None:
+    def _finish(
+        self, held: _Held, outcome: Outcome, *, deliver: bool = True
+    ) -> tuple[Entry, dict[str, Any]] | None:
         """Take a run's outcome: post or withhold the result (release checks, outbox), fail
-        the job, or drop it (lease lost, cancelled)."""
+        the job, or drop it (lease lost, cancelled). With ``deliver`` off a result is put in
+        the outbox and returned with the job's record, for the caller to deliver."""
         job = held.job
         frontier = str(job["frontier"])
         record: dict[str, Any] = {
@@ -629,12 +723,12 @@ class Agent:
             self.stats.lost += 1
             self._release_hold(held)
             log.warning("job %s: the lease was lost; the hub gave it to another agent", held.id)
-            return
+            return None
         if outcome.status == "cancelled":
-            return  # given back by _give_back_all as the agent stops
+            return None  # given back by _give_back_all as the agent stops
         if not outcome.ok:
             self._fail(held, outcome.reason)
-            return
+            return None
         assert outcome.result is not None
         entry = Entry(
             job_id=held.id,
@@ -647,45 +741,87 @@ class Agent:
         try:
             if self.outbox is not None:
                 self.outbox.put(entry)  # on disk before anything else: a crash loses nothing
+            if not deliver:
+                return entry, record
             self._deliver(held, entry)
         except Exception as exc:
             log.exception("job %s: delivering the result failed", held.id)
             self._fail(held, f"the lab agent could not deliver the result: {exc}")
-            return
-        log.info("job %s: done in %.1f s", held.id, outcome.seconds)
+            return None
+        self._done_with(held, record)
+        return None
+
+    def _done_with(self, held: _Held, record: dict[str, Any]) -> None:
+        log.info("job %s: done in %.1f s", held.id, record["seconds"])
         record["claim_to_done_seconds"] = round(time.monotonic() - held.claimed_at, 4)
 
     def _deliver(self, held: _Held, entry: Entry, *, replay: bool = False) -> bool:
         """Check ``entry``'s result and post it (or withhold it); whether it was posted."""
-        job = held.job
-        try:
-            pol = self.policy(str(job["frontier"]))
-        except Stopping:
-            return False  # given back as the agent stops; the entry waits for the next start
-        entry.result = for_release(entry.result, self.config.release)
-        problems = check_release(
-            entry.result,
-            spec=job["spec"],
-            spec_hash=str(job["spec_hash"]),
-            policy=pol,
-            config=self.config.release,
-        )
-        try:
-            if problems:
-                self._withhold(held, entry.result, "; ".join(problems))
-                return False
-            # What the hub stores (defaults filled in): what is posted and signed.
-            entry.result = ExperimentResult.model_validate(entry.result).model_dump(mode="json")
-            posted, answer = self._post(entry)
-            if posted == "refused":
-                # The hub's own checks refused it: no rerun makes it pass; withhold it.
-                self._withhold(held, entry.result, f"the hub refused the result: {answer}")
-            elif posted == "posted":
-                if replay:
-                    self.stats.replayed += 1
+        return self._deliver_all([(held, entry)], replay=replay)[0]
+
+    def _deliver_all(
+        self, pending: list[tuple[_Held, Entry]], *, replay: bool = False
+    ) -> list[bool]:
+        """:meth:`_deliver` for several jobs: each result checked on its own, those that pass
+        posted together (:meth:`_post_all`); per job whether its result was posted."""
+        ready: list[int] = []
+        for k, (held, entry) in enumerate(pending):
+            try:
+                pol = self.policy(str(held.job["frontier"]))
+            except Stopping:
+                continue  # given back as the agent stops; the entry waits for the next start
+
+            def prepare(held: _Held = held, entry: Entry = entry, pol: Any = pol) -> bool:
+                job = held.job
+                entry.result = for_release(entry.result, self.config.release)
+                problems = check_release(
+                    entry.result,
+                    spec=job["spec"],
+                    spec_hash=str(job["spec_hash"]),
+                    policy=pol,
+                    config=self.config.release,
+                )
+                if problems:
+                    self._withhold(held, entry.result, "; ".join(problems))
+                    return False
+                # What the hub stores (defaults filled in): what is posted and signed.
+                entry.result = ExperimentResult.model_validate(entry.result).model_dump(
+                    mode="json"
+                )
                 return True
-            elif posted == "lost":
-                self.stats.lost += 1
+
+            if self._settle(held, entry, prepare, release=False):
+                ready.append(k)
+        landed = [False] * len(pending)
+        answers = self._post_all([pending[k][1] for k in ready]) if ready else []
+        for k, (posted, answer) in zip(ready, answers, strict=True):
+            held, entry = pending[k]
+
+            def after(
+                held: _Held = held, entry: Entry = entry, posted: str = posted, answer: str = answer
+            ) -> bool:
+                if posted == "refused":
+                    # The hub's own checks refused it: no rerun makes it pass; withhold it.
+                    self._withhold(held, entry.result, f"the hub refused the result: {answer}")
+                elif posted == "posted":
+                    if replay:
+                        self.stats.replayed += 1
+                    return True
+                elif posted == "lost":
+                    self.stats.lost += 1
+                return False
+
+            landed[k] = self._settle(held, entry, after, release=True)
+        return landed
+
+    def _settle(
+        self, held: _Held, entry: Entry, step: Callable[[], bool], *, release: bool
+    ) -> bool:
+        """Run one step of a job's delivery; the hub unreachable or refusing is taken here.
+        The job's hold ends after it when ``release`` or when the step did not go on."""
+        ok = False
+        try:
+            ok = step()
         except Stopping:
             log.warning("job %s: the hub stayed unreachable; its lease will expire", held.id)
         except QueueError as exc:
@@ -696,8 +832,9 @@ class Agent:
                 log.error("job %s: the hub refused the result: %s", held.id, exc)
                 self._fail(held, f"the hub refused the result: {exc}")
         finally:
-            self._release_hold(held)
-        return False
+            if release or not ok:
+                self._release_hold(held)
+        return ok
 
     def _withhold(self, held: _Held, result: dict[str, Any], reason: str) -> None:
         self._keep(held, result, reason)

@@ -28,8 +28,8 @@ SETTLED = frozenset(
 )
 
 Job = dict[str, Any]
-#: The claims endpoint's answer: each ``{"job", "lease_id", "lease_expires_at"}``.
-Claims = list[dict[str, Any]]
+#: A list of answers, as the claims and results endpoints give (each a JSON object).
+Answers = list[dict[str, Any]]
 
 
 class QueueClient:
@@ -230,7 +230,7 @@ class QueueClient:
         lease_seconds: int | None = None,
         frontiers: Sequence[str] | None = None,
         lease_ids: Sequence[str] | None = None,
-    ) -> Claims:
+    ) -> Answers:
         """Up to ``count`` claims in one call (``POST /api/labs/{lab}/claims``), each
         ``{"job", "lease_id", "lease_expires_at"}``, in fair-share order; ``[]`` if none came
         within ``wait`` seconds. ``lease_ids`` (``count`` of them) make a retry idempotent."""
@@ -274,6 +274,16 @@ class QueueClient:
             body |= {"signature": signature, "key_id": key_id}
         job: Job = self._call("POST", f"/api/jobs/{job_id}/result", json=body)
         return job
+
+    def post_results(self, lab: str, posts: Sequence[dict[str, Any]]) -> Answers:
+        """Several results in one call (``POST /api/labs/{lab}/results``), each post
+        ``{"job_id", "lease_id", "result", "signature"?, "key_id"?}``; per post, in order,
+        ``{"job_id", "status", "state" | "detail"}``: 200 and the job's new state, or the status
+        and reason posting it alone would have had."""
+        out: dict[str, Any] = self._call(
+            "POST", f"/api/labs/{lab}/results", json={"results": [*posts]}
+        )
+        return [dict(answer) for answer in out["answers"]]
 
     def withhold(self, job_id: int, reason: str, lease_id: str) -> Job:
         """Report that the lab's release checks withheld the job's result (it stays in the lab)."""

@@ -43,6 +43,7 @@ from analoglab.queue.errors import (
     Invalid,
     LeaseLost,
     NotFound,
+    QueueError,
     TransitionRefused,
 )
 from analoglab.queue.models import AuditEntry, Job, Review, utcnow
@@ -195,6 +196,30 @@ def _hand_in(
         where_reason=LEASE_REASON,
         now=now,
     )
+
+
+@dataclass(frozen=True)
+class ResultPost:
+    """One result of a call that posts several (:meth:`JobQueue.post_results`)."""
+
+    job_id: int
+    lease_id: str | None
+    result: dict[str, Any]
+    signature: str | None = None
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class _CheckedResult:
+    """A result that passed its checks, as it will be stored."""
+
+    job: Job
+    stored: dict[str, Any]
+    digest: str
+    size: int
+    signature: str | None
+    key_id: str | None
+    human_release: bool
 
 
 class JobQueue:
@@ -733,6 +758,123 @@ class JobQueue:
         with it; checked against the lab's ``public_key`` (from the catalog) when it has one, and
         required then: a lab that publishes a key has every result it releases signed."""
         job = self.get(job_id)
+        checked = self._check_result(job, lease_id, data, signature, key_id, public_key)
+        if isinstance(checked, Job):
+            return checked  # the same agent's retried post: stored once
+        now = self.clock()
+        with self.sessions.begin() as session:
+            try:
+                self._store_result(session, checked, lease_id, agent, now)
+            except TransitionRefused as exc:
+                again = session.get(Job, job_id, populate_existing=True)
+                if again is not None and again.result_hash == checked.digest and (
+                    again.lease_id == lease_id
+                ):
+                    return again  # the same result, posted twice at once
+                raise LeaseLost(str(exc)) from exc
+        return self.get(job_id)
+
+    def post_results(
+        self,
+        lab: str,
+        agent: str,
+        posts: list[ResultPost],
+        *,
+        public_key: str | None = None,
+    ) -> list[Job | QueueError]:
+        """Several results of ``lab``'s jobs at once: each checked as :meth:`post_result` checks
+        it, those that pass stored in **one** transaction (one commit, one sync to disk); per
+        post, in order, the job as it now is, or the error its post alone would have raised.
+
+        Under the writers' lock nothing else can end a lease, so each post's lease is checked
+        there first and a post whose lease does not hold is refused alone (409) while the
+        others land."""
+        if not 1 <= len(posts) <= MAX_CLAIM:
+            raise Invalid(f"a call posts 1 to {MAX_CLAIM} results, not {len(posts)}")
+        with self.sessions() as session:
+            ids = [post.job_id for post in posts]
+            rows = session.execute(select(Job).where(Job.id.in_(ids))).scalars()
+            found = {job.id: job for job in rows}
+        answers: list[Job | QueueError | None] = [None] * len(posts)
+        policies: dict[str, FrontierPolicy] = {}
+        todo: list[tuple[int, _CheckedResult, str | None]] = []
+        seen: set[int] = set()
+        for k, post in enumerate(posts):
+            job = found.get(post.job_id)
+            if job is None or job.lab != lab:
+                answers[k] = NotFound(f"no job {post.job_id}")
+                continue
+            if post.job_id in seen:
+                answers[k] = Invalid(f"job {post.job_id} is posted twice in one call")
+                continue
+            seen.add(post.job_id)
+            try:
+                lease_held(post.lease_id, agent, self.clock())  # refuses a missing lease id
+                checked = self._check_result(
+                    job,
+                    post.lease_id,
+                    post.result,
+                    post.signature,
+                    post.key_id,
+                    public_key,
+                    policies,
+                )
+            except QueueError as exc:
+                answers[k] = exc
+                continue
+            if isinstance(checked, Job):
+                answers[k] = checked
+            else:
+                todo.append((k, checked, post.lease_id))
+        if todo:
+            now = self.clock()
+            with self.sessions.begin() as session:
+                audit.lock(session)
+                live = []
+                for k, checked, lease_id in todo:
+                    jid = checked.job.id
+                    holds = session.execute(
+                        select(Job.id).where(
+                            Job.id == jid,
+                            Job.state == State.RUNNING.value,
+                            *lease_held(lease_id, agent, now),
+                        )
+                    ).first()
+                    if holds is not None:
+                        live.append((k, checked, lease_id))
+                        continue
+                    again = session.get(Job, jid, populate_existing=True)
+                    if again is not None and again.result_hash == checked.digest and (
+                        again.lease_id == lease_id
+                    ):
+                        answers[k] = again  # the same result, posted twice at once
+                    else:
+                        state = again.state if again is not None else "gone"
+                        answers[k] = LeaseLost(f"job {jid} is {state}: {LEASE_REASON}")
+                for _, checked, lease_id in live:
+                    self._store_result(session, checked, lease_id, agent, now)
+            stored = {job.id: job for job in self.get_many([c.job.id for _, c, _ in live])}
+            for k, checked, _ in live:
+                answers[k] = stored[checked.job.id]
+        out: list[Job | QueueError] = []
+        for answer in answers:
+            assert answer is not None
+            out.append(answer)
+        return out
+
+    def _check_result(
+        self,
+        job: Job,
+        lease_id: str | None,
+        data: dict[str, Any],
+        signature: str | None,
+        key_id: str | None,
+        public_key: str | None,
+        policies: dict[str, FrontierPolicy] | None = None,
+    ) -> _CheckedResult | Job:
+        """A result's checks before it is stored (its shape, the lab's signature, the job's
+        spec and policy); the job itself when it already holds this result under this lease
+        (a retried post). ``policies``: frontier → effective policy, read once per call."""
         try:
             result = ExperimentResult.model_validate(data)
         except ValidationError as exc:
@@ -758,13 +900,17 @@ class JobQueue:
             key_id = signing.key_id(public_key)  # the key it verified under, not the one claimed
         if job.result_hash is not None:
             if lease_id is None or job.lease_id != lease_id:
-                raise LeaseLost(f"job {job_id} already has a result: {LEASE_REASON}")
+                raise LeaseLost(f"job {job.id} already has a result: {LEASE_REASON}")
             if job.result_hash == digest:
-                return job  # the same agent's retried post: stored once
-            raise Conflict(f"job {job_id} already has a different result")
-        frontier = self.frontier(job.frontier)
-        with self.sessions() as session:
-            pol = policy.effective_policy(session, frontier)
+                return job
+            raise Conflict(f"job {job.id} already has a different result")
+        pol = (policies or {}).get(job.frontier)
+        if pol is None:
+            frontier = self.frontier(job.frontier)
+            with self.sessions() as session:
+                pol = policy.effective_policy(session, frontier)
+            if policies is not None:
+                policies[job.frontier] = pol
         problems = result_problems(
             result,
             spec=job.spec,
@@ -775,46 +921,46 @@ class JobQueue:
         )
         if problems:
             raise Invalid("result refused: " + "; ".join(problems))
-        now = self.clock()
-        with self.sessions.begin() as session:
-            try:
-                _hand_in(
-                    session,
-                    job_id,
-                    lease_id,
-                    agent,
-                    detail={
-                        "result_hash": digest,
-                        "size": size,
-                        "signed_by": key_id if signature is not None else None,
-                    },
-                    values={
-                        "result": stored,
-                        "result_hash": digest,
-                        "result_size": size,
-                        "result_signature": signature,
-                        "result_key_id": key_id if signature is not None else None,
-                    },
-                    now=now,
-                )
-            except TransitionRefused as exc:
-                again = session.get(Job, job_id, populate_existing=True)
-                if again is not None and again.result_hash == digest and again.lease_id == lease_id:
-                    return again  # the same result, posted twice at once
-                raise LeaseLost(str(exc)) from exc
-            if not pol.human_release:
-                transition(
-                    session,
-                    job_id,
-                    State.AWAITING_RELEASE,
-                    State.RELEASED,
-                    actor=RELEASE_CHECK,
-                    action="release",
-                    detail={"decision": "release", "reason": "passed the automatic release check"},
-                    values={"release_decision": "release", "release_reason": "automatic"},
-                    now=now,
-                )
-        return self.get(job_id)
+        return _CheckedResult(job, stored, digest, size, signature, key_id, pol.human_release)
+
+    def _store_result(
+        self,
+        session: Session,
+        checked: _CheckedResult,
+        lease_id: str | None,
+        agent: str,
+        now: dt.datetime,
+    ) -> None:
+        """Hand a checked result in (running → awaiting_release under the lease) and, where
+        the policy releases automatically, release it; in the caller's transaction."""
+        signed_by = checked.key_id if checked.signature is not None else None
+        _hand_in(
+            session,
+            checked.job.id,
+            lease_id,
+            agent,
+            detail={"result_hash": checked.digest, "size": checked.size, "signed_by": signed_by},
+            values={
+                "result": checked.stored,
+                "result_hash": checked.digest,
+                "result_size": checked.size,
+                "result_signature": checked.signature,
+                "result_key_id": signed_by,
+            },
+            now=now,
+        )
+        if not checked.human_release:
+            transition(
+                session,
+                checked.job.id,
+                State.AWAITING_RELEASE,
+                State.RELEASED,
+                actor=RELEASE_CHECK,
+                action="release",
+                detail={"decision": "release", "reason": "passed the automatic release check"},
+                values={"release_decision": "release", "release_reason": "automatic"},
+                now=now,
+            )
 
     def withhold(self, job_id: int, lease_id: str | None, agent: str, reason: str) -> Job:
         """The lab's own release checks failed a result: it stays in the lab, the job ends

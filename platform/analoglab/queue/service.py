@@ -54,7 +54,13 @@ from analoglab.queue.errors import Forbidden, NotAuthenticated, NotFound, QueueE
 from analoglab.queue.evidence import AuditReport, VerifyIn
 from analoglab.queue.evidence import verify as verify_evidence
 from analoglab.queue.head import HeadError, Notary, SignedHead
-from analoglab.queue.jobs import MAX_CLAIM, CatalogFrontiers, JobQueue, QueueSettings
+from analoglab.queue.jobs import (
+    MAX_CLAIM,
+    CatalogFrontiers,
+    JobQueue,
+    QueueSettings,
+    ResultPost,
+)
 from analoglab.queue.migrate import upgrade
 from analoglab.queue.models import Job, Review, utcnow
 from analoglab.queue.states import State
@@ -235,6 +241,29 @@ class ClaimsIn(_In):
 
 class ClaimsOut(BaseModel):
     claims: list[ClaimOut]
+
+
+class ResultPostIn(_In):
+    job_id: int = Field(ge=1, le=MAX_ID)
+    lease_id: LeaseId
+    result: FiniteJSON = Field(description="an ExperimentResult")
+    signature: str | None = Field(None, max_length=200, description="as for one result")
+    key_id: str | None = Field(None, max_length=32, description="as for one result")
+
+
+class ResultsIn(_In):
+    results: list[ResultPostIn] = Field(min_length=1, max_length=MAX_CLAIM)
+
+
+class ResultAnswer(BaseModel):
+    job_id: int
+    status: int = Field(description="what posting this result alone would have answered")
+    state: str | None = Field(None, description="the job's state after the post (status 200)")
+    detail: str | None = Field(None, description="why the result was refused (status ≠ 200)")
+
+
+class ResultsOut(BaseModel):
+    answers: list[ResultAnswer]
 
 
 class HeartbeatIn(_In):
@@ -751,6 +780,28 @@ def create_app(
                 public_key=lab_public_key(job.lab),
             )
         )
+
+    @app.post("/api/labs/{lab}/results", tags=["agent"], responses=errors(413))
+    def post_results(lab: LabName, body: ResultsIn, ident: Caller) -> ResultsOut:
+        """Several results of the lab's jobs in one call, stored in one transaction: each is
+        checked as ``POST /api/jobs/{id}/result`` checks it, and answered on its own (the
+        status and reason that post would have had), so one refused result costs the others
+        nothing."""
+        need_agent(ident, lab)
+        posts = [
+            ResultPost(p.job_id, p.lease_id, p.result, p.signature, p.key_id)
+            for p in body.results
+        ]
+        got = queue.post_results(lab, ident.name, posts, public_key=lab_public_key(lab))
+        answers = []
+        for post, answer in zip(posts, got, strict=True):
+            if isinstance(answer, QueueError):
+                answers.append(
+                    ResultAnswer(job_id=post.job_id, status=answer.status, detail=str(answer))
+                )
+            else:
+                answers.append(ResultAnswer(job_id=post.job_id, status=200, state=answer.state))
+        return ResultsOut(answers=answers)
 
     @app.post(
         "/api/jobs/{job_id}/give-back", tags=["agent"], responses=errors(404, 409, 413)

@@ -112,8 +112,9 @@ def transition(
         raise TransitionRefused(
             f"job {job_id} cannot move from {expected} to {new}: {where_reason}"
         )
-    # ORM objects of this job loaded earlier in the session are stale now.
-    job = session.get(Job, job_id)
+    # An ORM object of this job loaded earlier in the session is stale now (one not loaded is
+    # not read: that would cost two queries of the whole row, its result included).
+    job = session.identity_map.get(session.identity_key(Job, job_id))
     if job is not None:
         session.refresh(job)
     audit.append(
