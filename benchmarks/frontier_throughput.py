@@ -21,8 +21,9 @@ its local executor (a warm worker, ``--threads`` torch threads), three times:
 - **batched**: as sequential, and the shareable jobs for the frontier run as one batch, their
   passes packed at most ``--batch-tokens`` tokens a pass.
 
-Per mode: jobs per second (from the first claim to the last result posted) and p50 / p95 time
-to result (from submission to the result posted). Then the **flood**: one user submits
+Per mode: jobs per second (from the first claim to the last result posted), p50 / p95 time
+to result (from submission to the result posted), and the seconds the agent spent in the
+executor and in calls posting results. Then the **flood**: one user submits
 ``--flood`` jobs, another one job after them; the batched agent serves until the single job's
 result is posted: how many of the flood's jobs were posted before it and its wait.
 
@@ -540,13 +541,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{s['commit']}` on {s['date']}, {s['machine']}, {s['threads']} torch thread(s), "
         f"torch {s['torch']} (`benchmarks/frontier_throughput.py`).",
         "",
-        "| execution | jobs | wall | in the executor | jobs/s | time to result p50 | p95 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| execution | jobs | wall | in the executor | posting results | jobs/s "
+        "| time to result p50 | p95 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, r in report["rows"].items():
         busy = f"{r['executor_s']:.1f} s" if "executor_s" in r else "—"
+        posting = f"{r['posting_s']:.1f} s" if "posting_s" in r else "—"
         lines.append(
-            f"| {mode} | {r['jobs']} | {r['seconds']:.1f} s | {busy} | "
+            f"| {mode} | {r['jobs']} | {r['seconds']:.1f} s | {busy} | {posting} | "
             f"{r['jobs_per_second']:.2f} | {r['p50_s']:.2f} s | {r['p95_s']:.2f} s |"
         )
     lines += ["", f"Batched: **{report['speedup']:.2f}×** the sequential warm worker's jobs/s."]
