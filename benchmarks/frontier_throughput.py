@@ -46,19 +46,17 @@ and ``<!-- frontier-throughput:NAME:end -->`` there (the markers must exist).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from benchdocs import stamp, write_block
 
 #: The queue mode's first row: jobs one after another, each claimed by its own call (the agent
 #: as it was before batching, and as it still claims from a hub without the claims endpoint).
@@ -109,45 +107,6 @@ def job_spec(k: int, mix: str = "mixed", draws: str = "shared") -> dict[str, Any
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
-
-
-def stamp(threads: int, device: str = "cpu") -> dict[str, str]:
-    """Commit, date, machine and threads the figures were measured at (``BENCH_COMMIT``
-    names the commit where the tree was copied without its history, as to a device
-    machine)."""
-    try:
-        if os.environ.get("BENCH_COMMIT"):
-            raise OSError("given")
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "platform", "benchmarks"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent.parent,  # the pathspecs are the repository's folders
-        ).stdout.strip()
-        if dirty:
-            commit += " (with uncommitted changes under platform/ or benchmarks/)"
-    except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("BENCH_COMMIT", "unknown")
-    import torch
-
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        machine += f", {torch.cuda.get_device_name(0)}"
-    return {
-        "commit": commit,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine,
-        "threads": str(threads),
-        "torch": torch.__version__,
-    }
 
 
 # -- worker only ------------------------------------------------------------------------------
@@ -573,18 +532,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_block(path: Path, name: str, text: str) -> None:
-    """Replace the marked block ``name`` of ``path`` with ``text``."""
-    start = f"<!-- frontier-throughput:{name}:start -->"
-    end = f"<!-- frontier-throughput:{name}:end -->"
-    doc = path.read_text()
-    if start not in doc or end not in doc:
-        raise SystemExit(f"error: {path} has no block {name} ({start} … {end})")
-    head, rest = doc.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{text}{end}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker-only", action="store_true")
@@ -622,7 +569,7 @@ def main() -> None:
     if args.markdown:
         args.markdown.write_text(text)
     if args.docs and args.block:
-        write_block(args.docs, args.block, text)
+        write_block(args.docs, "frontier-throughput", args.block, text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     sys.exit(0)

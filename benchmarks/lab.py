@@ -1,6 +1,7 @@
 """The lab site's costs: the queue round trip per job, and warm workers against a load per job.
 
     python benchmarks/lab.py [--home DATA_FOLDER] [--frontier ID] [--jobs 12] [--json out.json]
+        [--docs docs/performance.md --block NAME]
 
 Starts a queue service (uvicorn on loopback, SQLite) over the catalog of ``--home`` (default:
 a tiny foundry build made in a temporary folder, ~30 s), submits ``--jobs`` small evaluation
@@ -13,6 +14,9 @@ posted result, and the worker's own load and run times, and prints:
   and the worker protocol add to each job (the warm run's median and p95);
 - **per job, warm vs cold**: median claim-to-posted time with a warm worker and with a worker
   (torch import + weights load) per job, and the ratio.
+
+``--docs PAGE --block NAME`` writes the table, stamped with the commit, date and machine,
+between ``<!-- lab-site:NAME:start -->`` and ``<!-- lab-site:NAME:end -->`` of PAGE.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from typing import Any
 from analoglab.lab.agent import Agent
 from analoglab.lab.config import AgentConfig, LocalExecutorConfig
 from analoglab.lab.local import LocalExecutor
+from analoglab.models.catalog import Catalog
 from analoglab.queue.client import QueueClient
+from benchdocs import stamp, write_block
 from benchsite import Site, lab_config, queue_site
 
 SPEC = {"method": "evaluation", "data": {"kind": "task_set", "name": "sentiment", "n": 32}}
@@ -77,7 +83,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the worker")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
+    parser.add_argument("--block", help="the marked block of --docs to write the table into")
     args = parser.parse_args()
+    if (args.docs is None) != (args.block is None):
+        parser.error("--docs and --block go together")
 
     with (
         tempfile.TemporaryDirectory(prefix="analoglab-bench-lab-") as tmp,
@@ -90,20 +100,37 @@ def main() -> None:
             outcomes = serve_jobs(site, args.jobs, warm, args.threads)
             # The warm worker's first job pays the load once: leave it out of its figures.
             results[label] = summarise(outcomes[1:] if warm else outcomes)
+        parameters = Catalog.load(site.settings).frontier(site.frontier).parameters
 
     warm, cold = results["warm"], results["cold"]
-    print("\n| worker | jobs | per job (median) | load | run | overhead median | p95 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    gain = cold["per_job_median_s"] / warm["per_job_median_s"]
+    s = stamp(args.threads)
+    lines = [
+        f"{args.jobs} evaluations of 32 sentiment prompts each on `{site.frontier}` "
+        f"({parameters:,} parameters) through the real queue and lab agent, one job a claim. "
+        f"Measured at commit `{s['commit']}` on {s['date']}, {s['machine']}, {s['threads']} "
+        f"torch thread(s) in the worker, torch {s['torch']} (`benchmarks/lab.py`).",
+        "",
+        "| worker | jobs | per job, claim to posted (median) | load | run | overhead median "
+        "| p95 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, r in results.items():
-        print(
-            f"| {label} | {r['jobs']} | {r['per_job_median_s']:.3f} s | "
+        name = "warm" if label == "warm" else "cold (a worker per job)"
+        lines.append(
+            f"| {name} | {r['jobs']} | {r['per_job_median_s']:.3f} s | "
             f"{r['load_median_s']:.2f} s | {r['run_median_ms']:.0f} ms | "
             f"{r['overhead_median_ms']:.0f} ms | {r['overhead_p95_ms']:.0f} ms |"
         )
-    gain = cold["per_job_median_s"] / warm["per_job_median_s"]
-    print(f"\nwarm workers: {gain:.1f}x faster per job than a worker per job")
+    lines += ["", f"Warm workers: **{gain:.0f}×** faster per job than a worker per job."]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if args.docs:
+        write_block(args.docs, "lab-site", args.block, text)
     if args.json:
-        args.json.write_text(json.dumps({"frontier": site.frontier, **results}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"frontier": site.frontier, **results, "stamp": s}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

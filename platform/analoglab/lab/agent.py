@@ -18,7 +18,9 @@ counted) or when it is told to stop (no attempt counted).
   order): shareable jobs for the same frontier run as one batch, their forward passes shared;
   any other job (ablation, patching, the mapped methods, a job whose result waits in the
   outbox) runs alone. Each job of a batch gets its own outcome, and each result goes through
-  the same release checks, outbox, signature and posting as a job run alone.
+  the same release checks, outbox and signature as a job run alone; the results that pass
+  are posted together (``POST /api/labs/{lab}/results``, each answered on its own; from a hub
+  without that endpoint, one post each).
 - **The hub unreachable** (connection errors, 5xx, 503 from a busy database): every call is
   retried with exponential backoff (capped at ``agent.backoff_max_seconds``).
 - **Nothing lost.** A result that passed the release checks is written to the site's outbox

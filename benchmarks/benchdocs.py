@@ -1,0 +1,68 @@
+"""What the benchmarks write into the docs: the stamp of a run (commit, date, machine, torch)
+and the marked blocks of a page its figures go into.
+
+Light on purpose (the standard library; torch only when a stamp is made): the worker-only
+mode of ``frontier_throughput.py`` imports it on a bare GPU machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def stamp(threads: int, device: str = "cpu") -> dict[str, str]:
+    """Commit, date, machine and threads the figures were measured at (``BENCH_COMMIT``
+    names the commit where the tree was copied without its history, as to a device
+    machine)."""
+    try:
+        if os.environ.get("BENCH_COMMIT"):
+            raise OSError("given")
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "platform", "benchmarks"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,  # the pathspecs are the repository's folders
+        ).stdout.strip()
+        if dirty:
+            commit += " (with uncommitted changes under platform/ or benchmarks/)"
+    except (OSError, subprocess.CalledProcessError):
+        commit = os.environ.get("BENCH_COMMIT", "unknown")
+    import torch
+
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    return {
+        "commit": commit,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine,
+        "threads": str(threads),
+        "torch": torch.__version__,
+    }
+
+
+def write_block(path: Path, kind: str, name: str, text: str) -> None:
+    """Replace the marked block ``name`` of ``path`` (between ``<!-- KIND:NAME:start -->``
+    and ``<!-- KIND:NAME:end -->``) with ``text``."""
+    start = f"<!-- {kind}:{name}:start -->"
+    end = f"<!-- {kind}:{name}:end -->"
+    doc = path.read_text()
+    if start not in doc or end not in doc:
+        raise SystemExit(f"error: {path} has no block {name} ({start} … {end})")
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{text}{end}{tail}")
