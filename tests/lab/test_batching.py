@@ -12,6 +12,7 @@ import io
 import json
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,28 @@ def test_jobs_a_broken_batch_left_unanswered_run_again_alone() -> None:
     assert off.alone == [1, 2, 3]  # batching off: each alone
 
 
+
+def spy_on_posts(
+    client: Any, meddle: Callable[[list[dict[str, Any]]], None] | None = None
+) -> list[list[int]]:
+    """The job ids of each call ``client`` makes to post results (one or several), in order;
+    ``meddle`` sees (and may change, or refuse) each call of several before it goes."""
+    posted: list[list[int]] = []
+    one, many = client.post_result, client.post_results
+
+    def post_result(job_id: int, *a: Any, **kw: Any) -> Any:
+        posted.append([job_id])
+        return one(job_id, *a, **kw)
+
+    def post_results(lab: str, posts: list[dict[str, Any]]) -> Any:
+        if meddle is not None:
+            meddle(posts)
+        posted.append([p["job_id"] for p in posts])
+        return many(lab, posts)
+
+    client.post_result, client.post_results = post_result, post_results
+    return posted
+
 def test_the_agent_runs_claimed_jobs_as_one_batch_each_through_the_release_checks(
     hub: Hub, site: LabConfig, tiny_home: Settings, tmp_path: Path, use_tiny_home: Settings
 ) -> None:
@@ -177,18 +200,7 @@ def test_the_agent_runs_claimed_jobs_as_one_batch_each_through_the_release_check
     ablation = approved_job(hub, ABLATION)
     executor = LocalExecutor(strict.executor)  # type: ignore[arg-type]
     with hub.client("agent") as client:
-        posted: list[list[int]] = []  # the job ids of each call that posted results
-        one, many = client.post_result, client.post_results
-
-        def post_result(job_id: int, *a: Any, **kw: Any) -> Any:
-            posted.append([job_id])
-            return one(job_id, *a, **kw)
-
-        def post_results(lab: str, posts: Any) -> Any:
-            posted.append([p["job_id"] for p in posts])
-            return many(lab, posts)
-
-        client.post_result, client.post_results = post_result, post_results  # type: ignore[method-assign]
+        posted = spy_on_posts(client)
         agent = Agent(strict, client, executor, withheld_dir=tmp_path / "withheld")
         try:
             stats = agent.run(max_jobs=5)
@@ -228,22 +240,14 @@ def test_a_batchs_results_from_a_hub_without_the_endpoint_or_with_a_lease_lost(
     evals = [approved_job(hub, EVAL | {"seed": i}) for i in range(3)]
     cfg = site.model_copy(update={"agent": site.agent.model_copy(update={"batch": 3})})
     executor = LocalExecutor(cfg.executor)  # type: ignore[arg-type]
-    singles: list[int] = []
+    def meddle(posts: list[dict[str, Any]]) -> None:
+        if answer == "no endpoint":  # what a hub older than the agent answers
+            raise QueueError("Not Found", status=404)
+        # the second job's lease went (its post is refused alone, 409): the others land
+        posts[1] = posts[1] | {"lease_id": "gone" + "x" * 28}
+
     with hub.client("agent") as client:
-        one, many = client.post_result, client.post_results
-
-        def post_result(job_id: int, *a: Any, **kw: Any) -> Any:
-            singles.append(job_id)
-            return one(job_id, *a, **kw)
-
-        def post_results(lab: str, posts: Any) -> Any:
-            if answer == "no endpoint":  # what a hub older than the agent answers
-                raise QueueError("Not Found", status=404)
-            # the second job's lease went (its post is refused alone, 409): the others land
-            posts[1] = posts[1] | {"lease_id": "gone" + "x" * 28}
-            return many(lab, posts)
-
-        client.post_result, client.post_results = post_result, post_results  # type: ignore[method-assign]
+        posted = spy_on_posts(client, meddle)
         agent = Agent(cfg, client, executor, withheld_dir=tmp_path / "withheld")
         try:
             stats = agent.run(max_jobs=3)
@@ -251,6 +255,7 @@ def test_a_batchs_results_from_a_hub_without_the_endpoint_or_with_a_lease_lost(
             executor.close()
     with hub.client("researcher") as r:
         states = [r.get(j["id"])["state"] for j in evals]
+    singles = [ids[0] for ids in posted if len(ids) == 1]
     if answer == "no endpoint":
         assert singles == [j["id"] for j in evals]  # one post each, every result landed
         assert (stats.posted, stats.lost, states) == (3, 0, ["released"] * 3)

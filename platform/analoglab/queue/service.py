@@ -690,20 +690,29 @@ def create_app(
         """The next approved job of the lab under a lease; waits up to ``wait`` seconds. The
         lease id (chosen by the agent, or by the queue) travels in the body, never the URL."""
         need_agent(ident, lab)
-        lease_id = body.lease_id if body is not None else None
+        lease_ids = None if body is None or body.lease_id is None else [body.lease_id]
+        jobs = await long_poll(lab, ident, 1, wait, lease_seconds, frontier, lease_ids)
+        if not jobs:
+            return Response(status_code=204)
+        return (await run_in_threadpool(claims_of, jobs)).claims[0]
+
+    async def long_poll(
+        lab: str,
+        ident: Identity,
+        count: int,
+        wait: float,
+        lease_seconds: int | None,
+        frontier: list[str] | None,
+        lease_ids: list[str] | None,
+    ) -> list[Job]:
+        """Claim up to ``count`` jobs, polling until one comes or ``wait`` seconds pass."""
         deadline = time.monotonic() + wait
         while True:
-            job = await run_in_threadpool(
-                queue.claim, lab, ident.name, lease_seconds, frontier, lease_id
+            jobs = await run_in_threadpool(
+                queue.claim_many, lab, ident.name, count, lease_seconds, frontier, lease_ids
             )
-            if job is not None:
-                assert job.lease_id is not None and job.lease_expires_at is not None
-                out = await run_in_threadpool(full, job)
-                return ClaimOut(
-                    job=out, lease_id=job.lease_id, lease_expires_at=job.lease_expires_at
-                )
-            if time.monotonic() >= deadline:
-                return Response(status_code=204)
+            if jobs or time.monotonic() >= deadline:
+                return jobs
             await asyncio.sleep(min(CLAIM_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def claims_of(jobs: list[Job]) -> ClaimsOut:
@@ -740,16 +749,10 @@ def create_app(
         ``wait`` seconds for the first; answers with those there are then."""
         need_agent(ident, lab)
         lease_ids = body.lease_ids if body is not None else None
-        deadline = time.monotonic() + wait
-        while True:
-            jobs = await run_in_threadpool(
-                queue.claim_many, lab, ident.name, count, lease_seconds, frontier, lease_ids
-            )
-            if jobs:
-                return await run_in_threadpool(claims_of, jobs)
-            if time.monotonic() >= deadline:
-                return Response(status_code=204)
-            await asyncio.sleep(min(CLAIM_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        jobs = await long_poll(lab, ident, count, wait, lease_seconds, frontier, lease_ids)
+        if not jobs:
+            return Response(status_code=204)
+        return await run_in_threadpool(claims_of, jobs)
 
     @app.post(
         "/api/jobs/{job_id}/heartbeat", tags=["agent"], responses=errors(404, 409, 413)
