@@ -55,14 +55,24 @@ def stamp(threads: int, device: str = "cpu") -> dict[str, str]:
     }
 
 
+def check_block(path: Path, kind: str, name: str) -> None:
+    """Exit with a one-line error unless ``path`` holds the marked block ``name`` (checked
+    before a benchmark runs, so a typo costs no measuring)."""
+    try:
+        doc = path.read_text()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc.strerror}") from None
+    for mark in (f"<!-- {kind}:{name}:start -->", f"<!-- {kind}:{name}:end -->"):
+        if mark not in doc:
+            raise SystemExit(f"error: {path} has no block {name} (no {mark})")
+
+
 def write_block(path: Path, kind: str, name: str, text: str) -> None:
     """Replace the marked block ``name`` of ``path`` (between ``<!-- KIND:NAME:start -->``
     and ``<!-- KIND:NAME:end -->``) with ``text``."""
+    check_block(path, kind, name)
     start = f"<!-- {kind}:{name}:start -->"
     end = f"<!-- {kind}:{name}:end -->"
-    doc = path.read_text()
-    if start not in doc or end not in doc:
-        raise SystemExit(f"error: {path} has no block {name} ({start} … {end})")
-    head, rest = doc.split(start, 1)
+    head, rest = path.read_text().split(start, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{start}\n{text}{end}{tail}")

@@ -2,11 +2,16 @@
 (the limit) and against nnsight capturing the same tensors (the peer library).
 
     python benchmarks/capture.py [--device cpu|cuda] [--shape demo|large] [--batch 16]
-        [--seq 128] [--iters 20] [--json OUT]
+        [--seq 128] [--iters 20] [--json OUT] [--docs docs/performance.md --block NAME]
 
 Each contender runs the same model on the same batches; the order rotates every round so
 that neither gains from a warm cache or loses to a slow moment, and the median round counts.
 Goal (docs/performance.md): capture ≥ 0.95× the bare forward, and no slower than nnsight.
+``--docs PAGE --block NAME`` writes the table, stamped with the commit, date and machine,
+between ``<!-- capture:NAME:start -->`` and ``<!-- capture:NAME:end -->`` of PAGE. On a GPU
+machine without the package installed, the script needs the package's modules on
+``PYTHONPATH`` and what ``import analoglab`` needs (pydantic, pydantic-settings,
+python-dotenv, platformdirs, cryptography, bcrypt; nnsight for the peer).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from analoglab.interventions import capture, layout_of
+from benchdocs import check_block, stamp, write_block
 
 SHAPES = {
     # The demo frontier's shape, and a wider, deeper one where a forward costs more.
@@ -55,7 +61,13 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
+    parser.add_argument("--block", help="the marked block of --docs to write the table into")
     args = parser.parse_args()
+    if (args.docs is None) != (args.block is None):
+        parser.error("--docs and --block go together")
+    if args.docs:
+        check_block(args.docs, "capture", args.block)
 
     device = torch.device(args.device)
     model = build(args.shape, device)
@@ -116,9 +128,19 @@ def main() -> None:
         f"\n{machine}; shape {args.shape} ({layout.n_layers} blocks, d={layout.d_model}), "
         f"batch {args.batch}×{args.seq}, median of {args.iters} rounds\n"
     )
-    print("| contender | tokens/s | × bare forward |\n|---|---:|---:|")
-    for k, v in rate.items():
-        print(f"| {k} | {v:,.0f} | {v / base:.3f} |")
+    table = ["| contender | tokens/s | × bare forward |", "|---|---:|---:|"]
+    table += [f"| {k} | {v:,.0f} | {v / base:.3f} |" for k, v in rate.items()]
+    print("\n".join(table))
+    if args.docs:
+        st = stamp(torch.get_num_threads(), device.type)
+        head = (
+            f"Shape {args.shape} ({layout.n_layers} blocks, d={layout.d_model}), batch "
+            f"{args.batch} × {args.seq} tokens, on {device.type}, the median of {args.iters} "
+            f"rounds (the order rotated each round). Measured at commit `{st['commit']}` on "
+            f"{st['date']}, {st['machine']}, {st['threads']} torch thread(s), torch "
+            f"{st['torch']} (`benchmarks/capture.py`)."
+        )
+        write_block(args.docs, "capture", args.block, head + "\n\n" + "\n".join(table) + "\n")
     if args.json:
         args.json.write_text(
             json.dumps(

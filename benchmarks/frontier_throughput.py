@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchdocs import stamp, write_block
+from benchdocs import check_block, stamp, write_block
 
 #: The queue mode's first row: jobs one after another, each claimed by its own call (the agent
 #: as it was before batching, and as it still claims from a hub without the claims endpoint).
@@ -562,13 +562,17 @@ def main() -> None:
     parser.add_argument("--block", help="the marked block of --docs to write the figures into")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if (args.docs is None) != (args.block is None):
+        parser.error("--docs and --block go together")
+    if args.docs:
+        check_block(args.docs, "frontier-throughput", args.block)
     report = worker_only(args) if args.worker_only else through_queue(args)
     text = markdown(report)
     print()
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
-    if args.docs and args.block:
+    if args.docs:
         write_block(args.docs, "frontier-throughput", args.block, text)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -33,7 +33,7 @@ from analoglab.lab.config import AgentConfig, LocalExecutorConfig
 from analoglab.lab.local import LocalExecutor
 from analoglab.models.catalog import Catalog
 from analoglab.queue.client import QueueClient
-from benchdocs import stamp, write_block
+from benchdocs import check_block, stamp, write_block
 from benchsite import Site, lab_config, queue_site
 
 SPEC = {"method": "evaluation", "data": {"kind": "task_set", "name": "sentiment", "n": 32}}
@@ -88,6 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     if (args.docs is None) != (args.block is None):
         parser.error("--docs and --block go together")
+    if args.docs:
+        check_block(args.docs, "lab-site", args.block)
 
     with (
         tempfile.TemporaryDirectory(prefix="analoglab-bench-lab-") as tmp,
