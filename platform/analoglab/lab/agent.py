@@ -50,6 +50,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -467,16 +468,29 @@ class Agent:
             return None
         return entry
 
-    def _post(self, entry: Entry) -> tuple[str, str]:
-        """Post an outbox entry under its lease: ``posted``, ``refused``, ``kept`` or ``lost``,
-        with the hub's answer.
+    def _wire(self, entry: Entry) -> dict[str, Any]:
+        """What posting ``entry`` sends: the job, its lease, the result and, where the site has
+        a key, the lab's signature over the result."""
+        post: dict[str, Any] = {
+            "job_id": entry.job_id,
+            "lease_id": entry.lease_id,
+            "result": entry.result,
+        }
+        if self.signing_key is not None:
+            signed = sign_result(self.signing_key, entry.result)
+            post |= {"signature": signed.signature, "key_id": signed.key_id}
+        return post
+
+    def _post(self, entry: Entry, post: dict[str, Any] | None = None) -> tuple[str, str]:
+        """Post an outbox entry under its lease (``post``: its :meth:`_wire` form, when made
+        already): ``posted``, ``refused``, ``kept`` or ``lost``, with the hub's answer.
 
         ``refused`` (422: the hub's checks refused it) is left to the caller; ``kept`` means
         the hub stayed unreachable while the agent stopped (the entry waits for the next
         start); ``lost`` means the lease has gone (the entry waits for a re-claim of the same
         job, or is moved aside when the job can no longer take it).
         """
-        signed = sign_result(self.signing_key, entry.result) if self.signing_key else None
+        wire = post if post is not None else self._wire(entry)
         try:
             out = self._call(
                 "post result",
@@ -484,8 +498,8 @@ class Agent:
                     entry.job_id,
                     entry.result,
                     lease_id=entry.lease_id,
-                    signature=signed.signature if signed else None,
-                    key_id=signed.key_id if signed else None,
+                    signature=wire.get("signature"),
+                    key_id=wire.get("key_id"),
                 ),
                 must_land=True,
             )
@@ -505,14 +519,7 @@ class Agent:
         calls: list[list[tuple[Entry, dict[str, Any]]]] = []
         size = 0
         for entry in entries:
-            signed = sign_result(self.signing_key, entry.result) if self.signing_key else None
-            post: dict[str, Any] = {
-                "job_id": entry.job_id,
-                "lease_id": entry.lease_id,
-                "result": entry.result,
-            }
-            if signed is not None:
-                post |= {"signature": signed.signature, "key_id": signed.key_id}
+            post = self._wire(entry)
             n = len(json.dumps(post))
             if not calls or len(calls[-1]) >= POST_RESULTS or size + n > POST_BYTES:
                 calls.append([])
@@ -521,8 +528,8 @@ class Agent:
             size += n
         for call in calls:
             if len(call) == 1 or not self._bulk_results:
-                for entry, _ in call:
-                    out[entry.job_id] = self._post(entry)
+                for entry, post in call:
+                    out[entry.job_id] = self._post(entry, post)
                 continue
             posts = [post for _, post in call]
             try:
@@ -540,8 +547,8 @@ class Agent:
                     log.info("the hub takes one result a call (%s)", exc)
                     self._bulk_results = False
                 if exc.status in (404, 405, 413):
-                    for entry, _ in call:
-                        out[entry.job_id] = self._post(entry)
+                    for entry, post in call:
+                        out[entry.job_id] = self._post(entry, post)
                     continue
                 for entry, _ in call:
                     out[entry.job_id] = self._answered(
@@ -772,49 +779,48 @@ class Agent:
                 pol = self.policy(str(held.job["frontier"]))
             except Stopping:
                 continue  # given back as the agent stops; the entry waits for the next start
-
-            def prepare(held: _Held = held, entry: Entry = entry, pol: Any = pol) -> bool:
-                job = held.job
-                entry.result = for_release(entry.result, self.config.release)
-                problems = check_release(
-                    entry.result,
-                    spec=job["spec"],
-                    spec_hash=str(job["spec_hash"]),
-                    policy=pol,
-                    config=self.config.release,
-                )
-                if problems:
-                    self._withhold(held, entry.result, "; ".join(problems))
-                    return False
-                # What the hub stores (defaults filled in): what is posted and signed.
-                entry.result = ExperimentResult.model_validate(entry.result).model_dump(
-                    mode="json"
-                )
-                return True
-
-            if self._settle(held, entry, prepare, release=False):
+            if self._settle(held, entry, partial(self._checked, held, entry, pol), release=False):
                 ready.append(k)
         landed = [False] * len(pending)
         answers = self._post_all([pending[k][1] for k in ready]) if ready else []
         for k, (posted, answer) in zip(ready, answers, strict=True):
             held, entry = pending[k]
-
-            def after(
-                held: _Held = held, entry: Entry = entry, posted: str = posted, answer: str = answer
-            ) -> bool:
-                if posted == "refused":
-                    # The hub's own checks refused it: no rerun makes it pass; withhold it.
-                    self._withhold(held, entry.result, f"the hub refused the result: {answer}")
-                elif posted == "posted":
-                    if replay:
-                        self.stats.replayed += 1
-                    return True
-                elif posted == "lost":
-                    self.stats.lost += 1
-                return False
-
-            landed[k] = self._settle(held, entry, after, release=True)
+            step = partial(self._took, held, entry, posted, answer, replay)
+            landed[k] = self._settle(held, entry, step, release=True)
         return landed
+
+    def _checked(self, held: _Held, entry: Entry, pol: FrontierPolicy) -> bool:
+        """Put ``entry``'s result through the release checks: withheld (False), or made what
+        the hub stores, defaults filled in, which is what is posted and signed (True)."""
+        job = held.job
+        entry.result = for_release(entry.result, self.config.release)
+        problems = check_release(
+            entry.result,
+            spec=job["spec"],
+            spec_hash=str(job["spec_hash"]),
+            policy=pol,
+            config=self.config.release,
+        )
+        if problems:
+            self._withhold(held, entry.result, "; ".join(problems))
+            return False
+        entry.result = ExperimentResult.model_validate(entry.result).model_dump(mode="json")
+        return True
+
+    def _took(
+        self, held: _Held, entry: Entry, posted: str, answer: str, replay: bool
+    ) -> bool:
+        """Act on a post's outcome (:meth:`_post`); whether the result landed."""
+        if posted == "refused":
+            # The hub's own checks refused it: no rerun makes it pass; withhold it.
+            self._withhold(held, entry.result, f"the hub refused the result: {answer}")
+        elif posted == "posted":
+            if replay:
+                self.stats.replayed += 1
+            return True
+        elif posted == "lost":
+            self.stats.lost += 1
+        return False
 
     def _settle(
         self, held: _Held, entry: Entry, step: Callable[[], bool], *, release: bool

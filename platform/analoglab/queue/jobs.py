@@ -203,7 +203,7 @@ class ResultPost:
     """One result of a call that posts several (:meth:`JobQueue.post_results`)."""
 
     job_id: int
-    lease_id: str | None
+    lease_id: str
     result: dict[str, Any]
     signature: str | None = None
     key_id: str | None = None
@@ -797,7 +797,7 @@ class JobQueue:
             found = {job.id: job for job in rows}
         answers: list[Job | QueueError | None] = [None] * len(posts)
         policies: dict[str, FrontierPolicy] = {}
-        todo: list[tuple[int, _CheckedResult, str | None]] = []
+        todo: list[tuple[int, _CheckedResult, str]] = []
         seen: set[int] = set()
         for k, post in enumerate(posts):
             job = found.get(post.job_id)
@@ -809,7 +809,6 @@ class JobQueue:
                 continue
             seen.add(post.job_id)
             try:
-                lease_held(post.lease_id, agent, self.clock())  # refuses a missing lease id
                 checked = self._check_result(
                     job,
                     post.lease_id,
