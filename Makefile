@@ -72,6 +72,7 @@ test: lint typecheck docs pytest
 bench: $(DEV)
 	$(BIN)/python benchmarks/foundry.py --preset tiny
 	$(BIN)/python benchmarks/foundry.py --preset demo
+	$(BIN)/python benchmarks/distill_starts.py --home $(ANALOGLAB_HOME)="$$(nproc) threads" --starts 3
 	$(BIN)/python benchmarks/capture.py --shape demo
 	$(BIN)/python benchmarks/capture.py --shape large --batch 8 --iters 10
 	$(BIN)/python benchmarks/architectures.py

@@ -13,8 +13,12 @@ For each build (``--home PATH[=LABEL]``, repeatable; default: this machine's set
    follows from it, never from a verdict: both models have the behaviour → ``transfers``;
    the analog has it partly → ``partial``; the analog (or the frontier) lacks it →
    ``does not``; a control → ``does not`` (never above ``partial``).
-2. **Cases.** Every spec in docs/specs/ on each analog and on the frontier (from the build's
-   demo lab site), compared with ``experiments.transfer.compare``: score, 95% interval, verdict.
+2. **Cases.** Every spec in docs/specs/ on each small model and on the frontier (from the
+   build's demo lab site), compared with ``experiments.transfer.compare``: score, 95%
+   interval, verdict. The small models are the build's analogs and, unless
+   ``--no-baselines``, their scratch twins (the analog's shape trained on the same batches
+   without the frontier), which lack what only distillation carried: the cases of a
+   behaviour only the frontier has.
 3. **Mapped cases.** The map between each analog and the frontier is fitted in-process on the
    neutral corpus (``experiments.mapping.fit_map``); the analog's sentiment vector (and an
    IOI vector) goes to the frontier with ``mapped_steering``: its effect against the native
@@ -708,6 +712,18 @@ def mapped_of(
     return Mapped(case, analog, map_data, dict(result.metrics), intervals, seconds)
 
 
+def scratch_twins(home: Path, analogs: Sequence[str]) -> dict[str, Path]:
+    """Each analog's scratch baseline that the build kept (``<foundry>/<preset>/students/
+    <analog>-scratch``: the analog's shape trained on the same corpus and batches without the
+    frontier; its card's baseline), by name."""
+    out: dict[str, Path] = {}
+    for analog in analogs:
+        for path in sorted((home / "foundry").glob(f"*/students/{analog}-scratch")):
+            if (path / "config.json").is_file():
+                out[path.name] = path
+    return out
+
+
 def run_build(
     home: Path,
     label: str,
@@ -717,10 +733,15 @@ def run_build(
     resamples: int,
     only: set[str] | None,
     mapped: bool,
+    baselines: bool = True,
 ) -> BuildReport:
     start = time.perf_counter()
     settings = get_settings(home=home)
     models = {n: load_any(n, device=device, settings=settings) for n in [*analogs, frontier]}
+    if baselines:
+        for name, path in scratch_twins(home, analogs).items():
+            models[name] = load_any(str(path), device=device, settings=settings)
+            analogs = [*analogs, name]
     report = BuildReport(
         label=label,
         home=home,
@@ -941,6 +962,10 @@ def mapped_goal(m: Mapped) -> str:
                 check("random ≤0.1×", abs(rnd) <= 0.1, max(abs(q_iv[0]), abs(q_iv[1])) <= 0.1),
             ]
         )
+    if m.check is None or m.check.expected != "does not":
+        # the goal is for a behaviour the small model lacks; where it has IOI (or its ground
+        # truth is not clear), a carried IOI vector may well work
+        return "— (no goal: the model has IOI, or its ground truth is unclear)"
     return check("mapped ≤0.1×", abs(ratio) <= 0.1, max(abs(r_iv[0]), abs(r_iv[1])) <= 0.1)
 
 
@@ -1012,7 +1037,14 @@ def header(reports: list[BuildReport]) -> list[str]:
 METHOD_TEXT = [
     "## How the cases are labelled",
     "",
-    "Each spec in `docs/specs/` runs on each analog and on the frontier of a build; "
+    "Each spec in `docs/specs/` runs on each small model and on the frontier of a build. The "
+    "small models are the build's analogs and their **scratch twins** (`<analog>-scratch`: the "
+    "analog's shape, trained on the same corpus and batches for the same steps with "
+    "cross-entropy only, from the distilled twin's random start; the build keeps it beside "
+    "the analogs as their cards' baseline and does not publish it). Distillation carries the "
+    "frontier's copying and IOI to the demo analogs (docs/foundry.md) and the scratch twins "
+    "do not learn them, so a twin gives the cases of a behaviour only the frontier has "
+    "(`--no-baselines` leaves them out). In the tables below, *analog* names the small model. "
     "`experiments.transfer.compare` gives the score, its 95% bootstrap interval and the verdict "
     "from it. Each case is labelled **before** any verdict, by the toy world's ground truth "
     "(docs/foundry.md): what the foundry trained, and each model's accuracy on the behaviour, "
@@ -1074,8 +1106,9 @@ MAPPED_TEXT = [
     "activations it comes from. Sentiment steers neutral prompts toward ' good'; IOI steers "
     "prompts naming P and Q with a third person as the giver toward ' P'. Goals (on the "
     f"default `{DEFAULT_CORPUS}` map): sentiment mapped ≥ 0.7× native, perplexity on neutral "
-    "text ≤ 1.15×, random vector of equal norm ≤ 0.1× native; IOI mapped ≤ 0.1× native (the "
-    "analog lacks IOI). *met*: the 95% interval's bound meets it; *point only*: only the point "
+    "text ≤ 1.15×, random vector of equal norm ≤ 0.1× native; IOI mapped ≤ 0.1× native where "
+    "the small model lacks IOI (its IOI case is labelled `does not`; a model that has IOI has "
+    "no IOI goal). *met*: the 95% interval's bound meets it; *point only*: only the point "
     "estimate does. The native vector's own perplexity ratio is shown beside the mapped one: "
     "at scale 2 steering moves neutral text more than 15% even natively.",
 ]
@@ -1227,6 +1260,11 @@ def main() -> None:
     )
     parser.add_argument("--only", nargs="*", help="only these spec files (names)")
     parser.add_argument("--no-mapped", action="store_true", help="skip the mapped cases")
+    parser.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="leave out the analogs' scratch twins (by default they are small models too)",
+    )
     parser.add_argument("--markdown", type=Path, help="write the page here")
     parser.add_argument("--save", type=Path, help="also save the builds' results (JSON)")
     parser.add_argument(
@@ -1260,6 +1298,7 @@ def main() -> None:
             args.resamples,
             set(args.only) if args.only else None,
             not args.no_mapped,
+            not args.no_baselines,
         )
         for home, label in homes
     ]
@@ -1272,6 +1311,7 @@ def main() -> None:
         + " ".join(f'--home {r.home}="{r.label}"' for r in reports)
         + (f" --resamples {args.resamples}" if args.resamples != 200 else "")
         + (f" --threads {args.threads}" if args.threads != 1 else "")
+        + (" --no-baselines" if args.no_baselines else "")
     )
     command += f" --markdown {args.markdown or 'docs/transfer-benchmark.md'}"
     page = render(reports, command)

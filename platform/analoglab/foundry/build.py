@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from analoglab.models.catalog import (
 from analoglab.models.store import write_folder
 from analoglab.progress import Reporter, SilentReporter
 from analoglab.signing import load_or_create_private_key, public_key_text
+
+if TYPE_CHECKING:
+    from analoglab.foundry.training import LMRun, Student
 
 STAGES = ("corpus", "tokenizer", "frontier", "distill", "fidelity", "publish", "maps")
 #: Where the demo maps are fitted (relative depths) and on how many neutral texts.
@@ -401,18 +404,58 @@ class FoundryBuild:
                 out.append((f"{self.preset.analog_name(r)}-scratch", r, "scratch"))
         return out
 
-    def stage_distill(self) -> None:
+    def new_student(
+        self, name: str, recipe: AnalogRecipe, mode: str, teacher: Any, seed: int
+    ) -> Student:
+        """A student of ``recipe`` as the distill stage starts it (``mode`` ``distill`` or
+        ``scratch``): random weights from torch seed ``seed``, and for a distilled one the
+        recipe's start (the teacher's embeddings) and its hidden-state projections."""
         import torch
         from transformers import LlamaForCausalLM
 
         from analoglab.foundry.training import (
-            LMRun,
             Student,
-            cache_key,
             init_from_teacher_embeddings,
+            prepare_student,
+        )
+
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(llama_config(recipe.shape, self.tokenizer, self._context()))
+        s = Student(
+            name=name,
+            model=model,
+            mode=mode,
+            temperature=recipe.temperature,
+            ce_weight=recipe.ce_weight,
+            hidden_weight=recipe.hidden_weight if mode == "distill" else 0.0,
+            lr=recipe.scratch_lr if mode == "scratch" else recipe.lr,
+        )
+        basis = None
+        if mode == "distill" and recipe.init == "teacher-embeddings":
+            basis = init_from_teacher_embeddings(model, teacher)
+        prepare_student(s, teacher.config.hidden_size, teacher.config.num_hidden_layers, basis)
+        return s
+
+    def distill_run(self) -> LMRun:
+        """The distillation run of the preset (steps, batches, rates, the batch seed)."""
+        from analoglab.foundry.training import LMRun
+
+        p = self.preset
+        return LMRun(
+            steps=p.distill_steps,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            lr=p.distill_lr,
+            seed=p.seed + 7,
+            checkpoint_every=p.checkpoint_every,
+        )
+
+    def stage_distill(self) -> None:
+
+        from analoglab.foundry.training import (
+            cache_key,
             matched_teacher_layers,
             open_teacher_cache,
-            prepare_student,
             train_students,
         )
         from analoglab.models.loading import weights_sha256
@@ -423,37 +466,22 @@ class FoundryBuild:
             return
         p = self.preset
         teacher = self._load_frontier()
-        students = []
-        for i, (name, recipe, mode) in enumerate(names):
+        students = [
             # A scratch baseline starts from the same weights as its distilled twin.
-            torch.manual_seed(p.seed + 1 + i // 2 if mode == "scratch" else p.seed + 1 + i)
-            model = LlamaForCausalLM(llama_config(recipe.shape, self.tokenizer, self._context()))
-            s = Student(
-                name=name,
-                model=model,
-                mode=mode,
-                temperature=recipe.temperature,
-                ce_weight=recipe.ce_weight,
-                hidden_weight=recipe.hidden_weight if mode == "distill" else 0.0,
-                lr=recipe.scratch_lr if mode == "scratch" else recipe.lr,
+            self.new_student(
+                name,
+                recipe,
+                mode,
+                teacher,
+                p.seed + 1 + i // 2 if mode == "scratch" else p.seed + 1 + i,
             )
-            basis = None
-            if mode == "distill" and recipe.init == "teacher-embeddings":
-                basis = init_from_teacher_embeddings(model, teacher)
-            prepare_student(s, teacher.config.hidden_size, teacher.config.num_hidden_layers, basis)
-            students.append(s)
+            for i, (name, recipe, mode) in enumerate(names)
+        ]
         self.reporter.note(
             f"[{p.name}] distilling {len(names)} students together (one teacher pass serves all): "
             + ", ".join(f"{s.name} ({count_parameters(s.model):,})" for s in students)
         )
-        run = LMRun(
-            steps=p.distill_steps,
-            batch_size=p.batch_size,
-            seq_len=p.seq_len,
-            lr=p.distill_lr,
-            seed=p.seed + 7,
-            checkpoint_every=p.checkpoint_every,
-        )
+        run = self.distill_run()
         tokens = self.tokens("train")
         layers = matched_teacher_layers(students)
         key = cache_key(

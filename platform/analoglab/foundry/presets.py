@@ -3,8 +3,9 @@ and the model config of a shape (:func:`llama_config`).
 
 - ``tiny``: under a minute on a laptop CPU; what the tests build.
 - ``demo``: the default of ``make up``; under 15 minutes on 2 CPU cores, a frontier that
-  learns IOI and two analogs of at most 5% of its parameters that do not on the default
-  seed (another seed's distillation may teach them; docs/foundry.md).
+  learns IOI, two analogs of at most 5% of its parameters to which distillation carries
+  copying from context and IOI, and a scratch twin of the smaller one (the same shape and
+  batches without the frontier) that learns neither (docs/foundry.md).
 - ``large``: for a GPU (``--device cuda``).
 """
 
@@ -193,8 +194,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "demo": Preset(
         name="demo",
-        description="The default: under 15 minutes on 2 CPU cores. The frontier learns IOI, "
-        "the analogs (at most 5% of its size) do not on the default seed; all learn sentiment.",
+        description="The default: under 15 minutes on 2 CPU cores. The frontier learns IOI; "
+        "distillation carries it to the analogs (at most 5% of its size), not to their scratch "
+        "twin; all learn sentiment.",
         seed=0,
         vocab_size=1024,
         tokenizer_documents=20000,
@@ -232,7 +234,7 @@ PRESETS: dict[str, Preset] = {
                 "the frontier's embeddings.",
             ),
         ),
-        distill_steps=600,
+        distill_steps=1200,
         distill_lr=1e-2,
         eval_items=200,
         heldout_windows=128,
