@@ -70,8 +70,8 @@ test: lint typecheck docs pytest
 
 # The benchmarks behind docs/performance.md and docs/transfer.md (about 30 minutes on 2 cores).
 bench: $(DEV)
-	$(BIN)/python benchmarks/foundry.py --preset tiny
-	$(BIN)/python benchmarks/foundry.py --preset demo
+	$(BIN)/python benchmarks/foundry.py --preset tiny --stages-docs docs/performance.md
+	$(BIN)/python benchmarks/foundry.py --preset demo --stages-docs docs/performance.md
 	$(BIN)/python benchmarks/distill_starts.py --home $(ANALOGLAB_HOME)="$$(nproc) threads" --starts 3
 	$(BIN)/python benchmarks/capture.py --shape demo
 	$(BIN)/python benchmarks/capture.py --shape large --batch 8 --iters 10
