@@ -213,8 +213,8 @@ def fidelity_markdown(reports: list[BuildReport], stamp: str) -> str:
             )
     lines += [
         "",
-        "| build | preset | seed | torch threads | recipe of the KD analog | stage seconds |",
-        "|---|---|---:|---:|---|---|",
+        "| build | preset | seed | torch threads | analog | its recipe | stage seconds |",
+        "|---|---|---:|---:|---|---|---|",
     ]
     for rep in reports:
         for r in ratios(rep):
@@ -231,8 +231,8 @@ def fidelity_markdown(reports: list[BuildReport], stamp: str) -> str:
             )
             secs = ", ".join(f"{k} {v:.0f}" for k, v in rep.stage_seconds.items())
             lines.append(
-                f"| {rep.label} | {rep.preset} | {rep.seed} | {rep.threads or '—'} | {recipe} | "
-                f"{secs} |"
+                f"| {rep.label} | {rep.preset} | {rep.seed} | {rep.threads or '—'} "
+                f"| {r['analog']} | {recipe} | {secs} |"
             )
     return "\n".join(lines)
 
