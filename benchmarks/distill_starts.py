@@ -32,10 +32,9 @@ import torch
 from analoglab.config import Settings
 from analoglab.foundry import tasks as tasks_mod
 from analoglab.foundry.build import TEACHER_CACHE, FoundryBuild
-from analoglab.foundry.fidelity import choices, first_token_ids, next_token_agreement
+from analoglab.foundry.fidelity import choices
 from analoglab.foundry.presets import get_preset
 from analoglab.foundry.training import TeacherCache, train_students
-from analoglab.foundry.world import PEOPLE
 from analoglab.models.loading import quiet_transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,14 +68,7 @@ def measure_build(home: Path, label: str, preset_name: str, starts: int) -> dict
         raise SystemExit(f"error: preset {p.name!r} has no analog with a scratch twin")
     teacher = b._load_frontier()
     cache = teacher_cache(b)
-    tokens, heldout, tok = b.tokens("train"), b.tokens("heldout"), b.tokenizer
-    names = {
-        i: person
-        for spelled in ("{}", " {}")
-        for person, i in zip(
-            PEOPLE, first_token_ids(tok, [spelled.format(x) for x in PEOPLE]), strict=True
-        )
-    }
+    tokens, tok = b.tokens("train"), b.tokenizer
     ioi = tasks_mod.task_set("ioi", p.eval_items, world=b.world).items
     run = replace(b.distill_run(), checkpoint_every=10**9)
     scratch_dir = Path(tempfile.mkdtemp(prefix="distill-starts-"))
@@ -101,15 +93,7 @@ def measure_build(home: Path, label: str, preset_name: str, starts: int) -> dict
                 p.hidden_positions,
             )
             ckpt.unlink(missing_ok=True)
-            agreement = next_token_agreement(
-                teacher,
-                model,
-                heldout,
-                p.seq_len,
-                max_windows=p.heldout_windows,
-                copyable=names,
-                bos=tok.bos_token_id,
-            )
+            agreement = b.heldout_agreement(teacher, model)
             row[mode] = {
                 "kl": agreement["kl"],
                 "kl_copied": agreement["kl_copied"],

@@ -451,7 +451,6 @@ class FoundryBuild:
         )
 
     def stage_distill(self) -> None:
-
         from analoglab.foundry.training import (
             cache_key,
             matched_teacher_layers,
@@ -533,18 +532,41 @@ class FoundryBuild:
             write_folder(students_dir / s.name, fill)
         ckpt.unlink(missing_ok=True)
 
+    def heldout_agreement(self, frontier: Any, model: Any) -> dict[str, float]:
+        """``model`` against ``frontier`` on the build's held-out windows, as the fidelity
+        stage measures it: next-token KL (also apart on the positions whose next token is a
+        name already named in its document) and top-1 agreement."""
+        from analoglab.foundry.fidelity import first_token_ids, next_token_agreement
+        from analoglab.foundry.world import PEOPLE
+
+        tok = self.tokenizer
+        # each name's token, with and without its leading space (one token each)
+        names = {
+            i: person
+            for spelled in ("{}", " {}")
+            for person, i in zip(
+                PEOPLE, first_token_ids(tok, [spelled.format(p) for p in PEOPLE]), strict=True
+            )
+        }
+        return next_token_agreement(
+            frontier,
+            model,
+            self.tokens("heldout"),
+            self.preset.seq_len,
+            max_windows=self.preset.heldout_windows,
+            copyable=names,
+            bos=tok.bos_token_id,
+        )
+
     def stage_fidelity(self) -> None:
         from transformers import AutoModelForCausalLM
 
         from analoglab.foundry.fidelity import (
             behaviour_agreement,
             choices,
-            first_token_ids,
-            next_token_agreement,
             representation_similarity,
         )
         from analoglab.foundry.training import matched_depths
-        from analoglab.foundry.world import PEOPLE
 
         path = self.work / "fidelity.json"
         if path.is_file():
@@ -559,14 +581,6 @@ class FoundryBuild:
         frontier_choices = {t: choices(frontier, tok, items) for t, items in sets.items()}
         frontier_tasks = {t: sum(c) / len(c) for t, c in frontier_choices.items()}
         heldout = self.tokens("heldout")
-        # each name's token, with and without its leading space (one token each)
-        names = {
-            i: person
-            for spelled in ("{}", " {}")
-            for person, i in zip(
-                PEOPLE, first_token_ids(tok, [spelled.format(p) for p in PEOPLE]), strict=True
-            )
-        }
         result: dict[str, Any] = {"frontier": {"tasks": frontier_tasks}, "students": {}}
         for name, _, mode in self._student_names():
             model = (
@@ -576,15 +590,7 @@ class FoundryBuild:
                 .to(self.device)
                 .eval()
             )
-            agreement = next_token_agreement(
-                frontier,
-                model,
-                heldout,
-                p.seq_len,
-                max_windows=p.heldout_windows,
-                copyable=names,
-                bos=tok.bos_token_id,
-            )
+            agreement = self.heldout_agreement(frontier, model)
             pairs = matched_depths(
                 model.config.num_hidden_layers, frontier.config.num_hidden_layers
             )
