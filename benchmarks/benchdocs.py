@@ -1,5 +1,6 @@
 """What the benchmarks write into the docs: the stamp of a run (commit, date, machine, torch)
-and the marked blocks of a page its figures go into.
+and the marked blocks of a page its figures go into; and the ``--home PATH[=LABEL]`` argument
+of the benchmarks that read existing builds.
 
 Light on purpose (the standard library; torch only when a stamp is made): the worker-only
 mode of ``frontier_throughput.py`` imports it on a bare GPU machine.
@@ -76,3 +77,10 @@ def write_block(path: Path, kind: str, name: str, text: str) -> None:
     head, rest = path.read_text().split(start, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{start}\n{text}{end}{tail}")
+
+
+def parse_home(text: str) -> tuple[Path, str]:
+    """``PATH[=LABEL]`` of ``--home``: the build's data folder and its label (default: the
+    folder's name)."""
+    path, _, label = text.partition("=")
+    return Path(path).expanduser(), label or Path(path).name

@@ -31,14 +31,14 @@ import torch
 
 from analoglab.config import Settings
 from analoglab.foundry import tasks as tasks_mod
-from analoglab.foundry.build import TEACHER_CACHE, FoundryBuild
+from analoglab.foundry.build import FoundryBuild
 from analoglab.foundry.fidelity import choices
 from analoglab.foundry.presets import get_preset
 from analoglab.foundry.training import TeacherCache, train_students
 from analoglab.models.loading import quiet_transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdocs import check_block, stamp, write_block
+from benchdocs import check_block, parse_home, stamp, write_block
 
 KIND = "distill-starts"
 
@@ -51,14 +51,6 @@ def build_seed(home: Path, preset: str) -> int:
     return int(json.loads(path.read_text())["seed"])
 
 
-def teacher_cache(b: FoundryBuild) -> TeacherCache:
-    folders = [p for p in (b.work / TEACHER_CACHE).glob("*") if (p / "key.json").is_file()]
-    if not folders:
-        raise SystemExit(f"error: {b.work} has no teacher cache: build it first")
-    key = json.loads((folders[0] / "key.json").read_text())
-    return TeacherCache(folders[0], int(key["top_k"]), key["layers"], int(key["positions"]))
-
-
 def measure_build(home: Path, label: str, preset_name: str, starts: int) -> dict[str, Any]:
     seed = build_seed(home, preset_name)
     p = get_preset(preset_name, seed=seed)
@@ -67,32 +59,38 @@ def measure_build(home: Path, label: str, preset_name: str, starts: int) -> dict
     if recipe is None:
         raise SystemExit(f"error: preset {p.name!r} has no analog with a scratch twin")
     teacher = b._load_frontier()
-    cache = teacher_cache(b)
     tokens, tok = b.tokens("train"), b.tokenizer
     ioi = tasks_mod.task_set("ioi", p.eval_items, world=b.world).items
     run = replace(b.distill_run(), checkpoint_every=10**9)
-    scratch_dir = Path(tempfile.mkdtemp(prefix="distill-starts-"))
+    cache: TeacherCache | None = None
     rows = []
     for k in range(starts):
         row: dict[str, Any] = {"start": p.seed + 101 + k}
         for mode in ("distill", "scratch"):
             s = b.new_student(mode, recipe, mode, teacher, p.seed + 101 + k)
             model = s.model
+            if mode == "distill" and cache is None:
+                # the build's own cached targets for this student (read, never rewritten)
+                cache = b.teacher_cache([s], run, tokens, create=False)
+                if cache is None:
+                    raise SystemExit(
+                        f"error: {b.work} has no teacher cache for this recipe's targets: "
+                        "build it first"
+                    )
             t0 = time.perf_counter()
-            ckpt = scratch_dir / f"starts-{mode}.pt"  # apart from the build's own files
-            train_students(
-                teacher,
-                [s],
-                tokens,
-                run,
-                ckpt,
-                torch.device("cpu"),
-                None,
-                cache if mode == "distill" else None,
-                p.teacher_top_k,
-                p.hidden_positions,
-            )
-            ckpt.unlink(missing_ok=True)
+            with tempfile.TemporaryDirectory(prefix="distill-starts-") as scratch:
+                train_students(
+                    teacher,
+                    [s],
+                    tokens,
+                    run,
+                    Path(scratch) / "checkpoint.pt",  # apart from the build's own files
+                    torch.device("cpu"),
+                    None,
+                    cache if mode == "distill" else None,
+                    p.teacher_top_k,
+                    p.hidden_positions,
+                )
             agreement = b.heldout_agreement(teacher, model)
             row[mode] = {
                 "kl": agreement["kl"],
@@ -137,11 +135,6 @@ def markdown(builds: list[dict[str, Any]], threads: int) -> str:
             f"{max(ratios):.2f}×; at most 0.6× in {met} of {len(ratios)}.",
         ]
     return "\n".join(lines) + "\n"
-
-
-def parse_home(text: str) -> tuple[Path, str]:
-    path, _, label = text.partition("=")
-    return Path(path).expanduser(), label or Path(path).name
 
 
 def main() -> None:

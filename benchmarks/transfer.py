@@ -39,6 +39,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,9 @@ from analoglab.foundry.tasks import ChoiceItem, ContrastPair, task_set
 from analoglab.foundry.world import World
 from analoglab.interventions import block_at_depth, capture, layout_of
 from analoglab.models.loading import LoadedModel, load_any, quiet_transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchdocs import parse_home
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "docs" / "specs"
@@ -1233,11 +1237,6 @@ def render(reports: list[BuildReport], command: str) -> str:
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in rep.seconds.items())
         out += ["", f"Timings: {timing}."]
     return "\n".join(out) + "\n"
-
-
-def parse_home(text: str) -> tuple[Path, str]:
-    path, _, label = text.partition("=")
-    return Path(path).expanduser(), label or Path(path).name
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ from analoglab.progress import Reporter, SilentReporter
 from analoglab.signing import load_or_create_private_key, public_key_text
 
 if TYPE_CHECKING:
-    from analoglab.foundry.training import LMRun, Student
+    from analoglab.foundry.training import LMRun, Student, TeacherCache
 
 STAGES = ("corpus", "tokenizer", "frontier", "distill", "fidelity", "publish", "maps")
 #: Where the demo maps are fitted (relative depths) and on how many neutral texts.
@@ -450,14 +450,42 @@ class FoundryBuild:
             checkpoint_every=p.checkpoint_every,
         )
 
-    def stage_distill(self) -> None:
+    def teacher_cache(
+        self, students: list[Student], run: LMRun, tokens: np.ndarray, *, create: bool = True
+    ) -> TeacherCache | None:
+        """The teacher cache that serves ``students`` on ``run`` (its key as
+        :func:`~analoglab.foundry.training.cache_key` makes it). ``create``: open it, deleting
+        the build's caches under other keys (the distill stage); otherwise the cache already
+        on disk under that key, or None, touching nothing (a benchmark reading the build)."""
         from analoglab.foundry.training import (
+            TeacherCache,
             cache_key,
             matched_teacher_layers,
             open_teacher_cache,
-            train_students,
         )
         from analoglab.models.loading import weights_sha256
+
+        p = self.preset
+        layers = matched_teacher_layers(students)
+        key = cache_key(
+            weights_sha256(self.work / "frontier" / "final"),
+            tokens,
+            run,
+            p.teacher_top_k,
+            layers,
+            p.hidden_positions,
+        )
+        if create:
+            return open_teacher_cache(
+                self.work / TEACHER_CACHE, key, p.teacher_top_k, layers, p.hidden_positions
+            )
+        folder = self.work / TEACHER_CACHE / key
+        if not folder.is_dir():
+            return None
+        return TeacherCache(folder, p.teacher_top_k, layers, p.hidden_positions)
+
+    def stage_distill(self) -> None:
+        from analoglab.foundry.training import matched_teacher_layers, train_students
 
         students_dir = self.work / "students"
         names = self._student_names()
@@ -483,17 +511,8 @@ class FoundryBuild:
         run = self.distill_run()
         tokens = self.tokens("train")
         layers = matched_teacher_layers(students)
-        key = cache_key(
-            weights_sha256(self.work / "frontier" / "final"),
-            tokens,
-            run,
-            p.teacher_top_k,
-            layers,
-            p.hidden_positions,
-        )
-        cache = open_teacher_cache(
-            self.work / TEACHER_CACHE, key, p.teacher_top_k, layers, p.hidden_positions
-        )
+        cache = self.teacher_cache(students, run, tokens)
+        assert cache is not None  # created
         if not all(cache.has(step) for step in range(p.distill_steps)):
             self.reporter.note(
                 f"[{p.name}] caching the teacher's top-{p.teacher_top_k} next-token "
