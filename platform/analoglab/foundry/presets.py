@@ -236,6 +236,7 @@ PRESETS: dict[str, Preset] = {
         ),
         distill_steps=1200,
         distill_lr=1e-2,
+        teacher_top_k=64,
         eval_items=200,
         heldout_windows=128,
         checkpoint_every=100,
