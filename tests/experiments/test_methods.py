@@ -546,6 +546,77 @@ def test_small_probes_are_fitted_on_the_cpu_and_large_ones_where_the_model_is() 
     assert fit_device(CPU_FIT_VALUES + 1, "cuda:0") == torch.device("cuda", 0)
     assert fit_device(CPU_FIT_VALUES + 1, "cpu") == torch.device("cpu")
 
+
+def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float):
+    x, w, b = x.double(), w.double(), b.double()
+    ce = torch.nn.functional.cross_entropy(x @ w + b, y)
+    return float(ce + 0.5 * l2 * (w * w).sum())
+
+
+def test_newton_probe_fits_reach_the_minimum_lbfgs_approaches() -> None:
+    from analoglab.experiments.methods.probe import fit_logistic, fit_logistic_many
+
+    n_classes = 2
+    g = torch.Generator().manual_seed(0)
+    # four problems of 60 examples in 24 dimensions, the classes partly separable
+    x = torch.randn(4, 60, 24, generator=g)
+    y = torch.randint(0, n_classes, (4, 60), generator=g)
+    x[:, :, 0] += 1.5 * y  # one feature carries the label
+    w, b = fit_logistic_many(x, y, n_classes, 0.05)
+    assert w.shape == (4, 24, n_classes) and b.shape == (4, n_classes)
+    assert w.dtype == x.dtype
+    for f in range(4):
+        ref_w, ref_b = fit_logistic(x[f], y[f], n_classes, 0.05)
+        newton, lbfgs = _objective(x[f], y[f], w[f], b[f], 0.05), _objective(
+            x[f], y[f], ref_w, ref_b, 0.05
+        )
+        # the same strictly convex minimum: Newton's is no higher than L-BFGS's, and close
+        assert newton <= lbfgs + 1e-6
+        assert lbfgs - newton < 1e-4
+        torch.testing.assert_close(w[f], ref_w, atol=2e-3, rtol=0)
+        # the gradient vanishes there: the weights are the minimum, not a step towards it
+        wd = w[f].double().requires_grad_(True)
+        bd = b[f].double().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(x[f].double() @ wd + bd, y[f])
+        (loss + 0.5 * 0.05 * (wd * wd).sum()).backward()
+        assert wd.grad is not None and float(wd.grad.abs().max()) < 1e-5
+        # softmax ignores a constant added to every bias; the fit's biases sum to zero
+        assert abs(float(b[f].sum())) < 1e-5
+    # a fit does not depend on the others fitted beside it
+    alone_w, alone_b = fit_logistic_many(x[2:3], y[2:3], n_classes, 0.05)
+    torch.testing.assert_close(alone_w[0], w[2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone_b[0], b[2], atol=1e-6, rtol=0)
+
+
+def test_probe_fits_without_a_penalty_or_too_wide_for_newton_run_lbfgs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from analoglab.experiments.methods import probe
+
+    assert probe.newton_fits(192, 2, 0.01) and probe.newton_fits(1024, 2, 1e-6)
+    # no penalty: separable data has no minimum, Newton's steps would grow without end
+    assert not probe.newton_fits(192, 2, 0.0)
+    assert not probe.newton_fits(probe.NEWTON_MAX_WIDTH + 1, 2, 0.01)  # too wide
+    assert not probe.newton_fits(192, 3, 0.01)  # three classes: L-BFGS
+    calls: list[int] = []
+    real = probe.fit_logistic
+
+    def counting(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(x.shape[0])
+        return real(x, *args)
+
+    monkeypatch.setattr(probe, "fit_logistic", counting)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 10, 8, generator=g), torch.randint(0, 2, (3, 10), generator=g)
+    w, b = probe.fit_logistic_many(x, y, 2, 0.0)
+    assert calls == [10, 10, 10] and w.shape == (3, 8, 2) and b.shape == (3, 2)
+    calls.clear()
+    probe.fit_logistic_many(x, y, 2, 0.1)
+    assert calls == []
+    y3 = torch.randint(0, 3, (3, 10), generator=g)
+    w, b = probe.fit_logistic_many(x, y3, 3, 0.1)
+    assert calls == [10, 10, 10] and w.shape == (3, 8, 3) and b.shape == (3, 3)
+
 # -- ablation ---------------------------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ from analoglab.experiments.methods.common import (
     masked_mean,
     token_ids,
 )
-from analoglab.experiments.methods.probe import examples_of, fit_logistic, stratified_split
+from analoglab.experiments.methods.probe import examples_of, fit_logistic_many, stratified_split
 from analoglab.experiments.methods.steering import SWING_FLOOR, behaviour_data
 from analoglab.experiments.spec import (
     MAPPED_RANDOM_DRAWS,
@@ -414,8 +414,8 @@ def run_probe(spec: MappedProbeSpec, ctx: Context) -> Outcome:
         mu, sd = x[tr].mean(0), x[tr].std(0, unbiased=False)
         sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
         z = ((x - mu) / sd).float()
-        w_n, b_n = fit_logistic(z[tr], y[tr], 2, spec.l2)
-        correct[1] = ((z @ w_n + b_n).argmax(-1)[te] == y[te]).double().numpy()
+        w_n, b_n = fit_logistic_many(z[tr][None], y[tr][None], 2, spec.l2)
+        correct[1] = ((z @ w_n[0] + b_n[0]).argmax(-1)[te] == y[te]).double().numpy()
         ctx.progress.step()
     # rows: 0 mapped, 1 native, 2.. random draws
     test_counts = np.bincount(labels[test_idx], minlength=2)
