@@ -547,7 +547,9 @@ def test_small_probes_are_fitted_on_the_cpu_and_large_ones_where_the_model_is() 
     assert fit_device(CPU_FIT_VALUES + 1, "cpu") == torch.device("cpu")
 
 
-def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float):
+def _objective(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float
+) -> float:
     x, w, b = x.double(), w.double(), b.double()
     ce = torch.nn.functional.cross_entropy(x @ w + b, y)
     return float(ce + 0.5 * l2 * (w * w).sum())
@@ -616,6 +618,7 @@ def test_probe_fits_without_a_penalty_or_too_wide_for_newton_run_lbfgs(
     y3 = torch.randint(0, 3, (3, 10), generator=g)
     w, b = probe.fit_logistic_many(x, y3, 3, 0.1)
     assert calls == [10, 10, 10] and w.shape == (3, 8, 3) and b.shape == (3, 3)
+
 
 # -- ablation ---------------------------------------------------------------------------------
 
