@@ -212,6 +212,31 @@ def test_every_shareable_method_gives_the_same_result_alone_and_batched(
         assert_close(numbers(a), numbers(b))
 
 
+def test_the_probes_of_a_batch_fit_in_one_pooled_call(
+    frontier: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analoglab.experiments import packed
+
+    calls: list[list[tuple[int, ...]]] = []
+    real = packed.solve_binary
+
+    def counting(requests: list[Any]) -> list[Any]:
+        calls.append([tuple(r.x.shape) for r in requests])
+        return real(requests)
+
+    monkeypatch.setattr(packed, "solve_binary", counting)
+    specs = [s for s in shareable_specs() if s.method == "probe"]
+    assert len(specs) == 2
+    batched = run_batch(specs, frontier, batch_tokens=4096)
+    # both probes' fits (every layer and split of each: 2 and 4 splits) in one call
+    assert len(calls) == 1 and len(calls[0]) == 2
+    layers = calls[0][0][0] // 2
+    assert [shape[0] for shape in calls[0]] == [2 * layers, 4 * layers]
+    for spec, b in zip(specs, batched, strict=True):
+        assert isinstance(b, ExperimentResult)
+        assert_close(numbers(run(spec, frontier)), numbers(b), spec.method)
+
+
 def test_a_job_that_cannot_share_runs_alone_in_a_batch(frontier: LoadedModel) -> None:
     ablation = parse_spec(
         {"method": "ablation", "data": {"kind": "task_set", "name": "ioi", "n": 4}}
@@ -333,21 +358,25 @@ def test_each_job_keeps_its_own_random_state(frontier: LoadedModel) -> None:
     enc = encode(frontier.tokenizer, PROMPTS, 32, "cpu")
 
     def job(seed: int) -> Any:
-        def body(submit: Any) -> list[float]:
+        def body(turns: Any) -> list[float]:
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
             drawn: list[float] = []
             for _ in range(3):
                 drawn += [random.random(), float(np.random.rand()), float(torch.rand(1))]
-                submit([Pass(enc)])
+                turns.passes([Pass(enc)])
             return drawn
 
         return body
 
+    class Alone:
+        def passes(self, passes: list[Pass]) -> list[Any]:
+            return [run_alone(frontier.model, p) for p in passes]
+
     def alone(seed: int) -> list[float]:
         with torch.no_grad():
-            return job(seed)(lambda passes: [run_alone(frontier.model, p) for p in passes])
+            return job(seed)(Alone())
 
     expected = [alone(1), alone(2), alone(3)]
     with torch.no_grad():
@@ -367,9 +396,9 @@ def test_jobs_run_on_one_thread_and_the_shared_passes_on_all(frontier: LoadedMod
         lambda _m, _args: in_passes.append(torch.get_num_threads())
     )
 
-    def body(submit: Any) -> list[int]:
+    def body(turns: Any) -> list[int]:
         seen = [torch.get_num_threads()]
-        submit([Pass(enc)])
+        turns.passes([Pass(enc)])
         return [*seen, torch.get_num_threads()]
 
     try:

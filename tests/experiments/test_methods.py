@@ -537,7 +537,7 @@ def test_a_probe_needs_two_classes_with_examples(analog: LoadedModel) -> None:
 
 
 def test_small_probes_are_fitted_on_the_cpu_and_large_ones_where_the_model_is() -> None:
-    from analoglab.experiments.methods.probe import CPU_FIT_VALUES, fit_device
+    from analoglab.experiments.methods.logistic import CPU_FIT_VALUES, fit_device
 
     # a few hundred examples of a small model's width: on the CPU, even for a model on a GPU
     assert fit_device(400 * 128, "cuda") == torch.device("cpu")
@@ -556,7 +556,7 @@ def _objective(
 
 
 def test_newton_probe_fits_reach_the_minimum_lbfgs_approaches() -> None:
-    from analoglab.experiments.methods.probe import fit_logistic, fit_logistic_many
+    from analoglab.experiments.methods.logistic import fit_logistic, fit_logistic_many
 
     n_classes = 2
     g = torch.Generator().manual_seed(0)
@@ -593,7 +593,7 @@ def test_newton_probe_fits_reach_the_minimum_lbfgs_approaches() -> None:
 def test_probe_fits_without_a_penalty_or_too_wide_for_newton_run_lbfgs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from analoglab.experiments.methods import probe
+    from analoglab.experiments.methods import logistic as probe
 
     assert probe.newton_fits(192, 2, 0.01) and probe.newton_fits(1024, 2, 1e-6)
     # no penalty: separable data has no minimum, Newton's steps would grow without end
@@ -618,6 +618,34 @@ def test_probe_fits_without_a_penalty_or_too_wide_for_newton_run_lbfgs(
     y3 = torch.randint(0, 3, (3, 10), generator=g)
     w, b = probe.fit_logistic_many(x, y3, 3, 0.1)
     assert calls == [10, 10, 10] and w.shape == (3, 8, 3) and b.shape == (3, 3)
+
+
+def test_pooled_fits_of_other_sizes_and_penalties_equal_each_alone() -> None:
+    from analoglab.experiments.methods.logistic import BinaryFits, solve_binary
+
+    g = torch.Generator().manual_seed(3)
+
+    def request(fits: int, n: int, d: int, l2: float) -> BinaryFits:
+        x = torch.randn(fits, n, d, generator=g)
+        y = torch.randint(0, 2, (fits, n), generator=g)
+        x[:, :, 0] += 2.0 * y
+        return BinaryFits(x, y, l2)
+
+    # probes of 30 and 12 examples and another penalty at one width, one of another width
+    requests = [request(3, 30, 16, 0.01), request(2, 12, 16, 1.0), request(2, 20, 8, 0.1)]
+    pooled = solve_binary(requests)
+    assert [w.shape for w, _ in pooled] == [(3, 16, 2), (2, 16, 2), (2, 8, 2)]
+    for r, (w, b) in zip(requests, pooled, strict=True):
+        alone_w, alone_b = solve_binary([r])[0]
+        torch.testing.assert_close(w, alone_w, atol=1e-6, rtol=0)
+        torch.testing.assert_close(b, alone_b, atol=1e-6, rtol=0)
+    # the padding rows of the shorter request change nothing: its fit is its own minimum
+    w, b = pooled[1]
+    ref_w, ref_b = solve_binary([BinaryFits(requests[1].x[:1], requests[1].y[:1], 1.0)])[0]
+    torch.testing.assert_close(w[:1], ref_w, atol=1e-6, rtol=0)
+    torch.testing.assert_close(b[:1], ref_b, atol=1e-6, rtol=0)
+    # a heavier penalty gives smaller weights on the same kind of data
+    assert float(pooled[1][0].norm()) < float(pooled[0][0].norm())
 
 
 # -- ablation ---------------------------------------------------------------------------------

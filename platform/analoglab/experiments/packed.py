@@ -15,14 +15,18 @@ one job's rows. The passes run without an autograd graph (grad mode is per threa
 
 :func:`run_together` runs several jobs' methods at once: each job's method runs in its own
 thread, and the threads take turns (only one runs at a time), each until it asks for forward
-passes (:meth:`~.methods.common.Context.run_passes`) or ends. When every job is waiting or
-done, the passes asked for run packed (:func:`run_packed`), and each job gets its answers.
+passes (:meth:`~.methods.common.Context.run_passes`) or two-class fits
+(:meth:`~.methods.common.Context.fit_binary`), or ends. When every job is waiting or done,
+the passes asked for run packed (:func:`run_packed`), and each job gets its answers. The fits
+wait until no job asks for passes, then all are solved pooled
+(:func:`~.methods.logistic.solve_binary`: each fit converges on its own, so its weights are
+those it gets alone): jobs that reach their fits at different rounds still share a call.
 A job's random state
 (``random``, numpy, torch) is its own: saved when it yields its turn and restored when it
 gets it back, so its seeded draws are those it makes alone. Every shareable method asks for
-its passes through the context (a probe its feature capture; its fits run as alone), so the
-jobs run their own method code. When the packed passes fail, each
-job's passes run again by themselves, so the job at fault fails alone; a job that raises
+its passes through the context (a probe its feature capture, then its fits), so the jobs run
+their own method code. When the packed passes (or the pooled fits) fail, each job's passes
+(fits) run again by themselves, so the job at fault fails alone; a job that raises
 ends with its error, and the others go on. The jobs' own code runs with torch on one CPU
 thread (each job thread would otherwise start its own OpenMP team, and on a few cores the
 teams' spinning made the jobs' small fits twice as slow); the shared passes use all of the
@@ -34,7 +38,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -48,11 +52,19 @@ from analoglab.experiments.methods.common import (
     Steer,
     forward,
 )
+from analoglab.experiments.methods.logistic import BinaryFits, solve_binary
 from analoglab.interventions import Forward, hooks
 from analoglab.interventions.positions import gather_positions, scatter_positions
 
 T = TypeVar("T")
-Shared = Callable[[list[Pass]], list[Answer]]
+
+
+class Turns(Protocol):
+    """What a job's body is given: how it asks for forward passes and for two-class fits."""
+
+    def passes(self, passes: list[Pass]) -> list[Answer]: ...
+
+    def fits(self, fits: BinaryFits) -> tuple[Tensor, Tensor]: ...
 
 
 def _rows(p: Pass) -> list[list[int]]:
@@ -226,12 +238,14 @@ def _set_rng_state(state: tuple[Any, ...]) -> None:
 class _Job(Generic[T]):
     """One job's method in its own thread, running only while it holds the turn."""
 
-    def __init__(self, body: Callable[[Shared], T]) -> None:
+    def __init__(self, body: Callable[[Turns], T]) -> None:
         self.body = body
         self.turn = threading.Event()
         self.yielded = threading.Event()
         self.asked: list[Pass] | None = None
         self.answers: list[Answer] | None = None
+        self.asked_fits: BinaryFits | None = None
+        self.fitted: tuple[Tensor, Tensor] | None = None
         self.failure: BaseException | None = None
         self.value: T | None = None
         self.error: BaseException | None = None
@@ -243,27 +257,41 @@ class _Job(Generic[T]):
         self.turn.wait()
         self.turn.clear()
         try:
-            self.value = self.body(self.submit)
+            self.value = self.body(self)
         except BaseException as exc:  # the job's own failure, reported as its outcome
             self.error = exc
         self.finished = True
         self.yielded.set()
 
-    def submit(self, passes: list[Pass]) -> list[Answer]:
+    def passes(self, passes: list[Pass]) -> list[Answer]:
         """Ask for ``passes`` and wait for the coordinator to run them (the job's ``shared``)."""
         self.asked = list(passes)
-        self.yielded.set()
-        self.turn.wait()
-        self.turn.clear()
-        failure, answers = self.failure, self.answers
-        self.failure = self.answers = None
-        if failure is not None:
-            raise failure
+        self._wait()
+        answers, self.answers = self.answers, None
         assert answers is not None
         return answers
 
+    def fits(self, fits: BinaryFits) -> tuple[Tensor, Tensor]:
+        """Ask for ``fits`` and wait for the coordinator to solve them (``shared_fits``)."""
+        self.asked_fits = fits
+        self._wait()
+        fitted, self.fitted = self.fitted, None
+        assert fitted is not None
+        return fitted
+
+    def _wait(self) -> None:
+        """Yield the turn until the coordinator has answered; raise the request's failure."""
+        self.yielded.set()
+        self.turn.wait()
+        self.turn.clear()
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            self.answers = self.fitted = None
+            raise failure
+
     def resume(self) -> None:
-        """Let the job run until it asks for passes or ends (its own random state restored)."""
+        """Let the job run until it asks for passes or fits, or ends (its own random state
+        restored)."""
         if self.rng is not None:
             _set_rng_state(self.rng)
         self.yielded.clear()
@@ -272,45 +300,76 @@ class _Job(Generic[T]):
         self.rng = _rng_state()
 
 
+def _answer_passes(jobs: list[_Job[Any]], model: Any, pad: int, batch_tokens: int) -> None:
+    """Run the passes the ``jobs`` asked for, packed; each job's answers or its failure."""
+    if not jobs:
+        return
+    asked = [p for job in jobs for p in (job.asked or [])]
+    try:
+        answers = run_packed(model, asked, pad, batch_tokens)
+        at = 0
+        for job in jobs:
+            n = len(job.asked or [])
+            job.answers, at = answers[at : at + n], at + n
+    except Exception:  # find the job at fault: each job's passes alone
+        for job in jobs:
+            try:
+                job.answers = run_packed(model, job.asked or [], pad, batch_tokens)
+            except Exception as exc:
+                job.failure = exc
+
+
+def _answer_fits(jobs: list[_Job[Any]]) -> None:
+    """Solve the fits the ``jobs`` asked for, pooled; each job's weights or its failure."""
+    if not jobs:
+        return
+    requests = [job.asked_fits for job in jobs if job.asked_fits is not None]
+    try:
+        for job, fitted in zip(jobs, solve_binary(requests), strict=True):
+            job.fitted = fitted
+    except Exception:  # find the job at fault: each job's fits alone
+        for job, request in zip(jobs, requests, strict=True):
+            try:
+                job.fitted = solve_binary([request])[0]
+            except Exception as exc:
+                job.failure = exc
+
+
 def run_together(
-    bodies: Sequence[Callable[[Shared], T]],
+    bodies: Sequence[Callable[[Turns], T]],
     model: Any,
     *,
     batch_tokens: int,
     pad: int = 0,
 ) -> list[T | BaseException]:
-    """Run each body (a job: given the function that runs its passes, it returns its
-    outcome) with their passes packed together; each body's value, or the exception it
-    raised. See the module docstring."""
+    """Run each body (a job: given its :class:`Turns`, through which it asks for passes and
+    fits, it returns its outcome) with their passes packed together and their fits pooled;
+    each body's value, or the exception it raised. See the module docstring."""
     jobs = [_Job(body) for body in bodies]
     outside = _rng_state()
     threads = torch.get_num_threads()
     for job in jobs:
         job.thread.start()
-    live = list(jobs)
+    live, ready = list(jobs), list(jobs)
     try:
         while live:
-            # the jobs' own code (fits, statistics) on one CPU thread; the shared passes on all
+            # the jobs' own code (statistics, the rest) on one CPU thread; the shared passes
+            # and the pooled fits on all
             torch.set_num_threads(1)
-            for job in live:
+            for job in ready:
                 job.resume()
             torch.set_num_threads(threads)
             live = [job for job in live if not job.finished]
-            asked = [p for job in live for p in (job.asked or [])]
-            try:
-                answers = run_packed(model, asked, pad, batch_tokens)
-                at = 0
-                for job in live:
-                    n = len(job.asked or [])
-                    job.answers, at = answers[at : at + n], at + n
-            except Exception:  # find the job at fault: each job's passes alone
-                for job in live:
-                    try:
-                        job.answers = run_packed(model, job.asked or [], pad, batch_tokens)
-                    except Exception as exc:
-                        job.failure = exc
-            for job in live:
+            passes = [job for job in live if job.asked is not None]
+            if passes:  # passes first: the jobs asking for fits wait, so more fits pool
+                _answer_passes(passes, model, pad, batch_tokens)
+                ready = passes
+            else:
+                ready = [job for job in live if job.asked_fits is not None]
+                _answer_fits(ready)
+            for job in ready:
                 job.asked = None
+                job.asked_fits = None
     finally:
         _set_rng_state(outside)
         torch.set_num_threads(threads)

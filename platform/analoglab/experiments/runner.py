@@ -28,7 +28,6 @@ import platform
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -179,7 +178,7 @@ def run_batch(
     share passes run together, packed at most ``batch_tokens`` tokens a pass (0: each
     alone); the others run alone, one after another, as :func:`run` runs them."""
     from analoglab.experiments.methods import run_method
-    from analoglab.experiments.packed import run_together
+    from analoglab.experiments.packed import Turns, run_together
 
     out: list[ExperimentResult | Exception | None] = [None] * len(specs)
     shared: list[tuple[int, _Prepared]] = []
@@ -197,9 +196,10 @@ def run_batch(
         out[i] = _run_prepared(prepared)
     elif shared:
 
-        def body(prepared: _Prepared) -> Callable[[Any], Outcome]:
-            def go(submit: Any) -> Outcome:
-                prepared.ctx.shared = submit
+        def body(prepared: _Prepared) -> Callable[[Turns], Outcome]:
+            def go(turns: Turns) -> Outcome:
+                prepared.ctx.shared = turns.passes
+                prepared.ctx.shared_fits = turns.fits
                 seed_everything(prepared.resolved.seed)
                 with torch.no_grad():
                     return run_method(prepared.resolved, prepared.ctx)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from analoglab.errors import AnalogLabError
 from analoglab.experiments.mapping import ResidualMap
+from analoglab.experiments.methods.logistic import BinaryFits, solve_binary
 from analoglab.experiments.result import LayerProfile, Replicates
 from analoglab.experiments.spec import (
     Choice,
@@ -121,6 +122,17 @@ class Context:
     #: Where forward passes go when the job shares them with others (batched execution);
     #: None runs each at once on ``loaded``.
     shared: Callable[[list[Pass]], list[Answer]] | None = None
+    #: Where two-class fits go when the job shares them with others (batched execution:
+    #: pooled with the other jobs' fits); None solves them at once.
+    shared_fits: Callable[[BinaryFits], tuple[Tensor, Tensor]] | None = None
+
+    def fit_binary(self, fits: BinaryFits) -> tuple[Tensor, Tensor]:
+        """Two-class logistic regressions by Newton's method (:mod:`.logistic`): alone
+        solved at once, batched pooled with the other jobs' fits; the same weights either
+        way (each fit converges on its own)."""
+        if self.shared_fits is not None:
+            return self.shared_fits(fits)
+        return solve_binary([fits])[0]
 
     def run_pass(self, p: Pass) -> Answer:
         """One forward pass of the model: last-position logits and what ``p`` captures."""

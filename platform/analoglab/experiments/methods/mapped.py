@@ -62,7 +62,8 @@ from analoglab.experiments.methods.common import (
     masked_mean,
     token_ids,
 )
-from analoglab.experiments.methods.probe import examples_of, fit_logistic_many, stratified_split
+from analoglab.experiments.methods.logistic import fit_logistic_many
+from analoglab.experiments.methods.probe import examples_of, stratified_split
 from analoglab.experiments.methods.steering import SWING_FLOOR, behaviour_data
 from analoglab.experiments.spec import (
     MAPPED_RANDOM_DRAWS,

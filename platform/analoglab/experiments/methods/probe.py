@@ -9,24 +9,10 @@ standardised with the training split's mean and standard deviation.
 The split is stratified and seeded: in each class a seeded permutation puts
 ``round(test_fraction · n_c)`` examples (at least 1, at most n_c − 1) into the test split.
 ``control="shuffled_labels"`` permutes the labels (seeded) before splitting: a probe should
-then score near chance. Per layer and split a multinomial logistic regression is fitted,
-full batch, from zero weights (deterministic), minimising
-
-    mean cross-entropy + (l2 / 2) · ‖W‖²
-
-(the bias unpenalised). With two classes, ``l2 > 0`` and features at most
-:data:`NEWTON_MAX_WIDTH` wide, all of a probe's fits (every layer and split) are solved at
-once by Newton's method with a backtracking line search, in float64 on the CPU
-(:func:`fit_logistic_many`). Two-class softmax regression with both weight columns penalised
-has its minimum at ``W = [−v/2, v/2]``, ``b = [−c/2, c/2]`` where ``(v, c)`` minimises the
-binary logistic loss ``mean softplus(−s (x·v + c)) + (l2/4)‖v‖²`` (``s = ±1``): strictly
-convex, with a ``(d+1)``-square Hessian, so Newton reaches the minimum to
-:data:`NEWTON_GRAD_TOL` in about ten steps, where L-BFGS took up to 200 one fit at a time
-(the fits were most of a probe's time). Otherwise (``l2 = 0``, where separable data has no
-minimum; three or more classes; wide features) each fit runs L-BFGS in float32
-(:func:`fit_logistic`), on the CPU when a layer's features hold at most
-:data:`CPU_FIT_VALUES` numbers (a small fit's line searches read a number back at every step,
-which on an accelerator costs a synchronisation each), else on the model's device.
+then score near chance. Per layer and split an L2-regularised multinomial logistic
+regression is fitted (:mod:`.logistic`: two-class fits by Newton's method, all of a probe's
+layers and splits at once, and in batched execution pooled with the other probes of the
+batch through the context, :meth:`~.common.Context.fit_binary`; other fits by L-BFGS).
 
 Outputs: profiles ``accuracy`` (held-out, averaged over the splits) and ``train_accuracy``
 (split 0); metrics ``accuracy`` (each split read at the layer the *other* splits chose,
@@ -45,9 +31,10 @@ fixed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from analoglab.experiments.methods.common import (
@@ -59,28 +46,17 @@ from analoglab.experiments.methods.common import (
     concrete,
     masked_mean,
 )
+from analoglab.experiments.methods.logistic import (
+    BinaryFits,
+    fit_device,
+    fit_logistic_many,
+    newton_fits,
+)
 from analoglab.experiments.result import Replicates
 from analoglab.experiments.spec import Choices, Data, Labelled, Pairs, ProbeSpec
 from analoglab.experiments.uncertainty import make_replicates
 
 MIN_PER_CLASS = 2
-LBFGS_STEPS = 200
-#: Newton's method fits two-class problems of features at most this wide.
-NEWTON_MAX_WIDTH = 1024
-#: ... and stacks at most this many bytes of Hessians at once (fits beyond it run in turns).
-NEWTON_MAX_BYTES = 256 << 20
-#: A Newton fit stops when its gradient's largest entry is below this, ...
-NEWTON_GRAD_TOL = 1e-9
-#: ... or after this many steps.
-NEWTON_STEPS = 100
-#: Features of at most this many numbers (examples × width) are fitted on the CPU.
-CPU_FIT_VALUES = 1 << 22
-
-
-def fit_device(values: int, device: torch.device | str) -> torch.device:
-    """Where a probe with ``values`` feature numbers is fitted: the CPU for small fits
-    (launch- and sync-bound on an accelerator), else ``device``."""
-    return torch.device("cpu") if values <= CPU_FIT_VALUES else torch.device(device)
 
 
 def examples_of(data: Data) -> tuple[list[str], list[int], list[str]]:
@@ -121,105 +97,6 @@ def stratified_split(
         test.append(members[:n_test])
         train.append(members[n_test:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
-def fit_logistic(x: Tensor, y: Tensor, n_classes: int, l2: float) -> tuple[Tensor, Tensor]:
-    """Weights ``[d, K]`` and bias ``[K]`` of an L2-regularised multinomial logistic regression."""
-    w = torch.zeros(x.shape[1], n_classes, device=x.device, requires_grad=True)
-    b = torch.zeros(n_classes, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=LBFGS_STEPS, history_size=20, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + 0.5 * l2 * (w * w).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)  # type: ignore[no-untyped-call]
-    return w.detach(), b.detach()
-
-
-def newton_fits(width: int, n_classes: int, l2: float) -> bool:
-    """Whether :func:`fit_logistic_many` solves a fit of this size by Newton's method: two
-    classes, a penalty, and features at most :data:`NEWTON_MAX_WIDTH` wide."""
-    return n_classes == 2 and l2 > 0 and width <= NEWTON_MAX_WIDTH
-
-
-def fit_logistic_many(
-    x: Tensor, y: Tensor, n_classes: int, l2: float
-) -> tuple[Tensor, Tensor]:
-    """Fit ``F`` L2-regularised multinomial logistic regressions at once: features ``x``
-    ``[F, n, d]``, classes ``y`` ``[F, n]``; weights ``[F, d, K]`` and biases ``[F, K]`` in
-    ``x``'s dtype, on ``x``'s device. By Newton's method in float64 on the CPU where
-    :func:`newton_fits` (every fit its own step size; a fit that has converged stays put, so a
-    fit's weights do not depend on which other fits share the call), else one L-BFGS fit
-    after another."""
-    n_fits, n, d = x.shape
-    if not newton_fits(d, n_classes, l2):
-        fits = [fit_logistic(x[f], y[f], n_classes, l2) for f in range(n_fits)]
-        return torch.stack([w for w, _ in fits]), torch.stack([b for _, b in fits])
-    per_call = max(1, NEWTON_MAX_BYTES // (8 * (3 * (d + 1) ** 2 + 4 * n * (d + 1))))
-    ws, bs = [], []
-    for start in range(0, n_fits, per_call):
-        v, c = _newton_binary(
-            x[start : start + per_call].detach().to("cpu", torch.float64),
-            y[start : start + per_call].to("cpu"),
-            l2 / 2,
-        )
-        # the two-class softmax regression's minimum from the binary one's (module docstring)
-        ws.append(torch.stack([-v / 2, v / 2], dim=2))
-        bs.append(torch.stack([-c / 2, c / 2], dim=1))
-    return torch.cat(ws).to(x), torch.cat(bs).to(x)
-
-
-def _newton_binary(x: Tensor, y: Tensor, lam: float) -> tuple[Tensor, Tensor]:
-    """Minimise ``mean softplus(-s_i (x_i · v + c)) + (lam / 2) ‖v‖²`` (``s_i = ±1`` for
-    class 1 / 0) by Newton's method with Armijo backtracking, for ``F`` problems at once
-    (float64, CPU): ``v`` ``[F, d]`` and ``c`` ``[F]``. The objective is strictly convex, so
-    its minimum is unique; the Hessian ``X̃ᵀ diag(σ(1−σ)) X̃ / n + lam·diag(1, …, 1, 0)`` is
-    positive definite (a tiny ridge guards the bias against saturation)."""
-    n_fits, n, d = x.shape
-    xt = torch.cat([x, torch.ones(n_fits, n, 1, dtype=x.dtype)], dim=2)  # [F, n, d+1]
-    target = y.to(x.dtype)
-    sign = 2 * target - 1
-    penalty = torch.full((d + 1,), lam, dtype=x.dtype)
-    penalty[d] = 0.0
-    diag = torch.diag(penalty + torch.where(penalty > 0, 0.0, 1e-12))
-    theta = torch.zeros(n_fits, d + 1, dtype=x.dtype)
-
-    def objective(th: Tensor) -> Tensor:
-        margin = sign * (xt @ th.unsqueeze(2)).squeeze(2)
-        return F.softplus(-margin).mean(1) + 0.5 * (penalty * th * th).sum(1)
-
-    loss = objective(theta)
-    active = torch.ones(n_fits, dtype=torch.bool)
-    for _ in range(NEWTON_STEPS):
-        p = torch.sigmoid((xt @ theta.unsqueeze(2)).squeeze(2))  # [F, n]
-        grad = (xt.transpose(1, 2) @ (p - target).unsqueeze(2)).squeeze(2) / n + penalty * theta
-        active &= grad.abs().amax(1) > NEWTON_GRAD_TOL
-        if not bool(active.any()):
-            break
-        hess = (xt * (p * (1 - p)).unsqueeze(2)).transpose(1, 2) @ xt / n + diag
-        chol, info = torch.linalg.cholesky_ex(hess)
-        if bool((info == 0).all()):
-            step = -torch.cholesky_solve(grad.unsqueeze(2), chol).squeeze(2)
-        else:
-            step = -torch.linalg.lstsq(hess, grad.unsqueeze(2)).solution.squeeze(2)
-        step = torch.where(active[:, None], step, torch.zeros_like(step))
-        slope = (grad * step).sum(1)  # negative where a fit moves
-        t = torch.ones(n_fits, dtype=x.dtype)
-        for _ in range(40):  # Armijo backtracking, every fit its own step size
-            trial_loss = objective(theta + t[:, None] * step)
-            ok = (trial_loss <= loss + 1e-4 * t * slope) | ~active
-            if bool(ok.all()):
-                break
-            t = torch.where(ok, t, t * 0.5)
-        theta = theta + t[:, None] * step
-        loss = objective(theta)
-    return theta[:, :d], theta[:, d]
 
 
 def run(spec: ProbeSpec, ctx: Context) -> Outcome:
@@ -282,11 +159,19 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
                 sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
                 pending.append((k, j, (features - mu) / sd))
                 if not newton:  # fitted one at a time, each as it comes
-                    _score_fits(pending, splits, n_classes, spec.l2, correct, train_accuracy)
+
+                    def by_lbfgs(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+                        return fit_logistic_many(x, y, n_classes, spec.l2)
+
+                    _score_fits(pending, splits, by_lbfgs, correct, train_accuracy)
                     ctx.progress.step()
                     pending = []
         if pending:  # every layer's and split's fit at once, by Newton's method
-            _score_fits(pending, splits, n_classes, spec.l2, correct, train_accuracy)
+
+            def by_newton(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+                return ctx.fit_binary(BinaryFits(x, y, spec.l2))
+
+            _score_fits(pending, splits, by_newton, correct, train_accuracy)
             ctx.progress.step(len(pending))
 
     return outcome_of(ctx, blocks, splits, correct, train_accuracy, n_classes)
@@ -295,20 +180,20 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
 def _score_fits(
     fits: list[tuple[int, int, Tensor]],
     splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    n_classes: int,
-    l2: float,
+    fit: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     correct: np.ndarray,
     train_accuracy: list[float],
 ) -> None:
     """Fit the probes of ``fits`` (layer, split, standardised features; every split holds the
-    same number of training examples) and score them: ``correct[split, layer]`` per test
-    example, and split 0's training accuracy per layer."""
+    same number of training examples) with ``fit`` (stacked training features and classes to
+    weights and biases) and score them: ``correct[split, layer]`` per test example, and split
+    0's training accuracy per layer."""
     device = fits[0][2].device
     ys = [torch.as_tensor(splits[j][0], device=device) for _, j, _ in fits]
     trs = [torch.as_tensor(splits[j][1], device=device) for _, j, _ in fits]
     x_train = torch.stack([x[tr] for (_, _, x), tr in zip(fits, trs, strict=True)])
     y_train = torch.stack([y[tr] for y, tr in zip(ys, trs, strict=True)])
-    w, b = fit_logistic_many(x_train, y_train, n_classes, l2)
+    w, b = fit(x_train, y_train)
     for f, (k, j, x) in enumerate(fits):
         _, train_idx, test_idx = splits[j]
         y, te = ys[f], torch.as_tensor(test_idx, device=device)
