@@ -140,7 +140,9 @@ def solve_binary(requests: list[BinaryFits]) -> list[tuple[Tensor, Tensor]]:
             w = torch.stack([-v / 2, v / 2], dim=2).to(r.x)
             b = torch.stack([-c / 2, c / 2], dim=1).to(r.x)
             out[k] = (w, b)
-    return [o for o in out if o is not None]
+    solved = [o for o in out if o is not None]
+    assert len(solved) == len(requests)
+    return solved
 
 
 def _newton_binary(x: Tensor, y: Tensor, real: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:

@@ -144,6 +144,13 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
     # correct[split][layer] = per test example, 1.0 where the probe is right
     correct = np.zeros((len(splits), len(names), len(splits[0][2])))
     train_accuracy = [0.0] * len(names)
+
+    def by_lbfgs(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return fit_logistic_many(x, y, n_classes, spec.l2)
+
+    def by_newton(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return ctx.fit_binary(BinaryFits(x, y, spec.l2))
+
     with ctx.phase("fit"):
         # the standardised features of every (layer, split) whose fit is still to come
         pending: list[tuple[int, int, Tensor]] = []
@@ -159,18 +166,10 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
                 sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))
                 pending.append((k, j, (features - mu) / sd))
                 if not newton:  # fitted one at a time, each as it comes
-
-                    def by_lbfgs(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-                        return fit_logistic_many(x, y, n_classes, spec.l2)
-
                     _score_fits(pending, splits, by_lbfgs, correct, train_accuracy)
                     ctx.progress.step()
                     pending = []
         if pending:  # every layer's and split's fit at once, by Newton's method
-
-            def by_newton(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-                return ctx.fit_binary(BinaryFits(x, y, spec.l2))
-
             _score_fits(pending, splits, by_newton, correct, train_accuracy)
             ctx.progress.step(len(pending))
 
