@@ -59,7 +59,7 @@ def measure_build(home: Path, label: str, preset_name: str, starts: int) -> dict
     if recipe is None:
         raise SystemExit(f"error: preset {p.name!r} has no analog with a scratch twin")
     teacher = b._load_frontier()
-    tokens, tok = b.tokens("train"), b.tokenizer
+    tokens, heldout, tok = b.tokens("train"), b.tokens("heldout"), b.tokenizer
     ioi = tasks_mod.task_set("ioi", p.eval_items, world=b.world).items
     run = replace(b.distill_run(), checkpoint_every=10**9)
     cache: TeacherCache | None = None
@@ -91,7 +91,7 @@ def measure_build(home: Path, label: str, preset_name: str, starts: int) -> dict
                     p.teacher_top_k,
                     p.hidden_positions,
                 )
-            agreement = b.heldout_agreement(teacher, model)
+            agreement = b.heldout_agreement(teacher, model, heldout)
             row[mode] = {
                 "kl": agreement["kl"],
                 "kl_copied": agreement["kl_copied"],

@@ -142,6 +142,8 @@ class FoundryBuild:
         self.frontier_dir = self.lab_site / "models" / preset.frontier_name
         self.world = World.create(preset.world_seed)
         self._tokenizer: Any = None
+        #: token id → person, the positions :meth:`heldout_agreement` reads apart (made once)
+        self._copyable: dict[int, str] | None = None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -485,7 +487,7 @@ class FoundryBuild:
         return TeacherCache(folder, p.teacher_top_k, layers, p.hidden_positions)
 
     def stage_distill(self) -> None:
-        from analoglab.foundry.training import matched_teacher_layers, train_students
+        from analoglab.foundry.training import train_students
 
         students_dir = self.work / "students"
         names = self._student_names()
@@ -510,14 +512,13 @@ class FoundryBuild:
         )
         run = self.distill_run()
         tokens = self.tokens("train")
-        layers = matched_teacher_layers(students)
         cache = self.teacher_cache(students, run, tokens)
         assert cache is not None  # created
         if not all(cache.has(step) for step in range(p.distill_steps)):
             self.reporter.note(
                 f"[{p.name}] caching the teacher's top-{p.teacher_top_k} next-token "
                 f"log-probabilities for {p.distill_steps} steps"
-                + (f" and its residual stream after blocks {layers}" if layers else "")
+                + (f" and its residual stream after blocks {cache.layers}" if cache.layers else "")
             )
             cache.fill(
                 teacher, tokens, run, self.device, self.reporter.steps("teacher", p.distill_steps)
@@ -551,29 +552,33 @@ class FoundryBuild:
             write_folder(students_dir / s.name, fill)
         ckpt.unlink(missing_ok=True)
 
-    def heldout_agreement(self, frontier: Any, model: Any) -> dict[str, float]:
-        """``model`` against ``frontier`` on the build's held-out windows, as the fidelity
-        stage measures it: next-token KL (also apart on the positions whose next token is a
-        name already named in its document) and top-1 agreement."""
+    def heldout_agreement(
+        self, frontier: Any, model: Any, heldout: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """``model`` against ``frontier`` on the build's held-out windows (``heldout``: the
+        held-out tokens, read from the build when not given), as the fidelity stage measures
+        it: next-token KL (also apart on the positions whose next token is a name already
+        named in its document) and top-1 agreement."""
         from analoglab.foundry.fidelity import first_token_ids, next_token_agreement
         from analoglab.foundry.world import PEOPLE
 
         tok = self.tokenizer
-        # each name's token, with and without its leading space (one token each)
-        names = {
-            i: person
-            for spelled in ("{}", " {}")
-            for person, i in zip(
-                PEOPLE, first_token_ids(tok, [spelled.format(p) for p in PEOPLE]), strict=True
-            )
-        }
+        if self._copyable is None:
+            # each name's token, with and without its leading space (one token each)
+            self._copyable = {
+                i: person
+                for spelled in ("{}", " {}")
+                for person, i in zip(
+                    PEOPLE, first_token_ids(tok, [spelled.format(p) for p in PEOPLE]), strict=True
+                )
+            }
         return next_token_agreement(
             frontier,
             model,
-            self.tokens("heldout"),
+            self.tokens("heldout") if heldout is None else heldout,
             self.preset.seq_len,
             max_windows=self.preset.heldout_windows,
-            copyable=names,
+            copyable=self._copyable,
             bos=tok.bos_token_id,
         )
 
@@ -609,7 +614,7 @@ class FoundryBuild:
                 .to(self.device)
                 .eval()
             )
-            agreement = self.heldout_agreement(frontier, model)
+            agreement = self.heldout_agreement(frontier, model, heldout)
             pairs = matched_depths(
                 model.config.num_hidden_layers, frontier.config.num_hidden_layers
             )
