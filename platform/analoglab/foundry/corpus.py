@@ -60,10 +60,10 @@ class IOIExample:
     place: str
     obj: str
 
-    def render(self, first: str, second: str) -> str:
-        """The same prompt with other names in the first clause (the subject kept)."""
+    def with_subject(self, subject: str) -> str:
+        """The same prompt with another subject in the second clause (the first kept)."""
         return IOI_TEMPLATES[self.template].format(
-            A=first, B=second, S=self.s, place=self.place, obj=self.obj
+            A=self.first, B=self.second, S=subject, place=self.place, obj=self.obj
         )
 
 

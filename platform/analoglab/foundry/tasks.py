@@ -97,13 +97,17 @@ def _ioi(world: World, rng: random.Random, n: int) -> list[ChoiceItem]:
 
 
 def _ioi_patch(world: World, rng: random.Random, n: int) -> list[PatchItem]:
-    """IOI prompts and their corruption: the first clause names two other people, so the
-    prompt no longer says who the indirect object is (the "ABC" corruption)."""
+    """IOI prompts and their corruption: the second clause's subject is the indirect object
+    instead, so the answer turns from the indirect object to the subject (the target is
+    right for the clean prompt, the foil for the corrupted one). A corruption that flips the
+    answer, with the tokens of the prompt kept but for one name, is what a logit-difference
+    recovery reads best (Zhang & Nanda, arXiv 2309.16042); the "ABC" corruption (two other
+    names in the first clause) leaves no answer to flip to, so whether a model's answer
+    changes under it says little about its IOI."""
     items = []
     for _ in range(n):
         ex = corpus.ioi_example(rng)
-        c, d = rng.sample([p for p in w.PEOPLE if p not in (ex.io, ex.s)], 2)
-        items.append(PatchItem(ex.prompt, ex.render(first=c, second=d), " " + ex.io, " " + ex.s))
+        items.append(PatchItem(ex.prompt, ex.with_subject(ex.io), " " + ex.io, " " + ex.s))
     return items
 
 
@@ -140,7 +144,7 @@ _BUILDERS: dict[str, tuple[str, str, Any]] = {
     "ioi": ("choice", "Indirect-object sentences: the indirect object vs the subject.", _ioi),
     "ioi_patch": (
         "patch_pairs",
-        "IOI prompts and their corruption (other names in the first clause), for patching.",
+        "IOI prompts and their corruption (the indirect object as the subject), for patching.",
         _ioi_patch,
     ),
     "facts": ("choice", "'<city> is a city in': its country vs another.", _facts),
