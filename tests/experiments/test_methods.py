@@ -365,12 +365,43 @@ def test_steering_tables_follow_the_scales_and_the_random_control(analog: Loaded
     assert control.tables["score"] != result.tables["score"]
     no_neutral = run(spec.model_copy(update={"neutral": None}), analog)
     assert "side_effect_kl" not in no_neutral.profiles
-    # the random control's point estimate is its first draw; replicates go through them all
+    # the random control's tables are its first draw's; its effect is the draws' mean, and
+    # replicates go through them all
     one_draw = run(spec.model_copy(update={"control": "random_vector", "random_draws": 1}), analog)
-    assert one_draw.metrics == control.metrics and one_draw.tables == control.tables
+    assert one_draw.tables == control.tables
+    assert one_draw.metrics["effect"] != control.metrics["effect"]
+    column = spec.scales.index(4.0)
+    assert one_draw.profiles["effect"].values == pytest.approx(
+        [row[column] for row in one_draw.tables["normalised_effect"]]
+    )
     assert one_draw.bootstrap is not None and control.bootstrap is not None
     assert one_draw.bootstrap.metrics["effect"] != control.bootstrap.metrics["effect"]
     assert control.bootstrap.items == {"evaluate": 6, "contrast": 6}
+
+
+def test_random_directions_come_in_opposite_pairs_and_their_effect_is_the_mean(
+    analog: LoadedModel,
+) -> None:
+    # At a small scale the response is linear in the direction: a draw and its opposite
+    # steer by equal and opposite amounts, so the pair's mean effect is (nearly) nothing.
+    spec = spec_for("steering", analog.tokenizer).model_copy(
+        update={"scales": [0.05], "control": "random_vector", "position": "last"}
+    )
+    single = run(spec.model_copy(update={"random_draws": 1}), analog)
+    paired = run(spec.model_copy(update={"random_draws": 2}), analog)
+    assert abs(single.metrics["effect"]) > 1e-4
+    assert abs(paired.metrics["effect"]) < 0.05 * abs(single.metrics["effect"])
+    assert paired.bootstrap is not None
+    # replicate b uses draw b mod 2: the odd replicates steer the opposite way
+    reps = np.asarray(paired.bootstrap.profiles["effect"])
+    even, odd = reps[0::2].mean(axis=0), reps[1::2].mean(axis=0)
+    assert np.sign(even) == pytest.approx(-np.sign(odd))
+    assert np.abs(even + odd).max() < 0.2 * np.abs(even).max()
+    # the point profile is the mean of the two draws' profiles
+    first = np.asarray(single.profiles["effect"].values)
+    assert np.asarray(paired.profiles["effect"].values) == pytest.approx(
+        np.zeros_like(first), abs=0.05 * np.abs(first).max()
+    )
 
 
 def test_random_draws_after_the_first_steer_at_the_headline_scale_only(

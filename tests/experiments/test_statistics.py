@@ -35,7 +35,12 @@ from .synthetic import identity, synthetic_check
         (-0.4, 0.5, 0.05, "unclear"),  # holds 0 but reaches far: too few items
         (0.2, 0.6, 0.4, "present"),
         (-0.9, -0.5, -0.7, "present"),
-        (0.02, 0.16, 0.09, "unclear"),  # excludes 0, but the point is under the gate
+        # excludes 0 with the point under the gate, within the null reach: a small effect,
+        # nearer to 0 than (-0.06, 0.22), which is absent: absent too
+        (0.02, 0.16, 0.09, "absent"),
+        (-0.16, -0.003, -0.06, "absent"),
+        (0.05, 0.45, 0.09, "unclear"),  # the point under the gate, but it reaches far
+        (0.02, 0.16, 0.12, "present"),  # the point reaches the gate
     ],
 )
 def test_the_state_of_an_effect_from_its_interval(

@@ -183,9 +183,23 @@ def test_a_clearly_small_random_control_does_not_transfer() -> None:
     # ... and averaged over the draws (what a control's verdict reads) it is small
     assert report.draws == 4 and report.draw_mean_interval is not None
     assert report.draw_mean_interval.high < 0.3
-    assert report.verdict == "does_not_transfer" and report.items_needed is None
+    # each model's effect, averaged over its draws (0.08 and 0.025), is absent: no effect
+    assert report.effect_states == {"analog": "absent", "frontier": "absent"}
+    assert report.verdict == "no_effect" and report.items_needed is None
     assert any("averaged over the draws" in note for note in report.notes)
     assert "averaged over 4 draws" in report.summary()
+
+
+def test_a_random_control_reads_each_models_effect_averaged_over_its_draws() -> None:
+    # Every direction moves the analog one way (a systematic effect of random perturbations
+    # of that norm); the frontier's draws cancel in pairs: only the analog shows the effect.
+    a = drawn("a", "steering", RANDOM_CONTROL, {"effect": [0.4, 0.35, 0.45, 0.4]})
+    f = drawn("f", "steering", RANDOM_CONTROL, {"effect": [0.4, -0.4, 0.3, -0.3]})
+    report = compare(a, f)
+    assert report.effect_states == {"analog": "present", "frontier": "absent"}
+    assert report.effect_intervals is not None
+    assert abs(report.effect_intervals["frontier"].high) < 0.1
+    assert report.verdict == "does_not_transfer"
 
 
 def test_a_control_that_every_draw_carries_is_not_hidden() -> None:

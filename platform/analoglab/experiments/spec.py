@@ -208,8 +208,9 @@ class SteeringSpec(_Common):
         4,
         ge=1,
         le=16,
-        description="with random_vector: how many random directions are drawn (the first "
-        "gives the point estimate; the bootstrap's replicates go through all of them)",
+        description="with random_vector: how many random directions are drawn, in "
+        "antithetic pairs (a direction, then its opposite); the effect is their mean, and "
+        "the bootstrap's replicates go through all of them",
     )
 
 

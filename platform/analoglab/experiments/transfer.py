@@ -28,8 +28,9 @@ and each gets its 95% interval (:func:`~analoglab.experiments.uncertainty.bounde
 the percentile interval widened to the basic one, within [0, 1]). Two bootstraps drawn
 differently (resamples, seed or items) are refused (:class:`TransferError`).
 
-**Verdicts.** First each model's effect is read from its own 95% interval
-(:func:`effect_states`, :func:`effect_state`): *absent* (below the gate ``floor``, or holding
+**Verdicts.** First each model's effect is read from its own 95% interval (of the effect
+averaged over its draws, for a probe's splits and a random steering control's directions;
+:func:`effect_states`, :func:`effect_state`): *absent* (below the gate ``floor``, or holding
 0 within :data:`NULL_REACH`), *present* (excluding 0, the point reaching the gate) or
 *unclear*. Neither present (both absent) → ``no_effect``; one present, the other absent →
 ``does_not_transfer`` (:func:`verdict_of_effects`). Only otherwise is the score's interval
@@ -272,17 +273,21 @@ def effect_agreement(a: float, f: float, floor: float) -> float:
 def effect_state(low: float, high: float, point: float, floor: float) -> EffectState:
     """Whether one model shows the effect, read from its effect's 95% interval:
 
-    - ``absent``: the interval lies below the gate (within ``(−floor, floor)``), or it holds
-      0 (the items cannot tell the effect from none) and reaches no further than
-      :data:`NULL_REACH` from it;
+    - ``absent``: the interval lies below the gate (within ``(−floor, floor)``); or it
+      reaches no further than :data:`NULL_REACH` from 0 and either holds 0 (the items cannot
+      tell the effect from none) or has its point under the gate (an effect shown to be
+      there but small: an interval nearer to 0 than one that holds 0 is not less absent);
     - ``present``: the interval excludes 0 and the point effect reaches the gate;
-    - ``unclear``: anything else (an interval holding 0 that reaches far: too few items).
+    - ``unclear``: anything else (an interval that reaches far: too few items).
     """
     if -floor < low and high < floor:
         return "absent"
+    near = max(abs(low), abs(high)) <= NULL_REACH
     if low <= 0.0 <= high:
-        return "absent" if max(-low, high) <= NULL_REACH else "unclear"
-    return "present" if abs(point) >= floor else "unclear"
+        return "absent" if near else "unclear"
+    if abs(point) < floor:
+        return "absent" if near else "unclear"
+    return "present"
 
 
 def verdict_of_score(score: float) -> Literal["transfers", "partial", "does_not_transfer"]:
@@ -695,16 +700,19 @@ def effect_states(
 ) -> tuple[EffectState, EffectState, Interval, Interval] | None:
     """Each model's :func:`effect_state` and the interval it was read from; None where the
     method has no effect or a result lacks its replicates. Where a method's replicates go
-    through draws that are resampling of its own (a probe's train/test splits), the interval
-    is that of the effect averaged over the draws (:func:`draw_averaged`): the splits are
-    one estimate, not several interventions. A random steering control's draws are distinct
-    directions: its interval is read over all of them."""
+    through draws, the interval is that of the effect averaged over the draws
+    (:func:`draw_averaged`), as its point estimate is: a probe's train/test splits are one
+    estimate, not several; a random steering control's draws (antithetic pairs of
+    directions, :mod:`.methods.steering`) estimate what a random direction of that norm does
+    on average, and a control that steers only along the direction it happened to draw, one
+    way for that direction and the other way for its opposite, does nothing on average."""
     if point.effect_a is None or point.effect_f is None:
         return None
     ra, rf = analog.bootstrap, frontier.bootstrap
     if ra is None or rf is None or "effect" not in ra.metrics or "effect" not in rf.metrics:
         return None
-    splits = int(analog.spec.get("splits", 4)) if analog.method == "probe" else None
+    drawn = draws_of(analog.method, analog.spec)
+    splits = drawn[0] if drawn is not None and analog.method in ("probe", "steering") else None
     out: list[Any] = []
     intervals: list[Interval] = []
     for values, centre in (

@@ -28,11 +28,18 @@ value of largest magnitude, signed), ``best_depth``, ``swing``, ``unsteered_scor
 Uncertainty (``result.bootstrap``): replicates of ``effect`` and of the ``effect`` profile,
 resampling the ``evaluate`` prompts (per-prompt scores, steered and unsteered) and, for the
 swing, the contrast pairs (per-pair score differences); the vectors themselves are held
-fixed (resampling them would mean steering again for every replicate). With
-``control="random_vector"``, ``random_draws`` directions are drawn and steered with; the
-point estimate (and the tables) are the first's, and replicate ``b`` uses direction
-``b mod random_draws``; the draws after the first steer at the headline scale only (all that
-their replicates use).
+fixed (resampling them would mean steering again for every replicate).
+
+With ``control="random_vector"``, ``random_draws`` directions are drawn and steered with, in
+antithetic pairs: draw ``2j + 1`` is draw ``2j`` negated (a Gaussian direction and its
+opposite are equally likely, so a pair cancels the part of the response that is linear in
+the direction, and what is left of their mean is what random perturbations of that norm do
+on average). A control asks whether a random direction steers *systematically*, so its
+``effect`` is the mean over the draws of each draw's headline effect, and its ``effect``
+profile the mean of the draws' profiles (with one draw, that draw's); the tables are the
+first draw's, and only the first sweeps every scale (the others steer at the headline
+scale, all that their effect reads). Replicate ``b`` uses draw ``b mod random_draws``, so
+``random_draws`` consecutive replicates averaged make one replicate of the mean.
 """
 
 from __future__ import annotations
@@ -139,7 +146,10 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
     if spec.control == "random_vector":
         gen = torch.Generator().manual_seed(spec.seed)
         vector_sets = []
-        for _ in range(spec.random_draws):
+        for k in range(spec.random_draws):
+            if k % 2:  # the antithetic draw: the previous direction, negated
+                vector_sets.append(-vector_sets[-1])
+                continue
             noise = torch.randn(len(names), d_model, generator=gen).to(ctx.device)
             vector_sets.append(noise / noise.norm(dim=1, keepdim=True) * norms.unsqueeze(1))
         vectors = vector_sets[0]
@@ -189,6 +199,12 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
     effect_table = [[(v - base) / denom for v in row] for row in score_table]
     column = scales.index(top)
     effect = blocks.profile([row[column] for row in effect_table])
+    value, depth = headline(effect)
+    if spec.control == "random_vector" and top != 0.0:
+        # per draw, its effect profile at the headline scale: [draw, layer]
+        per_draw = (top_items.mean(axis=2) - base) / denom
+        effect = blocks.profile(per_draw.mean(axis=0).tolist())
+        value, depth = float(headline_rows(per_draw).mean()), headline(effect)[1]
 
     outcome = Outcome(
         tables={"score": score_table, "normalised_effect": effect_table},
@@ -216,7 +232,6 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
         outcome.profiles["side_effect_kl"] = blocks.profile(kl / len(neutral))
 
     outcome.bootstrap = _replicates(ctx, top_items, base_items, pair_diffs, top)
-    value, depth = headline(effect)
     outcome.metrics = {
         "effect": value,
         "best_depth": depth,
