@@ -9,6 +9,7 @@ from analoglab.experiments.result import ExperimentResult, LayerProfile, ModelId
 from analoglab.experiments.transfer import (
     TransferError,
     compare,
+    draw_averaged,
     effect_agreement,
     on_grid,
     profile_correlation,
@@ -183,9 +184,11 @@ def test_a_clearly_small_random_control_does_not_transfer() -> None:
     # ... and averaged over the draws (what a control's verdict reads) it is small
     assert report.draws == 4 and report.draw_mean_interval is not None
     assert report.draw_mean_interval.high < 0.3
-    # each model's effect, averaged over its draws (0.08 and 0.025), is absent: no effect
-    assert report.effect_states == {"analog": "absent", "frontier": "absent"}
-    assert report.verdict == "no_effect" and report.items_needed is None
+    # each model's effect averaged over its draws (0.08 and 0.025) is small, but two pairs of
+    # directions that far apart cannot tell what random directions do: both unclear, and the
+    # score averaged over the draws decides
+    assert report.effect_states == {"analog": "unclear", "frontier": "unclear"}
+    assert report.verdict == "does_not_transfer" and report.items_needed is None
     assert any("averaged over the draws" in note for note in report.notes)
     assert "averaged over 4 draws" in report.summary()
 
@@ -200,6 +203,31 @@ def test_a_random_control_reads_each_models_effect_averaged_over_its_draws() -> 
     assert report.effect_intervals is not None
     assert abs(report.effect_intervals["frontier"].high) < 0.1
     assert report.verdict == "does_not_transfer"
+
+
+def test_a_random_controls_interval_carries_the_spread_of_its_directions() -> None:
+    # Eight pairs of directions whose means spread (sd 0.2) around 0.1, on little item
+    # noise: the items alone would make a mean of 0.1 an effect; the directions' own margin,
+    # t(7) · 0.2 / √8 ≈ 0.17, leaves it within the null reach: absent
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal(8)
+    pair_means = 0.1 + 0.2 * (z - z.mean()) / z.std(ddof=1)
+    per_draw = [float(m + d) for m in pair_means for d in (0.05, -0.05)]
+    a = drawn(
+        "a", "steering", {**RANDOM_CONTROL, "random_draws": 16}, {"effect": per_draw}, noise=0.002
+    )
+    f = drawn(
+        "f", "steering", {**RANDOM_CONTROL, "random_draws": 16}, {"effect": [0.0] * 16}, noise=0.002
+    )
+    report = compare(a, f)
+    assert report.effect_intervals is not None
+    low, high = report.effect_intervals["analog"].low, report.effect_intervals["analog"].high
+    spread = float(pair_means.std(ddof=1))
+    assert high - low == pytest.approx(2 * 2.365 * spread / np.sqrt(8), rel=0.1)
+    assert low < 0.0 < high and report.effect_states["analog"] == "absent"
+    # held fixed, the same directions' item-only interval would exclude 0
+    items_only = np.percentile(draw_averaged(a.bootstrap.metrics["effect"], 16), [2.5, 97.5])
+    assert items_only[0] > 0.05
 
 
 def test_a_control_that_every_draw_carries_is_not_hidden() -> None:

@@ -519,6 +519,44 @@ def draw_averaged(values: Sequence[float] | np.ndarray, draws: int) -> np.ndarra
     return averaged
 
 
+#: Student's t, 97.5% quantile, for 1 … 15 degrees of freedom (a control draws at most 16
+#: directions): the margin of a mean over a few independent draws.
+T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+)
+
+
+def draws_margin(values: Sequence[float] | np.ndarray, draws: int) -> float:
+    """The 95% margin, from the random directions alone, of a value averaged over ``draws``
+    directions drawn in antithetic pairs (replicate ``b`` uses draw ``b mod draws``): each
+    pair's mean is an independent estimate of what random directions do, so the margin is
+    ``t · sd(pair means) / √pairs`` (Student's t for pairs − 1 degrees of freedom; unpaired
+    draws count one by one where ``draws`` is odd, and so do the two draws of a single
+    pair: with one degree of freedom, a margin wide enough to leave the effect unclear)."""
+    v = np.asarray(values, dtype=np.float64)
+    means = np.asarray([v[k::draws].mean() for k in range(draws)])
+    units = means.reshape(-1, 2).mean(axis=1) if draws % 2 == 0 and draws > 2 else means
+    if len(units) < 2:
+        return 0.0
+    return (
+        T975[min(len(units) - 1, len(T975)) - 1] * float(units.std(ddof=1)) / math.sqrt(len(units))
+    )
+
+
 def _interval(values: Sequence[float], point: float) -> Interval:
     low, high = bounded_interval(values, point)
     return Interval(low=low, high=high)
@@ -705,14 +743,18 @@ def effect_states(
     estimate, not several; a random steering control's draws (antithetic pairs of
     directions, :mod:`.methods.steering`) estimate what a random direction of that norm does
     on average, and a control that steers only along the direction it happened to draw, one
-    way for that direction and the other way for its opposite, does nothing on average."""
+    way for that direction and the other way for its opposite, does nothing on average.
+    The splits' interval holds them fixed (:func:`draw_averaged`); the random directions'
+    is widened on each side by their own margin (:func:`draws_margin`, combined with the
+    items' in quadrature): a few directions may average far from what random directions do,
+    and an interval over the items alone would call that mean an effect."""
     if point.effect_a is None or point.effect_f is None:
         return None
     ra, rf = analog.bootstrap, frontier.bootstrap
     if ra is None or rf is None or "effect" not in ra.metrics or "effect" not in rf.metrics:
         return None
     drawn = draws_of(analog.method, analog.spec)
-    splits = drawn[0] if drawn is not None and analog.method in ("probe", "steering") else None
+    draws = drawn[0] if drawn is not None and analog.method in ("probe", "steering") else None
     out: list[Any] = []
     intervals: list[Interval] = []
     for values, centre in (
@@ -720,11 +762,17 @@ def effect_states(
         (rf.metrics["effect"], point.effect_f),
     ):
         reps = np.asarray(values, dtype=np.float64)
-        if splits is not None and splits > 1:
-            averaged = draw_averaged(reps, splits)
+        if draws is not None and draws > 1:
+            averaged = draw_averaged(reps, draws)
             if len(averaged) >= MIN_AVERAGED:
-                reps, centre = averaged, float(averaged.mean())
+                centre = float(averaged.mean())
+                reps = averaged
         low, high = percentile_interval(reps)
+        if analog.method == "steering" and draws is not None and draws > 1:
+            # random directions: the margin of their mean widens the items' on each side
+            margin = draws_margin(values, draws)
+            low = centre - math.hypot(centre - low, margin)
+            high = centre + math.hypot(high - centre, margin)
         intervals.append(Interval(low=low, high=high))
         out.append(effect_state(low, high, centre, floor))
     return out[0], out[1], intervals[0], intervals[1]
