@@ -725,7 +725,8 @@ def _effects_note(
     sa, sf, ia, if_ = states
     said = (
         f"the effect's 95% interval is {ia} on the analog ({sa}) and {if_} on the frontier "
-        f"({sf}); absent: below the gate of {floor}, or holding 0 within {NULL_REACH}"
+        f"({sf}); absent: below the gate of {floor}, or within {NULL_REACH} of 0 holding 0 "
+        "or with the point under the gate"
     )
     if verdict == "no_effect":
         return f"{said}: neither model shows the effect, so nothing transfers"
