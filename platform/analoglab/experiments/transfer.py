@@ -754,8 +754,10 @@ def effect_states(
     ra, rf = analog.bootstrap, frontier.bootstrap
     if ra is None or rf is None or "effect" not in ra.metrics or "effect" not in rf.metrics:
         return None
-    drawn = draws_of(analog.method, analog.spec)
-    draws = drawn[0] if drawn is not None and analog.method in ("probe", "steering") else None
+    drawn = draws_of(analog.method, analog.spec)  # (mapped methods have their own compare)
+    draws = drawn[0] if drawn is not None else None
+    # a random control's draws are directions (their spread counts); a probe's, its splits
+    directions = drawn is not None and drawn[1] == "random_draws"
     out: list[Any] = []
     intervals: list[Interval] = []
     for values, centre in (
@@ -769,7 +771,7 @@ def effect_states(
                 centre = float(averaged.mean())
                 reps = averaged
         low, high = percentile_interval(reps)
-        if analog.method == "steering" and draws is not None and draws > 1:
+        if directions and draws is not None and draws > 1:
             # random directions: the margin of their mean widens the items' on each side
             margin = draws_margin(values, draws)
             low = centre - math.hypot(centre - low, margin)

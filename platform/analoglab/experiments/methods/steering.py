@@ -201,7 +201,8 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
     effect = blocks.profile([row[column] for row in effect_table])
     value, depth = headline(effect)
     if spec.control == "random_vector" and top != 0.0:
-        # per draw, its effect profile at the headline scale: [draw, layer]
+        # per draw, its effect profile at the headline scale: [draw, layer]; the control's
+        # effect is the draws' mean headline, its profile the draws' mean profile
         per_draw = (top_items.mean(axis=2) - base) / denom
         effect = blocks.profile(per_draw.mean(axis=0).tolist())
         value, depth = float(headline_rows(per_draw).mean()), headline(effect)[1]
