@@ -89,6 +89,24 @@ def test_passes_pack_within_the_bound() -> None:
         width = max(shapes[i][1] for i in pack)
         assert rows * width <= 100
     assert pack_passes(shapes, batch_tokens=10**6) == [[0, 1, 2, 3, 4]]
+    assert pack_passes([], batch_tokens=100) == []
+    # a pass's fixed cost decides the cuts: 10 short rows and 2 long ones cost 10·5 + 2·40
+    # tokens apart against 12·40 together, so apart unless a pass costs more than that gap
+    short_long = [(1, 5)] * 10 + [(1, 40)] * 2
+    assert pack_passes(short_long, 1000, pass_tokens=20) == [list(range(10)), [10, 11]]
+    assert pack_passes(short_long, 1000, pass_tokens=400) == [list(range(12))]
+    assert pack_passes(short_long, 1000) == [list(range(12))]  # default: the fewest passes
+    # with no fixed cost every width runs alone, and never over the bound
+    assert pack_passes(shapes, batch_tokens=100, pass_tokens=0) == [[0], [1], [2], [3], [4]]
+    # the cuts are the cheapest: against every way to cut 6 batches (in order) in two
+    rows = [(3, 4), (1, 9), (2, 9), (5, 12), (1, 30), (2, 31)]
+    cost = lambda packs: sum(  # noqa: E731
+        sum(rows[i][0] for i in p) * max(rows[i][1] for i in p) + 25 for p in packs
+    )
+    best = pack_passes(rows, 10**6, pass_tokens=25)
+    for cut in range(1, 6):
+        assert cost(best) <= cost([list(range(cut)), list(range(cut, 6))])
+    assert cost(best) <= cost([list(range(6))])
     assert tokens_within_memory(2**30, hidden=64, intermediate=256, layers=4) > 1000
     assert tokens_within_memory(10, hidden=64, intermediate=256, layers=4) == 1
 
@@ -284,9 +302,12 @@ def test_per_row_hooks_touch_only_their_own_rows(frontier: LoadedModel) -> None:
     ]
     with torch.no_grad():
         alone = [run_alone(model, p) for p in passes]
-        # one forward pass for all, and rows spread over several small ones
-        for bound in (10**6, 40):
-            packed = run_packed(model, passes, pad=tok.pad_token_id or 0, batch_tokens=bound)
+        # one forward pass for all, rows spread over several small ones, and rows cut where
+        # passes cost nothing beyond their tokens (every width in a pass of its own)
+        for bound, fixed in ((10**6, None), (40, None), (10**6, 0)):
+            packed = run_packed(
+                model, passes, pad=tok.pad_token_id or 0, batch_tokens=bound, pass_tokens=fixed
+            )
             for p, a, b in zip(passes, alone, packed, strict=True):
                 assert a.logits.shape == b.logits.shape
                 torch.testing.assert_close(a.logits, b.logits, atol=ATOL, rtol=1e-5)

@@ -679,6 +679,52 @@ def test_pooled_fits_of_other_sizes_and_penalties_equal_each_alone() -> None:
     assert float(pooled[1][0].norm()) < float(pooled[0][0].norm())
 
 
+def test_fits_with_fewer_examples_than_features_solve_in_the_examples_space(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from analoglab.experiments.methods import logistic
+
+    g = torch.Generator().manual_seed(5)
+    # a probe's shape: 17 training texts of a 64-wide stream (and padding rows)
+    x = torch.randn(3, 17, 64, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 2, (3, 17), generator=g)
+    # the step itself equals the (d+1)-square Hessian's solve, padding rows included
+    weight = torch.rand(3, 17, dtype=torch.float64, generator=g) * 0.05
+    weight[:, -3:] = 0.0
+    grad = torch.randn(3, 65, dtype=torch.float64, generator=g)
+    lam = torch.tensor([5e-3, 0.1, 2.0], dtype=torch.float64)
+    xt = torch.cat([x, (weight > 0).to(x.dtype).unsqueeze(2)], dim=2)
+    ridge = torch.cat([lam[:, None].expand(3, 64), torch.full((3, 1), 1e-12)], dim=1)
+    hess = (xt * weight.unsqueeze(2)).transpose(1, 2) @ xt + torch.diag_embed(ridge)
+    expected = -torch.linalg.solve(hess, grad.unsqueeze(2)).squeeze(2)
+    step = logistic._few_examples_step(x, weight, grad, lam)
+    assert step is not None
+    torch.testing.assert_close(step, expected, atol=1e-8 * float(expected.abs().max()), rtol=0)
+    # whole fits: the same minimum as through the Hessian (the path turned off)
+    request = logistic.BinaryFits(x.float(), y, 0.02)
+    few_w, few_b = logistic.solve_binary([request])[0]
+    calls: list[int] = []
+    real_step = logistic._few_examples_step
+
+    def never(*args: Any) -> None:
+        calls.append(1)
+        return None
+
+    monkeypatch.setattr(logistic, "_few_examples_step", never)
+    full_w, full_b = logistic.solve_binary([request])[0]
+    assert calls  # the fits above asked for the examples' step; here it fell back
+    torch.testing.assert_close(few_w, full_w, atol=1e-5, rtol=0)
+    torch.testing.assert_close(few_b, full_b, atol=1e-5, rtol=0)
+    monkeypatch.setattr(logistic, "_few_examples_step", real_step)
+    # more examples than features: the Hessian's own solve, the examples' step never asked
+    wide_y = torch.randint(0, 2, (2, 40), generator=g)
+    wide = logistic.BinaryFits(torch.randn(2, 40, 8, generator=g), wide_y, 0.1)
+    monkeypatch.setattr(logistic, "_few_examples_step", never)
+    calls.clear()
+    logistic.solve_binary([wide])
+    assert calls == []
+
+
 # -- ablation ---------------------------------------------------------------------------------
 
 

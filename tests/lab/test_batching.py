@@ -111,6 +111,38 @@ def test_a_batch_task_answers_each_job_as_alone_and_a_bad_job_only_itself(
         assert shared == (None if spec is ABLATION else 5.0)
 
 
+def test_a_worker_measures_a_pass_cost_once_per_load_and_packs_by_it(
+    site: LabConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analoglab.experiments import packed
+
+    measured: list[int] = []
+    real = packed.measure_pass_tokens
+
+    def counting(model: Any, bound: int, repeats: int = 3) -> int:
+        value = real(model, bound, repeats)
+        measured.append(value)
+        return value
+
+    monkeypatch.setattr(packed, "measure_pass_tokens", counting)
+    worker = Worker()
+    jobs = [{"job_id": i, "spec": s} for i, s in enumerate([EVAL, STATS, PROBE])]
+    first, timings = worker.run_batch("tiny-frontier", weights(site), jobs, device="cpu")
+    again, later = worker.run_batch(
+        "tiny-frontier", weights(site), jobs, device="cpu", batch_tokens=512
+    )
+    # measured at the first batch of this load only; a tighter bound caps what it packs by
+    assert len(measured) == 1 and measured[0] >= 0
+    assert timings["pass_tokens"] == min(8192, measured[0])
+    assert later["pass_tokens"] == min(512, measured[0]) and later["reused_model"] is True
+    for a, b in zip(first, again, strict=True):
+        assert a["status"] == b["status"] == "ok"
+        close(a["result"], b["result"])
+    # a job alone packs nothing, and measures nothing
+    _, alone = worker.run_batch("tiny-frontier", weights(site), jobs[:1], device="cpu")
+    assert alone["pass_tokens"] is None and len(measured) == 1
+
+
 def test_the_local_executor_runs_a_batch_in_its_warm_worker(
     site: LabConfig, tiny_home: Settings
 ) -> None:

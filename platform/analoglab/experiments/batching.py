@@ -95,19 +95,42 @@ def pass_cost(rows: int, width: int) -> int:
     return rows * width
 
 
-def pack_passes(shapes: Sequence[tuple[int, int]], batch_tokens: int) -> list[list[int]]:
-    """Indices of batches ``(rows, width)`` packed in order into shared forward passes of at
-    most ``batch_tokens`` tokens each (rows × the widest width); one over the bound alone."""
-    packs: list[list[int]] = []
-    rows = width = 0
-    for i, (r, w) in enumerate(shapes):
-        if packs and pass_cost(rows + r, max(width, w)) <= batch_tokens:
-            packs[-1].append(i)
+def pack_passes(
+    shapes: Sequence[tuple[int, int]], batch_tokens: int, pass_tokens: int | None = None
+) -> list[list[int]]:
+    """Indices of batches ``(rows, width)`` packed, in order, into shared forward passes of
+    at most ``batch_tokens`` tokens each (rows × the widest width; one over the bound alone).
+
+    The cut points minimise what the passes cost: each pass its tokens, padding included,
+    plus ``pass_tokens``, the fixed cost of a forward pass counted in tokens (on a CPU a few
+    dozen: padding costs about as much as real tokens, so rows of very different lengths are
+    better in passes of their own; on an accelerator thousands: as few passes as fit). By
+    default a pass costs ``batch_tokens``: the fewest passes, the least padding among them.
+    Exact, by dynamic programming over the cut points (batches sorted by width, as the
+    packer gives them, leave a few hundred candidates at most)."""
+    n = len(shapes)
+    if n == 0:
+        return []
+    fixed = batch_tokens if pass_tokens is None else max(0, pass_tokens)
+    best = [0] + [1 << 256] * n  # best[i]: the cheapest packing of the first i batches
+    cut = [0] * (n + 1)  # where the last pass of that packing starts
+    for end in range(1, n + 1):
+        rows = width = 0
+        for start in range(end - 1, -1, -1):
+            r, w = shapes[start]
             rows, width = rows + r, max(width, w)
-        else:
-            packs.append([i])
-            rows, width = r, w
-    return packs
+            tokens = pass_cost(rows, width)
+            if start < end - 1 and tokens > batch_tokens:
+                break  # wider or more rows only cost more: no earlier start fits
+            cost = best[start] + tokens + fixed
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    packs: list[list[int]] = []
+    end = n
+    while end > 0:
+        packs.append(list(range(cut[end], end)))
+        end = cut[end]
+    return packs[::-1]
 
 
 def tokens_within_memory(

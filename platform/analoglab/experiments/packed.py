@@ -2,7 +2,8 @@
 
 :func:`run_packed` runs passes (:class:`~.methods.common.Pass`) of different jobs together:
 their rows, each row's real tokens, are sorted by length and packed into forward passes of at
-most ``batch_tokens`` tokens (rows × the widest, :func:`~.batching.pack_passes`), each row
+most ``batch_tokens`` tokens (rows × the widest), cut where they cost least for a pass's fixed
+cost (:func:`~.batching.pack_passes`, :func:`measure_pass_tokens`), each row
 left padded to its forward pass's widest (its attention mask and position ids keep counting
 its own real tokens, so padding changes no row). One hook per hook point applies each pass's
 steering vector to that pass's rows only and captures that pass's rows only (a row whose pass
@@ -97,10 +98,16 @@ class _Row:
 
 
 def run_packed(
-    model: Any, passes: Sequence[Pass], pad: int = 0, batch_tokens: int | None = None
+    model: Any,
+    passes: Sequence[Pass],
+    pad: int = 0,
+    batch_tokens: int | None = None,
+    pass_tokens: int | None = None,
 ) -> list[Answer]:
-    """``passes`` run as few forward passes of ``model`` as ``batch_tokens`` allows, each
-    row with its own pass's hooks: see the module docstring."""
+    """``passes`` run in forward passes of ``model`` of at most ``batch_tokens`` tokens,
+    cut where :func:`~.batching.pack_passes` finds them cheapest for a pass's fixed cost of
+    ``pass_tokens`` tokens (default: the fewest passes), each row with its own pass's hooks:
+    see the module docstring."""
     distinct: dict[tuple[Any, ...], _Row] = {}
     for k, p in enumerate(passes):
         edit = _steer_key(p)
@@ -112,13 +119,22 @@ def run_packed(
                 distinct[key] = _Row(ids, edit, (k, b))
     rows = sorted(distinct.values(), key=lambda r: len(r.ids))  # like widths together
     bound = batch_tokens if batch_tokens is not None else 2**62
-    packs = pack_passes([(1, len(r.ids)) for r in rows], bound)
+    # rows of one width in runs (each within the bound), the runs packed into passes
+    runs: list[list[_Row]] = []
+    for r in rows:
+        last = runs[-1] if runs else None
+        if last and len(last[0].ids) == len(r.ids) and (len(last) + 1) * len(r.ids) <= bound:
+            last.append(r)
+        else:
+            runs.append([r])
+    packs = pack_passes([(len(run), len(run[0].ids)) for run in runs], bound, pass_tokens)
     logits: list[Tensor | None] = [None] * len(passes)
     caches: list[dict[str, Tensor]] = [{} for _ in passes]
     # no autograd graph: grad mode is per thread, and the coordinator's thread may have it on
     with torch.no_grad():
         for indices in packs:
-            _run_rows(model, passes, [rows[i] for i in indices], pad, logits, caches)
+            members = [r for i in indices for r in runs[i]]
+            _run_rows(model, passes, members, pad, logits, caches)
     out = []
     for k in range(len(passes)):
         found = logits[k]
@@ -211,6 +227,41 @@ def _run_rows(
         store[own] = out[here]
 
 
+def measure_pass_tokens(model: Any, bound: int, repeats: int = 3) -> int:
+    """A forward pass's fixed cost on ``model`` where it sits, counted in tokens (at most
+    ``bound``): the best of ``repeats`` timings of a pass of one row of 8 tokens and one of
+    16 rows of 64 give the cost of a token and what a pass costs beyond its tokens. On a CPU
+    a few dozen tokens (padding then costs about as much as a real token: rows of very
+    different lengths go in passes of their own); on an accelerator, where a small pass
+    costs its launches, ``bound`` (as few passes as fit). Only the packing's speed depends
+    on it, never a result."""
+    import time
+
+    device = next(model.parameters()).device
+
+    def timed(rows: int, width: int) -> float:
+        ids = torch.ones((rows, width), dtype=torch.long, device=device)
+        enc = Encoded(ids, torch.ones_like(ids), (width,) * rows)
+        best = float("inf")
+        with torch.no_grad():
+            for _ in range(repeats + 1):  # the first is a warm-up
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                forward(model, enc)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = timed(1, 8), timed(16, 64)
+    per_token = (large - small) / (16 * 64 - 8)
+    if per_token <= 0:
+        return bound
+    fixed = max(0.0, small - 8 * per_token)
+    return int(min(bound, round(fixed / per_token)))
+
+
 def _slot(cache: dict[str, Tensor], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """The capture ``name`` of a pass, zeros of ``shape`` until its rows are filled in (a
     row's left padding stays zero: every method reads real tokens only)."""
@@ -300,13 +351,15 @@ class _Job(Generic[T]):
         self.rng = _rng_state()
 
 
-def _answer_passes(jobs: list[_Job[Any]], model: Any, pad: int, batch_tokens: int) -> None:
+def _answer_passes(
+    jobs: list[_Job[Any]], model: Any, pad: int, batch_tokens: int, pass_tokens: int | None
+) -> None:
     """Run the passes the ``jobs`` asked for, packed; each job's answers or its failure."""
     if not jobs:
         return
     asked = [p for job in jobs for p in (job.asked or [])]
     try:
-        answers = run_packed(model, asked, pad, batch_tokens)
+        answers = run_packed(model, asked, pad, batch_tokens, pass_tokens)
         at = 0
         for job in jobs:
             n = len(job.asked or [])
@@ -314,7 +367,7 @@ def _answer_passes(jobs: list[_Job[Any]], model: Any, pad: int, batch_tokens: in
     except Exception:  # find the job at fault: each job's passes alone
         for job in jobs:
             try:
-                job.answers = run_packed(model, job.asked or [], pad, batch_tokens)
+                job.answers = run_packed(model, job.asked or [], pad, batch_tokens, pass_tokens)
             except Exception as exc:
                 job.failure = exc
 
@@ -341,10 +394,12 @@ def run_together(
     *,
     batch_tokens: int,
     pad: int = 0,
+    pass_tokens: int | None = None,
 ) -> list[T | BaseException]:
     """Run each body (a job: given its :class:`Turns`, through which it asks for passes and
-    fits, it returns its outcome) with their passes packed together and their fits pooled;
-    each body's value, or the exception it raised. See the module docstring."""
+    fits, it returns its outcome) with their passes packed together (a pass's fixed cost
+    ``pass_tokens``, as :func:`run_packed`) and their fits pooled; each body's value, or the
+    exception it raised. See the module docstring."""
     jobs = [_Job(body) for body in bodies]
     outside = _rng_state()
     threads = torch.get_num_threads()
@@ -362,7 +417,7 @@ def run_together(
             live = [job for job in live if not job.finished]
             passes = [job for job in live if job.asked is not None]
             if passes:  # passes first: the jobs asking for fits wait, so more fits pool
-                _answer_passes(passes, model, pad, batch_tokens)
+                _answer_passes(passes, model, pad, batch_tokens, pass_tokens)
                 ready = passes
             else:
                 ready = [job for job in live if job.asked_fits is not None]

@@ -172,11 +172,14 @@ def run_batch(
     model: LoadedModel,
     *,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    pass_tokens: int | None = None,
 ) -> list[ExperimentResult | Exception]:
     """Each spec's result on ``model`` (or the exception that stopped it: an
     :class:`ExperimentError` for a spec that cannot run), in order. Specs whose methods can
     share passes run together, packed at most ``batch_tokens`` tokens a pass (0: each
-    alone); the others run alone, one after another, as :func:`run` runs them."""
+    alone) and cut where a pass's fixed cost of ``pass_tokens`` tokens makes them cheapest
+    (:func:`~analoglab.experiments.batching.pack_passes`; default: the fewest passes); the
+    others run alone, one after another, as :func:`run` runs them."""
     from analoglab.experiments.methods import run_method
     from analoglab.experiments.packed import Turns, run_together
 
@@ -212,6 +215,7 @@ def run_batch(
             model.model,
             batch_tokens=batch_tokens,
             pad=pad if pad is not None else 0,
+            pass_tokens=pass_tokens,
         )
         for (i, prepared), outcome in zip(shared, outcomes, strict=True):
             if isinstance(outcome, Exception):

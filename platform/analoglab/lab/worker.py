@@ -52,6 +52,8 @@ class _Held:
     sha256: str | None
     device: str
     loaded: Any
+    #: a forward pass's fixed cost in tokens, measured at the first batch (packing only)
+    pass_tokens: int | None = None
 
 
 #: The methods that carry an analog's artifact through the site's residual map.
@@ -137,7 +139,9 @@ class Worker:
         """Each job's answer (``status`` ``ok`` with its ``result``, or ``failed`` with its
         ``reason``), in order, and the batch's timings. Jobs whose methods can share forward
         passes run together, at most ``batch_tokens`` tokens a pass (fewer where the memory
-        left beside the weights under ``memory_mb`` holds fewer); the others run alone."""
+        left beside the weights under ``memory_mb`` holds fewer), their rows cut into passes
+        for the model's measured fixed cost of a pass (:meth:`_pass_tokens`); the others run
+        alone."""
         from analoglab.experiments.batching import why_alone
         from analoglab.experiments.runner import run_batch
         from analoglab.experiments.spec import parse_spec
@@ -159,7 +163,12 @@ class Worker:
             except Exception as exc:
                 answers[i] = {"job_id": job_id, **_failure(exc)}
         bound = min(batch_tokens, _memory_tokens(loaded, memory_mb))
-        results = run_batch([p for _, p in shared], loaded, batch_tokens=bound) if shared else []
+        pass_tokens = self._pass_tokens(loaded, bound) if len(shared) > 1 else None
+        results = (
+            run_batch([p for _, p in shared], loaded, batch_tokens=bound, pass_tokens=pass_tokens)
+            if shared
+            else []
+        )
         for (i, _), res in zip(shared, results, strict=True):
             job_id = jobs[i].get("job_id")
             if isinstance(res, Exception):
@@ -176,8 +185,21 @@ class Worker:
             "reused_model": reused,
             "batched_with": len(shared),
             "batch_tokens": bound,
+            "pass_tokens": pass_tokens,
         }
         return [a for a in answers if a is not None], timings
+
+    def _pass_tokens(self, loaded: Any, bound: int) -> int:
+        """The loaded model's fixed cost of a forward pass in tokens, measured once per load
+        (:func:`~analoglab.experiments.packed.measure_pass_tokens`), at most ``bound``."""
+        from analoglab.experiments.packed import measure_pass_tokens
+
+        held = self._held
+        if held is None or held.loaded is not loaded:
+            return min(bound, measure_pass_tokens(loaded.model, bound))
+        if held.pass_tokens is None:
+            held.pass_tokens = measure_pass_tokens(loaded.model, 1 << 30)
+        return min(bound, held.pass_tokens)
 
     def run(
         self,
