@@ -52,6 +52,7 @@ from analoglab.config import get_settings
 from analoglab.experiments.mapping import (
     CORPORA,
     DEFAULT_CORPUS,
+    MIN_CONTEXT,
     ResidualMap,
     fit_map,
     map_corpus,
@@ -1101,7 +1102,8 @@ MAPPED_TEXT = [
     f"{' and '.join(f'{x:g}' for x in MAPPED_SCALES)} through a map fitted in-process as "
     "`analoglab map fit` and the foundry's maps stage fit one (`experiments.mapping.fit_map`: "
     "ridge on standardised analog activations, the ridge strength chosen per direction by "
-    f"validation R²; {MAP_TEXTS} texts drawn by `mapping.map_corpus` with seed {MAP_SEED}, "
+    f"validation R², on the tokens with at least {MIN_CONTEXT} tokens of their text before "
+    f"them; {MAP_TEXTS} texts drawn by `mapping.map_corpus` with seed {MAP_SEED}, "
     f"depths {', '.join(map(str, MAP_DEPTHS))}) on each corpus `--corpus` offers: "
     + ", ".join(f"`{name}` ({what})" for name, what in CORPORA.items())
     + f"; `{DEFAULT_CORPUS}` is the default. As a diagnostic only, a map fitted on review texts "

@@ -5,6 +5,7 @@ the wrong width, and a spec bounds the artifact it carries."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,40 @@ def mapped_spec(method: str, values: list[float], **extra: Any) -> dict[str, Any
         "data": {"kind": "task_set", "name": "sentiment_pairs", "n": 24},
         "bootstrap": {"resamples": 60},
     } | extra
+
+
+def test_a_map_is_fitted_on_the_tokens_with_context_before_them(
+    pair: tuple[LoadedModel, LoadedModel, ResidualMap], tmp_path: Path
+) -> None:
+    from analoglab.experiments.mapping import MIN_CONTEXT, MapError
+
+    analog, frontier, default = pair
+    lengths = [len(ids) for ids in analog.tokenizer(NEUTRAL)["input_ids"]]
+    # every token of a text but its first k: the default leaves MIN_CONTEXT out, 0 none
+    for k, rmap in ((MIN_CONTEXT, default), (0, None), (3, None)):
+        if rmap is None:
+            rmap = fit_map(analog, frontier, NEUTRAL, [0.5, 1.0], min_context=k)
+        assert rmap.min_context == k
+        assert rmap.tokens_fit + rmap.tokens_held_out == sum(max(0, n - k) for n in lengths)
+        assert rmap.summary()["min_context"] == k
+    # the first positions change the fit: the maps differ
+    every = fit_map(analog, frontier, NEUTRAL, [0.5], min_context=0)
+    assert not np.allclose(every.at(0.5).forward, default.at(0.5).forward)
+    # saved and loaded with it; a map saved before it existed fitted every token
+    again = ResidualMap.load(default.save(tmp_path / "m.npz"))
+    assert again.min_context == MIN_CONTEXT
+    with np.load(tmp_path / "m.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["min_context"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "old.npz", **arrays)  # type: ignore[arg-type]
+    assert ResidualMap.load(tmp_path / "old.npz").min_context == 0
+    # texts too short for the context asked: one line, nothing fitted
+    with pytest.raises(MapError, match=f"has {max(lengths)} tokens of its text before it"):
+        fit_map(analog, frontier, NEUTRAL, [0.5], min_context=max(lengths))
+    with pytest.raises(MapError, match="min_context must be 0 or more"):
+        fit_map(analog, frontier, NEUTRAL, [0.5], min_context=-1)
 
 
 def test_mapped_steering_reports_against_native_and_random_with_intervals(
@@ -490,6 +525,13 @@ def test_unreadable_maps_and_bad_ridge_strengths_are_one_line_errors(
          "--out", str(tmp_path / "m.npz"), "--corpus", "task"],
     )  # fmt: skip
     assert bad.exit_code == 1 and "unknown map corpus 'task'" in bad.stderr
+    negative = CliRunner().invoke(
+        app,
+        ["map", "fit", "--analog", "tiny-analog-s", "--frontier", "tiny-frontier",
+         "--out", str(tmp_path / "m.npz"), "--min-context", "-2"],
+    )  # fmt: skip
+    assert negative.exit_code == 2 and "--min-context" in negative.stderr
+    assert not (tmp_path / "m.npz").exists()
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.npz").exists()
     analog, frontier, _ = pair
     with pytest.raises(MapError, match="l2 must be a positive number"):

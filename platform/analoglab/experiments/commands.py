@@ -27,6 +27,7 @@ from analoglab.cli.common import (
     progress_bar,
 )
 from analoglab.config import get_settings
+from analoglab.experiments.mapping import MIN_CONTEXT
 from analoglab.tracking.commands import track_result
 
 spec_app = typer.Typer(help="Experiment specs: the JSON Schema, validation.", no_args_is_help=True)
@@ -102,10 +103,19 @@ MapL2Opt = Annotated[
     ),
 ]
 MapSeedOpt = Annotated[int, typer.Option(help="Seeds the corpus draw and the held-out split.")]
+MapContextOpt = Annotated[
+    int,
+    typer.Option(
+        "--min-context",
+        help="Fit on the tokens with at least this many tokens of their text before them "
+        "(a text's first positions relate the two streams least).",
+    ),
+]
 
 
-def check_map_options(l2: float | None, texts: int) -> None:
-    """Refuse a ridge strength or a number of texts the fit cannot use (before any load)."""
+def check_map_options(l2: float | None, texts: int, min_context: int = 0) -> None:
+    """Refuse a ridge strength, a number of texts or a context the fit cannot use (before
+    any load)."""
     if l2 is not None and not (l2 > 0.0 and math.isfinite(l2)):
         raise typer.BadParameter(
             f"{l2:g}: the ridge strength must be a positive number (or left out: chosen by "
@@ -114,13 +124,19 @@ def check_map_options(l2: float | None, texts: int) -> None:
         )
     if texts < 2:
         raise typer.BadParameter(f"{texts}: fit on at least 2 texts", param_hint="--texts")
+    if min_context < 0:
+        raise typer.BadParameter(
+            f"{min_context}: the context before a token is 0 tokens or more",
+            param_hint="--min-context",
+        )
 
 
 def print_map_fit(rmap: Any, where: str) -> None:
     """What a fitted map is: its corpus, its tokens, where it went, each depth's R²."""
     out.print(
         f"map {rmap.analog} → {rmap.frontier} on the {rmap.corpus} corpus ({rmap.texts} texts): "
-        f"{rmap.tokens_fit:,} tokens fitted, {rmap.tokens_held_out:,} held out; {where}"
+        f"{rmap.tokens_fit:,} tokens fitted, {rmap.tokens_held_out:,} held out (each with at "
+        f"least {rmap.min_context} tokens of its text before it); {where}"
     )
     for layer in rmap.layers:
         out.print(
@@ -142,6 +158,7 @@ def map_fit(
     corpus: MapCorpusOpt = "general",
     l2: MapL2Opt = None,
     seed: MapSeedOpt = 0,
+    min_context: MapContextOpt = MIN_CONTEXT,
     device: DeviceOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -152,12 +169,21 @@ def map_fit(
     from analoglab.experiments.mapping import fit_map, map_corpus
     from analoglab.models.loading import load_any
 
-    check_map_options(l2, texts)
+    check_map_options(l2, texts, min_context)
     texts_to_fit = map_corpus(corpus, texts, seed)  # an unknown corpus fails before any load
     settings = get_settings()
     a = load_any(analog, device=device, settings=settings)
     f = load_any(frontier, device=device, settings=settings)
-    rmap = fit_map(a, f, texts_to_fit, depths or MAP_DEPTHS, l2=l2, seed=seed, corpus=corpus)
+    rmap = fit_map(
+        a,
+        f,
+        texts_to_fit,
+        depths or MAP_DEPTHS,
+        l2=l2,
+        seed=seed,
+        corpus=corpus,
+        min_context=min_context,
+    )
     rmap.save(out_path)
     if as_json:
         print_json(rmap.summary() | {"path": str(out_path)})

@@ -26,6 +26,7 @@ from analoglab.config import get_settings
 from analoglab.errors import AnalogLabError
 from analoglab.experiments.commands import (
     MAP_DEPTHS,
+    MapContextOpt,
     MapCorpusOpt,
     MapDepthsOpt,
     MapL2Opt,
@@ -34,6 +35,7 @@ from analoglab.experiments.commands import (
     check_map_options,
     print_map_fit,
 )
+from analoglab.experiments.mapping import MIN_CONTEXT
 
 lab_app = typer.Typer(
     help="A lab site: the agent that runs approved jobs on the lab's frontier models.",
@@ -260,6 +262,7 @@ def lab_map_fit(
     corpus: MapCorpusOpt = "general",
     l2: MapL2Opt = None,
     seed: MapSeedOpt = 0,
+    min_context: MapContextOpt = MIN_CONTEXT,
     lab: LabOpt = None,
     config: ConfigOpt = None,
     volume_root: VolumeOpt = None,
@@ -273,7 +276,7 @@ def lab_map_fit(
     """
     from analoglab.lab.maps import fit_site_map
 
-    check_map_options(l2, texts)
+    check_map_options(l2, texts, min_context)
     site = _site(lab, config, volume_root)
     weights, sha256 = site.weights(frontier)
     rmap, path = fit_site_map(
@@ -287,6 +290,7 @@ def lab_map_fit(
         corpus=corpus,
         l2=l2,
         seed=seed,
+        min_context=min_context,
         device=device,
     )
     if as_json:

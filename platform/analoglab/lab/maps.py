@@ -98,15 +98,17 @@ def fit_site_map(
     seed: int = 0,
     device: str | None = None,
     settings: Any = None,
+    min_context: int | None = None,
 ) -> tuple[Any, Path]:
     """Fit the map between ``analog`` (a name in the model store, or a folder) and the site's
     ``frontier`` (its weights, checked against ``sha256``) on ``texts`` texts of ``corpus``
     (:data:`~analoglab.experiments.mapping.CORPORA`; ``general``, the toy world's mixed text,
     by default: what the foundry's maps stage and ``lab map fit`` use), as ``analoglab map
     fit`` does, and store it (:func:`store_map`); the map and its path. ``l2`` None: the
-    ridge strength is chosen by validation R². An unknown corpus or a negative ``l2`` fails
-    before anything is loaded or written."""
-    from analoglab.experiments.mapping import MapError, fit_map, map_corpus
+    ridge strength is chosen by validation R². ``min_context`` None: the default
+    (:data:`~analoglab.experiments.mapping.MIN_CONTEXT`). An unknown corpus or a negative
+    ``l2`` fails before anything is loaded or written."""
+    from analoglab.experiments.mapping import MIN_CONTEXT, MapError, fit_map, map_corpus
     from analoglab.models.loading import load_any, load_model
 
     if l2 is not None and l2 <= 0:
@@ -116,7 +118,16 @@ def fit_site_map(
     f = load_model(weights, device=device, name=frontier, expected_sha256=sha256)
     a = load_any(analog, device=device, settings=settings)
     map_path(folder, frontier, a.name)
-    rmap = fit_map(a, f, corpus_texts, depths, l2=l2, seed=seed, corpus=corpus)
+    rmap = fit_map(
+        a,
+        f,
+        corpus_texts,
+        depths,
+        l2=l2,
+        seed=seed,
+        corpus=corpus,
+        min_context=MIN_CONTEXT if min_context is None else min_context,
+    )
     return rmap, store_map(folder, rmap)
 
 
