@@ -22,7 +22,7 @@ report R², take no part in the choice.
 **The corpus** (:data:`CORPORA`, :func:`map_corpus`). A map only learns how the analog's
 stream relates to the frontier's along the directions its corpus moves: one fitted on
 filler text (``neutral``: no sentiment at all) carries a sentiment vector nowhere near the
-frontier's own (−0.35× to 0.08× its effect on the benchmark's demo builds), because
+frontier's own (−0.35× to 0.40× its effect on the benchmark's demo builds), because
 reviews' sentiment direction barely varies in filler. The default is ``general``: the toy
 world's mixed text (every kind of document in the training mix, drawn with a seed apart
 from the training and held-out corpora), what a lab would fit on — its general text, not
