@@ -510,29 +510,24 @@ def test_unreadable_maps_and_bad_ridge_strengths_are_one_line_errors(
         )
         assert ran.exit_code == 1 and reason in ran.stderr, ran.stderr
         assert "Traceback" not in ran.stderr and len(ran.stderr.strip().splitlines()) <= 2
-    for l2 in ("0", "-1"):
-        fitted = CliRunner().invoke(
+    def fit(*options: str) -> Any:
+        return CliRunner().invoke(
             app,
             ["map", "fit", "--analog", "tiny-analog-s", "--frontier", "tiny-frontier",
-             "--out", str(tmp_path / "m.npz"), "--l2", l2],
+             "--out", str(tmp_path / "m.npz"), *options],
         )  # fmt: skip
+
+    for l2 in ("0", "-1"):
+        fitted = fit("--l2", l2)
         assert fitted.exit_code == 2, fitted.stdout
         assert "--l2" in fitted.stderr and "positive" in fitted.stderr
         assert not (tmp_path / "m.npz").exists()
-    bad = CliRunner().invoke(
-        app,
-        ["map", "fit", "--analog", "tiny-analog-s", "--frontier", "tiny-frontier",
-         "--out", str(tmp_path / "m.npz"), "--corpus", "task"],
-    )  # fmt: skip
+    bad = fit("--corpus", "task")
     assert bad.exit_code == 1 and "unknown map corpus 'task'" in bad.stderr
-    negative = CliRunner().invoke(
-        app,
-        ["map", "fit", "--analog", "tiny-analog-s", "--frontier", "tiny-frontier",
-         "--out", str(tmp_path / "m.npz"), "--min-context", "-2"],
-    )  # fmt: skip
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.npz").exists()
+    negative = fit("--min-context", "-2")
     assert negative.exit_code == 2 and "--min-context" in negative.stderr
     assert not (tmp_path / "m.npz").exists()
-    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.npz").exists()
     analog, frontier, _ = pair
     with pytest.raises(MapError, match="l2 must be a positive number"):
         fit_map(analog, frontier, NEUTRAL[:4], [0.5], l2=0.0)
