@@ -755,7 +755,7 @@ def effect_states(
     if ra is None or rf is None or "effect" not in ra.metrics or "effect" not in rf.metrics:
         return None
     drawn = draws_of(analog.method, analog.spec)  # (mapped methods have their own compare)
-    draws = drawn[0] if drawn is not None else None
+    draws = drawn[0] if drawn is not None else 1
     # a random control's draws are directions (their spread counts); a probe's, its splits
     directions = drawn is not None and drawn[1] == "random_draws"
     out: list[Any] = []
@@ -765,13 +765,13 @@ def effect_states(
         (rf.metrics["effect"], point.effect_f),
     ):
         reps = np.asarray(values, dtype=np.float64)
-        if draws is not None and draws > 1:
+        if draws > 1:
             averaged = draw_averaged(reps, draws)
             if len(averaged) >= MIN_AVERAGED:
                 centre = float(averaged.mean())
                 reps = averaged
         low, high = percentile_interval(reps)
-        if directions and draws is not None and draws > 1:
+        if directions and draws > 1:
             # random directions: the margin of their mean widens the items' on each side
             margin = draws_margin(values, draws)
             low = centre - math.hypot(centre - low, margin)

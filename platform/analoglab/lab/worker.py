@@ -195,8 +195,7 @@ class Worker:
         from analoglab.experiments.packed import measure_pass_tokens
 
         held = self._held
-        if held is None or held.loaded is not loaded:
-            return min(bound, measure_pass_tokens(loaded.model, bound))
+        assert held is not None and held.loaded is loaded  # run_batch loaded it just before
         if held.pass_tokens is None:
             held.pass_tokens = measure_pass_tokens(loaded.model, 1 << 30)
         return min(bound, held.pass_tokens)

@@ -161,7 +161,7 @@ def _newton_binary(x: Tensor, y: Tensor, real: Tensor, lam: Tensor) -> tuple[Ten
     count = real.sum(1)  # [F]
     penalty = torch.cat([lam[:, None].expand(n_fits, d), torch.zeros(n_fits, 1)], dim=1)
     penalty = penalty.to(x.dtype)
-    ridge = torch.diag_embed(penalty + torch.where(penalty > 0, 0.0, 1e-12))
+    ridge: Tensor | None = None  # the Hessian's penalty, built where a step needs it
     theta = torch.zeros(n_fits, d + 1, dtype=x.dtype)
 
     def objective(th: Tensor) -> Tensor:
@@ -184,6 +184,8 @@ def _newton_binary(x: Tensor, y: Tensor, real: Tensor, lam: Tensor) -> tuple[Ten
         weight = p * (1 - p) * real / count[:, None]  # the Hessian's data part: X̃ᵀ diag X̃
         step = _few_examples_step(x, weight, grad, lam) if few else None
         if step is None:
+            if ridge is None:
+                ridge = torch.diag_embed(penalty + torch.where(penalty > 0, 0.0, 1e-12))
             hess = (xt * weight.unsqueeze(2)).transpose(1, 2) @ xt + ridge
             chol, info = torch.linalg.cholesky_ex(hess)
             if bool((info == 0).all()):
