@@ -83,6 +83,8 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/queue_load.py
 	$(BIN)/python benchmarks/lab.py --docs docs/performance.md --block tiny
 	$(BIN)/python benchmarks/lab.py --home $(ANALOGLAB_HOME) --docs docs/performance.md --block demo
+	$(BIN)/python benchmarks/probe_fits.py --docs docs/performance.md --block cpu
+	$(BIN)/python benchmarks/packing.py --frontier-path $(ANALOGLAB_HOME)/foundry/demo/frontier/final --docs docs/performance.md --block cpu
 	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --docs docs/performance.md --block queue-mixed
 	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --mix evaluation --docs docs/performance.md --block queue-evaluation
 	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --mix evaluation --draws own --docs docs/performance.md --block queue-evaluation-own
