@@ -8,6 +8,7 @@ mode of ``frontier_throughput.py`` imports it on a bare GPU machine.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -54,6 +55,23 @@ def stamp(threads: int, device: str = "cpu") -> dict[str, str]:
         "threads": str(threads),
         "torch": torch.__version__,
     }
+
+
+def add_docs_options(parser: argparse.ArgumentParser) -> None:
+    """``--docs PAGE --block NAME``: the marked block of a page a benchmark writes into."""
+    parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
+    parser.add_argument("--block", help="the marked block of --docs to write the figures into")
+
+
+def check_docs_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, kind: str
+) -> None:
+    """Refuse ``--docs`` without ``--block`` (or the reverse), and a block the page lacks,
+    before anything is measured."""
+    if (args.docs is None) != (args.block is None):
+        parser.error("--docs and --block go together")
+    if args.docs:
+        check_block(args.docs, kind, args.block)
 
 
 def check_block(path: Path, kind: str, name: str) -> None:

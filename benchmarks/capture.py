@@ -28,7 +28,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from analoglab.interventions import capture, layout_of
-from benchdocs import check_block, stamp, write_block
+from benchdocs import add_docs_options, check_docs_options, stamp, write_block
 
 SHAPES = {
     # The demo frontier's shape, and a wider, deeper one where a forward costs more.
@@ -61,13 +61,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
-    parser.add_argument("--block", help="the marked block of --docs to write the table into")
+    add_docs_options(parser)
     args = parser.parse_args()
-    if (args.docs is None) != (args.block is None):
-        parser.error("--docs and --block go together")
-    if args.docs:
-        check_block(args.docs, "capture", args.block)
+    check_docs_options(parser, args, "capture")
 
     device = torch.device(args.device)
     model = build(args.shape, device)

@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchdocs import check_block, stamp, write_block
+from benchdocs import add_docs_options, check_docs_options, stamp, write_block
 
 #: The queue mode's first row: jobs one after another, each claimed by its own call (the agent
 #: as it was before batching, and as it still claims from a hub without the claims endpoint).
@@ -558,14 +558,10 @@ def main() -> None:
         help="the task sets' default draw for every job, or each job its own items",
     )
     parser.add_argument("--markdown", type=Path)
-    parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
-    parser.add_argument("--block", help="the marked block of --docs to write the figures into")
+    add_docs_options(parser)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if (args.docs is None) != (args.block is None):
-        parser.error("--docs and --block go together")
-    if args.docs:
-        check_block(args.docs, "frontier-throughput", args.block)
+    check_docs_options(parser, args, "frontier-throughput")
     report = worker_only(args) if args.worker_only else through_queue(args)
     text = markdown(report)
     print()

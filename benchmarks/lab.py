@@ -33,7 +33,7 @@ from analoglab.lab.config import AgentConfig, LocalExecutorConfig
 from analoglab.lab.local import LocalExecutor
 from analoglab.models.catalog import Catalog
 from analoglab.queue.client import QueueClient
-from benchdocs import check_block, stamp, write_block
+from benchdocs import add_docs_options, check_docs_options, stamp, write_block
 from benchsite import Site, lab_config, queue_site
 
 SPEC = {"method": "evaluation", "data": {"kind": "task_set", "name": "sentiment", "n": 32}}
@@ -83,13 +83,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the worker")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--docs", type=Path, help="a page with marked blocks (see --block)")
-    parser.add_argument("--block", help="the marked block of --docs to write the table into")
+    add_docs_options(parser)
     args = parser.parse_args()
-    if (args.docs is None) != (args.block is None):
-        parser.error("--docs and --block go together")
-    if args.docs:
-        check_block(args.docs, "lab-site", args.block)
+    check_docs_options(parser, args, "lab-site")
 
     with (
         tempfile.TemporaryDirectory(prefix="analoglab-bench-lab-") as tmp,

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdocs import check_block, stamp, write_block
+from benchdocs import add_docs_options, check_docs_options, stamp, write_block
 from frontier_throughput import job_spec, random_demo_frontier, results_equal
 
 #: (label, mix, draws) of the job sets timed.
@@ -44,13 +44,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=8192)
-    parser.add_argument("--docs", type=Path)
-    parser.add_argument("--block")
+    add_docs_options(parser)
     args = parser.parse_args()
-    if (args.docs is None) != (args.block is None):
-        parser.error("--docs and --block go together")
-    if args.docs:
-        check_block(args.docs, "packing", args.block)
+    check_docs_options(parser, args, "packing")
 
     import torch
 

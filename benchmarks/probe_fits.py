@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdocs import check_block, stamp, write_block
+from benchdocs import add_docs_options, check_docs_options, stamp, write_block
 
 
 def requests(probes: int, texts: int, width: int, fits: int, seed: int) -> list[Any]:
@@ -61,13 +61,9 @@ def main() -> None:
     parser.add_argument("--fits", type=int, default=8, help="fits a probe (layers × splits)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--docs", type=Path)
-    parser.add_argument("--block")
+    add_docs_options(parser)
     args = parser.parse_args()
-    if (args.docs is None) != (args.block is None):
-        parser.error("--docs and --block go together")
-    if args.docs:
-        check_block(args.docs, "probe-fits", args.block)
+    check_docs_options(parser, args, "probe-fits")
 
     import torch
 
