@@ -29,6 +29,15 @@ _LOCK_KEY = 0x616E616C6F67
 #: In ``session.info``: ``(seq, prev_hash, hash)`` of each entry the transaction appended (the
 #: :class:`~.head.Notary` signs a new head after such a commit).
 APPENDED = "analoglab.audit.appended"
+#: In ``session.info``: ``(transaction, seq, hash)`` of the last entry appended, and the
+#: (innermost) transaction it was appended in. That transaction holds the writers' lock, so
+#: while it lasts no one else appends: a later append in the *same* transaction takes its
+#: head from here instead of reading it again. Any other transaction (a new one after a commit
+#: or rollback, a savepoint begun or rolled back since) reads the head from the database.
+_HEAD = "analoglab.audit.head"
+#: In ``session.info``: the (innermost) transaction that took the writers' lock on PostgreSQL;
+#: the lock is held until that transaction ends, so it is not asked for again within it.
+_LOCKED = "analoglab.audit.locked"
 
 
 def canonical(payload: dict[str, Any]) -> str:
@@ -53,6 +62,11 @@ def entry_hash(prev_hash: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical(payload)).encode()).hexdigest()
 
 
+def _transaction(session: Session) -> object:
+    """The innermost transaction in progress (the savepoint, if one is open)."""
+    return session.get_nested_transaction() or session.get_transaction()
+
+
 def lock(session: Session) -> None:
     """Serialise writers for the rest of this transaction, so the chain never forks.
 
@@ -62,7 +76,14 @@ def lock(session: Session) -> None:
     """
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
+        # Held already when this very transaction took it (a new transaction, a savepoint
+        # begun or rolled back since, is another object: it asks again; asking twice is
+        # harmless, the lock is re-entrant).
+        txn = _transaction(session)
+        if txn is not None and session.info.get(_LOCKED) is txn:
+            return
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        session.info[_LOCKED] = _transaction(session)
 
 
 def head(session: Session) -> AuditEntry | None:
@@ -84,9 +105,15 @@ def append(
 ) -> AuditEntry:
     """Append one entry in the caller's transaction (committed, or rolled back, with it)."""
     lock(session)
-    last = head(session)
+    txn = _transaction(session)
+    remembered = session.info.get(_HEAD)
+    if remembered is not None and remembered[0] is txn:
+        last_seq, last_hash = remembered[1], remembered[2]
+    else:
+        last = head(session)
+        last_seq, last_hash = (last.seq, last.hash) if last else (0, GENESIS)
     entry = AuditEntry(
-        seq=(last.seq + 1) if last else 1,
+        seq=last_seq + 1,
         at=(at or utcnow()).astimezone(dt.UTC),
         actor=actor,
         job_id=job_id,
@@ -95,11 +122,13 @@ def append(
         to_state=to_state,
         # A JSON round trip, so that what is hashed is what the database gives back.
         detail=json.loads(canonical(detail or {})),
-        prev_hash=last.hash if last else GENESIS,
+        prev_hash=last_hash,
     )
     entry.hash = entry_hash(entry.prev_hash, payload_of(entry))
     session.add(entry)
+    session.info.pop(_HEAD, None)  # until the entry is in the database
     session.flush()
+    session.info[_HEAD] = (_transaction(session), entry.seq, entry.hash)
     session.info.setdefault(APPENDED, []).append((entry.seq, entry.prev_hash, entry.hash))
     return entry
 

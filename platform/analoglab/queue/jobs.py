@@ -47,7 +47,7 @@ from analoglab.queue.errors import (
     TransitionRefused,
 )
 from analoglab.queue.models import AuditEntry, Job, Review, utcnow
-from analoglab.queue.states import FINAL, State, check, transition
+from analoglab.queue.states import FINAL, State, Then, check, transition
 from analoglab.queue.vetting import Finding, VettingLimits, usage, vet
 
 ReviewDecision = Literal["approve", "reject", "request_changes"]
@@ -59,6 +59,14 @@ _REVIEW_TARGET = {
 }
 _RELEASE_TARGET = {"release": State.RELEASED, "withhold": State.WITHHELD}
 RELEASE_CHECK = "release-check"
+#: What a result whose frontier releases automatically goes on to, in the hand-in's step.
+AUTOMATIC_RELEASE = Then(
+    State.RELEASED,
+    actor=RELEASE_CHECK,
+    action="release",
+    detail={"decision": "release", "reason": "passed the automatic release check"},
+    values={"release_decision": "release", "release_reason": "automatic"},
+)
 LEASE_ID = re.compile(r"[A-Za-z0-9_-]{32,64}")
 SWEEPER = "lease-sweeper"
 #: The most jobs one claim takes.
@@ -124,7 +132,10 @@ class CatalogFrontiers:
 
 def canonical_hash(data: dict[str, Any]) -> tuple[str, int]:
     """sha256 and byte size of ``data``'s canonical JSON."""
-    raw = canonical_json(data).encode()
+    return _hash_of(canonical_json(data).encode())
+
+
+def _hash_of(raw: bytes) -> tuple[str, int]:
     return hashlib.sha256(raw).hexdigest(), len(raw)
 
 
@@ -180,9 +191,11 @@ def _hand_in(
     detail: dict[str, Any],
     values: dict[str, Any],
     now: dt.datetime,
+    then: Then | None = None,
 ) -> None:
-    """running → awaiting_release under the caller's live lease. The lease ends (no holder,
-    no expiry) but its id stays on the job, so the same agent's retried post is recognised."""
+    """running → awaiting_release under the caller's live lease (and on, with ``then``). The
+    lease ends (no holder, no expiry) but its id stays on the job, so the same agent's
+    retried post is recognised."""
     transition(
         session,
         job_id,
@@ -195,6 +208,7 @@ def _hand_in(
         where=lease_held(lease_id, agent, now),
         where_reason=LEASE_REASON,
         now=now,
+        then=then,
     )
 
 
@@ -263,6 +277,17 @@ class JobQueue:
         with self.sessions() as session:
             stmt = select(Review).where(Review.job_id == job_id).order_by(Review.id)
             return list(session.execute(stmt).scalars())
+
+    def reviews_of(self, job_ids: list[int]) -> dict[int, list[Review]]:
+        """The reviews of each of ``job_ids`` (as :meth:`reviews` gives them), in one query."""
+        out: dict[int, list[Review]] = {job_id: [] for job_id in job_ids}
+        if not job_ids:
+            return out
+        with self.sessions() as session:
+            stmt = select(Review).where(Review.job_id.in_(job_ids)).order_by(Review.id)
+            for review in session.execute(stmt).scalars():
+                out[review.job_id].append(review)
+        return out
 
     def list_jobs(
         self,
@@ -881,7 +906,9 @@ class JobQueue:
             where = ".".join(str(p) for p in first["loc"]) or "result"
             raise Invalid(f"not an ExperimentResult: {where}: {first['msg']}") from exc
         stored = result.model_dump(mode="json")
-        digest, size = canonical_hash(stored)
+        # One canonical JSON for the hash, the size and the signature (the bytes signed).
+        raw = canonical_json(stored).encode()
+        digest, size = _hash_of(raw)
         if public_key is not None and signature is None:
             raise Invalid(
                 f"result refused: lab {job.lab!r} publishes a signing key, so its results must "
@@ -893,7 +920,7 @@ class JobQueue:
             signature = key_id = None
         elif signature is not None:
             try:
-                signing.verify(public_key, canonical_json(stored).encode(), signature)
+                signing.verify(public_key, raw, signature)
             except signing.SignatureError as exc:
                 raise Invalid(f"result refused: the lab's signature does not hold: {exc}") from None
             key_id = signing.key_id(public_key)  # the key it verified under, not the one claimed
@@ -947,19 +974,9 @@ class JobQueue:
                 "result_key_id": signed_by,
             },
             now=now,
+            # released by the automatic check in the same UPDATE (its own audit entry)
+            then=None if checked.human_release else AUTOMATIC_RELEASE,
         )
-        if not checked.human_release:
-            transition(
-                session,
-                checked.job.id,
-                State.AWAITING_RELEASE,
-                State.RELEASED,
-                actor=RELEASE_CHECK,
-                action="release",
-                detail={"decision": "release", "reason": "passed the automatic release check"},
-                values={"release_decision": "release", "release_reason": "automatic"},
-                now=now,
-            )
 
     def withhold(self, job_id: int, lease_id: str | None, agent: str, reason: str) -> Job:
         """The lab's own release checks failed a result: it stays in the lab, the job ends

@@ -717,10 +717,12 @@ def create_app(
 
     def claims_of(jobs: list[Job]) -> ClaimsOut:
         claims = []
+        reviews = queue.reviews_of([job.id for job in jobs])  # one query, not one a job
         for job in jobs:
             assert job.lease_id is not None and job.lease_expires_at is not None
             expires = job.lease_expires_at
-            claims.append(ClaimOut(job=full(job), lease_id=job.lease_id, lease_expires_at=expires))
+            out = job_out(job, reviews[job.id], queue.place(job))
+            claims.append(ClaimOut(job=out, lease_id=job.lease_id, lease_expires_at=expires))
         return ClaimsOut(claims=claims)
 
     @app.post(

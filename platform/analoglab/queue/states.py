@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, cast
 
@@ -73,6 +74,19 @@ def current_state(session: Session, job_id: int) -> State:
     return State(state)
 
 
+@dataclass(frozen=True)
+class Then:
+    """A second move made in the same step as a :func:`transition` (from its new state), with
+    its own actor, audit action, detail and values: e.g. a result handed in and released by
+    the automatic check at once."""
+
+    new: State
+    actor: str
+    action: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
 def transition(
     session: Session,
     job_id: int,
@@ -86,19 +100,31 @@ def transition(
     where: Sequence[ColumnElement[bool]] = (),
     where_reason: str = "a condition of this action no longer holds",
     now: dt.datetime | None = None,
+    then: Then | None = None,
 ) -> None:
     """Move job ``job_id`` from ``expected`` to ``new`` by compare-and-set, or raise.
 
     ``values`` are set in the same UPDATE (lease, result, decision); ``where`` adds conditions
     (the caller's lease); ``where_reason`` says what failed when only those conditions did.
+    ``then``: move on from ``new`` in the same UPDATE (the job ends in ``then.new``, its
+    version up by two, as after two transitions), each move with its own audit entry.
     """
     check(expected, new)
+    if then is not None:
+        check(new, then.new)
     now = now or utcnow()
     audit.lock(session)
+    final = new if then is None else then.new
+    sets = {**dict(values or {}), **(dict(then.values) if then is not None else {})}
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.state == expected.value, *where)
-        .values(state=new.value, version=Job.version + 1, updated_at=now, **dict(values or {}))
+        .values(
+            state=final.value,
+            version=Job.version + (1 if then is None else 2),
+            updated_at=now,
+            **sets,
+        )
         .execution_options(synchronize_session=False)
     )
     result = cast(CursorResult[Any], session.execute(stmt))
@@ -127,3 +153,14 @@ def transition(
         detail=detail or {},
         at=now,
     )
+    if then is not None:
+        audit.append(
+            session,
+            actor=then.actor,
+            action=then.action,
+            job_id=job_id,
+            from_state=new.value,
+            to_state=then.new.value,
+            detail=then.detail,
+            at=now,
+        )
