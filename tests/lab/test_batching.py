@@ -263,6 +263,52 @@ def test_the_agent_runs_claimed_jobs_as_one_batch_each_through_the_release_check
 
 
 
+def test_a_batchs_results_are_posted_while_the_next_batch_runs(
+    hub: Hub, site: LabConfig, tmp_path: Path, use_tiny_home: Settings
+) -> None:
+    """The agent hands a batch's results to a delivery in the background and runs the next
+    batch meanwhile: a post held until the next batch has started still lands; at most one
+    delivery is in flight; every result has landed when run() returns."""
+    evals = [approved_job(hub, EVAL | {"seed": i}) for i in range(6)]
+    cfg = site.model_copy(update={"agent": site.agent.model_copy(update={"batch": 2})})
+    batches: list[list[int]] = []
+    second = threading.Event()
+
+    class Watched(LocalExecutor):
+        def run_batch(self, tasks: list[Task], cancel: threading.Event) -> list[Outcome]:
+            batches.append([t.job_id for t in tasks])
+            if len(batches) == 2:
+                second.set()
+            return super().run_batch(tasks, cancel)
+
+    flying, most, overlapped = [0], [0], []
+    executor = Watched(cfg.executor)  # type: ignore[arg-type]
+    with hub.client("agent") as client:
+        many = client.post_results
+
+        def post_results(lab: str, posts: list[dict[str, Any]]) -> Any:
+            flying[0] += 1
+            most[0] = max(most[0], flying[0])
+            if not overlapped:  # the first batch's post waits for the second batch to start
+                overlapped.append(second.wait(timeout=60))
+            try:
+                return many(lab, posts)
+            finally:
+                flying[0] -= 1
+
+        client.post_results = post_results  # type: ignore[method-assign]
+        agent = Agent(cfg, client, executor, withheld_dir=tmp_path / "withheld")
+        try:
+            stats = agent.run(max_jobs=6)
+        finally:
+            executor.close()
+    assert overlapped == [True]  # the executor ran the next batch while the first was posted
+    assert most[0] == 1 and len(batches) == 3
+    assert (stats.claimed, stats.posted, stats.failed) == (6, 6, 0), stats
+    with hub.client("researcher") as r:
+        assert [r.get(j["id"])["state"] for j in evals] == ["released"] * 6
+
+
 @pytest.mark.parametrize("answer", ["no endpoint", "one lease lost"])
 def test_a_batchs_results_from_a_hub_without_the_endpoint_or_with_a_lease_lost(
     hub: Hub, site: LabConfig, tmp_path: Path, use_tiny_home: Settings, answer: str

@@ -20,7 +20,11 @@ counted) or when it is told to stop (no attempt counted).
   outbox) runs alone. Each job of a batch gets its own outcome, and each result goes through
   the same release checks, outbox and signature as a job run alone; the results that pass
   are posted together (``POST /api/labs/{lab}/results``, each answered on its own; from a hub
-  without that endpoint, one post each).
+  without that endpoint, one post each). A batch's results are checked and posted in the
+  background while the executor runs the next group (:meth:`Agent._hand_over`): at most one
+  batch's delivery is in flight, and its jobs stay held (leases renewed) until it ends; the
+  next claim is made once the executor is free, so the claims keep the queue's fair order,
+  and goes first (the delivery waits for its answer, at most :data:`CLAIM_HEAD_START`).
 - **The hub unreachable** (connection errors, 5xx, 503 from a busy database): every call is
   retried with exponential backoff (capped at ``agent.backoff_max_seconds``).
 - **Nothing lost.** A result that passed the release checks is written to the site's outbox
@@ -83,6 +87,9 @@ REPLAYABLE_STATES = frozenset({"approved", "running"})
 #: bytes of JSON (under the hub's default 1 MiB request cap); a larger result goes alone.
 POST_RESULTS = 64
 POST_BYTES = 512 * 1024
+#: How long a batch's delivery lets the next claim go first (the claim keeps the executor
+#: busy; the two would wait on each other at the hub): until it is answered, at most this.
+CLAIM_HEAD_START = 0.2
 
 
 def _short(reason: str, limit: int = REASON_CHARS) -> str:
@@ -171,6 +178,9 @@ class Agent:
         self._bulk_claims = True  # until a hub answers that it has no claims endpoint
         self._bulk_results = True  # likewise for its results endpoint
         self._refused: dict[str, str] = {}  # frontiers not served: id → why
+        self._delivering: threading.Thread | None = None  # a batch's delivery in flight
+        self._claimed = threading.Event()  # the next claim was answered (or is not next)
+        self._counting = threading.Lock()  # the stats' counters, kept from two threads
 
     # -- control ------------------------------------------------------------------------------
 
@@ -184,6 +194,11 @@ class Agent:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def _count(self, what: str) -> None:
+        """One more of ``what`` in :attr:`stats` (from the main loop or a delivery)."""
+        with self._counting:
+            setattr(self.stats, what, getattr(self.stats, what) + 1)
 
     def run(self, max_jobs: int | None = None, idle_exit: float | None = None) -> AgentStats:
         """Serve until stopped (or ``max_jobs`` finished, or idle for ``idle_exit`` seconds)."""
@@ -215,6 +230,8 @@ class Agent:
                     batch = self._claim_batch(cfg.wait_seconds, room)
                 except Stopping:
                     break
+                finally:
+                    self._claimed.set()
                 if not batch:
                     if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                         break
@@ -222,13 +239,19 @@ class Agent:
                 for group in self._groups(batch):
                     if self.stopping:
                         break
+                    self._claimed.set()  # what runs next is this group, not a claim
                     if len(group) == 1:
                         self._work(group[0])
                     else:
                         self._work_batch(group)
                     done += len(group)
                 idle_since = time.monotonic()
+        except BaseException:
+            self._stop.set()  # a delivery in flight stops retrying an unreachable hub too
+            raise
         finally:
+            self._claimed.set()
+            self._await_delivery()
             self._stop.set()
             self._give_back_all("the lab agent is stopping")
             self._done.set()
@@ -298,7 +321,7 @@ class Agent:
 
         def retry_it(exc: BaseException) -> bool:
             if isinstance(exc, QueueError) and _retryable(exc):
-                self.stats.hub_retries += 1
+                self._count("hub_retries")
                 return True
             return False
 
@@ -397,7 +420,7 @@ class Agent:
         held = _Held(claim["job"], claim["lease_id"], began)
         with self._lock:
             self._held[held.id] = held
-        self.stats.claimed += 1
+        self._count("claimed")
         log.info(
             "job %s (%s, %s): claimed", held.id, held.job["frontier"], held.job["spec"]["method"]
         )
@@ -464,7 +487,7 @@ class Agent:
             return None
         if entry.spec_hash != str(held.job["spec_hash"]):
             self.outbox.undeliverable(entry, "the job now asks a different spec")
-            self.stats.undeliverable += 1
+            self._count("undeliverable")
             return None
         return entry
 
@@ -573,7 +596,7 @@ class Agent:
         if status == 200:
             if self.outbox is not None:
                 self.outbox.done(entry.job_id)
-            self.stats.posted += 1
+            self._count("posted")
             log.info("job %s: result posted; now %s", entry.job_id, answer["state"])
             return "posted", str(answer["state"])
         why = str(answer.get("detail") or f"HTTP {status}")
@@ -598,7 +621,7 @@ class Agent:
         except QueueError as exc:
             if exc.status == 404:
                 self.outbox.undeliverable(entry, f"the hub does not know job {entry.job_id}")
-                self.stats.undeliverable += 1
+                self._count("undeliverable")
             return
         except Stopping:
             return
@@ -611,7 +634,7 @@ class Agent:
             )
         else:
             self.outbox.undeliverable(entry, f"the lease was lost and the job is {state}")
-            self.stats.undeliverable += 1
+            self._count("undeliverable")
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -671,8 +694,31 @@ class Agent:
             got = self._finish(held, outcome, deliver=False)
             if got is not None:
                 finished.append((held, *got))
-        if not finished:
-            return
+        if finished:
+            self._hand_over(finished)
+
+    def _hand_over(self, finished: list[tuple[_Held, Entry, dict[str, Any]]]) -> None:
+        """Deliver a batch's finished results (:meth:`_deliver_batch`) in the background, so
+        that the executor can run the next group meanwhile; first wait for the delivery before
+        (at most one in flight: the hub is not sent more than the executor makes)."""
+        self._await_delivery()
+        self._claimed.clear()
+        thread = threading.Thread(
+            target=self._deliver_batch, args=(finished,), name="deliver", daemon=True
+        )
+        self._delivering = thread
+        thread.start()
+
+    def _await_delivery(self) -> None:
+        """Wait for the batch's delivery in flight, if any."""
+        thread, self._delivering = self._delivering, None
+        if thread is not None:
+            thread.join()
+
+    def _deliver_batch(self, finished: list[tuple[_Held, Entry, dict[str, Any]]]) -> None:
+        """Check and post a batch's results, each job's hold ended after its own, once the
+        next claim has been answered (at most :data:`CLAIM_HEAD_START` later)."""
+        self._claimed.wait(CLAIM_HEAD_START)
         # the batch's results go to the hub together: one call, one transaction there
         try:
             self._deliver_all([(held, entry) for held, entry, _ in finished])
@@ -691,7 +737,7 @@ class Agent:
 
     def _work(self, held: _Held) -> None:
         if held.lost.is_set():  # claimed ahead, and its lease went while it waited
-            self.stats.lost += 1
+            self._count("lost")
             self._release_hold(held)
             return
         stored = self._stored(held)
@@ -729,7 +775,7 @@ class Agent:
         }
         self.stats.outcomes.append(record)
         if held.lost.is_set():
-            self.stats.lost += 1
+            self._count("lost")
             self._release_hold(held)
             log.warning("job %s: the lease was lost; the hub gave it to another agent", held.id)
             return None
@@ -816,10 +862,10 @@ class Agent:
             self._withhold(held, entry.result, f"the hub refused the result: {answer}")
         elif posted == "posted":
             if replay:
-                self.stats.replayed += 1
+                self._count("replayed")
             return True
         elif posted == "lost":
-            self.stats.lost += 1
+            self._count("lost")
         return False
 
     def _settle(
@@ -834,7 +880,7 @@ class Agent:
             log.warning("job %s: the hub stayed unreachable; its lease will expire", held.id)
         except QueueError as exc:
             if exc.status in (404, 409):
-                self.stats.lost += 1
+                self._count("lost")
                 self._lease_gone(entry, exc)
             else:
                 log.error("job %s: the hub refused the result: %s", held.id, exc)
@@ -854,7 +900,7 @@ class Agent:
         )
         if self.outbox is not None:
             self.outbox.done(held.id)  # kept among the withheld results instead
-        self.stats.withheld += 1
+        self._count("withheld")
         log.warning("job %s: withheld by the lab's release checks: %s", held.id, reason)
 
     def _keep(self, held: _Held, result: dict[str, Any], reason: str) -> None:
@@ -866,7 +912,7 @@ class Agent:
         atomic_write(self.withheld_dir / f"job-{held.id}.json", text, perms=0o600)
 
     def _fail(self, held: _Held, reason: str) -> None:
-        self.stats.failed += 1
+        self._count("failed")
         log.warning("job %s: failed: %s", held.id, reason)
         short = _short(reason)
         try:
@@ -894,7 +940,7 @@ class Agent:
                 continue
             try:
                 self.client.give_back(held.id, lease_id=held.lease_id, reason=reason)
-                self.stats.given_back += 1
+                self._count("given_back")
                 log.info("job %s: given back", held.id)
             except QueueError as exc:
                 log.warning(
