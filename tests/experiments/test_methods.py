@@ -239,6 +239,50 @@ def test_a_spec_run_twice_gives_the_same_result(
     assert a.samples == b.samples
 
 
+@pytest.mark.parametrize("n", [1, 5, 23, 24, 40])
+def test_moments_give_the_covariance_eigenvalues_for_few_rows_and_many(n: int) -> None:
+    """Streamed in chunks, the eigenvalues are the population covariance's (numpy's),
+    largest first and clamped at 0, whether the rows are fewer than the width (kept, and
+    solved through their Gram matrix) or not (the streamed second moment)."""
+    from analoglab.experiments.methods.common import Moments
+
+    d = 24
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, d)) * np.linspace(3.0, 0.1, d) + 5.0
+    m = Moments(d, torch.device("cpu"))
+    for chunk in np.array_split(x, 3):
+        if len(chunk):
+            m.add(torch.tensor(chunk, dtype=torch.float32))
+    rows = torch.tensor(x, dtype=torch.float32).double().numpy()
+    want = np.clip(np.linalg.eigvalsh(np.cov(rows, rowvar=False, bias=True)), 0, None)[::-1]
+    got = m.covariance_eigenvalues().numpy()
+    assert got.shape == (d,) and np.all(np.diff(got) <= 1e-12) and got.min() >= 0
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-9 * want[0])
+    assert (m.rows is not None) == (n < d)
+
+
+def test_seeding_draws_what_torch_manual_seed_draws_and_identity_counts_parameters(
+    analog: LoadedModel, frontier: LoadedModel
+) -> None:
+    """The runner's seeding (on the CPU alone: the default generator, no lazy CUDA seeding
+    queued) draws the numbers torch.manual_seed gives; a model's identity counts its
+    parameters (counted once per model, and again for another model)."""
+    from analoglab.experiments.runner import model_identity, seed_everything
+
+    for seed in (0, 7, 2**40 + 3):
+        torch.manual_seed(seed)
+        want = (torch.rand(5), torch.randint(0, 100, (5,)))
+        torch.manual_seed(seed + 1)  # anything else in between
+        seed_everything(seed)
+        got = (torch.rand(5), torch.randint(0, 100, (5,)))
+        assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    count = sum(p.numel() for p in analog.model.parameters())
+    assert model_identity(analog).parameters == count
+    assert model_identity(analog).parameters == count  # the cached count
+    theirs = sum(p.numel() for p in frontier.model.parameters())
+    assert theirs != count and model_identity(frontier).parameters == theirs
+
+
 def test_the_same_spec_has_the_same_hash_on_every_model(
     analog: LoadedModel, frontier: LoadedModel
 ) -> None:

@@ -467,7 +467,9 @@ def accumulator_device(device: torch.device) -> torch.device:
 
 class Moments:
     """Streamed count, sum, sum of norms and second moment ``XᵀX`` of rows ``[n, d]``
-    (float64): mean, norms and the covariance's eigenvalues without keeping the rows."""
+    (float64): mean, norms and the covariance's eigenvalues without keeping the rows — but
+    for fewer rows than ``d``, which are kept: the covariance then has at most ``n`` nonzero
+    eigenvalues, those of the rows' ``n × n`` centred Gram matrix, a smaller problem."""
 
     def __init__(self, dim: int, device: torch.device) -> None:
         self.device = accumulator_device(device)
@@ -475,6 +477,7 @@ class Moments:
         self.sum = torch.zeros(dim, dtype=torch.float64, device=self.device)
         self.norm_sum = 0.0
         self.xtx = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
+        self.rows: list[Tensor] | None = []  # while fewer than dim
 
     def add(self, rows: Tensor) -> None:
         x = rows.to(device=self.device, dtype=torch.float64)
@@ -482,6 +485,8 @@ class Moments:
         self.sum += x.sum(0)
         self.norm_sum += float(x.norm(dim=1).sum())
         self.xtx += x.T @ x
+        if self.rows is not None:
+            self.rows = [*self.rows, x] if self.n < self.sum.shape[0] else None
 
     @property
     def mean(self) -> Tensor:
@@ -490,6 +495,12 @@ class Moments:
     def covariance_eigenvalues(self) -> Tensor:
         """Eigenvalues of the (population) covariance, largest first, clamped at 0."""
         mean = self.mean
+        if self.rows:
+            centred = torch.cat(self.rows) - mean
+            gram = centred @ centred.T / self.n
+            few: Tensor = torch.linalg.eigvalsh((gram + gram.T) / 2)
+            rest = torch.zeros(self.sum.shape[0] - self.n, dtype=few.dtype, device=few.device)
+            return torch.cat([few.clamp_min(0).flip(0), rest])
         cov = self.xtx / max(self.n, 1) - torch.outer(mean, mean)
         cov = (cov + cov.T) / 2
         eigenvalues: Tensor = torch.linalg.eigvalsh(cov)
