@@ -1,7 +1,7 @@
 """Many researchers, one frontier: batched execution against today's sequential warm worker.
 
     python benchmarks/frontier_throughput.py [--home DATA_FOLDER] [--frontier ID] [--jobs 64]
-        [--users 8] [--threads 2] [--claim 16] [--batch-tokens 8192] [--flood 200]
+        [--users 8] [--threads 2] [--claim 16] [--batch-tokens 8192] [--flood 200] [--repeats 3]
         [--markdown OUT.md] [--json OUT.json]
     python benchmarks/frontier_throughput.py --worker-only [--device cpu|cuda]
         [--frontier-path WEIGHTS] [--jobs 64] [--users 8] [--threads N] [--markdown OUT.md]
@@ -21,6 +21,8 @@ its local executor (a warm worker, ``--threads`` torch threads), three times:
 - **batched**: as sequential, and the shareable jobs for the frontier run as one batch, their
   passes packed at most ``--batch-tokens`` tokens a pass.
 
+The modes take turns for ``--repeats`` rounds (default 3; a shared 2-core machine's speed
+drifts by 20% between runs) and each row is the round of median jobs per second.
 Per mode: jobs per second (from the first claim to the last result posted), p50 / p95 time
 to result (from submission to the result posted), and the seconds the agent spent in the
 executor and in calls posting results. Then the **flood**: one user submits
@@ -102,6 +104,22 @@ def job_spec(k: int, mix: str = "mixed", draws: str = "shared") -> dict[str, Any
         "scales": [4],
         "layers": {"depths": [0.5]},
     }
+
+
+def warm_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a warm-up runs, alone and then as one batch: a job of each method, and at least
+    two jobs (a batch of one runs alone, and the worker measures a pass's fixed cost at its
+    first batch of two or more)."""
+    warm = list({spec["method"]: spec for spec in specs}.values())
+    return warm if len(warm) > 1 else specs[:2]
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median jobs/s (the lower middle of an even count), with every run's jobs/s
+    beside it."""
+    ordered = sorted(runs, key=lambda r: r["jobs_per_second"])
+    middle = ordered[(len(ordered) - 1) // 2]
+    return middle | {"runs_jobs_per_second": [r["jobs_per_second"] for r in runs]}
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -195,8 +213,8 @@ def worker_only(args: argparse.Namespace) -> dict[str, Any]:
         worker = Worker()
         worker.load("frontier", weights, device=args.device)
         # warm up, not counted: one job of each method, alone and as one batch (first calls
-        # pay one-time costs: task sets built, kernels and libraries loaded)
-        warm = list({spec["method"]: spec for spec in specs}.values())
+        # pay one-time costs: task sets built, kernels and libraries loaded, a pass's cost)
+        warm = warm_specs(specs)
         for spec in warm:
             worker.run("frontier", weights, spec, device=args.device)
         worker.run_batch(
@@ -374,13 +392,9 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
         def warm_up(executor: Any) -> None:
             """One job of each method, alone and as one batch, outside the queue and the
             clock (first calls pay one-time costs in a fresh worker)."""
-            specs = {}
-            for k in range(args.jobs):
-                spec = job_spec(k, args.mix, args.draws)
-                specs.setdefault(spec["method"], spec)
+            specs = warm_specs([job_spec(k, args.mix, args.draws) for k in range(args.jobs)])
             tasks = [
-                Task(-1 - i, frontier, spec, str(site.weights))
-                for i, spec in enumerate(specs.values())
+                Task(-1 - i, frontier, spec, str(site.weights)) for i, spec in enumerate(specs)
             ]
             never = threading.Event()
             for task in tasks:
@@ -396,20 +410,22 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
                     out.append((int(job["id"]), time.monotonic()))
             return out
 
-        rows: dict[str, dict[str, Any]] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
         modes = (
             (SINGLE_CLAIMS, 0, True),
             ("sequential", 0, False),
             ("batched", args.batch_tokens, False),
         )
-        for mode, batch_tokens, single in modes:
+        for (mode, batch_tokens, single), round_ in (
+            (m, r) for r in range(args.repeats) for m in modes  # the modes take turns
+        ):
             agent, client = agent_for(batch_tokens, args.claim, single)
             agent.verify_frontiers()  # load the model before the clock starts
             warm_up(agent.executor)
             submitted: list[tuple[int, float]] = []
             for k in range(args.jobs):  # interleaved: user k % users submits job k
                 submitted += submit(users[k % args.users], [job_spec(k, args.mix, args.draws)])
-            print(f"{mode}: {args.jobs} jobs on {frontier}...", flush=True)
+            print(f"{mode} (round {round_ + 1}): {args.jobs} jobs on {frontier}...", flush=True)
             try:
                 stats = agent.run(max_jobs=args.jobs)
             finally:
@@ -420,7 +436,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
             to_result = [client.posted[j] - t for j, t in submitted]
             span = max(client.posted.values()) - client.claims[0]
             assert isinstance(agent.executor, TimedExecutor)
-            rows[mode] = {
+            row = {
                 "jobs": args.jobs,
                 "seconds": round(span, 3),
                 "executor_s": round(agent.executor.busy, 3),
@@ -429,7 +445,9 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
                 "p50_s": round(statistics.median(to_result), 3),
                 "p95_s": round(quantile(to_result, 0.95), 3),
             }
-            print(mode, rows[mode], flush=True)
+            runs.setdefault(mode, []).append(row)
+            print(mode, row, flush=True)
+        rows = {mode: median_run(each) for mode, each in runs.items()}
 
         # the flood: one user's many jobs, then another's single job
         agent, client = agent_for(args.batch_tokens, args.claim)
@@ -472,6 +490,11 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
         "speedup_vs_single_claims": round(
             rows["batched"]["jobs_per_second"] / rows[SINGLE_CLAIMS]["jobs_per_second"], 2
         ),
+        "repeats": args.repeats,
+        "speedups": [
+            round(b["jobs_per_second"] / q["jobs_per_second"], 2)
+            for b, q in zip(runs["batched"], runs["sequential"], strict=True)
+        ],
         "flood": flood_row,
         "stamp": stamp(args.threads),
     }
@@ -511,6 +534,20 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {mode} | {r['jobs']} | {r['seconds']:.1f} s | {busy} | {posting} | "
             f"{r['jobs_per_second']:.2f} | {r['p50_s']:.2f} s | {r['p95_s']:.2f} s |"
         )
+    if report.get("repeats", 1) > 1:
+        lines += [
+            "",
+            f"Each row is the median of {report['repeats']} rounds (the modes taking turns); "
+            "jobs/s in each round: "
+            + "; ".join(
+                f"{mode} "
+                + ", ".join(f"{v:.1f}" for v in r["runs_jobs_per_second"])
+                for mode, r in report["rows"].items()
+            )
+            + ". Batched against sequential, round by round: "
+            + ", ".join(f"{v:.2f}×" for v in report["speedups"])
+            + ".",
+        ]
     lines += ["", f"Batched: **{report['speedup']:.2f}×** the sequential warm worker's jobs/s."]
     if "speedup_vs_single_claims" in report:
         lines[-1] += (
@@ -546,6 +583,12 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--flood", type=int, default=200)
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="queue mode: rounds of the three modes, taking turns; each row is the median",
+    )
+    parser.add_argument(
         "--mix",
         choices=("mixed", "evaluation"),
         default="mixed",
@@ -562,6 +605,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     check_docs_options(parser, args, "frontier-throughput")
+    if args.repeats < 1:
+        parser.error("--repeats: at least 1 round")
     report = worker_only(args) if args.worker_only else through_queue(args)
     text = markdown(report)
     print()
