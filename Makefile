@@ -88,6 +88,7 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --docs docs/performance.md --block queue-mixed
 	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --mix evaluation --docs docs/performance.md --block queue-evaluation
 	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --mix evaluation --draws own --docs docs/performance.md --block queue-evaluation-own
+	$(BIN)/python benchmarks/frontier_throughput.py --home $(ANALOGLAB_HOME) --threads 1 --docs docs/performance.md --block queue-mixed-1-thread
 	$(BIN)/python benchmarks/platform_up.py --home $(ANALOGLAB_HOME)
 
 # The container images of images/ (see images/README.md), with the first container builder
