@@ -47,7 +47,9 @@ def test_results_match_an_in_process_run_and_the_worker_stays_warm(
     assert first.result["model"]["weights_sha256"] == direct.model.weights_sha256
     assert first.details["reused_model"] is False and second.details["reused_model"] is True
     assert ex.loads == 1
-    assert second.details["load_seconds"] == 0.0
+    # the second job found the weights loaded: no load, only the lookup (a rounded 0.0001 s
+    # on a busy machine), far less than the first job's load
+    assert second.details["load_seconds"] < first.details["load_seconds"] / 10
 
 
 def test_a_cold_worker_per_job_when_not_warm(
