@@ -236,6 +236,15 @@ def output_text(message: dict[str, Any]) -> str:
     return ""
 
 
+def is_idle(message: dict[str, Any]) -> bool:
+    """Whether ``message`` is the kernel's iopub ``idle`` status: its request's outputs have
+    all been sent before it."""
+    return (
+        message.get("header", {}).get("msg_type") == "status"
+        and message.get("content", {}).get("execution_state") == "idle"
+    )
+
+
 def output_of(message: dict[str, Any]) -> dict[str, Any] | None:
     """A kernel message as the notebook output it becomes (nbformat's shape), if it is one."""
     kind = message.get("header", {}).get("msg_type")
@@ -255,7 +264,12 @@ def run_cells(
     """Run notebook ``cells`` (code ones) in order in ``kernel``, filling their ``outputs`` as
     Jupyter would; a cell that fails fails the test with its traceback, unless ``stop``: then
     the cells stop there, as "Run All" does, and the answer is False. ``after(kernel, cell)``
-    is called after each cell, while the kernel still holds its state."""
+    is called after each cell, while the kernel still holds its state.
+
+    A cell is done when both its ``execute_reply`` (shell channel) and the kernel's ``idle``
+    status for it (iopub) have come: the server merges the two channels onto one websocket
+    with no order between them, so a cell's last printed line can arrive after its reply,
+    but never after its ``idle``."""
     for cell in cells:
         if cell.get("cell_type") != "code":
             continue
@@ -263,7 +277,9 @@ def run_cells(
         msg_id = kernel.execute(source)
         cell["outputs"] = []
         deadline = time.monotonic() + timeout
-        while True:
+        status: str | None = None
+        idle = False
+        while status is None or not idle:
             assert time.monotonic() < deadline, f"cell did not finish: {source[:200]}"
             message = kernel.receive()
             if message is None or message.get("parent_header", {}).get("msg_id") != msg_id:
@@ -273,12 +289,12 @@ def run_cells(
                 cell["outputs"].append(output)
             if message.get("header", {}).get("msg_type") == "execute_reply":
                 status = message["content"]["status"]
-                if status != "ok" and stop:
-                    return False
-                assert status == "ok", f"{source[:200]}\n" + "\n".join(
-                    "\n".join(o.get("traceback", [])) for o in cell["outputs"]
-                )
-                break
+            idle = idle or is_idle(message)
+        if status != "ok" and stop:
+            return False
+        assert status == "ok", f"{source[:200]}\n" + "\n".join(
+            "\n".join(o.get("traceback", [])) for o in cell["outputs"]
+        )
         if after is not None:
             after(kernel, cell)
     return True

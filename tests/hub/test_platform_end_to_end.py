@@ -27,7 +27,7 @@ from analoglab.foundry.build import BuildResult
 from analoglab.queue.client import QueueClient
 
 from ..browser import Browser
-from ..hubtools import Kernel, output_text
+from ..hubtools import Kernel, is_idle, output_text
 from ..platformtools import Running, copy_of, platform_in, platform_processes, start_server, stop
 
 pytestmark = pytest.mark.slow
@@ -94,7 +94,8 @@ def test_a_notebook_checks_transfer_through_the_platform(running: Running, tmp_p
             text = {i: "" for i in ids}
             deadline = time.monotonic() + 420
             checked = 0.0
-            while len(replies) < len(ids):
+            idle: set[str] = set()  # a cell's outputs all come before its idle status
+            while len(replies) < len(ids) or len(idle) < len(ids):
                 assert time.monotonic() < deadline, f"the notebook did not finish:\n{text}"
                 message = kernel.receive()
                 if message is not None:
@@ -103,6 +104,9 @@ def test_a_notebook_checks_transfer_through_the_platform(running: Running, tmp_p
                         text[parent] += output_text(message)
                         if message.get("header", {}).get("msg_type") == "execute_reply":
                             replies[parent] = message["content"]["status"]
+                        if is_idle(message):
+                            idle.add(parent)
+                        if parent in replies and parent in idle:
                             assert replies[parent] == "ok", text[parent]
                 if time.monotonic() - checked > 2:  # the reviewer looks at the queue
                     checked = time.monotonic()
