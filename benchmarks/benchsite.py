@@ -2,10 +2,15 @@
 ``frontier_throughput.py``): a build (the given data folder, or a tiny preset built into a
 temporary one), its first frontier and lab, and a queue service on loopback (uvicorn,
 SQLite) with the given researchers, a reviewer ``rev`` and an agent ``bot`` of that lab
-(token ``tok-<name>``), its policy set to release without people."""
+(token ``tok-<name>``), its policy set to release without people.
+
+The service runs in its own process, as ``analoglab queue serve`` runs it on the platform
+(``own_process=False``: a thread of the benchmark's process, sharing its interpreter lock with
+the lab agent, which a lab site never does)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 import threading
 import time
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from analoglab.config import Settings
@@ -49,6 +55,75 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _app(database_url: str, home: Path, tokens: dict[str, Any], quota: int) -> Any:
+    return create_app(
+        database_url,
+        Settings(home=home),
+        tokens,
+        queue_settings=QueueSettings(limits=VettingLimits(rate_per_minute=quota)),
+    )
+
+
+def _serve(database_url: str, home: Path, tokens: dict[str, Any], quota: int, port: int) -> None:
+    """The queue service's process (spawned: a fresh interpreter, as on the platform)."""
+    app = _app(database_url, home, tokens, quota)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+@contextmanager
+def _service_process(
+    database_url: str, home: Path, tokens: dict[str, Any], quota: int
+) -> Iterator[str]:
+    """The queue service in a process of its own, until the block ends; its URL."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    child = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(database_url, home, tokens, quota, port), daemon=True
+    )
+    child.start()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if not child.is_alive():
+                raise SystemExit(f"the queue service exited ({child.exitcode})")
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the queue service did not start in 120 s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        child.terminate()
+        child.join(10)
+
+
+@contextmanager
+def _service_thread(
+    database_url: str, home: Path, tokens: dict[str, Any], quota: int
+) -> Iterator[str]:
+    """The queue service in a thread of this process, until the block ends; its URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            _app(database_url, home, tokens, quota),
+            host="127.0.0.1",
+            port=_free_port(),
+            log_level="warning",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @contextmanager
 def queue_site(
     home: Path | None,
@@ -57,6 +132,7 @@ def queue_site(
     tmp: Path,
     quota: int,
     methods: Sequence[str] = (),
+    own_process: bool = True,
 ) -> Iterator[Site]:
     """The build's site with its queue running (see the module docstring); ``quota`` jobs a
     day per user and per minute, ``methods`` added to the policy's allowed ones."""
@@ -77,30 +153,14 @@ def queue_site(
     }
     tokens[hash_token("tok-rev")] = {"name": "rev", "roles": [f"reviewer:{lab}"]}
     tokens[hash_token("tok-bot")] = {"name": "bot", "roles": [f"agent:{lab}"]}
-    app = create_app(
-        f"sqlite:///{tmp}/queue.db",
-        settings,
-        tokens,
-        queue_settings=QueueSettings(limits=VettingLimits(rate_per_minute=quota)),
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.config.port}"
-    try:
+    service = _service_process if own_process else _service_thread
+    with service(f"sqlite:///{tmp}/queue.db", settings.home, tokens, quota) as url:
         with QueueClient(url, "tok-rev") as rev:
             pol = rev.policy(frontier)
             allowed = sorted(set(pol.get("allowed_methods", [])) | set(methods))
             auto = {"human_review": False, "human_release": False, "daily_quota_per_user": quota}
             rev.set_policy(frontier, pol | auto | ({"allowed_methods": allowed} if methods else {}))
         yield Site(settings, frontier, sites[frontier], lab, url)
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def lab_config(site: Site, executor: LocalExecutorConfig, agent: AgentConfig) -> LabConfig:

@@ -2,16 +2,17 @@
 
     python benchmarks/frontier_throughput.py [--home DATA_FOLDER] [--frontier ID] [--jobs 64]
         [--users 8] [--threads 2] [--claim 16] [--batch-tokens 8192] [--flood 200] [--repeats 3]
-        [--markdown OUT.md] [--json OUT.json]
+        [--hub process|thread] [--markdown OUT.md] [--json OUT.json]
     python benchmarks/frontier_throughput.py --worker-only [--device cpu|cuda]
         [--frontier-path WEIGHTS] [--jobs 64] [--users 8] [--threads N] [--markdown OUT.md]
 
 **Through the real queue and agent** (the default). Starts a queue service (uvicorn on
-loopback, SQLite) over the catalog of ``--home`` (default: a tiny foundry build in a
-temporary folder), has ``--users`` researchers submit ``--jobs`` small jobs between them
-(evaluations, activation statistics, probes and steering on a few prompts each; the
-frontier's policy set to approve at once), and serves them with an in-process lab agent and
-its local executor (a warm worker, ``--threads`` torch threads), three times:
+loopback, SQLite; in a process of its own, as the platform runs it, or with ``--hub thread``
+in a thread of the benchmark's process) over the catalog of ``--home`` (default: a tiny
+foundry build in a temporary folder), has ``--users`` researchers submit ``--jobs`` small
+jobs between them (evaluations, activation statistics, probes and steering on a few prompts
+each; the frontier's policy set to approve at once), and serves them with an in-process lab
+agent and its local executor (a warm worker, ``--threads`` torch threads), three times:
 
 - **sequential, a claim per job**: the warm worker as it was before batching: one job after
   another (``batch_tokens = 0``), claimed ahead one call per job (as the agent still claims
@@ -373,7 +374,13 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="analoglab-bench-frontier-") as tmp,
         queue_site(
-            args.home, args.frontier, users, Path(tmp), quota=10**6, methods=METHODS_MIX
+            args.home,
+            args.frontier,
+            users,
+            Path(tmp),
+            quota=10**6,
+            methods=METHODS_MIX,
+            own_process=args.hub == "process",
         ) as site,
     ):
         frontier, url = site.frontier, site.url
@@ -483,6 +490,7 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
         "frontier": frontier,
         "claim": args.claim,
         "batch_tokens": args.batch_tokens,
+        "hub": args.hub,
         "rows": rows,
         "speedup": round(
             rows["batched"]["jobs_per_second"] / rows["sequential"]["jobs_per_second"], 2
@@ -502,8 +510,13 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     s = report["stamp"]
+    hub = {
+        "process": "the queue service in its own process",
+        "thread": "the queue service in a thread of the agent's process",
+    }
     where = (
-        f"through the real queue and lab agent on `{report['frontier']}`"
+        f"through the real queue and lab agent on `{report['frontier']}` "
+        f"({hub[report.get('hub', 'thread')]})"
         if report["mode"] == "queue"
         else f"through the worker in-process on {report['device']} ({report['frontier']})"
     )
@@ -582,6 +595,13 @@ def main() -> None:
     parser.add_argument("--claim", type=int, default=16, help="jobs claimed (batched) at once")
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--flood", type=int, default=200)
+    parser.add_argument(
+        "--hub",
+        choices=("process", "thread"),
+        default="process",
+        help="the queue service in its own process (as the platform runs it), or in a thread "
+        "of the benchmark's process, sharing the agent's interpreter lock",
+    )
     parser.add_argument(
         "--repeats",
         type=int,
