@@ -3,12 +3,13 @@
     python benchmarks/lab.py [--home DATA_FOLDER] [--frontier ID] [--jobs 12] [--json out.json]
         [--docs docs/performance.md --block NAME]
 
-Starts a queue service (uvicorn on loopback, SQLite) over the catalog of ``--home`` (default:
-a tiny foundry build made in a temporary folder, ~30 s), submits ``--jobs`` small evaluation
-jobs to the frontier (auto-approved), and serves them with an in-process lab agent and its
-local executor, twice: with a warm worker (the model stays loaded between jobs) and with a
-fresh worker per job. For every job it records the time from the start of the claim to the
-posted result, and the worker's own load and run times, and prints:
+Starts a queue service (uvicorn on loopback, SQLite, in its own process) over the catalog of
+``--home`` (default: a tiny foundry build made in a temporary folder, ~30 s), submits
+``--jobs`` small evaluation jobs to the frontier (auto-approved), and serves them with an
+in-process lab agent and its local executor, twice: with a warm worker (the model stays
+loaded between jobs) and with a fresh worker per job. For every job it records the time
+from the start of the claim to the posted result, and the worker's own load and run times,
+and prints:
 
 - **round-trip overhead** = claim-to-posted − load − run: what the queue, the release checks
   and the worker protocol add to each job (the warm run's median and p95);
