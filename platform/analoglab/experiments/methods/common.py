@@ -485,8 +485,10 @@ class Moments:
         self.sum += x.sum(0)
         self.norm_sum += float(x.norm(dim=1).sum())
         self.xtx += x.T @ x
-        if self.rows is not None:
-            self.rows = [*self.rows, x] if self.n < self.sum.shape[0] else None
+        if self.rows is not None and self.n < self.sum.shape[0]:
+            self.rows.append(x)
+        else:
+            self.rows = None  # as many rows as the width, or more: the moments serve alone
 
     @property
     def mean(self) -> Tensor:
