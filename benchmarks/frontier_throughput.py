@@ -49,6 +49,7 @@ and ``<!-- frontier-throughput:NAME:end -->`` there (the markers must exist).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -423,9 +424,8 @@ def through_queue(args: argparse.Namespace) -> dict[str, Any]:
             ("sequential", 0, False),
             ("batched", args.batch_tokens, False),
         )
-        for (mode, batch_tokens, single), round_ in (
-            (m, r) for r in range(args.repeats) for m in modes  # the modes take turns
-        ):
+        # the modes take turns, round after round
+        for round_, (mode, batch_tokens, single) in itertools.product(range(args.repeats), modes):
             agent, client = agent_for(batch_tokens, args.claim, single)
             agent.verify_frontiers()  # load the model before the clock starts
             warm_up(agent.executor)
