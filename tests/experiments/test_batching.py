@@ -432,3 +432,63 @@ def test_jobs_run_on_one_thread_and_the_shared_passes_on_all(frontier: LoadedMod
     assert got == [[1, 1], [1, 1]]
     assert in_passes == [2]
     assert after == 2
+
+
+def test_a_jobs_chunks_share_one_round(
+    frontier: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method streams its independent chunks (:meth:`Context.stream`): batched, every
+    chunk of every job goes into one round of packed passes (a steering job's steered passes,
+    which need its vectors, into a second), as many chunks a round as ``batch_tokens``
+    holds; alone, a chunk's pass runs only when its answer is asked for."""
+    from analoglab.experiments import packed
+    from analoglab.experiments.methods.common import Context
+
+    rounds: list[int] = []
+    real = packed.run_packed
+
+    def counting(model: Any, passes: Any, *args: Any, **kwargs: Any) -> Any:
+        rounds.append(len(passes))
+        return real(model, passes, *args, **kwargs)
+
+    monkeypatch.setattr(packed, "run_packed", counting)
+    specs = shareable_specs()
+    evaluation, stats, probe, steering = specs[0], specs[2], specs[5], specs[8]
+    # 3 chunks of 3 (facts, 7 items), 2 of 3 (4 prompts), 3 of 7 (20 texts), 2 of 16 (4 pairs)
+    batched = run_batch([evaluation, stats, probe, steering], frontier, batch_tokens=4096)
+    # then the steering's unsteered pass and its steered ones (2 draws × 2 layers)
+    assert rounds == [3 + 2 + 3 + 2, 1 + 4]
+    for spec, b in zip([evaluation, stats, probe, steering], batched, strict=True):
+        assert isinstance(b, ExperimentResult)
+        assert_close(numbers(run(spec, frontier)), numbers(b), spec.method)
+    # a bound of a few tokens: a window of one pass, a round per chunk
+    rounds.clear()
+    tight = run_batch([evaluation, probe], frontier, batch_tokens=1)
+    assert rounds == [2, 2, 2]  # each job's 3 chunks, one at a time, in step
+    for spec, b in zip([evaluation, probe], tight, strict=True):
+        assert isinstance(b, ExperimentResult)
+        assert_close(numbers(run(spec, frontier)), numbers(b), spec.method)
+
+    # alone: lazily, one pass at a time
+    built: list[int] = []
+    enc = encode(frontier.tokenizer, PROMPTS, 32, "cpu")
+
+    def passes() -> Any:
+        for k in range(3):
+            built.append(k)
+            yield Pass(enc)
+
+    ctx = Context(
+        loaded=frontier, layout=packed_layout(frontier), batch_size=4, max_tokens=32, seed=0
+    )
+    stream = ctx.stream(passes())
+    first, answer = next(stream)
+    assert built == [0] and first.enc is enc
+    torch.testing.assert_close(answer.logits, run_alone(frontier.model, Pass(enc)).logits)
+    assert [p.enc is enc for p, _ in stream] == [True, True] and built == [0, 1, 2]
+
+
+def packed_layout(loaded: LoadedModel) -> Any:
+    from analoglab.interventions import layout_of
+
+    return layout_of(loaded.model)

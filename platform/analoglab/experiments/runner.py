@@ -228,6 +228,7 @@ def run_batch(
             def go(turns: Turns) -> Outcome:
                 prepared.ctx.shared = turns.passes
                 prepared.ctx.shared_fits = turns.fits
+                prepared.ctx.window_tokens = batch_tokens
                 seed_everything(prepared.resolved.seed)
                 with torch.no_grad():
                     return run_method(prepared.resolved, prepared.ctx)

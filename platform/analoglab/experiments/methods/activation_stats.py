@@ -51,11 +51,11 @@ def run(spec: ActivationStatsSpec, ctx: Context) -> Outcome:
     counts = np.ones(len(texts))
     with ctx.phase("forward"):
         start = 0
-        for chunk in chunks:
-            rows = slice(start, start + len(chunk))
-            start += len(chunk)
-            enc = ctx.encode(chunk)
-            cache = ctx.run_pass(Pass(enc, capture=tuple(names), positions=positions)).cache
+        passes = (Pass(ctx.encode(c), capture=tuple(names), positions=positions) for c in chunks)
+        for p, answer in ctx.stream(passes):
+            enc, cache = p.enc, answer.cache
+            rows = slice(start, start + int(enc.input_ids.shape[0]))
+            start = rows.stop
             for li, (name, m) in enumerate(zip(names, moments, strict=True)):
                 x = cache[name]
                 if spec.position == "last":

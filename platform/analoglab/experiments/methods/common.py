@@ -16,14 +16,18 @@
 - forward passes as data (:class:`Pass`: a batch, what to capture, what to add): a method
   asks :meth:`Context.run_pass` / :meth:`Context.run_passes` for them, which run them at
   once (:func:`run_alone`) or, when the job runs batched with others
-  (:mod:`analoglab.experiments.packed`), hand them to the pass they share.
+  (:mod:`analoglab.experiments.packed`), hand them to the pass they share; a method whose
+  passes over its data do not depend on each other streams them
+  (:meth:`Context.stream`): alone one at a time, batched as many at once as a packed pass
+  holds, so the job's rows join its batch's passes in one round instead of one round per
+  chunk.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 
 from analoglab.errors import AnalogLabError
+from analoglab.experiments.batching import DEFAULT_BATCH_TOKENS
 from analoglab.experiments.mapping import ResidualMap
 from analoglab.experiments.methods.logistic import BinaryFits, solve_binary
 from analoglab.experiments.result import LayerProfile, Replicates
@@ -125,6 +130,8 @@ class Context:
     #: Where two-class fits go when the job shares them with others (batched execution:
     #: pooled with the other jobs' fits); None solves them at once.
     shared_fits: Callable[[BinaryFits], tuple[Tensor, Tensor]] | None = None
+    #: Batched, the tokens (rows × width) of the passes :meth:`stream` asks for at once.
+    window_tokens: int = DEFAULT_BATCH_TOKENS
 
     def fit_binary(self, fits: BinaryFits) -> tuple[Tensor, Tensor]:
         """Two-class logistic regressions by Newton's method (:mod:`.logistic`): alone
@@ -144,6 +151,30 @@ class Context:
         if self.shared is not None:
             return self.shared(passes)
         return [run_alone(self.model, p) for p in passes]
+
+    def stream(self, passes: Iterable[Pass]) -> Iterator[tuple[Pass, Answer]]:
+        """Each of ``passes`` with its answer, in order, for passes that do not depend on
+        each other's answers (a method's chunks of its data). Alone each pass runs as its
+        answer is asked for (one chunk's captures held at a time, as a loop of
+        :meth:`run_pass` would); batched they are asked for in windows of at most
+        :attr:`window_tokens` tokens (at least one pass a window), each window's rows sharing
+        one round of packed passes with the other jobs'
+        (:mod:`analoglab.experiments.packed`). The answers are the same either way."""
+        if self.shared is None:
+            for p in passes:
+                yield p, run_alone(self.model, p)
+            return
+        window: list[Pass] = []
+        tokens = 0
+        for p in passes:
+            size = int(p.enc.input_ids.numel())
+            if window and tokens + size > self.window_tokens:
+                yield from zip(window, self.shared(window), strict=True)
+                window, tokens = [], 0
+            window.append(p)
+            tokens += size
+        if window:
+            yield from zip(window, self.shared(window), strict=True)
 
     @property
     def model(self) -> Any:

@@ -42,11 +42,10 @@ def run(spec: EvaluationSpec, ctx: Context) -> Outcome:
 
     diffs: list[float] = []
     with ctx.phase("score"):
-        for k, chunk in enumerate(chunks):
+        passes = (Pass(ctx.encode([it.prompt for it in chunk])) for chunk in chunks)
+        for k, (chunk, (_, answer)) in enumerate(zip(chunks, ctx.stream(passes), strict=True)):
             rows = slice(k * ctx.batch_size, k * ctx.batch_size + len(chunk))
-            enc = ctx.encode([it.prompt for it in chunk])
-            logits = ctx.run_pass(Pass(enc)).logits
-            diffs.extend(logit_diff(logits, targets[rows], foils[rows]).double().tolist())
+            diffs.extend(logit_diff(answer.logits, targets[rows], foils[rows]).double().tolist())
             ctx.progress.step()
 
     correct = [d > 0 for d in diffs]

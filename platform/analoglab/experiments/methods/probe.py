@@ -130,13 +130,12 @@ def run(spec: ProbeSpec, ctx: Context) -> Outcome:
     parts: list[list[Tensor]] = [[] for _ in names]
     positions = (-1,) if spec.position == "last" else None
     with ctx.phase("features"):
-        for chunk in chunks:
-            enc = ctx.encode(chunk)
-            # through the context: alone one forward pass; batched, shared with other jobs'
-            cache = ctx.run_pass(Pass(enc, capture=tuple(names), positions=positions)).cache
+        # through the context: alone a forward pass a chunk; batched, shared with other jobs'
+        passes = (Pass(ctx.encode(c), capture=tuple(names), positions=positions) for c in chunks)
+        for p, answer in ctx.stream(passes):
             for k, name in enumerate(names):
-                x = cache[name]
-                feats = x[:, 0] if spec.position == "last" else masked_mean(x, enc.real)
+                x = answer.cache[name]
+                feats = x[:, 0] if spec.position == "last" else masked_mean(x, p.enc.real)
                 parts[k].append(feats.float())
             ctx.progress.step()
 

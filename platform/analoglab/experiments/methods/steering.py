@@ -127,19 +127,20 @@ def run(spec: SteeringSpec, ctx: Context) -> Outcome:
     means: list[Tensor] = []
     side_scores: list[np.ndarray] = []
     with ctx.phase("vectors"):
-        for chunks, count in zip(contrast_chunks, (len(positives), len(negatives)), strict=True):
-            total = torch.zeros(len(names), d_model, dtype=torch.float64, device=ctx.device)
-            per_text: list[float] = []
-            for chunk in chunks:
-                answer = ctx.run_pass(
-                    Pass(ctx.encode(chunk), capture=tuple(names), positions=(-1,))
-                )
-                cache = answer.cache
-                per_text.extend(score(answer.logits).tolist())
-                total += torch.stack([cache[n][:, 0].double().sum(0) for n in names])
-                ctx.progress.step()
-            means.append(total / count)
-            side_scores.append(np.asarray(per_text, dtype=np.float64))
+        # both sides' chunks in one stream (batched, one round for the lot), each side summed
+        # in its own order
+        sides = [(half, chunk) for half, chunks in enumerate(contrast_chunks) for chunk in chunks]
+        passes = (Pass(ctx.encode(c), capture=tuple(names), positions=(-1,)) for _, c in sides)
+        totals = torch.zeros(2, len(names), d_model, dtype=torch.float64, device=ctx.device)
+        per_text: list[list[float]] = [[], []]
+        for (half, _), (_, answer) in zip(sides, ctx.stream(passes), strict=True):
+            cache = answer.cache
+            per_text[half].extend(score(answer.logits).tolist())
+            totals[half] += torch.stack([cache[n][:, 0].double().sum(0) for n in names])
+            ctx.progress.step()
+        for half, count in enumerate((len(positives), len(negatives))):
+            means.append(totals[half] / count)
+            side_scores.append(np.asarray(per_text[half], dtype=np.float64))
     vectors = (means[0] - means[1]).float()
     norms = vectors.norm(dim=1)
     vector_sets = [vectors]
