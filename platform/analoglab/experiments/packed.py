@@ -51,6 +51,7 @@ from analoglab.experiments.methods.common import (
     Encoded,
     Pass,
     Steer,
+    encode_rows,
     forward,
 )
 from analoglab.experiments.methods.logistic import BinaryFits, solve_binary
@@ -154,13 +155,8 @@ def _run_rows(
     """One forward pass of the distinct rows ``members``, left padded; each row's logits and
     captures written into the place of every pass's row it answers for."""
     device = passes[0].enc.input_ids.device
-    width = max(len(r.ids) for r in members)
-    ids = torch.full((len(members), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(members), width), dtype=torch.long)
-    for i, r in enumerate(members):
-        ids[i, width - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
-        mask[i, width - len(r.ids) :] = 1
-    enc = Encoded(ids.to(device), mask.to(device), tuple(len(r.ids) for r in members))
+    enc = encode_rows([r.ids for r in members], pad, device)
+    width = int(enc.input_ids.shape[1])
     # the rows of each pass in this forward pass, and where they sit in their own pass
     at: dict[int, tuple[list[int], list[int]]] = {}
     for i, r in enumerate(members):

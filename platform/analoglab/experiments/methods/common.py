@@ -269,11 +269,9 @@ def encode(tokenizer: Any, texts: Sequence[str], max_tokens: int, device: Any) -
 def encode_rows(rows: Sequence[Sequence[int]], pad: int, device: Any) -> Encoded:
     """Token id rows as one left-padded batch (``pad`` fills the left)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[b, width - len(row) :] = 1
+    # built as lists and made tensors once (a tensor a row costs more than the row)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
     return Encoded(ids.to(device), mask.to(device), tuple(len(r) for r in rows))
 
 
@@ -325,21 +323,26 @@ def run_alone(model: Any, p: Pass) -> Answer:
     return Answer(logits, dict(cache))
 
 
-_KEEPS_LOGITS: dict[type, bool] = {}
+#: Per model class, which of ``logits_to_keep`` and ``use_cache`` its ``forward`` takes.
+_FORWARD_OPTIONS: dict[type, tuple[bool, bool]] = {}
 
 
 def forward(model: Any, enc: Encoded, *, last_only: bool = True) -> Tensor:
     """Float32 logits ``[batch, vocab]`` at the last position (``last_only``), else
     ``[batch, seq, vocab]``. Asks the model for the last position's logits only where it
-    can (``logits_to_keep``), saving the unembedding of every other position."""
+    can (``logits_to_keep``), saving the unembedding of every other position, and for no
+    key/value cache where it can (``use_cache=False``: one pass, nothing to continue)."""
     kwargs: dict[str, Any] = dict(enc.inputs())
-    if last_only:
-        cls = type(model)
-        if cls not in _KEEPS_LOGITS:
-            params = inspect.signature(model.forward).parameters
-            _KEEPS_LOGITS[cls] = "logits_to_keep" in params
-        if _KEEPS_LOGITS[cls]:
-            kwargs["logits_to_keep"] = 1
+    cls = type(model)
+    options = _FORWARD_OPTIONS.get(cls)
+    if options is None:
+        params = inspect.signature(model.forward).parameters
+        options = _FORWARD_OPTIONS[cls] = ("logits_to_keep" in params, "use_cache" in params)
+    keeps_logits, takes_cache = options
+    if last_only and keeps_logits:
+        kwargs["logits_to_keep"] = 1
+    if takes_cache:
+        kwargs["use_cache"] = False
     logits: Tensor = model(**kwargs).logits
     return logits[:, -1].float() if last_only else logits.float()
 
