@@ -226,6 +226,32 @@ def test_every_method_follows_the_result_contract(
         assert all(len(row) == len(result.profiles[name].values) for row in rows)
 
 
+def test_a_results_size_is_the_size_of_its_own_json_across_digit_counts() -> None:
+    """``with_size`` writes the size of the JSON that holds it, also where writing the size
+    adds a digit (a result of 999 bytes with a size of 0 is 1,001 with its own)."""
+    from analoglab.experiments.result import ModelIdentity
+
+    def result(note: str) -> ExperimentResult:
+        model = ModelIdentity(
+            name="m", weights_sha256="0" * 64, model_type="llama", layers=1, hidden_size=8,
+            parameters=1,
+        )  # fmt: skip
+        spec = {"method": "evaluation", "note": note}
+        return ExperimentResult(
+            method="evaluation", spec_hash="0" * 64, spec=spec, model=model, device="cpu",
+            versions={},
+        )  # fmt: skip
+
+    base = len(result("").model_dump_json().encode())
+    digits = set()
+    for target in (99, 100, 999, 1000, 9998, 9999, 10000):
+        for extra in range(max(0, target - base - 3), max(0, target - base + 3)):
+            sized = result("x" * extra).with_size()
+            assert sized.size_bytes == len(sized.model_dump_json().encode()), extra
+            digits.add(len(str(sized.size_bytes)))
+    assert digits >= {3, 4, 5}
+
+
 @pytest.mark.parametrize("method", ONE_MODEL_METHODS)
 def test_a_spec_run_twice_gives_the_same_result(
     method: str, analog: LoadedModel, frontier: LoadedModel

@@ -20,6 +20,7 @@ from analoglab.experiments.uncertainty import (
     items_to_narrow,
     percentile_interval,
     resample_weights,
+    stream_seed,
 )
 
 from .synthetic import evaluation_result, identity, synthetic_check
@@ -121,6 +122,13 @@ def test_resamples_are_seeded_per_item_set_and_rows_sum_to_one() -> None:
     assert list(headline_rows(np.array([[0.1, -0.5], [0.2, 0.2]]))) == [-0.5, 0.2]
     with pytest.raises(ValueError):
         resample_weights(0, 30, seed=1, stream="data")
+    # each row is the counts of one draw with replacement (the draw numpy's generator makes)
+    rng = np.random.default_rng(stream_seed(1, "data"))
+    for row, picks in zip(a, rng.integers(0, 10, size=(30, 10)), strict=True):
+        assert np.array_equal(row * 10, np.bincount(picks, minlength=10))
+    # kept for the next caller, so nobody may write into it
+    with pytest.raises(ValueError):
+        a[0, 0] = 1.0
 
 
 def test_a_control_with_no_effect_stays_no_effect_with_intervals() -> None:
