@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 
 from analoglab.config import Settings
@@ -38,6 +37,7 @@ from analoglab.queue.client import QueueClient
 from analoglab.queue.jobs import QueueSettings
 from analoglab.queue.service import create_app
 from analoglab.queue.vetting import VettingLimits
+from analoglab.tracking.server import is_healthy
 
 
 @dataclass
@@ -86,11 +86,8 @@ def _service_process(
         while True:
             if not child.is_alive():
                 raise SystemExit(f"the queue service exited ({child.exitcode})")
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+            if is_healthy(url, timeout=5):
+                break
             if time.monotonic() > deadline:
                 raise SystemExit("the queue service did not start in 120 s")
             time.sleep(0.1)

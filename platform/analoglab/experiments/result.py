@@ -98,12 +98,12 @@ class ExperimentResult(BaseModel):
     def with_size(self) -> ExperimentResult:
         """A copy whose ``size_bytes`` is the size of its own JSON (a fixed point)."""
         res = self.model_copy(update={"size_bytes": 0})
-        # one dump: with size_bytes 0 it is ``base`` bytes; the size written in place of the 0
-        # has as many digits as the size it makes
+        # one dump: with size_bytes 0 it is ``base`` bytes; the size replaces that 0 with its
+        # own digits, as many as ``base`` has or (just past a power of ten) one more
         base = len(res.model_dump_json().encode())
-        size = next(
-            n for n in (base - 1 + digits for digits in range(1, 21)) if len(str(n)) == n - base + 1
-        )
+        size = base - 1 + len(str(base))
+        if len(str(size)) > len(str(base)):
+            size += 1
         return res.model_copy(update={"size_bytes": size})
 
     def save(self, path: str | Path) -> Path:
