@@ -4,7 +4,8 @@ A file is written to a uniquely named temporary file in the same folder, flushed
 ``fsync``-ed, renamed over its target, and the folder is ``fsync``-ed too, so after a crash or
 a power loss a reader sees either the old file or the new one, complete, never a torn or empty
 one. Two writers never share a temporary name. A failed write leaves the target untouched and
-removes its temporary file.
+removes its temporary file. :func:`atomic_write_many` replaces several files the same way
+and syncs each folder once for all of them (a batch's results, say), not once a file.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Literal, overload
 
-__all__ = ["atomic_write", "atomic_writer", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_many", "atomic_writer", "fsync_dir"]
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -61,6 +62,24 @@ def atomic_writer(
 
 @contextlib.contextmanager
 def _atomic_writer(path: Path, mode: str, perms: int | None) -> Iterator[IO[bytes] | IO[str]]:
+    with _synced_temp(path, mode, perms) as (tmp, handle):
+        yield handle
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _synced_temp(
+    path: Path, mode: str, perms: int | None
+) -> Iterator[tuple[Path, IO[bytes] | IO[str]]]:
+    """A temporary file beside ``path`` and its handle; once the body ends, its data is
+    flushed and ``fsync``-ed and the file closed. If the body (or the sync) raises, it is
+    removed."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -74,15 +93,13 @@ def _atomic_writer(path: Path, mode: str, perms: int | None) -> Iterator[IO[byte
             os.fchmod(fd, 0o666 & ~umask)
         kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
         with os.fdopen(fd, mode, **kwargs) as handle:  # type: ignore[call-overload]
-            yield handle
+            yield tmp, handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(folder)
 
 
 def atomic_write(path: str | Path, data: bytes | str, *, perms: int | None = None) -> None:
@@ -93,3 +110,34 @@ def atomic_write(path: str | Path, data: bytes | str, *, perms: int | None = Non
     else:
         with atomic_writer(path, "wb", perms=perms) as binary:
             binary.write(data)
+
+
+def atomic_write_many(
+    files: Sequence[tuple[str | Path, bytes | str]], *, perms: int | None = None
+) -> None:
+    """Replace each ``(path, data)`` as :func:`atomic_write` does, syncing each folder once
+    for all of them instead of once a file. Every file is written and synced under its
+    temporary name before any is renamed: if a write fails, no target is touched and no
+    temporary file is left."""
+    written: list[tuple[Path, Path]] = []
+    renamed: set[Path] = set()
+    try:
+        for target, data in files:
+            path = Path(target)
+            mode = "w" if isinstance(data, str) else "wb"
+            with _synced_temp(path, mode, perms) as (tmp, handle):
+                handle.write(data)  # type: ignore[arg-type]
+            written.append((tmp, path))
+        for k, (tmp, path) in enumerate(written):
+            os.replace(tmp, path)
+            written[k] = (path, path)  # renamed: nothing left to clean up
+            renamed.add(path.parent)
+    except BaseException:
+        for tmp, path in written:
+            if tmp != path:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        raise
+    finally:
+        for folder in renamed:
+            fsync_dir(folder)

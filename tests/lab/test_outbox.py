@@ -154,3 +154,19 @@ def test_a_result_no_job_can_take_is_kept_aside_not_deleted(
     aside_path = site_dir / "outbox" / "undeliverable" / f"job-{job['id']}.json"
     aside = json.loads(aside_path.read_text())
     assert aside["result"] == result and "cancelled" in aside["reason"]
+
+
+def test_a_batchs_entries_are_put_and_forgotten_together(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    entries = [
+        Entry(k, f"h{k}", "f", "l" * 32, {"method": "evaluation"}, {"metrics": {"x": k}})
+        for k in (3, 1, 2)
+    ]
+    paths = outbox.put_many(entries)
+    assert paths == [outbox.path(k) for k in (3, 1, 2)]
+    assert [(e.job_id, e.result) for e in outbox.pending()] == [
+        (k, {"metrics": {"x": k}}) for k in (1, 2, 3)
+    ]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in paths)
+    outbox.done_many([1, 3, 99])  # one never put: nothing to forget
+    assert [e.job_id for e in outbox.pending()] == [2]

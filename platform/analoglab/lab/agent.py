@@ -578,8 +578,11 @@ class Agent:
                         entry, {"status": exc.status, "detail": str(exc)}
                     )
                 continue
+            posted: list[int] = []
             for (entry, _), answer in zip(call, answers, strict=True):
-                out[entry.job_id] = self._answered(entry, answer)
+                out[entry.job_id] = self._answered(entry, answer, posted)
+            if self.outbox is not None:
+                self.outbox.done_many(posted)
         return [out[entry.job_id] for entry in entries]
 
     def _unreachable(self, entry: Entry) -> tuple[str, str]:
@@ -590,11 +593,17 @@ class Agent:
         )
         return "kept", "the hub is unreachable"
 
-    def _answered(self, entry: Entry, answer: dict[str, Any]) -> tuple[str, str]:
-        """What the hub's answer to an entry's post means (see :meth:`_post`)."""
+    def _answered(
+        self, entry: Entry, answer: dict[str, Any], done: list[int] | None = None
+    ) -> tuple[str, str]:
+        """What the hub's answer to an entry's post means (see :meth:`_post`). A posted
+        entry leaves the outbox, or, given ``done``, is added to it for the caller to
+        remove with the others it posted (:meth:`Outbox.done_many`)."""
         status = int(answer["status"])
         if status == 200:
-            if self.outbox is not None:
+            if done is not None:
+                done.append(entry.job_id)
+            elif self.outbox is not None:
                 self.outbox.done(entry.job_id)
             self._count("posted")
             log.info("job %s: result posted; now %s", entry.job_id, answer["state"])
@@ -716,11 +725,15 @@ class Agent:
             thread.join()
 
     def _deliver_batch(self, finished: list[tuple[_Held, Entry, dict[str, Any]]]) -> None:
-        """Check and post a batch's results, each job's hold ended after its own, once the
-        next claim has been answered (at most :data:`CLAIM_HEAD_START` later)."""
-        self._claimed.wait(CLAIM_HEAD_START)
-        # the batch's results go to the hub together: one call, one transaction there
+        """Put a batch's results in the outbox (together: one sync of its folder), then check
+        and post them, each job's hold ended after its own, once the next claim has been
+        answered (at most :data:`CLAIM_HEAD_START` later). This runs beside the executor's
+        next batch, so neither the disk nor the hub holds that batch up."""
         try:
+            if self.outbox is not None:
+                self.outbox.put_many([entry for _, entry, _ in finished])
+            self._claimed.wait(CLAIM_HEAD_START)
+            # the batch's results go to the hub together: one call, one transaction there
             self._deliver_all([(held, entry) for held, entry, _ in finished])
         except Exception as exc:  # a delivery bug must fail the jobs, not the agent
             log.exception("jobs %s: delivering the results failed", [h.id for h, _, _ in finished])
@@ -763,8 +776,9 @@ class Agent:
         self, held: _Held, outcome: Outcome, *, deliver: bool = True
     ) -> tuple[Entry, dict[str, Any]] | None:
         """Take a run's outcome: post or withhold the result (release checks, outbox), fail
-        the job, or drop it (lease lost, cancelled). With ``deliver`` off a result is put in
-        the outbox and returned with the job's record, for the caller to deliver."""
+        the job, or drop it (lease lost, cancelled). With ``deliver`` off a result is returned
+        as an outbox entry with the job's record, for the caller to put in the outbox and
+        deliver (:meth:`_deliver_batch`)."""
         job = held.job
         frontier = str(job["frontier"])
         record: dict[str, Any] = {
@@ -793,11 +807,11 @@ class Agent:
             spec=job["spec"],
             result=outcome.result,
         )
+        if not deliver:
+            return entry, record  # the batch's delivery puts it in the outbox first
         try:
             if self.outbox is not None:
                 self.outbox.put(entry)  # on disk before anything else: a crash loses nothing
-            if not deliver:
-                return entry, record
             self._deliver(held, entry)
         except Exception as exc:
             log.exception("job %s: delivering the result failed", held.id)

@@ -22,14 +22,16 @@ entry and *replays* it instead of running the frontier again (see ``docs/lab.md`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analoglab.files import atomic_write, fsync_dir
+from analoglab.files import atomic_write, atomic_write_many, fsync_dir
 
 log = logging.getLogger("analoglab.lab.outbox")
 
@@ -81,6 +83,16 @@ class Outbox:
         atomic_write(path, json.dumps(asdict(entry), indent=2) + "\n", perms=0o600)
         return path
 
+    def put_many(self, entries: Sequence[Entry]) -> list[Path]:
+        """:meth:`put` for several entries (a batch's results), the folder synced once for
+        all of them; durable together once this returns."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files = [
+            (self.path(e.job_id), json.dumps(asdict(e), indent=2) + "\n") for e in entries
+        ]
+        atomic_write_many(files, perms=0o600)
+        return [path for path, _ in files]
+
     def job(self, entry: Entry) -> dict[str, Any]:
         """The job as a claim showed it, as far as the entry knows it."""
         return {
@@ -120,6 +132,16 @@ class Outbox:
         except FileNotFoundError:
             return
         fsync_dir(self.folder)
+
+    def done_many(self, job_ids: Iterable[int]) -> None:
+        """:meth:`done` for several entries, the folder synced once."""
+        gone = False
+        for job_id in job_ids:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(job_id).unlink()
+                gone = True
+        if gone:
+            fsync_dir(self.folder)
 
     def undeliverable(self, entry: Entry, reason: str) -> Path:
         """Keep an entry the hub can no longer take, with why, out of the replay's way."""
