@@ -178,6 +178,17 @@ def _run_rows(
     for s, where in groups.values():
         edits.setdefault(s.point, []).append((s, torch.tensor(where, device=device)))
     points = list(dict.fromkeys([*edits, *(name for k in mine for name in passes[k].capture)]))
+    real_cols: dict[int, Tensor] = {}
+
+    def real_columns(k: int, w: int) -> Tensor:
+        """Which of the ``w`` columns of pass ``k``'s rows in this forward pass hold real
+        tokens (left padding: a row of ``n`` tokens fills the last ``n``), made once."""
+        found = real_cols.get(k)
+        if found is None:
+            lengths = torch.tensor([enc.lengths[i] for i in at[k][0]], device=device)
+            found = torch.arange(w, device=device).unsqueeze(0) >= (w - lengths).unsqueeze(1)
+            real_cols[k] = found
+        return found
 
     def edit_at(point: str) -> Callable[[Tensor, Forward], Tensor | None]:
         def edit(x: Tensor, fwd: Forward) -> Tensor | None:
@@ -196,19 +207,27 @@ def _run_rows(
                 p = passes[k]
                 if point not in p.capture:
                     continue
-                sub = new[here].detach()
                 if p.positions is not None:
-                    value = gather_positions(sub, fwd.token_indices(p.positions, new)[here])
+                    # the pass's rows at their positions, gathered from the whole batch at once
+                    cols = fwd.token_indices(p.positions, new)[here]
+                    value = new[here.unsqueeze(1), cols].detach()
                     shape = (int(p.enc.input_ids.shape[0]), *value.shape[1:])
                     store = _slot(caches[k], point, shape, value)
                     store[own] = value
                 else:
+                    # each row's real tokens, right-aligned in the pass's own width (its left
+                    # padding kept as it is): one masked copy for all the pass's rows here
+                    sub = new[here].detach()
                     w = int(p.enc.input_ids.shape[1])
                     shape = (int(p.enc.input_ids.shape[0]), w, *sub.shape[2:])
                     store = _slot(caches[k], point, shape, sub)
-                    for j in range(len(own)):
-                        n = enc.lengths[int(here[j])]
-                        store[int(own[j]), w - n :] = sub[j, width - n :]
+                    if w <= width:
+                        window = sub[:, width - w :]
+                    else:
+                        window = sub.new_zeros((sub.shape[0], *shape[1:]))
+                        window[:, w - width :] = sub
+                    real = real_columns(k, w).view(*window.shape[:2], *[1] * (sub.dim() - 2))
+                    store[own] = torch.where(real, window, store[own])
             return None if new is x else new
 
         return edit
