@@ -6,7 +6,9 @@ result that passed the release checks to ``<site>/outbox/job-<id>.json`` (durabl
 only once the hub has acknowledged it. An entry keeps what a later post needs: the job id, the
 spec (and its hash) it answers, the lease it was run under and the result itself. The entry
 is written as soon as the run ends, before the release checks (which need the hub's policy):
-whatever happens next, a replay runs the same checks before anything leaves.
+whatever happens next, a replay runs the same checks before anything leaves. A batch's
+entries are written together (:meth:`Outbox.put_many`: one sync of the folder for all of
+them) by the batch's delivery, first thing, while the executor runs the next batch.
 
 After a crash, a stop with the hub unreachable or a second SIGTERM, the next agent finds the
 entry and *replays* it instead of running the frontier again (see ``docs/lab.md``):
