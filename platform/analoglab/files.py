@@ -104,12 +104,7 @@ def _synced_temp(
 
 def atomic_write(path: str | Path, data: bytes | str, *, perms: int | None = None) -> None:
     """Replace ``path`` with ``data`` (bytes, or text written as UTF-8) durably and atomically."""
-    if isinstance(data, str):
-        with atomic_writer(path, "w", perms=perms) as text:
-            text.write(data)
-    else:
-        with atomic_writer(path, "wb", perms=perms) as binary:
-            binary.write(data)
+    atomic_write_many([(path, data)], perms=perms)
 
 
 def atomic_write_many(

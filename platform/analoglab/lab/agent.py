@@ -578,11 +578,10 @@ class Agent:
                         entry, {"status": exc.status, "detail": str(exc)}
                     )
                 continue
-            posted: list[int] = []
             for (entry, _), answer in zip(call, answers, strict=True):
-                out[entry.job_id] = self._answered(entry, answer, posted)
-            if self.outbox is not None:
-                self.outbox.done_many(posted)
+                out[entry.job_id] = self._answered(entry, answer)
+        if self.outbox is not None:  # what the hub has leaves the outbox (one folder sync)
+            self.outbox.done_many(e.job_id for e in entries if out[e.job_id][0] == "posted")
         return [out[entry.job_id] for entry in entries]
 
     def _unreachable(self, entry: Entry) -> tuple[str, str]:
@@ -593,18 +592,11 @@ class Agent:
         )
         return "kept", "the hub is unreachable"
 
-    def _answered(
-        self, entry: Entry, answer: dict[str, Any], done: list[int] | None = None
-    ) -> tuple[str, str]:
-        """What the hub's answer to an entry's post means (see :meth:`_post`). A posted
-        entry leaves the outbox, or, given ``done``, is added to it for the caller to
-        remove with the others it posted (:meth:`Outbox.done_many`)."""
+    def _answered(self, entry: Entry, answer: dict[str, Any]) -> tuple[str, str]:
+        """What the hub's answer to an entry's post means (see :meth:`_post`); a posted
+        entry leaves the outbox in :meth:`_post_all`."""
         status = int(answer["status"])
         if status == 200:
-            if done is not None:
-                done.append(entry.job_id)
-            elif self.outbox is not None:
-                self.outbox.done(entry.job_id)
             self._count("posted")
             log.info("job %s: result posted; now %s", entry.job_id, answer["state"])
             return "posted", str(answer["state"])

@@ -80,18 +80,13 @@ class Outbox:
 
     def put(self, entry: Entry) -> Path:
         """Write ``entry`` durably (it survives a crash or a power loss once this returns)."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.path(entry.job_id)
-        atomic_write(path, json.dumps(asdict(entry), indent=2) + "\n", perms=0o600)
-        return path
+        return self.put_many([entry])[0]
 
     def put_many(self, entries: Sequence[Entry]) -> list[Path]:
-        """:meth:`put` for several entries (a batch's results), the folder synced once for
-        all of them; durable together once this returns."""
+        """Write several entries (a batch's results) durably, the folder synced once for all
+        of them; durable together once this returns."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        files = [
-            (self.path(e.job_id), json.dumps(asdict(e), indent=2) + "\n") for e in entries
-        ]
+        files = [(self.path(e.job_id), _text(e)) for e in entries]
         atomic_write_many(files, perms=0o600)
         return [path for path, _ in files]
 
@@ -128,15 +123,10 @@ class Outbox:
 
     def done(self, job_id: int) -> None:
         """The hub has the result: forget the entry."""
-        path = self.path(job_id)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        fsync_dir(self.folder)
+        self.done_many([job_id])
 
     def done_many(self, job_ids: Iterable[int]) -> None:
-        """:meth:`done` for several entries, the folder synced once."""
+        """Forget several entries (those never put are skipped), the folder synced once."""
         gone = False
         for job_id in job_ids:
             with contextlib.suppress(FileNotFoundError):
@@ -151,10 +141,15 @@ class Outbox:
         folder = self.folder / UNDELIVERABLE
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         kept = folder / f"job-{entry.job_id}.json"
-        atomic_write(kept, json.dumps(asdict(entry), indent=2) + "\n", perms=0o600)
+        atomic_write(kept, _text(entry), perms=0o600)
         self.done(entry.job_id)
         log.warning(
             "job %s: the finished result cannot be posted (%s); kept at %s",
             entry.job_id, reason, kept,
         )
         return kept
+
+
+def _text(entry: Entry) -> str:
+    """An entry as its file holds it."""
+    return json.dumps(asdict(entry), indent=2) + "\n"
