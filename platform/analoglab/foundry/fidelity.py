@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from analoglab.foundry.tasks import ChoiceItem
+from analoglab.models.tokencache import encode_texts
 
 
 @torch.no_grad()
@@ -148,7 +149,7 @@ def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     distinct = list(dict.fromkeys(words))
     if not distinct:
         return []
-    ids = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    ids = encode_texts(tokenizer, distinct, add_special_tokens=False)
     first = {w: row[0] for w, row in zip(distinct, ids, strict=True)}
     return [first[w] for w in words]
 

@@ -65,6 +65,7 @@ from analoglab.interventions import (
     position_ids_from_mask,
 )
 from analoglab.models.loading import LoadedModel
+from analoglab.models.tokencache import encode_texts
 
 T = TypeVar("T")
 Concrete = Prompts | Choices | Pairs | Labelled | PatchPairs
@@ -252,7 +253,7 @@ class Encoded:
 
 def token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Each text's token ids as the model sees them (special tokens included), untruncated."""
-    ids: list[list[int]] = tokenizer(list(texts))["input_ids"]
+    ids = encode_texts(tokenizer, texts)  # each text encoded once per loaded tokenizer
     for text, row in zip(texts, ids, strict=True):
         if not row:
             raise ExperimentError(f"the text {text[:60]!r} encodes to no tokens; drop it")
