@@ -6,13 +6,23 @@ import copy
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from analoglab import signing
 from analoglab.config import Settings
-from analoglab.experiments.result import METHOD_OUTPUTS
+from analoglab.experiments.result import METHOD_OUTPUTS, ExperimentResult, canonical_json
 from analoglab.experiments.runner import run
 from analoglab.experiments.spec import parse_spec, resolve_task_sets, spec_hash, spec_to_dict
 from analoglab.lab.config import ReleaseConfig
-from analoglab.lab.release import check_release, for_release, result_size
+from analoglab.lab.release import (
+    Checked,
+    check_release,
+    checked_release,
+    for_release,
+    result_size,
+    sign_checked,
+    verify_result,
+)
 from analoglab.models.catalog import FrontierPolicy
 from analoglab.models.loading import load_any
 
@@ -105,6 +115,31 @@ def test_size_cap(result: dict[str, Any]) -> None:
     assert check(result, policy=FrontierPolicy(max_output_bytes=size)) == []
     (problem,) = check(result, policy=FrontierPolicy(max_output_bytes=size - 1))
     assert problem == f"size: {size} bytes, over the policy's cap of {size - 1} bytes"
+
+
+def test_a_checked_result_is_the_hubs_form_measured_and_signed_as_the_hub_reads_it(
+    result: dict[str, Any],
+) -> None:
+    # a result without its defaulted fields: the hub stores (and measures, hashes) them filled
+    sparse = {k: v for k, v in result.items() if k not in ("samples", "bootstrap")}
+    filled = len(canonical_json(ExperimentResult.model_validate(sparse).model_dump(mode="json")))
+    assert filled > result_size(sparse)
+    policy = FrontierPolicy(max_output_bytes=filled)
+    kw: dict[str, Any] = {"spec": SPEC, "spec_hash": spec_hash(parse_spec(SPEC))}
+    checked = checked_release(sparse, policy=policy, **kw)
+    assert isinstance(checked, Checked)
+    assert checked.result == ExperimentResult.model_validate(sparse).model_dump(mode="json")
+    assert checked.canonical == canonical_json(checked.result).encode()
+    # the cap holds against the filled form, not the sparse bytes the lab was handed
+    (problem,) = check_release(sparse, policy=FrontierPolicy(max_output_bytes=filled - 1), **kw)
+    assert problem.startswith(f"size: {filled} bytes")
+    # the signature over the checked bytes is the one anyone checks the stored result with
+    key = Ed25519PrivateKey.generate()
+    signed = sign_checked(key, checked)
+    public = signing.public_key_text(key)
+    assert verify_result(checked.result, signed.signature, public) == signed.key_id
+    with pytest.raises(signing.SignatureError):
+        verify_result(checked.result | {"device": "elsewhere"}, signed.signature, public)
 
 
 def test_tensor_cap(result: dict[str, Any]) -> None:

@@ -63,12 +63,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from analoglab.errors import ConfigError
 from analoglab.experiments.batching import JobShape, plan_groups
-from analoglab.experiments.result import ExperimentResult
 from analoglab.files import atomic_write
 from analoglab.lab.config import LabConfig
 from analoglab.lab.executor import BatchRunner, Executor, Outcome, Preloader, Task
 from analoglab.lab.outbox import Entry, Outbox
-from analoglab.lab.release import check_release, for_release, sign_result
+from analoglab.lab.release import (
+    Checked,
+    checked_release,
+    for_release,
+    sign_checked,
+    signed_bytes,
+)
 from analoglab.models.catalog import FrontierPolicy
 from analoglab.queue.client import QueueClient
 from analoglab.queue.errors import QueueError
@@ -87,6 +92,8 @@ REPLAYABLE_STATES = frozenset({"approved", "running"})
 #: bytes of JSON (under the hub's default 1 MiB request cap); a larger result goes alone.
 POST_RESULTS = 64
 POST_BYTES = 512 * 1024
+#: What a post holds beside its result, at most: job id, lease id, signature and key id.
+POST_FIELDS_BYTES = 512
 #: How long a batch's delivery lets the next claim go first (the claim keeps the executor
 #: busy; the two would wait on each other at the hub): until it is answered, at most this.
 CLAIM_HEAD_START = 0.2
@@ -180,6 +187,8 @@ class Agent:
         self._refused: dict[str, str] = {}  # frontiers not served: id → why
         self._delivering: threading.Thread | None = None  # a batch's delivery in flight
         self._claimed = threading.Event()  # the next claim was answered (or is not next)
+        # job id → its result checked for release, with the canonical bytes it is signed by
+        self._checked_bytes: dict[int, Checked] = {}
         self._counting = threading.Lock()  # the stats' counters, kept from two threads
 
     # -- control ------------------------------------------------------------------------------
@@ -491,18 +500,28 @@ class Agent:
             return None
         return entry
 
-    def _wire(self, entry: Entry) -> dict[str, Any]:
+    def _wire(self, entry: Entry, checked: Checked | None = None) -> dict[str, Any]:
         """What posting ``entry`` sends: the job, its lease, the result and, where the site has
-        a key, the lab's signature over the result."""
+        a key, the lab's signature over the result (over ``checked``'s canonical bytes, when
+        given: :meth:`_canonical`)."""
         post: dict[str, Any] = {
             "job_id": entry.job_id,
             "lease_id": entry.lease_id,
             "result": entry.result,
         }
         if self.signing_key is not None:
-            signed = sign_result(self.signing_key, entry.result)
+            signed = sign_checked(self.signing_key, checked or self._canonical(entry))
             post |= {"signature": signed.signature, "key_id": signed.key_id}
         return post
+
+    def _canonical(self, entry: Entry) -> Checked:
+        """``entry``'s result with its canonical bytes, as :meth:`_checked` made them (made
+        again if the entry's result changed since, or was never checked here)."""
+        with self._lock:
+            checked = self._checked_bytes.pop(entry.job_id, None)
+        if checked is None or checked.result is not entry.result:
+            checked = Checked(entry.result, signed_bytes(entry.result))
+        return checked
 
     def _post(self, entry: Entry, post: dict[str, Any] | None = None) -> tuple[str, str]:
         """Post an outbox entry under its lease (``post``: its :meth:`_wire` form, when made
@@ -542,8 +561,11 @@ class Agent:
         calls: list[list[tuple[Entry, dict[str, Any]]]] = []
         size = 0
         for entry in entries:
-            post = self._wire(entry)
-            n = len(json.dumps(post))
+            checked = self._canonical(entry)
+            post = self._wire(entry, checked)
+            # its size on the wire, at most: the result's canonical JSON (ASCII escapes are
+            # no shorter than UTF-8) and the post's other fields
+            n = len(checked.canonical) + POST_FIELDS_BYTES
             if not calls or len(calls[-1]) >= POST_RESULTS or size + n > POST_BYTES:
                 calls.append([])
                 size = 0
@@ -846,22 +868,22 @@ class Agent:
         the hub stores, defaults filled in, which is what is posted and signed (True)."""
         job = held.job
         entry.result = for_release(entry.result, self.config.release)
-        problems = check_release(
+        checked = checked_release(
             entry.result,
             spec=job["spec"],
             spec_hash=str(job["spec_hash"]),
             policy=pol,
             config=self.config.release,
         )
-        if problems:
-            self._withhold(held, entry.result, "; ".join(problems))
+        if isinstance(checked, list):
+            self._withhold(held, entry.result, "; ".join(checked))
             return False
-        entry.result = ExperimentResult.model_validate(entry.result).model_dump(mode="json")
+        entry.result = checked.result
+        with self._lock:
+            self._checked_bytes[entry.job_id] = checked
         return True
 
-    def _took(
-        self, held: _Held, entry: Entry, posted: str, answer: str, replay: bool
-    ) -> bool:
+    def _took(self, held: _Held, entry: Entry, posted: str, answer: str, replay: bool) -> bool:
         """Act on a post's outcome (:meth:`_post`); whether the result landed."""
         if posted == "refused":
             # The hub's own checks refused it: no rerun makes it pass; withhold it.

@@ -67,6 +67,50 @@ def for_release(result: dict[str, Any], config: ReleaseConfig | None = None) -> 
     return {**result, "bootstrap": None}
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A result that passed the release checks, in the form that leaves the lab: ``result``
+    is what the hub stores (an :class:`ExperimentResult` as JSON, its defaults filled in) and
+    ``canonical`` that form's canonical JSON, the bytes the size cap measures, the hub hashes
+    and the lab's signature covers (:func:`sign_checked`)."""
+
+    result: dict[str, Any]
+    canonical: bytes
+
+
+def checked_release(
+    result: dict[str, Any],
+    *,
+    spec: dict[str, Any],
+    spec_hash: str,
+    policy: FrontierPolicy,
+    config: ReleaseConfig | None = None,
+) -> Checked | list[str]:
+    """``result`` as it may leave the lab (:class:`Checked`), or every reason it may not
+    (a non-empty list). The result is read and encoded once for all the checks."""
+    config = config or ReleaseConfig()
+    try:
+        parsed = ExperimentResult.model_validate(result)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "result"
+        return [f"schema: not an ExperimentResult ({where}: {first['msg']})"]
+    normal = parsed.model_dump(mode="json")
+    canonical = canonical_json(normal).encode()
+    problems = result_problems(
+        parsed,
+        spec=spec,
+        spec_hash=spec_hash,
+        size=len(canonical),
+        max_bytes=policy.max_output_bytes,
+        allow_samples=policy.allow_samples,
+        max_tensor_values=config.max_tensor_values,
+        max_metrics=config.max_metrics,
+        max_bootstrap=config.max_bootstrap,
+    ) + mapped_problems(parsed)
+    return problems or Checked(normal, canonical)
+
+
 def check_release(
     result: dict[str, Any],
     *,
@@ -75,25 +119,10 @@ def check_release(
     policy: FrontierPolicy,
     config: ReleaseConfig | None = None,
 ) -> list[str]:
-    """Every reason ``result`` may not leave the lab; empty when it may."""
-    config = config or ReleaseConfig()
-    try:
-        parsed = ExperimentResult.model_validate(result)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "result"
-        return [f"schema: not an ExperimentResult ({where}: {first['msg']})"]
-    return result_problems(
-        parsed,
-        spec=spec,
-        spec_hash=spec_hash,
-        size=result_size(result),
-        max_bytes=policy.max_output_bytes,
-        allow_samples=policy.allow_samples,
-        max_tensor_values=config.max_tensor_values,
-        max_metrics=config.max_metrics,
-        max_bootstrap=config.max_bootstrap,
-    ) + mapped_problems(parsed)
+    """Every reason ``result`` may not leave the lab; empty when it may
+    (:func:`checked_release`)."""
+    out = checked_release(result, spec=spec, spec_hash=spec_hash, policy=policy, config=config)
+    return out if isinstance(out, list) else []
 
 
 def mapped_problems(parsed: ExperimentResult) -> list[str]:
@@ -141,6 +170,12 @@ def signed_bytes(result: dict[str, Any]) -> bytes:
 def sign_result(key: Ed25519PrivateKey, result: dict[str, Any]) -> ResultSignature:
     """The lab's signature over ``result``."""
     return ResultSignature(signing.sign(key, signed_bytes(result)), signing.key_id(key))
+
+
+def sign_checked(key: Ed25519PrivateKey, checked: Checked) -> ResultSignature:
+    """The lab's signature over a checked result: :func:`sign_result` of ``checked.result``,
+    over the canonical bytes the checks made (not encoded again)."""
+    return ResultSignature(signing.sign(key, checked.canonical), signing.key_id(key))
 
 
 def verify_result(result: dict[str, Any], signature: str | None, public_key: str) -> str:
