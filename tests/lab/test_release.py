@@ -16,7 +16,6 @@ from analoglab.experiments.spec import parse_spec, resolve_task_sets, spec_hash,
 from analoglab.lab.config import ReleaseConfig
 from analoglab.lab.release import (
     Checked,
-    check_release,
     checked_release,
     for_release,
     result_size,
@@ -46,10 +45,17 @@ def result(tiny_build: Any) -> dict[str, Any]:
     return run(parse_spec(SPEC), model).model_dump(mode="json")
 
 
+def problems_of(out: Checked | list[str]) -> list[str]:
+    """The reasons a result may not leave the lab (none when it was checked fit)."""
+    return out if isinstance(out, list) else []
+
+
 def check(result: dict[str, Any], **kw: Any) -> list[str]:
     policy = kw.pop("policy", FrontierPolicy())
-    return check_release(
-        result, spec=SPEC, spec_hash=spec_hash(parse_spec(SPEC)), policy=policy, **kw
+    return problems_of(
+        checked_release(
+            result, spec=SPEC, spec_hash=spec_hash(parse_spec(SPEC)), policy=policy, **kw
+        )
     )
 
 
@@ -131,7 +137,9 @@ def test_a_checked_result_is_the_hubs_form_measured_and_signed_as_the_hub_reads_
     assert checked.result == ExperimentResult.model_validate(sparse).model_dump(mode="json")
     assert checked.canonical == canonical_json(checked.result).encode()
     # the cap holds against the filled form, not the sparse bytes the lab was handed
-    (problem,) = check_release(sparse, policy=FrontierPolicy(max_output_bytes=filled - 1), **kw)
+    (problem,) = problems_of(
+        checked_release(sparse, policy=FrontierPolicy(max_output_bytes=filled - 1), **kw)
+    )
     assert problem.startswith(f"size: {filled} bytes")
     # the signature over the checked bytes is the one anyone checks the stored result with
     key = Ed25519PrivateKey.generate()
@@ -230,8 +238,10 @@ def test_a_mapped_result_holds_scalars_only_and_few_of_them(
     spec, result = mapped
 
     def problems(r: dict[str, Any]) -> list[str]:
-        return check_release(
-            r, spec=spec, spec_hash=spec_hash(parse_spec(spec)), policy=FrontierPolicy()
+        return problems_of(
+            checked_release(
+                r, spec=spec, spec_hash=spec_hash(parse_spec(spec)), policy=FrontierPolicy()
+            )
         )
 
     assert problems(result) == []

@@ -1,6 +1,6 @@
 """Release checks: what a result must satisfy before it leaves the lab.
 
-The agent runs :func:`check_release` on every result before posting it to the hub. A result
+The agent runs :func:`checked_release` on every result before posting it to the hub. A result
 that fails any check is *withheld* with every reason listed (it stays on the lab site; the hub
 only learns why), one that passes is posted and then released automatically or, where the
 frontier's policy asks for human release, waits in ``awaiting_release``.
@@ -109,20 +109,6 @@ def checked_release(
         max_bootstrap=config.max_bootstrap,
     ) + mapped_problems(parsed)
     return problems or Checked(normal, canonical)
-
-
-def check_release(
-    result: dict[str, Any],
-    *,
-    spec: dict[str, Any],
-    spec_hash: str,
-    policy: FrontierPolicy,
-    config: ReleaseConfig | None = None,
-) -> list[str]:
-    """Every reason ``result`` may not leave the lab; empty when it may
-    (:func:`checked_release`)."""
-    out = checked_release(result, spec=spec, spec_hash=spec_hash, policy=policy, config=config)
-    return out if isinstance(out, list) else []
 
 
 def mapped_problems(parsed: ExperimentResult) -> list[str]:
