@@ -62,7 +62,10 @@ def test_a_row_handed_out_can_be_changed_without_changing_the_next(tok: Any) -> 
 def test_the_table_is_bounded_and_forgets_the_least_recently_used(
     tok: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tokencache, "MAX_TEXTS", 3)
+    def size(text: str) -> int:  # what a kept text counts: its characters, 4 bytes an id
+        return len(text) + 4 * len(tok([text])["input_ids"][0])
+
+    monkeypatch.setattr(tokencache, "MAX_BYTES", size("a") + size("b") + size("c"))
     counting = Counting(tok)
     encode_texts(counting, ["a", "b", "c"])
     encode_texts(counting, ["a"])  # "a" used again: "b" is now the oldest
@@ -72,6 +75,15 @@ def test_the_table_is_bounded_and_forgets_the_least_recently_used(
     assert counting.texts == ["a", "b", "c", "d"]  # all still kept
     encode_texts(counting, ["b"])
     assert counting.texts[-1] == "b"  # encoded again
+    # a text larger than the whole bound pushes out all the others, and goes at the next
+    big = "the cat sat " * 40
+    monkeypatch.setattr(tokencache, "MAX_BYTES", size(big) - 1)
+    assert encode_texts(counting, [big, "a"]) == tok([big, "a"])["input_ids"]
+    seen = len(counting.texts)
+    encode_texts(counting, ["a"])  # kept: the newest
+    encode_texts(counting, ["c"])  # pushed out by the big one
+    encode_texts(counting, [big])  # gone when "a" came in after it
+    assert counting.texts[seen:] == ["c", big]
 
 
 def test_each_tokenizer_has_its_own_table(tok: Any) -> None:
