@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Literal, overload
 
@@ -64,13 +64,7 @@ def atomic_writer(
 def _atomic_writer(path: Path, mode: str, perms: int | None) -> Iterator[IO[bytes] | IO[str]]:
     with _synced_temp(path, mode, perms) as (tmp, handle):
         yield handle
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    _replace_all([(tmp, path)])
 
 
 @contextlib.contextmanager
@@ -115,7 +109,6 @@ def atomic_write_many(
     temporary name before any is renamed: if a write fails, no target is touched and no
     temporary file is left."""
     written: list[tuple[Path, Path]] = []
-    renamed: set[Path] = set()
     try:
         for target, data in files:
             path = Path(target)
@@ -123,16 +116,30 @@ def atomic_write_many(
             with _synced_temp(path, mode, perms) as (tmp, handle):
                 handle.write(data)  # type: ignore[arg-type]
             written.append((tmp, path))
-        for k, (tmp, path) in enumerate(written):
-            os.replace(tmp, path)
-            written[k] = (path, path)  # renamed: nothing left to clean up
-            renamed.add(path.parent)
     except BaseException:
-        for tmp, path in written:
-            if tmp != path:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        _remove(tmp for tmp, _ in written)
         raise
+    _replace_all(written)
+
+
+def _replace_all(written: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each synced temporary file over its target, then sync each folder once; if a
+    rename fails, the temporary files not renamed yet are removed (those renamed stay)."""
+    renamed: set[Path] = set()
+    try:
+        for k, (tmp, path) in enumerate(written):
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                _remove(t for t, _ in written[k:])
+                raise
+            renamed.add(path.parent)
     finally:
         for folder in renamed:
             fsync_dir(folder)
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -72,7 +72,6 @@ from analoglab.lab.release import (
     checked_release,
     for_release,
     sign_checked,
-    signed_bytes,
 )
 from analoglab.models.catalog import FrontierPolicy
 from analoglab.queue.client import QueueClient
@@ -187,8 +186,6 @@ class Agent:
         self._refused: dict[str, str] = {}  # frontiers not served: id → why
         self._delivering: threading.Thread | None = None  # a batch's delivery in flight
         self._claimed = threading.Event()  # the next claim was answered (or is not next)
-        # job id → its result checked for release, with the canonical bytes it is signed by
-        self._checked_bytes: dict[int, Checked] = {}
         self._counting = threading.Lock()  # the stats' counters, kept from two threads
 
     # -- control ------------------------------------------------------------------------------
@@ -500,39 +497,29 @@ class Agent:
             return None
         return entry
 
-    def _wire(self, entry: Entry, checked: Checked | None = None) -> dict[str, Any]:
+    def _wire(self, entry: Entry, checked: Checked) -> dict[str, Any]:
         """What posting ``entry`` sends: the job, its lease, the result and, where the site has
-        a key, the lab's signature over the result (over ``checked``'s canonical bytes, when
-        given: :meth:`_canonical`)."""
+        a key, the lab's signature over the result (over the canonical bytes its release
+        checks made: ``checked``)."""
         post: dict[str, Any] = {
             "job_id": entry.job_id,
             "lease_id": entry.lease_id,
             "result": entry.result,
         }
         if self.signing_key is not None:
-            signed = sign_checked(self.signing_key, checked or self._canonical(entry))
+            signed = sign_checked(self.signing_key, checked)
             post |= {"signature": signed.signature, "key_id": signed.key_id}
         return post
 
-    def _canonical(self, entry: Entry) -> Checked:
-        """``entry``'s result with its canonical bytes, as :meth:`_checked` made them (made
-        again if the entry's result changed since, or was never checked here)."""
-        with self._lock:
-            checked = self._checked_bytes.pop(entry.job_id, None)
-        if checked is None or checked.result is not entry.result:
-            checked = Checked(entry.result, signed_bytes(entry.result))
-        return checked
-
-    def _post(self, entry: Entry, post: dict[str, Any] | None = None) -> tuple[str, str]:
-        """Post an outbox entry under its lease (``post``: its :meth:`_wire` form, when made
-        already): ``posted``, ``refused``, ``kept`` or ``lost``, with the hub's answer.
+    def _post(self, entry: Entry, wire: dict[str, Any]) -> tuple[str, str]:
+        """Post an outbox entry under its lease (``wire``: its :meth:`_wire` form):
+        ``posted``, ``refused``, ``kept`` or ``lost``, with the hub's answer.
 
         ``refused`` (422: the hub's checks refused it) is left to the caller; ``kept`` means
         the hub stayed unreachable while the agent stopped (the entry waits for the next
         start); ``lost`` means the lease has gone (the entry waits for a re-claim of the same
         job, or is moved aside when the job can no longer take it).
         """
-        wire = post if post is not None else self._wire(entry)
         try:
             out = self._call(
                 "post result",
@@ -551,8 +538,9 @@ class Agent:
             return self._answered(entry, {"status": exc.status, "detail": str(exc)})
         return self._answered(entry, {"status": 200, "state": out["state"]})
 
-    def _post_all(self, entries: list[Entry]) -> list[tuple[str, str]]:
-        """Post several outbox entries: per entry what :meth:`_post` answers. They go in as
+    def _post_all(self, pending: list[tuple[Entry, Checked]]) -> list[tuple[str, str]]:
+        """Post several outbox entries, each with its result as the release checks left it:
+        per entry what :meth:`_post` answers. They go in as
         few calls to the hub's results endpoint as its bounds allow (:data:`POST_RESULTS`,
         :data:`POST_BYTES`), each stored by the hub in one transaction; one entry, a result
         too large to share a call, or a hub without that endpoint, one post each."""
@@ -560,8 +548,7 @@ class Agent:
         out: dict[int, tuple[str, str]] = {}
         calls: list[list[tuple[Entry, dict[str, Any]]]] = []
         size = 0
-        for entry in entries:
-            checked = self._canonical(entry)
+        for entry, checked in pending:
             post = self._wire(entry, checked)
             # its size on the wire, at most: the result's canonical JSON (ASCII escapes are
             # no shorter than UTF-8) and the post's other fields
@@ -603,8 +590,8 @@ class Agent:
             for (entry, _), answer in zip(call, answers, strict=True):
                 out[entry.job_id] = self._answered(entry, answer)
         if self.outbox is not None:  # what the hub has leaves the outbox (one folder sync)
-            self.outbox.done_many(e.job_id for e in entries if out[e.job_id][0] == "posted")
-        return [out[entry.job_id] for entry in entries]
+            self.outbox.done_many(e.job_id for e, _ in pending if out[e.job_id][0] == "posted")
+        return [out[entry.job_id] for entry, _ in pending]
 
     def _unreachable(self, entry: Entry) -> tuple[str, str]:
         log.warning(
@@ -847,25 +834,29 @@ class Agent:
     ) -> list[bool]:
         """:meth:`_deliver` for several jobs: each result checked on its own, those that pass
         posted together (:meth:`_post_all`); per job whether its result was posted."""
-        ready: list[int] = []
+        ready: list[tuple[int, Checked]] = []
         for k, (held, entry) in enumerate(pending):
             try:
                 pol = self.policy(str(held.job["frontier"]))
             except Stopping:
                 continue  # given back as the agent stops; the entry waits for the next start
-            if self._settle(held, entry, partial(self._checked, held, entry, pol), release=False):
-                ready.append(k)
+            checked = self._settle(
+                held, entry, partial(self._checked, held, entry, pol), release=False
+            )
+            if checked is not None:
+                ready.append((k, checked))
         landed = [False] * len(pending)
-        answers = self._post_all([pending[k][1] for k in ready]) if ready else []
-        for k, (posted, answer) in zip(ready, answers, strict=True):
+        answers = self._post_all([(pending[k][1], c) for k, c in ready]) if ready else []
+        for (k, _), (posted, answer) in zip(ready, answers, strict=True):
             held, entry = pending[k]
             step = partial(self._took, held, entry, posted, answer, replay)
-            landed[k] = self._settle(held, entry, step, release=True)
+            landed[k] = bool(self._settle(held, entry, step, release=True))
         return landed
 
-    def _checked(self, held: _Held, entry: Entry, pol: FrontierPolicy) -> bool:
-        """Put ``entry``'s result through the release checks: withheld (False), or made what
-        the hub stores, defaults filled in, which is what is posted and signed (True)."""
+    def _checked(self, held: _Held, entry: Entry, pol: FrontierPolicy) -> Checked | None:
+        """Put ``entry``'s result through the release checks: withheld (None), or made what
+        the hub stores, defaults filled in, which is what is posted and signed (its
+        :class:`Checked`, with the canonical bytes the signature covers)."""
         job = held.job
         entry.result = for_release(entry.result, self.config.release)
         checked = checked_release(
@@ -877,11 +868,9 @@ class Agent:
         )
         if isinstance(checked, list):
             self._withhold(held, entry.result, "; ".join(checked))
-            return False
+            return None
         entry.result = checked.result
-        with self._lock:
-            self._checked_bytes[entry.job_id] = checked
-        return True
+        return checked
 
     def _took(self, held: _Held, entry: Entry, posted: str, answer: str, replay: bool) -> bool:
         """Act on a post's outcome (:meth:`_post`); whether the result landed."""
@@ -897,11 +886,12 @@ class Agent:
         return False
 
     def _settle(
-        self, held: _Held, entry: Entry, step: Callable[[], bool], *, release: bool
-    ) -> bool:
-        """Run one step of a job's delivery; the hub unreachable or refusing is taken here.
-        The job's hold ends after it when ``release`` or when the step did not go on."""
-        ok = False
+        self, held: _Held, entry: Entry, step: Callable[[], T | None], *, release: bool
+    ) -> T | None:
+        """Run one step of a job's delivery and give back what it gave (None where the hub
+        was unreachable or refused: that is taken here). The job's hold ends after it when
+        ``release`` or when the step did not go on (gave nothing, or False)."""
+        ok: T | None = None
         try:
             ok = step()
         except Stopping:

@@ -78,9 +78,3 @@ def encode_texts(
                 found[text] = array("i", row)
                 table.put(text, found[text])
     return [found[t].tolist() for t in texts]
-
-
-def forget(tokenizer: Any) -> None:
-    """Drop what is kept for ``tokenizer`` (tests; a tokenizer changed in place)."""
-    with _lock:
-        _tables.pop(tokenizer, None)
