@@ -202,3 +202,43 @@ def test_addresses() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
     assert connect_host("0.0.0.0") == "127.0.0.1" and connect_host("10.0.0.2") == "10.0.0.2"
+
+
+def test_the_platforms_ports_are_distinct_and_leave_the_public_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from analoglab.hub import platform as hub_platform
+
+    # the OS offers the public port (chosen, not yet bound) and one port twice: neither
+    # reaches the plan, and every socket opened to find them is closed
+    offered = iter([8000, 41001, 41001, 8000, 41002, 41003])
+    opened: list[Any] = []
+
+    class Offered:
+        def __init__(self) -> None:
+            self.port, self.closed = next(offered), False
+            opened.append(self)
+
+        def bind(self, address: tuple[str, int]) -> None:
+            assert address == ("127.0.0.1", 0)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(hub_platform.socket, "socket", Offered)
+    assert hub_platform.free_ports(3, avoid={8000}) == [41001, 41002, 41003]
+    assert len(opened) == 6 and all(s.closed for s in opened)
+    monkeypatch.undo()
+
+    # on the real OS: six distinct ports, each free to bind once chosen
+    public = hub_platform.free_ports(1)[0]
+    ports = hub_platform.free_ports(6, avoid={public})
+    assert len(set(ports)) == 6 and public not in ports
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

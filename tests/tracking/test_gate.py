@@ -831,6 +831,32 @@ async def test_requests_and_answers_are_forwarded_streamed_and_cleaned(hub: Hub)
 # -- the supervisor of the MLflow child --------------------------------------------------------
 
 
+def test_only_mlflows_own_answer_counts_as_healthy(mlflow_server: str) -> None:
+    """Another service on MLflow's port (a hub: ``/health`` redirects to a page that answers
+    200) is not taken for MLflow, so nobody says MLflow is ready while the hub answers."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse, RedirectResponse
+    from starlette.routing import Route
+
+    from analoglab.tracking.server import is_healthy
+
+    def page(text: str) -> Any:
+        return lambda _request: PlainTextResponse(text)
+
+    hub_like = Starlette(
+        routes=[
+            Route("/health", lambda _request: RedirectResponse("/hub/health", 302)),
+            Route("/hub/health", page("OK")),
+        ]
+    )
+    with serve_app(hub_like) as url:
+        assert httpx.get(f"{url}/health", follow_redirects=True).text == "OK"
+        assert not is_healthy(url)
+    with serve_app(Starlette(routes=[Route("/health", page("<html>a page</html>"))])) as url:
+        assert not is_healthy(url)
+    assert is_healthy(mlflow_server)
+
+
 def test_the_supervisor_restarts_mlflow_then_gives_up_clearly() -> None:
     import asyncio
 

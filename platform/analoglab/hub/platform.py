@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,10 +236,28 @@ def blocked_for_others(*paths: Path) -> Path | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int, avoid: Iterable[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on now, none in
+    ``avoid`` (the public port: chosen, not yet bound). Each socket stays bound until all are
+    chosen, so the OS cannot offer a port twice, and a port in ``avoid`` it offers is skipped
+    (at most once each). Two services given one port would put whichever binds first behind
+    the other's name: the hub answering as MLflow."""
+    taken = set(avoid)
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in taken:
+                taken.add(port)
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
 
 
 def mlflow_gate_command(bin_dir: Path, upstream: str) -> list[str] | None:
@@ -436,7 +454,7 @@ class Platform:
                 mode = "single-user"
         creds = admin_credentials(layout, o.admin, o.dev)
         check_port(o.ip, o.port)
-        ports = Ports(o.port, *(free_port() for _ in range(6)))
+        ports = Ports(o.port, *free_ports(6, avoid={o.port}))
         bin_dir = Path(sys.executable).parent
         notebooks = o.notebooks or (REPO / "shared-notebooks")
         return Plan(
@@ -552,7 +570,7 @@ class Platform:
         return {"hub": hub_ok, "queue": queue_ok, "mlflow": self.mlflow_ready(plan)}
 
     def mlflow_ready(self, plan: Plan) -> bool:
-        return is_healthy(plan.mlflow_server_url)  # MLflow's own check: a 200
+        return is_healthy(plan.mlflow_server_url)  # MLflow's own check: its 200 "OK"
 
     def watch_mlflow(self, plan: Plan, services: dict[str, bool]) -> None:
         """MLflow takes 10-15 s to start: say when it answers, without holding up ``up``."""

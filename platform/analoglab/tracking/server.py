@@ -96,17 +96,28 @@ def server_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # a redirect is answered as the error it is here
+
+
+_PROBE = urllib.request.build_opener(_NoRedirects)
+
+
 def is_healthy(url: str, timeout: float = 2.0) -> bool:
+    """Whether MLflow itself answers ``<url>/health``: a 200 whose body is its ``OK``, with no
+    redirect followed. Anything else on that port (a hub, a proxy: a 302 to a page that
+    answers 200) is not MLflow, however healthy."""
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
-            return bool(resp.status == 200)
+        with _PROBE.open(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
+            return bool(resp.status == 200 and resp.read(16).strip() == b"OK")
     except (urllib.error.URLError, OSError):
         return False
 
 
 def wait_until_healthy(url: str, timeout: float = 60.0, interval: float = 0.25) -> None:
-    """Return once ``<url>/health`` answers 200; raise :class:`TrackingError` after
-    ``timeout`` seconds."""
+    """Return once MLflow answers ``<url>/health`` (:func:`is_healthy`); raise
+    :class:`TrackingError` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if is_healthy(url):
