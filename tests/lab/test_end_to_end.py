@@ -277,9 +277,22 @@ def test_submit_vet_approve_claim_run_release_report(platform: Platform) -> None
 
 
 def test_an_agent_killed_mid_run_and_the_job_completes_once(platform: Platform) -> None:
+    import psutil
+
     for agent in platform.agents:  # start from no agent at all
         agent.send_signal(signal.SIGTERM)
         agent.wait(20)
+    # The first agent's worker is frozen (SIGSTOP) once it has loaded the frontier and before
+    # any claim: the job it is handed cannot finish, so the agent dies holding a job whose
+    # result exists nowhere (not even in its outbox), however fast the run would be.
+    log = platform.folder / f"agent-{len(platform.agents)}.log"  # rich wraps its lines
+    first = platform.start_agent()
+    deadline = time.monotonic() + 90
+    while "(loaded in" not in " ".join(log.read_text().split() if log.exists() else []):
+        assert first.poll() is None and time.monotonic() < deadline, "no frontier loaded"
+        time.sleep(0.1)
+    (worker,) = psutil.Process(first.pid).children()
+    worker.suspend()
     spec = STEER | {"seed": 7}
     approved: list[int] = []
     reviewer = approve_when_submitted(platform, 1, approved)
@@ -289,22 +302,15 @@ def test_an_agent_killed_mid_run_and_the_job_completes_once(platform: Platform) 
     loop.start()
     reviewer.join(60)
     (job_id,) = approved
-    first = platform.start_agent()
     with platform.client("ada") as ada:
         deadline = time.monotonic() + 60
         while ada.get(job_id)["state"] != "running":
             assert time.monotonic() < deadline, "the agent never claimed the job"
             time.sleep(0.05)
-    import psutil
-
-    deadline = time.monotonic() + 30
-    while not psutil.Process(first.pid).children():
-        assert time.monotonic() < deadline, "the agent never started a worker"
-        time.sleep(0.05)
-    (worker,) = psutil.Process(first.pid).children()
     os.kill(first.pid, signal.SIGKILL)  # the agent alone, mid-run
     first.wait(10)
     killed_at = time.monotonic()
+    worker.resume()
     worker.wait(10)  # its worker notices and exits: nobody else runs this job's old lease
     platform.start_agent()
     loop.join(180)
