@@ -10,6 +10,7 @@ the lab agent, which a lab site never does)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import socket
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from analoglab.config import Settings
@@ -37,7 +39,6 @@ from analoglab.queue.client import QueueClient
 from analoglab.queue.jobs import QueueSettings
 from analoglab.queue.service import create_app
 from analoglab.queue.vetting import VettingLimits
-from analoglab.tracking.server import is_healthy
 
 
 @dataclass
@@ -86,8 +87,9 @@ def _service_process(
         while True:
             if not child.is_alive():
                 raise SystemExit(f"the queue service exited ({child.exitcode})")
-            if is_healthy(url, timeout=5):
-                break
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
             if time.monotonic() > deadline:
                 raise SystemExit("the queue service did not start in 120 s")
             time.sleep(0.1)
