@@ -20,7 +20,6 @@ port, and an ASGI app served by uvicorn in a thread for the length of a ``with``
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -43,15 +42,13 @@ _HANDED_OUT: set[int] = set()
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now, and that this test session
-    has not handed out before: two calls in a row may otherwise get the same port from the
-    OS (each socket is closed before the next is bound), and two services one port."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+    has not handed out before (``up``'s own :func:`~analoglab.hub.platform.free_ports`): two
+    calls in a row could otherwise get one port from the OS, and two services share it."""
+    from analoglab.hub.platform import free_ports
+
+    (port,) = free_ports(1, avoid=_HANDED_OUT)
+    _HANDED_OUT.add(port)
+    return port
 
 
 @contextmanager

@@ -18,8 +18,8 @@ from analoglab.lab.release import (
     Checked,
     checked_release,
     for_release,
-    result_size,
     sign_checked,
+    signed_bytes,
     verify_result,
 )
 from analoglab.models.catalog import FrontierPolicy
@@ -117,7 +117,7 @@ def test_every_frontier_method_has_a_schema() -> None:
 
 
 def test_size_cap(result: dict[str, Any]) -> None:
-    size = result_size(result)
+    size = len(signed_bytes(result))  # the hub's measure: the stored form's canonical JSON
     assert check(result, policy=FrontierPolicy(max_output_bytes=size)) == []
     (problem,) = check(result, policy=FrontierPolicy(max_output_bytes=size - 1))
     assert problem == f"size: {size} bytes, over the policy's cap of {size - 1} bytes"
@@ -128,8 +128,8 @@ def test_a_checked_result_is_the_hubs_form_measured_and_signed_as_the_hub_reads_
 ) -> None:
     # a result without its defaulted fields: the hub stores (and measures, hashes) them filled
     sparse = {k: v for k, v in result.items() if k not in ("samples", "bootstrap")}
-    filled = len(canonical_json(ExperimentResult.model_validate(sparse).model_dump(mode="json")))
-    assert filled > result_size(sparse)
+    filled = len(signed_bytes(sparse))
+    assert filled > len(canonical_json(sparse).encode())
     policy = FrontierPolicy(max_output_bytes=filled)
     kw: dict[str, Any] = {"spec": SPEC, "spec_hash": spec_hash(parse_spec(SPEC))}
     checked = checked_release(sparse, policy=policy, **kw)

@@ -550,8 +550,10 @@ class Agent:
         size = 0
         for entry, checked in pending:
             post = self._wire(entry, checked)
-            # its size on the wire, at most: the result's canonical JSON (ASCII escapes are
-            # no shorter than UTF-8) and the post's other fields
+            # its size on the wire: the result's canonical JSON (httpx >= 0.28 sends it compact
+            # and as UTF-8, no longer than these ASCII escapes; an older httpx adds a space
+            # after each separator, well inside POST_BYTES's half of the hub's 1 MiB cap) and
+            # the post's other fields
             n = len(checked.canonical) + POST_FIELDS_BYTES
             if not calls or len(calls[-1]) >= POST_RESULTS or size + n > POST_BYTES:
                 calls.append([])

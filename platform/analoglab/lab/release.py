@@ -53,11 +53,6 @@ MAPPED_MAX_METRICS = 32
 MAX_SOURCE_CHARS = 300
 
 
-def result_size(result: dict[str, Any]) -> int:
-    """Bytes of the result's compact JSON (what the hub measures against the cap)."""
-    return len(canonical_json(result).encode())
-
-
 def for_release(result: dict[str, Any], config: ReleaseConfig | None = None) -> dict[str, Any]:
     """``result`` as it may leave the lab: without bootstrap replicates unless the lab's
     ``release_bootstrap`` lets them go (see the module docstring)."""
@@ -95,8 +90,7 @@ def checked_release(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "result"
         return [f"schema: not an ExperimentResult ({where}: {first['msg']})"]
-    normal = parsed.model_dump(mode="json")
-    canonical = canonical_json(normal).encode()
+    normal, canonical = _stored_form(parsed)
     problems = result_problems(
         parsed,
         spec=spec,
@@ -147,10 +141,17 @@ class ResultSignature:
     key_id: str
 
 
+def _stored_form(parsed: ExperimentResult) -> tuple[dict[str, Any], bytes]:
+    """A result as the hub stores it (defaults filled in) and that form's canonical JSON: the
+    bytes the hub measures and hashes, and the lab's signature covers."""
+    normal = parsed.model_dump(mode="json")
+    return normal, canonical_json(normal).encode()
+
+
 def signed_bytes(result: dict[str, Any]) -> bytes:
-    """What a result's signature covers: its canonical JSON, as the hub stores and hashes it."""
-    normal = ExperimentResult.model_validate(result).model_dump(mode="json")
-    return canonical_json(normal).encode()
+    """What a result's signature covers (and the hub measures against the size cap): its
+    canonical JSON, as the hub stores and hashes it."""
+    return _stored_form(ExperimentResult.model_validate(result))[1]
 
 
 def sign_result(key: Ed25519PrivateKey, result: dict[str, Any]) -> ResultSignature:
